@@ -1,0 +1,166 @@
+//! A message on its way to subscribers: encoded once per STOMP version, shared by every delivery.
+
+use std::sync::OnceLock;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::stomp::{escape_into, Version};
+
+/// What a publisher sends: headers that travel to subscribers, and the body.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Content {
+    /// Headers passed through to MESSAGE frames (`content-type` and user headers).
+    pub headers: Vec<(String, String)>,
+    /// The body, shared and never copied per subscriber.
+    pub body: Bytes,
+}
+
+/// A routed message. The part of its MESSAGE frame that is the same for every subscriber (the
+/// "tail": destination, headers, body and NUL) is encoded lazily once per protocol version and
+/// then shared by reference count.
+#[derive(Debug)]
+pub struct Message {
+    destination: String,
+    content: Content,
+    tails: [OnceLock<Bytes>; 3],
+}
+
+/// Headers a publisher may not set, because the broker writes them itself per delivery.
+pub const RESERVED_HEADERS: [&str; 6] = [
+    "destination",
+    "subscription",
+    "message-id",
+    "ack",
+    "content-length",
+    "receipt",
+];
+
+impl Message {
+    /// A message whose MESSAGE frames carry `destination` (the destination as subscribed).
+    pub fn new(destination: String, content: Content) -> Message {
+        Message {
+            destination,
+            content,
+            tails: Default::default(),
+        }
+    }
+
+    /// The destination header of its MESSAGE frames.
+    pub fn destination(&self) -> &str {
+        &self.destination
+    }
+
+    /// The publisher's headers and body.
+    pub fn content(&self) -> &Content {
+        &self.content
+    }
+
+    /// The shared tail of this message's MESSAGE frame for a subscriber speaking `version`.
+    pub fn tail(&self, version: Version) -> &Bytes {
+        let slot = match version {
+            Version::V1_0 => &self.tails[0],
+            Version::V1_1 => &self.tails[1],
+            Version::V1_2 => &self.tails[2],
+        };
+        slot.get_or_init(|| self.encode_tail(version))
+    }
+
+    fn encode_tail(&self, version: Version) -> Bytes {
+        let body = &self.content.body;
+        let mut out = BytesMut::with_capacity(
+            64 + self.destination.len()
+                + self
+                    .content
+                    .headers
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len() + 2)
+                    .sum::<usize>()
+                + body.len(),
+        );
+        out.put_slice(b"destination:");
+        put_value(&self.destination, version, &mut out);
+        out.put_u8(b'\n');
+        for (name, value) in &self.content.headers {
+            put_value(name, version, &mut out);
+            out.put_u8(b':');
+            put_value(value, version, &mut out);
+            out.put_u8(b'\n');
+        }
+        out.put_slice(b"content-length:");
+        out.put_slice(itoa(body.len() as u64).as_bytes());
+        out.put_slice(b"\n\n");
+        out.put_slice(body);
+        out.put_u8(0);
+        out.freeze()
+    }
+}
+
+/// Writes a header name or value. STOMP 1.0 has no escaping, so a line break that a 1.1/1.2
+/// publisher sent escaped becomes a space for 1.0 subscribers rather than breaking their framing.
+fn put_value(text: &str, version: Version, out: &mut BytesMut) {
+    if version == Version::V1_0 && text.contains(['\r', '\n']) {
+        out.put_slice(text.replace(['\r', '\n'], " ").as_bytes());
+    } else {
+        escape_into(text, version, out);
+    }
+}
+
+/// Formats an integer without allocating (the delivery path writes several per message).
+pub(crate) fn itoa(mut n: u64) -> ItoaBuf {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    ItoaBuf { buf, at }
+}
+
+/// The digits of an integer, on the stack.
+pub(crate) struct ItoaBuf {
+    buf: [u8; 20],
+    at: usize,
+}
+
+impl ItoaBuf {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.at..]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn itoa_formats_edges() {
+        assert_eq!(itoa(0).as_bytes(), b"0");
+        assert_eq!(itoa(42).as_bytes(), b"42");
+        assert_eq!(itoa(u64::MAX).as_bytes(), u64::MAX.to_string().as_bytes());
+    }
+
+    #[test]
+    fn tail_is_encoded_once_and_escaped_per_version() {
+        let message = Message::new(
+            "/topic/a".into(),
+            Content {
+                headers: vec![("x-note".into(), "a:b".into())],
+                body: Bytes::from_static(b"hi\0there"),
+            },
+        );
+        let v12 = message.tail(Version::V1_2).clone();
+        assert_eq!(
+            &v12[..],
+            b"destination:/topic/a\nx-note:a\\cb\ncontent-length:8\n\nhi\0there\0"
+        );
+        assert_eq!(message.tail(Version::V1_2).as_ptr(), v12.as_ptr());
+        assert_eq!(
+            &message.tail(Version::V1_0)[..],
+            b"destination:/topic/a\nx-note:a:b\ncontent-length:8\n\nhi\0there\0"
+        );
+    }
+}

@@ -1,0 +1,269 @@
+//! The bounded outbound queue of one connection: what the broker and the session hand to the
+//! transport's writer, with the slow-consumer policy that keeps a node's memory flat.
+//!
+//! Each item is one complete STOMP frame, kept as two shared pieces (a small per-delivery head
+//! and a tail shared by every subscriber of the same message), so fan-out copies no body bytes
+//! until the writer batches them into a socket write.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+/// Why an outbox stopped taking frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closing {
+    /// The session ends: the writer drains what is queued, then closes the connection.
+    Drain,
+    /// The consumer stayed over its byte bound: what was queued is dropped, an ERROR is written.
+    SlowConsumer,
+}
+
+/// Why a frame was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The connection is closing; nothing more is written to it.
+    #[error("connection is closing")]
+    Closing,
+    /// This frame pushed the consumer over its bound; the connection is now being closed.
+    #[error("slow consumer")]
+    SlowConsumer,
+}
+
+/// One frame waiting to be written: `head` then `tail` (either may be empty).
+#[derive(Debug, Clone, Default)]
+pub struct Item {
+    /// Bytes specific to this delivery (command line and per-subscriber headers).
+    pub head: Bytes,
+    /// Bytes shared with other deliveries of the same message (headers, body, NUL).
+    pub tail: Bytes,
+}
+
+impl Item {
+    /// Bytes this item occupies on the wire.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.tail.len()
+    }
+
+    /// True for an item with no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Item>,
+    bytes: usize,
+    closing: Option<Closing>,
+}
+
+/// A batch taken by the writer.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Frames to write, in order.
+    pub items: Vec<Item>,
+    /// Set when the writer must close the connection after writing `items`.
+    pub then_close: Option<Closing>,
+}
+
+/// The ERROR frame written to a slow consumer; it has no escaped characters, so it reads the
+/// same in every STOMP version.
+const SLOW_CONSUMER_ERROR: &[u8] = b"ERROR\nmessage:slow consumer\ncontent-type:text/plain\ncontent-length:73\n\nthe connection fell too far behind the messages sent to it and was closed\0";
+
+/// A connection's outbound queue, bounded in bytes.
+#[derive(Debug)]
+pub struct Outbox {
+    state: Mutex<State>,
+    wake: Notify,
+    limit: usize,
+}
+
+impl Outbox {
+    /// An empty outbox that takes at most `limit` queued bytes.
+    pub fn new(limit: usize) -> Outbox {
+        Outbox {
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            limit,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue half-updated in a way that
+        // matters more than losing the connection, so a poisoned lock is simply reused.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues one frame. Over the bound, the consumer is declared slow: everything queued is
+    /// dropped and the writer is told to send an ERROR and close.
+    pub fn push(&self, item: Item) -> Result<(), Refused> {
+        let mut state = self.lock();
+        if state.closing.is_some() {
+            return Err(Refused::Closing);
+        }
+        let len = item.len();
+        if state.bytes + len > self.limit {
+            state.items.clear();
+            state.items.push_back(Item {
+                head: Bytes::from_static(SLOW_CONSUMER_ERROR),
+                tail: Bytes::new(),
+            });
+            state.bytes = SLOW_CONSUMER_ERROR.len();
+            state.closing = Some(Closing::SlowConsumer);
+            drop(state);
+            self.wake.notify_one();
+            return Err(Refused::SlowConsumer);
+        }
+        state.bytes += len;
+        state.items.push_back(item);
+        let first = state.items.len() == 1;
+        drop(state);
+        // The writer only sleeps on an empty queue, so only the first item needs to wake it.
+        if first {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Queues a frame whatever the bound (the session's own replies: CONNECTED, RECEIPT).
+    pub fn push_control(&self, frame: Bytes) -> Result<(), Refused> {
+        let mut state = self.lock();
+        if state.closing.is_some() {
+            return Err(Refused::Closing);
+        }
+        state.bytes += frame.len();
+        state.items.push_back(Item {
+            head: frame,
+            tail: Bytes::new(),
+        });
+        drop(state);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Queues a last frame (usually an ERROR or a RECEIPT for DISCONNECT) and closes the outbox:
+    /// the writer drains it, then closes the connection.
+    pub fn finish(&self, last: Option<Bytes>) {
+        let mut state = self.lock();
+        if state.closing.is_some() {
+            return;
+        }
+        if let Some(frame) = last {
+            state.bytes += frame.len();
+            state.items.push_back(Item {
+                head: frame,
+                tail: Bytes::new(),
+            });
+        }
+        state.closing = Some(Closing::Drain);
+        drop(state);
+        self.wake.notify_one();
+    }
+
+    /// True once the outbox takes no more frames.
+    pub fn is_closing(&self) -> bool {
+        self.lock().closing.is_some()
+    }
+
+    /// Bytes queued and not yet taken by the writer.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().bytes
+    }
+
+    /// Takes every queued frame, waiting while the queue is empty and open. Cancel-safe.
+    pub async fn next_batch(&self) -> Batch {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            // Registering before looking at the queue means a push between the look and the
+            // wait still wakes us.
+            notified.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if !state.items.is_empty() || state.closing.is_some() {
+                    state.bytes = 0;
+                    return Batch {
+                        items: state.items.drain(..).collect(),
+                        then_close: state.closing,
+                    };
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(n: usize) -> Item {
+        Item {
+            head: Bytes::from(vec![b'x'; n]),
+            tail: Bytes::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_everything_queued() {
+        let outbox = Outbox::new(100);
+        outbox.push(item(10)).unwrap();
+        outbox.push(item(20)).unwrap();
+        let batch = outbox.next_batch().await;
+        assert_eq!(batch.items.len(), 2);
+        assert_eq!(batch.then_close, None);
+        assert_eq!(outbox.queued_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn over_the_bound_is_a_slow_consumer() {
+        let outbox = Outbox::new(100);
+        outbox.push(item(60)).unwrap();
+        assert_eq!(outbox.push(item(60)), Err(Refused::SlowConsumer));
+        assert_eq!(outbox.push(item(1)), Err(Refused::Closing));
+        let batch = outbox.next_batch().await;
+        assert_eq!(batch.then_close, Some(Closing::SlowConsumer));
+        assert_eq!(batch.items.len(), 1);
+        assert!(batch.items[0]
+            .head
+            .starts_with(b"ERROR\nmessage:slow consumer\n"));
+    }
+
+    #[test]
+    fn slow_consumer_error_declares_its_true_length() {
+        let text = std::str::from_utf8(SLOW_CONSUMER_ERROR).unwrap();
+        let (head, body) = text.split_once("\n\n").unwrap();
+        let declared: usize = head
+            .rsplit_once("content-length:")
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        assert_eq!(declared, body.len() - 1, "body minus the NUL");
+    }
+
+    #[tokio::test]
+    async fn finish_drains_then_closes() {
+        let outbox = Outbox::new(100);
+        outbox.push(item(5)).unwrap();
+        outbox.finish(Some(Bytes::from_static(b"RECEIPT\n\n\0")));
+        assert_eq!(outbox.push(item(1)), Err(Refused::Closing));
+        let batch = outbox.next_batch().await;
+        assert_eq!(batch.items.len(), 2);
+        assert_eq!(batch.then_close, Some(Closing::Drain));
+    }
+
+    #[tokio::test]
+    async fn writer_wakes_on_push() {
+        let outbox = std::sync::Arc::new(Outbox::new(100));
+        let waiter = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.next_batch().await.items.len() }
+        });
+        tokio::task::yield_now().await;
+        outbox.push(item(3)).unwrap();
+        assert_eq!(waiter.await.unwrap(), 1);
+    }
+}

@@ -1,0 +1,223 @@
+//! One connection as the broker sees it (its outbox and delivery counter) and its subscriptions,
+//! including the messages they hold unacknowledged in client ack modes.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::destination::Target;
+use super::message::{itoa, Message};
+use super::outbox::{Item, Outbox, Refused};
+use crate::stomp::{escape_into, Version};
+
+/// The part of a connection that routing needs: where to put frames and how to number them.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The session id (also the prefix of every `message-id` sent to it).
+    pub session_id: Arc<str>,
+    /// Frames waiting for the connection's writer.
+    pub outbox: Outbox,
+    /// How often the writer must send something (a heart-beat EOL when idle), in ms; 0 = never.
+    /// Set by the session once CONNECT has negotiated it.
+    pub heartbeat_out_ms: AtomicU64,
+    next_seq: AtomicU64,
+}
+
+impl Endpoint {
+    /// An endpoint whose outbox holds at most `outbound_bytes`.
+    pub fn new(session_id: Arc<str>, outbound_bytes: usize) -> Endpoint {
+        Endpoint {
+            session_id,
+            outbox: Outbox::new(outbound_bytes),
+            heartbeat_out_ms: AtomicU64::new(0),
+            next_seq: AtomicU64::new(1),
+        }
+    }
+
+    /// How many deliveries were numbered so far; an ACK for a higher number is invalid.
+    pub fn issued(&self) -> u64 {
+        self.next_seq.load(Ordering::Relaxed) - 1
+    }
+
+    /// Parses a `message-id`/`ack` value this endpoint issued, giving its sequence number.
+    pub fn parse_ack_id(&self, id: &str) -> Option<u64> {
+        let seq: u64 = id
+            .strip_prefix(&*self.session_id)?
+            .strip_prefix('-')?
+            .parse()
+            .ok()?;
+        (seq >= 1 && seq <= self.issued()).then_some(seq)
+    }
+}
+
+/// How a subscription acknowledges messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    /// Delivered is acknowledged.
+    Auto,
+    /// ACK acknowledges the message and every earlier one of the subscription.
+    Client,
+    /// ACK acknowledges just that message.
+    ClientIndividual,
+}
+
+impl AckMode {
+    /// Parses the SUBSCRIBE `ack` header.
+    pub fn parse(value: &str) -> Option<AckMode> {
+        match value {
+            "auto" => Some(AckMode::Auto),
+            "client" => Some(AckMode::Client),
+            "client-individual" => Some(AckMode::ClientIndividual),
+            _ => None,
+        }
+    }
+}
+
+/// A message delivered in a client ack mode and not yet acknowledged.
+#[derive(Debug)]
+pub struct Unacked {
+    /// Its delivery number on the endpoint.
+    pub seq: u64,
+    /// For queue messages: the queue and the message, to hand to another consumer if this one
+    /// NACKs it or goes away.
+    pub requeue: Option<(Arc<str>, Arc<Message>)>,
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    closed: bool,
+    unacked: VecDeque<Unacked>,
+}
+
+/// One SUBSCRIBE of one session.
+#[derive(Debug)]
+pub struct Subscription {
+    /// The client's subscription id.
+    pub id: String,
+    /// What it listens to.
+    pub target: Target,
+    /// How it acknowledges.
+    pub ack: AckMode,
+    /// The connection it delivers to.
+    pub endpoint: Arc<Endpoint>,
+    version: Version,
+    /// `MESSAGE\nsubscription:<id>\nmessage-id:<session>-`, escaped once at SUBSCRIBE.
+    head_prefix: Bytes,
+    /// `ack:<session>-` for 1.2 client modes, else empty.
+    ack_prefix: Bytes,
+    pending: Mutex<Pending>,
+}
+
+impl Subscription {
+    /// A subscription delivering to `endpoint` in `version`'s encoding.
+    pub fn new(
+        id: String,
+        target: Target,
+        ack: AckMode,
+        endpoint: Arc<Endpoint>,
+        version: Version,
+    ) -> Subscription {
+        let mut prefix = BytesMut::with_capacity(48 + id.len() + endpoint.session_id.len());
+        prefix.put_slice(b"MESSAGE\nsubscription:");
+        escape_into(&id, version, &mut prefix);
+        prefix.put_slice(b"\nmessage-id:");
+        prefix.put_slice(endpoint.session_id.as_bytes());
+        prefix.put_u8(b'-');
+        let ack_prefix = if ack != AckMode::Auto && version == Version::V1_2 {
+            let mut p = BytesMut::with_capacity(6 + endpoint.session_id.len());
+            p.put_slice(b"ack:");
+            p.put_slice(endpoint.session_id.as_bytes());
+            p.put_u8(b'-');
+            p.freeze()
+        } else {
+            Bytes::new()
+        };
+        Subscription {
+            id,
+            target,
+            ack,
+            endpoint,
+            version,
+            head_prefix: prefix.freeze(),
+            ack_prefix,
+            pending: Mutex::new(Pending::default()),
+        }
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands `message` to this subscription's connection. `queue` names the queue it came from,
+    /// so that in client ack modes it can be redelivered elsewhere.
+    pub fn deliver(&self, message: &Arc<Message>, queue: Option<&Arc<str>>) -> Result<(), Refused> {
+        let seq = self.endpoint.next_seq.fetch_add(1, Ordering::Relaxed);
+        let digits = itoa(seq);
+        let mut head = BytesMut::with_capacity(
+            self.head_prefix.len() + self.ack_prefix.len() + 2 * digits.as_bytes().len() + 2,
+        );
+        head.put_slice(&self.head_prefix);
+        head.put_slice(digits.as_bytes());
+        head.put_u8(b'\n');
+        if !self.ack_prefix.is_empty() {
+            head.put_slice(&self.ack_prefix);
+            head.put_slice(digits.as_bytes());
+            head.put_u8(b'\n');
+        }
+        let item = Item {
+            head: head.freeze(),
+            tail: message.tail(self.version).clone(),
+        };
+        if self.ack == AckMode::Auto {
+            return self.endpoint.outbox.push(item);
+        }
+        // Recorded under the same lock that `close` takes, so a message is either requeued by
+        // `close` or refused here: never lost between the two.
+        let mut pending = self.pending();
+        if pending.closed {
+            return Err(Refused::Closing);
+        }
+        self.endpoint.outbox.push(item)?;
+        pending.unacked.push_back(Unacked {
+            seq,
+            requeue: queue.map(|q| (q.clone(), message.clone())),
+        });
+        Ok(())
+    }
+
+    /// True when this subscription holds delivery `seq` unacknowledged.
+    pub fn holds(&self, seq: u64) -> bool {
+        self.pending().unacked.iter().any(|u| u.seq == seq)
+    }
+
+    /// Removes what an ACK or NACK of delivery `seq` covers: in `client` mode that delivery and
+    /// every earlier one, else just that one.
+    pub fn settle(&self, seq: u64) -> Vec<Unacked> {
+        let mut pending = self.pending();
+        match self.ack {
+            AckMode::Auto => Vec::new(),
+            AckMode::Client => {
+                let upto = pending.unacked.iter().take_while(|u| u.seq <= seq).count();
+                pending.unacked.drain(..upto).collect()
+            }
+            AckMode::ClientIndividual => match pending.unacked.iter().position(|u| u.seq == seq) {
+                Some(at) => pending.unacked.remove(at).into_iter().collect(),
+                None => Vec::new(),
+            },
+        }
+    }
+
+    /// Stops deliveries and gives back what was held unacknowledged.
+    pub fn close(&self) -> Vec<Unacked> {
+        let mut pending = self.pending();
+        pending.closed = true;
+        pending.unacked.drain(..).collect()
+    }
+
+    /// Messages this subscription holds unacknowledged.
+    pub fn unacked_count(&self) -> usize {
+        self.pending().unacked.len()
+    }
+}

@@ -1,0 +1,332 @@
+//! Node configuration: a TOML file, command-line flags and environment, validated as a whole
+//! before any port is bound. Every limit has a default and says why it exists.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::stomp::Limits;
+
+/// Why a configuration was refused; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has unknown or mistyped keys.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid config: {key}: {message}")]
+    Invalid {
+        /// The offending key, e.g. `server.max_frame_bytes` or `tenants[1].id`.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners and limits.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// The tenants this node serves.
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// HTTP listener: WebSocket, publish API, health.
+    pub http: SocketAddr,
+    /// STOMP-over-TCP listener.
+    pub stomp: SocketAddr,
+    /// Largest STOMP frame accepted, in bytes, checked before it is buffered.
+    pub max_frame_bytes: usize,
+    /// Most headers in one frame: bounds the work and memory of parsing one frame.
+    pub max_headers: usize,
+    /// Longest header line, in bytes.
+    pub max_header_line: usize,
+    /// Most concurrent connections (all transports): admission before any work is done.
+    pub max_connections: usize,
+    /// How long a new connection may take to send CONNECT, in ms: idle sockets cost memory.
+    pub connect_timeout_ms: u64,
+    /// Most subscriptions one connection may hold.
+    pub max_subscriptions: usize,
+    /// Bytes a connection may have queued for writing before it is a slow consumer and closed.
+    pub outbound_queue_bytes: usize,
+    /// The server's heart-beat offer `[can send every ms, wants to receive every ms]`; 0 = none.
+    pub heartbeat_ms: [u64; 2],
+    /// A peer is dead when nothing arrived for its heart-beat interval times this factor: the
+    /// spec leaves room for network delay.
+    pub heartbeat_tolerance: f64,
+    /// Messages queues may keep, in all, while they have no consumer (per tenant).
+    pub max_queue_backlog: usize,
+    /// Open transactions per connection, and frames buffered per transaction.
+    pub max_transactions: usize,
+    /// Frames one transaction may buffer before COMMIT.
+    pub max_transaction_frames: usize,
+    /// How long shutdown waits for connections to close, in ms.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        let limits = Limits::default();
+        ServerConfig {
+            http: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            stomp: SocketAddr::from(([127, 0, 0, 1], 61613)),
+            max_frame_bytes: limits.max_frame_bytes,
+            max_headers: limits.max_headers,
+            max_header_line: limits.max_header_line,
+            max_connections: 100_000,
+            connect_timeout_ms: 10_000,
+            max_subscriptions: 1_000,
+            outbound_queue_bytes: 4 << 20,
+            heartbeat_ms: [10_000, 10_000],
+            heartbeat_tolerance: 2.0,
+            max_queue_backlog: 10_000,
+            max_transactions: 16,
+            max_transaction_frames: 1_000,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The codec limits.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_frame_bytes: self.max_frame_bytes,
+            max_headers: self.max_headers,
+            max_header_line: self.max_header_line,
+        }
+    }
+
+    /// The CONNECT timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+}
+
+/// `[[tenants]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// The tenant's id: its path segment in `/ws/{tenant}` and the API.
+    pub id: String,
+    /// Keys backends use on the publish API.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+}
+
+/// Command-line and environment overrides.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--http`.
+    pub http: Option<SocketAddr>,
+    /// `--stomp`.
+    pub stomp: Option<SocketAddr>,
+    /// `--api-key` / `STOMPBOX_API_KEY`: a key for tenant `default`.
+    pub api_key: Option<String>,
+}
+
+/// The tenant used when a path or CONNECT names none.
+pub const DEFAULT_TENANT: &str = "default";
+
+impl Config {
+    /// Reads and parses a TOML file (not yet validated).
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.display().to_string(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text (not yet validated).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "<text>".into(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Applies flags, adds tenant `default` when there is none or an API key is given for it,
+    /// then validates.
+    pub fn finish(mut self, overrides: Overrides) -> Result<Config, ConfigError> {
+        if let Some(http) = overrides.http {
+            self.server.http = http;
+        }
+        if let Some(stomp) = overrides.stomp {
+            self.server.stomp = stomp;
+        }
+        let has_default = self.tenants.iter().any(|t| t.id == DEFAULT_TENANT);
+        if !has_default && (self.tenants.is_empty() || overrides.api_key.is_some()) {
+            self.tenants.push(TenantConfig {
+                id: DEFAULT_TENANT.into(),
+                api_keys: Vec::new(),
+            });
+        }
+        if let Some(key) = overrides.api_key.filter(|k| !k.is_empty()) {
+            if let Some(t) = self.tenants.iter_mut().find(|t| t.id == DEFAULT_TENANT) {
+                t.api_keys.push(key);
+            }
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Checks ranges and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        let at_least = |key: &str, value: usize, min: usize| {
+            if value < min {
+                Err(invalid(
+                    format!("server.{key}"),
+                    format!("must be at least {min}, got {value}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        at_least("max_frame_bytes", s.max_frame_bytes, 256)?;
+        at_least("max_headers", s.max_headers, 8)?;
+        at_least("max_header_line", s.max_header_line, 64)?;
+        at_least("max_connections", s.max_connections, 1)?;
+        at_least("max_subscriptions", s.max_subscriptions, 1)?;
+        at_least("outbound_queue_bytes", s.outbound_queue_bytes, s.max_frame_bytes)
+            .map_err(|_| {
+                invalid(
+                    "server.outbound_queue_bytes",
+                    "must be at least server.max_frame_bytes, or one large message would close any consumer",
+                )
+            })?;
+        at_least("max_transaction_frames", s.max_transaction_frames, 1)?;
+        if s.connect_timeout_ms == 0 {
+            return Err(invalid("server.connect_timeout_ms", "must be more than 0"));
+        }
+        if !(s.heartbeat_tolerance >= 1.0 && s.heartbeat_tolerance <= 100.0) {
+            return Err(invalid(
+                "server.heartbeat_tolerance",
+                "must be between 1.0 and 100.0",
+            ));
+        }
+        if self.tenants.is_empty() {
+            return Err(invalid("tenants", "at least one tenant is needed"));
+        }
+        for (i, tenant) in self.tenants.iter().enumerate() {
+            let key = format!("tenants[{i}].id");
+            let valid = !tenant.id.is_empty()
+                && tenant.id.len() <= 64
+                && tenant
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "'{}' is not a tenant id: use 1 to 64 of A-Z a-z 0-9 - _",
+                        tenant.id
+                    ),
+                ));
+            }
+            if self.tenants[..i].iter().any(|t| t.id == tenant.id) {
+                return Err(invalid(
+                    key,
+                    format!("tenant '{}' is defined twice", tenant.id),
+                ));
+            }
+            if let Some(k) = tenant.api_keys.iter().position(|k| k.len() < 8) {
+                return Err(invalid(
+                    format!("tenants[{i}].api_keys[{k}]"),
+                    "an API key must have at least 8 characters",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_file_gives_a_default_tenant() {
+        let config = Config::default()
+            .finish(Overrides {
+                api_key: Some("secret-key".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(config.tenants.len(), 1);
+        assert_eq!(config.tenants[0].id, "default");
+        assert_eq!(config.tenants[0].api_keys, vec!["secret-key".to_string()]);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml("[server]\nmax_frame_byte = 10\n").unwrap_err();
+        assert!(err.to_string().contains("max_frame_byte"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = Config::from_toml("[server]\nmax_frame_bytes = 10\n")
+            .unwrap()
+            .finish(Overrides::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("server.max_frame_bytes"), "{err}");
+        let err = Config::from_toml("[[tenants]]\nid = \"a b\"\n")
+            .unwrap()
+            .finish(Overrides::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("tenants[0].id"), "{err}");
+        let err = Config::from_toml("[[tenants]]\nid = \"a\"\n[[tenants]]\nid = \"a\"\n")
+            .unwrap()
+            .finish(Overrides::default())
+            .unwrap_err();
+        assert!(err.to_string().contains("tenants[1].id"), "{err}");
+    }
+
+    #[test]
+    fn tenants_from_file_without_default_stay_as_they_are() {
+        let config = Config::from_toml("[[tenants]]\nid = \"acme\"\napi_keys = [\"0123456789\"]\n")
+            .unwrap()
+            .finish(Overrides::default())
+            .unwrap();
+        assert_eq!(config.tenants.len(), 1);
+    }
+}

@@ -1,0 +1,170 @@
+//! Drives one connection, whatever its transport: reads bytes into a buffer, decodes frames,
+//! hands them to the [`Session`], enforces the CONNECT timeout and the heart-beat deadline, and
+//! runs the writer task that drains the session's outbox in batches.
+//!
+//! Transports implement [`Inbound`] and [`Outbound`]; the driver knows nothing else of them.
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::broker::outbox::{Closing, Item};
+use crate::broker::Endpoint;
+use crate::node::Node;
+use crate::session::{Flow, Session};
+use crate::stomp::{decode, Decoded};
+
+/// The read side of a transport.
+pub trait Inbound: Send {
+    /// Appends received bytes to `buf`; `Ok(0)` means the peer closed. Must be cancel-safe.
+    fn fill(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
+}
+
+/// The write side of a transport.
+pub trait Outbound: Send + 'static {
+    /// Writes whole frames, in order, in as few writes as the transport allows.
+    fn write(&mut self, items: Vec<Item>) -> impl Future<Output = io::Result<()>> + Send;
+    /// Closes the connection after what was written.
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// A receive buffer that grew for a large frame is given back once empty and larger than this,
+/// so an idle connection holds almost no memory.
+const KEEP_BUFFER: usize = 4096;
+
+/// Runs a connection to its end.
+pub async fn run<I: Inbound, O: Outbound>(
+    node: Arc<Node>,
+    mut session: Session,
+    inbound: I,
+    outbound: O,
+) {
+    let writer_done = CancellationToken::new();
+    let writer = node.tasks.spawn(write_loop(
+        session.endpoint().clone(),
+        outbound,
+        writer_done.clone(),
+    ));
+    read_loop(&node, &mut session, inbound, &writer_done).await;
+    session.end();
+    let grace = Duration::from_millis(node.server.shutdown_grace_ms);
+    if timeout(grace, writer).await.is_err() {
+        debug!("writer did not finish within the grace period");
+    }
+}
+
+async fn read_loop<I: Inbound>(
+    node: &Node,
+    session: &mut Session,
+    mut inbound: I,
+    writer_done: &CancellationToken,
+) {
+    let limits = node.server.limits();
+    let mut buf = BytesMut::new();
+    let connect_deadline = Instant::now() + node.server.connect_timeout();
+    let mut last_read = Instant::now();
+    loop {
+        loop {
+            match decode(&mut buf, session.version(), &limits) {
+                Ok(Some(Decoded::Frame(frame))) => {
+                    if session.handle(frame).await == Flow::Close {
+                        return;
+                    }
+                }
+                Ok(Some(Decoded::HeartBeat)) => {}
+                Ok(None) => break,
+                Err(e) => {
+                    session.close_with_error("malformed frame", &e.to_string());
+                    return;
+                }
+            }
+        }
+        if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
+            buf = BytesMut::new();
+        }
+        let deadline = if session.is_connected() {
+            session.read_timeout().map(|t| last_read + t)
+        } else {
+            Some(connect_deadline)
+        };
+        let expired = async {
+            match deadline {
+                Some(at) => sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = writer_done.cancelled() => return,
+            _ = node.shutdown.cancelled() => {
+                session.close_with_error("server shutting down", "the server is shutting down; reconnect to another node or later");
+                return;
+            }
+            read = inbound.fill(&mut buf) => match read {
+                Ok(0) => {
+                    debug!("peer closed the connection");
+                    return;
+                }
+                Ok(_) => last_read = Instant::now(),
+                Err(e) => {
+                    debug!(error = %e, "read failed");
+                    session.close_with_error("transport error", &e.to_string());
+                    return;
+                }
+            },
+            () = expired => {
+                if session.is_connected() {
+                    session.close_with_error("heart-beat timeout", "nothing was received from the client within its heart-beat interval");
+                } else {
+                    session.close_with_error("CONNECT timeout", &format!("no CONNECT frame within {} ms", node.server.connect_timeout_ms));
+                }
+                return;
+            }
+        }
+    }
+}
+
+async fn write_loop<O: Outbound>(endpoint: Arc<Endpoint>, mut out: O, done: CancellationToken) {
+    loop {
+        let every = endpoint.heartbeat_out_ms.load(Ordering::Relaxed);
+        let batch = if every == 0 {
+            endpoint.outbox.next_batch().await
+        } else {
+            match timeout(Duration::from_millis(every), endpoint.outbox.next_batch()).await {
+                Ok(batch) => batch,
+                Err(_) => {
+                    let beat = Item {
+                        head: Bytes::from_static(b"\n"),
+                        tail: Bytes::new(),
+                    };
+                    if out.write(vec![beat]).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+            }
+        };
+        if !batch.items.is_empty() {
+            if let Err(e) = out.write(batch.items).await {
+                debug!(error = %e, "write failed");
+                break;
+            }
+        }
+        if let Some(closing) = batch.then_close {
+            if closing == Closing::SlowConsumer {
+                debug!(session = %endpoint.session_id, "slow consumer closed");
+            }
+            out.close().await;
+            break;
+        }
+    }
+    endpoint.outbox.finish(None);
+    done.cancel();
+}

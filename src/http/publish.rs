@@ -1,0 +1,177 @@
+//! `POST /api/v1/tenants/{tenant}/publish`: how backends push a message to a user, a topic or
+//! a queue. The key is the tenant's API key as `Authorization: Bearer KEY`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::json_error;
+use crate::broker::destination::{self, Target};
+use crate::broker::message::RESERVED_HEADERS;
+use crate::broker::{Content, RouteError};
+use crate::node::Node;
+
+/// The request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// The user to deliver to; absent = deliver to `destination` itself.
+    pub receiver: Option<String>,
+    /// Where to deliver: with a receiver, the user destination (e.g. `/queue/notice`).
+    pub destination: Option<String>,
+    /// A channel code the tenant's policy maps to a destination (instead of `destination`).
+    #[serde(rename = "channelCode")]
+    pub channel_code: Option<String>,
+    /// The body: a string as is, anything else as JSON.
+    pub content: Value,
+    /// Headers passed to subscribers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn bad_request(message: &str) -> Response {
+    json_error(StatusCode::BAD_REQUEST, message)
+}
+
+/// Handles one publish.
+pub async fn publish(
+    State(node): State<Arc<Node>>,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(tenant) = node.tenant(&tenant_id).cloned() else {
+        return json_error(
+            StatusCode::NOT_FOUND,
+            &format!("unknown tenant '{tenant_id}'"),
+        );
+    };
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let authorized = key.is_some_and(|k| tenant.accepts_api_key(k.trim()));
+    if !authorized {
+        let message = if !tenant.has_api_keys() {
+            format!("tenant '{tenant_id}' has no API keys configured; set api_keys in its config or start the node with --api-key")
+        } else if key.is_none() {
+            "missing 'Authorization: Bearer <API key>' header".to_string()
+        } else {
+            "invalid API key".to_string()
+        };
+        let mut response = json_error(StatusCode::UNAUTHORIZED, &message);
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            "Bearer".parse().expect("static header"),
+        );
+        return response;
+    }
+    let request: PublishRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return bad_request(&format!("invalid JSON body: {e}")),
+    };
+
+    let dest = match (&request.destination, &request.channel_code) {
+        (Some(_), Some(_)) => {
+            return bad_request("give either 'destination' or 'channelCode', not both")
+        }
+        (None, None) => return bad_request("missing 'destination' (or 'channelCode')"),
+        (Some(d), None) => d.clone(),
+        (None, Some(code)) => match tenant.policy().resolve_channel(code).await {
+            Some(d) => d,
+            None => {
+                return json_error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    &format!("unknown channel code '{code}' for tenant '{tenant_id}'"),
+                )
+            }
+        },
+    };
+    let target = match &request.receiver {
+        Some(user) if user.is_empty() => return bad_request("'receiver' is empty"),
+        Some(user) => {
+            if dest.starts_with("/user/") {
+                return bad_request(&format!(
+                    "with a receiver, give the destination the user subscribed to without /user (e.g. '/queue/notice'), not '{dest}'"
+                ));
+            }
+            match destination::for_send(&format!("/user/{user}{dest}")) {
+                Ok(t) if !user.contains('/') => t,
+                _ => {
+                    return bad_request(&format!(
+                        "'{dest}' is not a user destination: use /queue/... or /topic/... (and a receiver without '/')"
+                    ))
+                }
+            }
+        }
+        None => match destination::for_send(&dest) {
+            Ok(t) => t,
+            Err(e) => return bad_request(&e.to_string()),
+        },
+    };
+
+    for (name, value) in &request.headers {
+        if RESERVED_HEADERS.contains(&name.as_str()) {
+            return bad_request(&format!(
+                "header '{name}' is set by the broker and cannot be given"
+            ));
+        }
+        if name.is_empty() || name.contains(['\n', '\r', ':']) {
+            return bad_request(&format!(
+                "invalid header name '{name}': it must be non-empty, without ':' or line breaks"
+            ));
+        }
+        if value.contains(['\n', '\r']) {
+            return bad_request(&format!("header '{name}' has a line break in its value, which STOMP 1.0 subscribers cannot receive"));
+        }
+    }
+    let (content_type, body) = match request.content {
+        Value::String(text) => ("text/plain", Bytes::from(text)),
+        other => ("application/json", Bytes::from(other.to_string())),
+    };
+    if body.len() > node.server.max_frame_bytes {
+        return json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "content is {} bytes; the limit is server.max_frame_bytes = {}",
+                body.len(),
+                node.server.max_frame_bytes
+            ),
+        );
+    }
+    let mut message_headers: Vec<(String, String)> = Vec::with_capacity(request.headers.len() + 1);
+    if !request.headers.contains_key("content-type") {
+        message_headers.push(("content-type".into(), content_type.into()));
+    }
+    message_headers.extend(request.headers);
+
+    let id = node.next_id();
+    match tenant.broker.publish(
+        &target,
+        Content {
+            headers: message_headers,
+            body,
+        },
+    ) {
+        Ok(routed) => {
+            let mut answer = json!({ "id": id, "delivered": routed.delivered });
+            if routed.queued {
+                answer["queued"] = json!(true);
+            }
+            if let Target::User { user, .. } = &target {
+                answer["receiver"] = json!(user);
+            }
+            (StatusCode::ACCEPTED, Json(answer)).into_response()
+        }
+        Err(e @ RouteError::BacklogFull(..)) => {
+            json_error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
+    }
+}

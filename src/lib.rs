@@ -1,0 +1,18 @@
+//! stompbox: a STOMP broker that pushes messages from backends to browsers over WebSocket and
+//! TCP, with Spring-style `/user` destinations and per-tenant policy.
+//!
+//! The path of a message: transport (bytes) → [`stomp`] codec (frames) → [`session`] (state
+//! machine) → [`broker`] (routing, per tenant) → each subscriber's outbox → the transport's
+//! writer. [`connection`] joins a transport to a session; [`policy`] decides identity and
+//! permissions; [`http`] holds the publish API; [`server`] runs it all.
+
+pub mod broker;
+pub mod config;
+pub mod connection;
+pub mod http;
+pub mod node;
+pub mod policy;
+pub mod server;
+pub mod session;
+pub mod stomp;
+pub mod transport;

@@ -1,0 +1,141 @@
+//! One stompbox node: its tenants, admission limits, ids, and the shutdown signal and task
+//! tracker that every connection registers with.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::broker::Broker;
+use crate::config::{Config, ServerConfig, TenantConfig, DEFAULT_TENANT};
+use crate::policy::{DefaultPolicy, Policy};
+
+/// A tenant: a separate namespace of destinations and users with its own keys and policy.
+#[derive(Debug)]
+pub struct Tenant {
+    /// The tenant id.
+    pub id: String,
+    /// Its routing core on this node.
+    pub broker: Broker,
+    api_keys: Vec<String>,
+    policy: Arc<dyn Policy>,
+}
+
+impl Tenant {
+    fn new(config: &TenantConfig, server: &ServerConfig) -> Tenant {
+        Tenant {
+            id: config.id.clone(),
+            broker: Broker::new(server.max_queue_backlog),
+            api_keys: config.api_keys.clone(),
+            policy: Arc::new(DefaultPolicy),
+        }
+    }
+
+    /// The policy that decides identity and permissions for this tenant.
+    pub fn policy(&self) -> Arc<dyn Policy> {
+        self.policy.clone()
+    }
+
+    /// True when `key` is one of the tenant's API keys. Compares every key in full, so timing
+    /// does not reveal how much of a key matched.
+    pub fn accepts_api_key(&self, key: &str) -> bool {
+        let mut found = false;
+        for candidate in &self.api_keys {
+            found |= constant_time_eq(candidate.as_bytes(), key.as_bytes());
+        }
+        found
+    }
+
+    /// True when the tenant has at least one API key.
+    pub fn has_api_keys(&self) -> bool {
+        !self.api_keys.is_empty()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The node.
+#[derive(Debug)]
+pub struct Node {
+    /// `[server]` settings.
+    pub server: ServerConfig,
+    /// This node's id, the prefix of its session and message ids.
+    pub node_id: String,
+    /// Cancelled once to shut everything down.
+    pub shutdown: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    tenants: HashMap<String, Arc<Tenant>>,
+    next_id: AtomicU64,
+    connections: Arc<Semaphore>,
+}
+
+/// A random-enough 64-bit value from the standard library's per-process hasher keys.
+pub fn random_u64() -> u64 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.finish()
+}
+
+impl Node {
+    /// A node serving `config` (already validated).
+    pub fn new(config: &Config) -> Arc<Node> {
+        let tenants = config
+            .tenants
+            .iter()
+            .map(|t| (t.id.clone(), Arc::new(Tenant::new(t, &config.server))))
+            .collect();
+        Arc::new(Node {
+            server: config.server.clone(),
+            node_id: format!("{:08x}", random_u64() as u32),
+            shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
+            tenants,
+            next_id: AtomicU64::new(1),
+            connections: Arc::new(Semaphore::new(config.server.max_connections)),
+        })
+    }
+
+    /// The tenant with id `id`.
+    pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
+        self.tenants.get(id)
+    }
+
+    /// The tenant for a connection that named none.
+    pub fn default_tenant(&self) -> Option<&Arc<Tenant>> {
+        self.tenant(DEFAULT_TENANT)
+    }
+
+    /// A new id, unique on this node and across nodes (it carries the node id).
+    pub fn next_id(&self) -> String {
+        format!(
+            "{}-{}",
+            self.node_id,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// A connection slot, or `None` when the node is at `max_connections`.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        self.connections.clone().try_acquire_owned().ok()
+    }
+
+    /// Connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.server.max_connections - self.connections.available_permits()
+    }
+}

@@ -1,0 +1,6 @@
+//! Transports: adapters that carry STOMP bytes between a socket and the connection driver.
+//! They choose the tenant where their addressing says it (a WebSocket path) and know nothing
+//! of routing.
+
+pub mod tcp;
+pub mod ws;

@@ -1,0 +1,100 @@
+//! STOMP over plain TCP: the accept loop and the socket adapter. The tenant is the CONNECT
+//! `host` header when it names a configured tenant, else `default`.
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info_span, warn, Instrument};
+
+use crate::broker::outbox::Item;
+use crate::connection::{self, Inbound, Outbound};
+use crate::node::Node;
+use crate::policy::TransportKind;
+use crate::session::{Origin, Session};
+
+/// Accepts STOMP connections until shutdown. Accept errors (e.g. out of file descriptors) are
+/// logged and retried after a pause: the loop never dies.
+pub async fn serve(listener: TcpListener, node: Arc<Node>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(permit) = node.admit() else {
+            node.tasks.spawn(refuse(stream));
+            continue;
+        };
+        let node2 = node.clone();
+        let origin = Origin {
+            transport: TransportKind::Tcp,
+            remote_addr: Some(peer.to_string()),
+            tenant: None,
+        };
+        let session = Session::new(node.clone(), origin);
+        let span = info_span!("conn", transport = "tcp", session = %session.id(), peer = %peer);
+        node.tasks.spawn(
+            async move {
+                let (read, write) = stream.into_split();
+                connection::run(node2, session, TcpIn(read), TcpOut(write)).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+async fn refuse(mut stream: TcpStream) {
+    let _ = stream
+        .write_all(b"ERROR\nmessage:too many connections\n\nthe server is at its connection limit; try again later\0")
+        .await;
+    let _ = stream.shutdown().await;
+    debug!("connection refused: at the connection limit");
+}
+
+struct TcpIn(OwnedReadHalf);
+
+impl Inbound for TcpIn {
+    async fn fill(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(4096);
+        }
+        self.0.read_buf(buf).await
+    }
+}
+
+struct TcpOut(OwnedWriteHalf);
+
+impl Outbound for TcpOut {
+    async fn write(&mut self, items: Vec<Item>) -> io::Result<()> {
+        if let [one] = items.as_slice() {
+            if one.tail.is_empty() {
+                return self.0.write_all(&one.head).await;
+            }
+        }
+        // One gathered buffer per batch: a single syscall for everything queued.
+        let mut out = BytesMut::with_capacity(items.iter().map(Item::len).sum());
+        for item in &items {
+            out.put_slice(&item.head);
+            out.put_slice(&item.tail);
+        }
+        self.0.write_all(&out).await
+    }
+
+    async fn close(&mut self) {
+        let _ = self.0.shutdown().await;
+    }
+}
