@@ -149,12 +149,14 @@ fn echo(raw: &[u8]) -> String {
 /// [`Decoded::HeartBeat`]. A complete frame is split off the front of `buf`; its body shares
 /// that allocation rather than being copied.
 ///
-/// Limits are checked against what is buffered so far, so an oversized frame is rejected
-/// without waiting for the rest of it. After an `Err` the contents of `buf` are unspecified and
-/// the connection should be closed.
-///
 /// Decoding is stateless, so an incomplete frame is re-scanned on each call; the limits are
 /// what bound that cost.
+///
+/// # Errors
+///
+/// Any [`FrameError`]. Limits are checked against what is buffered so far, so an oversized
+/// frame is rejected without waiting for the rest of it. After an `Err` the contents of `buf`
+/// are unspecified and the connection should be closed.
 pub fn decode(
     buf: &mut BytesMut,
     version: Version,
@@ -172,7 +174,8 @@ pub fn decode(
         return Ok(None);
     };
     let headers = parse_headers(buf, &layout, version)?;
-    // The NUL is included so the next call starts at whatever follows the frame.
+    // `scan` found the NUL at `body.end`, so this is in bounds; taking the NUL too leaves `buf`
+    // at whatever follows the frame.
     let frame_bytes = buf.split_to(layout.body.end + 1).freeze();
     let body = frame_bytes.slice(layout.body);
     Ok(Some(Decoded::Frame(Frame {
@@ -460,6 +463,7 @@ pub fn encode(frame: &Frame, version: Version, out: &mut BytesMut) {
     } else {
         Version::V1_0
     };
+    // Lengths of data already in memory, so the sum cannot overflow.
     let headers_len: usize = frame
         .headers
         .iter()
@@ -504,10 +508,11 @@ fn put_decimal(n: usize, out: &mut BytesMut) {
 /// Appends a header name or value escaped for `version`, as used for commands that
 /// [escape headers](Command::escapes_headers); `V1_0` writes it unescaped, as for the others.
 ///
-/// 1.2 escapes `\r`, `\n`, `:` and `\`; 1.1 escapes `\n`, `:` and `\` (a CR stays raw, so a
-/// trailing one is lost to CRLF stripping). A NUL, and an LF where the version cannot escape
-/// it, is replaced by a space: written raw they would end the line or the frame early, letting
-/// header content forge headers or whole frames.
+/// 1.2 escapes `\r`, `\n`, `:` and `\`; 1.1 escapes `\n`, `:` and `\`. A NUL, and an LF where
+/// the version cannot escape it, is replaced by a space: written raw they would end the line or
+/// the frame early, letting header content forge headers or whole frames. Other characters the
+/// version cannot escape are written raw and may not survive decoding: a CR ending a value is
+/// taken as part of a CRLF, and a `:` in an unescaped name moves the name/value split.
 pub fn escape_into(value: &str, version: Version, out: &mut BytesMut) {
     let escapes = version != Version::V1_0;
     let bytes = value.as_bytes();
@@ -528,4 +533,846 @@ pub fn escape_into(value: &str, version: Version, out: &mut BytesMut) {
         copied = i + 1;
     }
     out.put_slice(bytes.get(copied..).unwrap_or_default());
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const ALL_COMMANDS: [Command; 15] = [
+        Command::Connect,
+        Command::Stomp,
+        Command::Connected,
+        Command::Send,
+        Command::Subscribe,
+        Command::Unsubscribe,
+        Command::Ack,
+        Command::Nack,
+        Command::Begin,
+        Command::Commit,
+        Command::Abort,
+        Command::Disconnect,
+        Command::Message,
+        Command::Receipt,
+        Command::Error,
+    ];
+
+    /// Re-decoding an encoded frame must not trip limits that only the original input met.
+    const UNLIMITED: Limits = Limits {
+        max_frame_bytes: usize::MAX,
+        max_headers: usize::MAX,
+        max_header_line: usize::MAX,
+    };
+
+    fn decode_once(input: &[u8], version: Version) -> Result<Option<Decoded>, FrameError> {
+        decode(&mut BytesMut::from(input), version, &Limits::default())
+    }
+
+    fn decode_with(input: &[u8], limits: Limits) -> Result<Option<Decoded>, FrameError> {
+        decode(&mut BytesMut::from(input), Version::V1_2, &limits)
+    }
+
+    fn decode_frame(input: &[u8], version: Version) -> Frame {
+        match decode_once(input, version) {
+            Ok(Some(Decoded::Frame(frame))) => frame,
+            other => panic!("expected a frame from {input:?}, got {other:?}"),
+        }
+    }
+
+    /// Decodes everything currently decodable, failing the test on errors.
+    fn decode_all(buf: &mut BytesMut, version: Version) -> Vec<Decoded> {
+        let mut items = Vec::new();
+        while let Some(item) = decode(buf, version, &Limits::default()).unwrap() {
+            items.push(item);
+        }
+        items
+    }
+
+    fn encoded(frame: &Frame, version: Version) -> Vec<u8> {
+        let mut out = BytesMut::new();
+        encode(frame, version, &mut out);
+        out.to_vec()
+    }
+
+    fn pairs(headers: &[(&str, &str)]) -> Vec<(String, String)> {
+        headers
+            .iter()
+            .map(|&(n, v)| (n.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn decodes_a_frame_and_its_body_up_to_the_nul() {
+        let frame = decode_frame(b"SEND\ndestination:/queue/a\nx:\n\nhello\0", Version::V1_2);
+        assert_eq!(frame.command, Command::Send);
+        assert_eq!(
+            frame.headers,
+            pairs(&[("destination", "/queue/a"), ("x", "")])
+        );
+        assert_eq!(&frame.body[..], b"hello");
+    }
+
+    #[test]
+    fn header_splits_at_the_first_colon() {
+        let frame = decode_frame(b"SEND\nurl:http://x:80/a\n\n\0", Version::V1_0);
+        assert_eq!(frame.get("url"), Some("http://x:80/a"));
+    }
+
+    #[test]
+    fn v1_2_unescapes_cr_lf_colon_and_backslash_in_names_and_values() {
+        let frame = decode_frame(
+            b"MESSAGE\nna\\cme\\\\:a\\r\\nb\\cc\\\\d\n\n\0",
+            Version::V1_2,
+        );
+        assert_eq!(frame.headers, pairs(&[("na:me\\", "a\r\nb:c\\d")]));
+    }
+
+    #[test]
+    fn v1_1_unescapes_lf_colon_and_backslash_but_rejects_cr_escape() {
+        let frame = decode_frame(b"SEND\nk\\c:a\\nb\\cc\\\\d\n\n\0", Version::V1_1);
+        assert_eq!(frame.headers, pairs(&[("k:", "a\nb:c\\d")]));
+        assert_eq!(
+            decode_once(b"SEND\nk:a\\rb\n\n\0", Version::V1_1),
+            Err(FrameError::InvalidEscape {
+                sequence: "\\r".into(),
+                version: Version::V1_1
+            })
+        );
+    }
+
+    #[test]
+    fn undefined_escapes_are_fatal_in_1_1_and_1_2_but_raw_in_1_0() {
+        for version in [Version::V1_1, Version::V1_2] {
+            assert_eq!(
+                decode_once(b"SEND\nk:a\\tb\n\n\0", version),
+                Err(FrameError::InvalidEscape {
+                    sequence: "\\t".into(),
+                    version
+                })
+            );
+            assert_eq!(
+                decode_once(b"SEND\nk\\:v\n\n\0", version),
+                Err(FrameError::InvalidEscape {
+                    sequence: "\\".into(),
+                    version
+                }),
+                "a trailing lone backslash in a name"
+            );
+            assert_eq!(
+                decode_once(b"SEND\nk:v\\\n\n\0", version),
+                Err(FrameError::InvalidEscape {
+                    sequence: "\\".into(),
+                    version
+                }),
+                "a trailing lone backslash in a value"
+            );
+            assert_eq!(
+                decode_once("SEND\nk:\\é\n\n\0".as_bytes(), version),
+                Err(FrameError::InvalidEscape {
+                    sequence: "\\é".into(),
+                    version
+                })
+            );
+        }
+        let frame = decode_frame(b"SEND\nk\\n:a\\tb\\c\\\n\n\0", Version::V1_0);
+        assert_eq!(frame.headers, pairs(&[("k\\n", "a\\tb\\c\\")]));
+    }
+
+    #[test]
+    fn connection_frames_are_never_unescaped() {
+        for version in Version::ALL {
+            for command in ["CONNECT", "STOMP", "CONNECTED"] {
+                let input = format!("{command}\nlogin:a\\cb\npasscode:p\\w\\\n\n\0");
+                let frame = decode_frame(input.as_bytes(), version);
+                assert_eq!(
+                    frame.headers,
+                    pairs(&[("login", "a\\cb"), ("passcode", "p\\w\\")])
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn connection_frames_are_never_escaped() {
+        let frame = Frame::new(Command::Connected).header("server", "a:b\\c");
+        assert_eq!(
+            encoded(&frame, Version::V1_2),
+            b"CONNECTED\nserver:a:b\\c\n\n\0"
+        );
+    }
+
+    #[test]
+    fn repeated_headers_are_all_kept_and_the_first_wins() {
+        let frame = decode_frame(b"SEND\nfoo:1\nbar:x\nfoo:2\n\n\0", Version::V1_2);
+        assert_eq!(
+            frame.headers,
+            pairs(&[("foo", "1"), ("bar", "x"), ("foo", "2")])
+        );
+        assert_eq!(frame.get("foo"), Some("1"));
+        assert_eq!(
+            encoded(&frame, Version::V1_2),
+            b"SEND\nfoo:1\nbar:x\nfoo:2\n\n\0",
+            "re-encoding keeps every repetition in order"
+        );
+    }
+
+    #[test]
+    fn content_length_frames_a_body_containing_nul_bytes() {
+        let frame = decode_frame(b"SEND\ncontent-length:5\n\na\0b\0c\0", Version::V1_2);
+        assert_eq!(&frame.body[..], b"a\0b\0c");
+        assert_eq!(frame.get("content-length"), Some("5"));
+    }
+
+    #[test]
+    fn first_content_length_wins() {
+        let frame = decode_frame(
+            b"SEND\ncontent-length:2\ncontent-length:9\n\na\0\0",
+            Version::V1_2,
+        );
+        assert_eq!(&frame.body[..], b"a\0");
+    }
+
+    #[test]
+    fn content_length_may_be_padded_with_blanks() {
+        let frame = decode_frame(b"SEND\ncontent-length: 3\t\n\nabc\0", Version::V1_0);
+        assert_eq!(&frame.body[..], b"abc");
+    }
+
+    #[test]
+    fn body_shares_the_input_buffer() {
+        let mut buf = BytesMut::from(&b"SEND\ncontent-length:4\n\nbody\0"[..]);
+        let input = buf.as_ptr_range();
+        let Some(Decoded::Frame(frame)) =
+            decode(&mut buf, Version::V1_2, &Limits::default()).unwrap()
+        else {
+            panic!("expected a frame");
+        };
+        assert!(input.contains(&frame.body.as_ptr()), "body was copied");
+    }
+
+    #[test]
+    fn crlf_line_ends_are_accepted() {
+        let frame = decode_frame(
+            b"SEND\r\ndestination:/q\r\nk:v\r\r\n\r\nbody\0",
+            Version::V1_2,
+        );
+        assert_eq!(frame.command, Command::Send);
+        assert_eq!(
+            frame.headers,
+            pairs(&[("destination", "/q"), ("k", "v\r")]),
+            "only one CR is stripped"
+        );
+        assert_eq!(&frame.body[..], b"body");
+    }
+
+    #[test]
+    fn eols_between_frames_are_one_heart_beat_per_call() {
+        let mut buf = BytesMut::from(&b"\n\r\n\nSEND\n\n\0\r\n\nACK\nid:1\n\n\0\n"[..]);
+        let items = decode_all(&mut buf, Version::V1_2);
+        assert_eq!(
+            items,
+            vec![
+                Decoded::HeartBeat,
+                Decoded::Frame(Frame::new(Command::Send)),
+                Decoded::HeartBeat,
+                Decoded::Frame(Frame::new(Command::Ack).header("id", "1")),
+                Decoded::HeartBeat,
+            ]
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn a_trailing_lone_cr_waits_for_its_lf() {
+        let mut buf = BytesMut::from(&b"\n\r"[..]);
+        let limits = Limits::default();
+        assert_eq!(
+            decode(&mut buf, Version::V1_2, &limits),
+            Ok(Some(Decoded::HeartBeat))
+        );
+        assert_eq!(&buf[..], b"\r");
+        assert_eq!(decode(&mut buf, Version::V1_2, &limits), Ok(None));
+        assert_eq!(&buf[..], b"\r");
+        buf.extend_from_slice(b"\n");
+        assert_eq!(
+            decode(&mut buf, Version::V1_2, &limits),
+            Ok(Some(Decoded::HeartBeat))
+        );
+        assert!(buf.is_empty());
+        assert_eq!(decode(&mut buf, Version::V1_2, &limits), Ok(None));
+    }
+
+    #[test]
+    fn several_frames_in_one_buffer_come_out_in_order() {
+        let mut buf = BytesMut::from(
+            &b"SEND\ndestination:/a\n\none\0SEND\ncontent-length:3\n\nt\0o\0BEGIN\ntransaction:t\n\n\0"
+                [..],
+        );
+        let items = decode_all(&mut buf, Version::V1_2);
+        assert_eq!(
+            items,
+            vec![
+                Decoded::Frame(
+                    Frame::new(Command::Send)
+                        .header("destination", "/a")
+                        .body("one")
+                ),
+                Decoded::Frame(
+                    Frame::new(Command::Send)
+                        .header("content-length", "3")
+                        .body(&b"t\0o"[..])
+                ),
+                Decoded::Frame(Frame::new(Command::Begin).header("transaction", "t")),
+            ]
+        );
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn frames_fed_byte_by_byte_decode_the_same() {
+        let input: &[u8] = b"\r\nCONNECT\r\naccept-version:1.2\r\nhost:h\r\n\r\n\0\n\
+            SEND\ndestination:/q\\c1\ncontent-length:4\n\n\0\r\n\0\0\n\n\
+            SUBSCRIBE\nid:0\ndestination:/t\n\n\0";
+        let mut whole = BytesMut::from(input);
+        let expected: Vec<Decoded> = decode_all(&mut whole, Version::V1_2)
+            .into_iter()
+            .filter(|item| matches!(item, Decoded::Frame(_)))
+            .collect();
+        assert_eq!(expected.len(), 3);
+
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for &byte in input {
+            buf.extend_from_slice(&[byte]);
+            loop {
+                let before = buf.clone();
+                match decode(&mut buf, Version::V1_2, &Limits::default()).unwrap() {
+                    None => {
+                        assert_eq!(buf, before, "an incomplete frame must not be consumed");
+                        break;
+                    }
+                    Some(Decoded::HeartBeat) => {}
+                    Some(frame) => got.push(frame),
+                }
+            }
+        }
+        assert_eq!(got, expected);
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn frame_size_limit_applies_to_the_whole_frame() {
+        let limits = Limits {
+            max_frame_bytes: 100,
+            ..Limits::default()
+        };
+        // "SEND\n\n" + 93 body bytes + NUL is exactly 100 bytes.
+        let mut exact = b"SEND\n\n".to_vec();
+        exact.extend_from_slice(&[b'x'; 93]);
+        assert_eq!(decode_with(&exact, limits), Ok(None));
+        exact.push(0);
+        assert!(matches!(
+            decode_with(&exact, limits),
+            Ok(Some(Decoded::Frame(_)))
+        ));
+
+        let mut over = b"SEND\n\n".to_vec();
+        over.extend_from_slice(&[b'x'; 94]);
+        assert_eq!(
+            decode_with(&over, limits),
+            Err(FrameError::FrameTooLarge { limit: 100 }),
+            "rejected before the NUL arrives"
+        );
+        over.push(0);
+        assert_eq!(
+            decode_with(&over, limits),
+            Err(FrameError::FrameTooLarge { limit: 100 })
+        );
+    }
+
+    #[test]
+    fn oversized_content_length_is_rejected_before_the_body_arrives() {
+        let limits = Limits {
+            max_frame_bytes: 100,
+            ..Limits::default()
+        };
+        assert_eq!(
+            decode_with(b"SEND\ncontent-length:1000\n\n", limits),
+            Err(FrameError::FrameTooLarge { limit: 100 })
+        );
+        assert_eq!(
+            decode_with(
+                b"SEND\ncontent-length:99999999999999999999999999\n\n",
+                limits
+            ),
+            Err(FrameError::FrameTooLarge { limit: 100 }),
+            "a length beyond usize is too large, not malformed"
+        );
+        // 5 + 18 + 1 + 75 + 1 = 100 bytes.
+        let mut exact = b"SEND\ncontent-length:75\n\n".to_vec();
+        assert_eq!(decode_with(&exact, limits), Ok(None));
+        exact.extend_from_slice(&[0; 76]);
+        assert!(matches!(
+            decode_with(&exact, limits),
+            Ok(Some(Decoded::Frame(_)))
+        ));
+        assert_eq!(
+            decode_with(b"SEND\ncontent-length:76\n\n", limits),
+            Err(FrameError::FrameTooLarge { limit: 100 })
+        );
+    }
+
+    #[test]
+    fn oversized_header_section_is_rejected_before_it_ends() {
+        let limits = Limits {
+            max_frame_bytes: 64,
+            max_headers: 1000,
+            ..Limits::default()
+        };
+        let mut input = b"SEND\n".to_vec();
+        for _ in 0..20 {
+            input.extend_from_slice(b"h:v\n");
+        }
+        assert_eq!(
+            decode_with(&input, limits),
+            Err(FrameError::FrameTooLarge { limit: 64 })
+        );
+    }
+
+    #[test]
+    fn long_lines_are_rejected_before_their_eol_arrives() {
+        let limits = Limits {
+            max_header_line: 16,
+            ..Limits::default()
+        };
+        let too_long = Err(FrameError::HeaderLineTooLong { limit: 16 });
+        assert_eq!(decode_with(b"SEND\nh:xxxxxxxxxxxxxxx", limits), too_long);
+        assert_eq!(decode_with(b"SENDSENDSENDSENDS", limits), too_long);
+        assert_eq!(
+            decode_with(b"SEND\nh:xxxxxxxxxxxxxxx\n\n\0", limits),
+            too_long
+        );
+        // 16 bytes of content; the CR belongs to the line end and does not count.
+        assert_eq!(decode_with(b"SEND\nh:xxxxxxxxxxxxxx\r", limits), Ok(None));
+        assert!(matches!(
+            decode_with(b"SEND\nh:xxxxxxxxxxxxxx\r\n\n\0", limits),
+            Ok(Some(Decoded::Frame(_)))
+        ));
+    }
+
+    #[test]
+    fn too_many_headers_are_rejected_as_soon_as_one_more_starts() {
+        let limits = Limits {
+            max_headers: 2,
+            ..Limits::default()
+        };
+        let too_many = Err(FrameError::TooManyHeaders { limit: 2 });
+        assert_eq!(decode_with(b"SEND\na:1\nb:2\nc:3\n", limits), too_many);
+        assert_eq!(decode_with(b"SEND\na:1\nb:2\nc", limits), too_many);
+        assert_eq!(decode_with(b"SEND\na:1\nb:2\n\r", limits), Ok(None));
+        assert!(matches!(
+            decode_with(b"SEND\na:1\nb:2\n\r\n\0", limits),
+            Ok(Some(Decoded::Frame(_)))
+        ));
+    }
+
+    #[test]
+    fn header_line_without_colon_is_an_error() {
+        assert_eq!(
+            decode_once(b"SEND\ndestination\n\n\0", Version::V1_2),
+            Err(FrameError::MissingColon {
+                line: "destination".into()
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_commands_are_errors() {
+        assert_eq!(
+            decode_once(b"send\n\n\0", Version::V1_2),
+            Err(FrameError::UnknownCommand {
+                name: "send".into()
+            })
+        );
+        assert_eq!(
+            decode_once(b"\xffSEND\n\n\0", Version::V1_2),
+            Err(FrameError::InvalidUtf8 { field: "command" })
+        );
+        let long = "X".repeat(200);
+        let Err(FrameError::UnknownCommand { name }) =
+            decode_once(format!("{long}\n\n\0").as_bytes(), Version::V1_2)
+        else {
+            panic!("expected an unknown command");
+        };
+        assert!(name.len() < 80, "echoed text is truncated: {name}");
+    }
+
+    #[test]
+    fn invalid_utf8_in_headers_is_an_error() {
+        assert_eq!(
+            decode_once(b"SEND\nk\xff:v\n\n\0", Version::V1_2),
+            Err(FrameError::InvalidUtf8 {
+                field: "header name"
+            })
+        );
+        assert_eq!(
+            decode_once(b"CONNECT\nk:\xc3\n\n\0", Version::V1_0),
+            Err(FrameError::InvalidUtf8 {
+                field: "header value"
+            })
+        );
+        let frame = decode_frame(b"SEND\n\n\xff\xfe\0", Version::V1_2);
+        assert_eq!(&frame.body[..], b"\xff\xfe", "bodies are raw bytes");
+    }
+
+    #[test]
+    fn malformed_content_length_is_an_error() {
+        for value in ["abc", "-1", "", " ", "1 2", "+3", "0x10", "\\c"] {
+            let input = format!("SEND\ncontent-length:{value}\n\n\0");
+            assert_eq!(
+                decode_once(input.as_bytes(), Version::V1_2),
+                Err(FrameError::InvalidContentLength {
+                    value: value.to_owned()
+                }),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn body_not_followed_by_nul_is_an_error() {
+        assert_eq!(
+            decode_once(b"SEND\ncontent-length:2\n\nabc\0", Version::V1_2),
+            Err(FrameError::MissingNul { content_length: 2 })
+        );
+        assert_eq!(
+            decode_once(b"SEND\ncontent-length:2\n\nab", Version::V1_2),
+            Ok(None),
+            "the NUL has not arrived yet"
+        );
+    }
+
+    #[test]
+    fn nul_before_the_body_is_an_error() {
+        for input in [&b"SEND\0"[..], b"SEND\nk:v\0\n\n\0", b"\0", b"SEND\nk:v\0"] {
+            assert_eq!(
+                decode_once(input, Version::V1_2),
+                Err(FrameError::NulInHeaders),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn error_messages_are_readable() {
+        let err = FrameError::InvalidEscape {
+            sequence: "\\t".into(),
+            version: Version::V1_1,
+        };
+        assert_eq!(
+            err.to_string(),
+            "invalid escape sequence \"\\t\" in a header; STOMP 1.1 allows only \\n, \\c and \\\\"
+        );
+        assert_eq!(
+            FrameError::FrameTooLarge { limit: 65536 }.to_string(),
+            "frame exceeds the maximum size of 65536 bytes"
+        );
+    }
+
+    #[test]
+    fn encode_adds_content_length_for_non_empty_bodies() {
+        let frame = Frame::new(Command::Message)
+            .header("destination", "/q")
+            .body(&b"a\0b"[..]);
+        assert_eq!(
+            encoded(&frame, Version::V1_2),
+            b"MESSAGE\ndestination:/q\ncontent-length:3\n\na\0b\0"
+        );
+        assert_eq!(
+            encoded(&Frame::new(Command::Receipt), Version::V1_2),
+            b"RECEIPT\n\n\0"
+        );
+    }
+
+    #[test]
+    fn encode_corrects_a_wrong_content_length_but_keeps_a_right_one() {
+        let wrong = Frame::new(Command::Message)
+            .header("content-length", "1")
+            .header("content-length", "junk")
+            .body("hello");
+        assert_eq!(
+            encoded(&wrong, Version::V1_2),
+            b"MESSAGE\ncontent-length:5\ncontent-length:junk\n\nhello\0"
+        );
+        let padded = Frame::new(Command::Message)
+            .header("content-length", " 5")
+            .body("hello");
+        assert_eq!(
+            encoded(&padded, Version::V1_0),
+            b"MESSAGE\ncontent-length: 5\n\nhello\0"
+        );
+        let empty = Frame::new(Command::Message).header("content-length", "7");
+        assert_eq!(
+            encoded(&empty, Version::V1_2),
+            b"MESSAGE\ncontent-length:0\n\n\0"
+        );
+    }
+
+    #[test]
+    fn escape_into_follows_each_version() {
+        let escape = |value: &str, version| {
+            let mut out = BytesMut::new();
+            escape_into(value, version, &mut out);
+            out
+        };
+        let value = "a:b\\c\nd\re";
+        assert_eq!(escape(value, Version::V1_2), &b"a\\cb\\\\c\\nd\\re"[..]);
+        assert_eq!(escape(value, Version::V1_1), &b"a\\cb\\\\c\\nd\re"[..]);
+        assert_eq!(escape(value, Version::V1_0), &b"a:b\\c d\re"[..]);
+        assert_eq!(escape("é✓", Version::V1_2), "é✓".as_bytes());
+        assert_eq!(escape("", Version::V1_2), &b""[..]);
+    }
+
+    #[test]
+    fn encode_never_lets_header_text_forge_lines_or_frames() {
+        let frame = Frame::new(Command::Message)
+            .header("k\n", "v\nSEND\0x")
+            .header("a\0", "b");
+        for version in Version::ALL {
+            let bytes = encoded(&frame, version);
+            assert_eq!(bytes.iter().filter(|&&b| b == 0).count(), 1, "{version}");
+            let decoded = decode_frame(&bytes, version);
+            assert_eq!(decoded.headers.len(), 2, "{version}");
+        }
+        let connect = Frame::new(Command::Connect).header("login", "x\nevil:1");
+        assert_eq!(
+            encoded(&connect, Version::V1_2),
+            b"CONNECT\nlogin:x evil:1\n\n\0"
+        );
+    }
+
+    /// What decoding `encode(frame)` yields: one CR is lost from values ending in CR where the
+    /// version cannot escape it, and a content-length is added to non-empty bodies without one.
+    fn after_round_trip(frame: &Frame, version: Version) -> Frame {
+        let mut expected = frame.clone();
+        if !(version == Version::V1_2 && frame.command.escapes_headers()) {
+            for (_, value) in &mut expected.headers {
+                if value.ends_with('\r') {
+                    value.pop();
+                }
+            }
+        }
+        if !frame.body.is_empty() && frame.get("content-length").is_none() {
+            expected
+                .headers
+                .push(("content-length".into(), frame.body.len().to_string()));
+        }
+        expected
+    }
+
+    fn field_strategies(
+        version: Version,
+        command: Command,
+    ) -> (BoxedStrategy<String>, BoxedStrategy<String>) {
+        // At most 12 chars, so a generated name can never be `content-length`; NUL is left out
+        // because encode replaces it.
+        match (command.escapes_headers(), version) {
+            (true, Version::V1_2) => {
+                let s = prop_oneof![r"[^\x00]{0,12}", r"[a:\\\r\n]{0,12}"].boxed();
+                (s.clone(), s)
+            }
+            (true, Version::V1_1) => {
+                let s = prop_oneof![r"[^\x00\r]{0,12}", r"[a:\\\n]{0,12}"].boxed();
+                (s.clone(), s)
+            }
+            _ => (
+                prop_oneof![r"[^\x00\r\n:]{0,12}", r"[a\\]{0,12}"].boxed(),
+                prop_oneof![r"[^\x00\r\n]{0,12}", r"[a:\\]{0,12}"].boxed(),
+            ),
+        }
+    }
+
+    fn arb_frame() -> impl Strategy<Value = (Frame, Version)> {
+        (
+            proptest::sample::select(Version::ALL.to_vec()),
+            proptest::sample::select(ALL_COMMANDS.to_vec()),
+        )
+            .prop_flat_map(|(version, command)| {
+                let (names, values) = field_strategies(version, command);
+                (
+                    Just(version),
+                    Just(command),
+                    proptest::collection::vec((names, values), 0..8),
+                    proptest::collection::vec(any::<u8>(), 0..256),
+                )
+            })
+            .prop_map(|(version, command, headers, body)| {
+                let frame = Frame {
+                    command,
+                    headers,
+                    body: Bytes::from(body),
+                };
+                (frame, version)
+            })
+    }
+
+    /// Text made of the pieces the escaping and framing rules care about.
+    fn arb_soup() -> impl Strategy<Value = Vec<u8>> {
+        let piece = proptest::sample::select(vec![
+            &b"a"[..],
+            b"b",
+            b"/q",
+            b"-",
+            b"content-length",
+            b"3",
+            b" ",
+            b":",
+            b"\\\\",
+            b"\\c",
+            b"\\n",
+            b"\\r",
+            b"\\t",
+            b"\\",
+            b"\r",
+            "\u{e9}".as_bytes(),
+            b"\xff",
+        ]);
+        proptest::collection::vec(piece, 0..5).prop_map(|pieces| pieces.concat())
+    }
+
+    /// Mostly well-formed frames with corruptions, so random input reaches every stage of
+    /// the parser rather than failing on the command line.
+    fn arb_wire() -> impl Strategy<Value = Vec<u8>> {
+        let command = proptest::sample::select(vec![
+            &b"SEND"[..],
+            b"MESSAGE",
+            b"CONNECT",
+            b"CONNECTED",
+            b"ERROR",
+            b"SUBSCRIBE",
+            b"STOMP",
+            b"send",
+        ]);
+        let eol = proptest::sample::select(vec![&b"\n"[..], b"\r\n", b"\r\r\n"]);
+        let header = (
+            arb_soup(),
+            proptest::bool::weighted(0.95),
+            arb_soup(),
+            eol.clone(),
+        );
+        let frame = (
+            command,
+            eol.clone(),
+            proptest::collection::vec(header, 0..4),
+            proptest::option::of(0usize..6),
+            proptest::collection::vec(any::<u8>(), 0..8),
+            eol,
+            proptest::sample::select(vec![&b""[..], b"\n", b"\r\n\n", b"\r", b"\0"]),
+        )
+            .prop_map(
+                |(command, command_eol, headers, content_length, body, end_eol, trailer)| {
+                    let mut out = [command, command_eol].concat();
+                    if let Some(len) = content_length {
+                        // Usually the true length; otherwise off, to reach MissingNul.
+                        let len = if len < 3 { body.len() } else { len };
+                        out.extend_from_slice(format!("content-length:{len}\n").as_bytes());
+                    }
+                    for (name, colon, value, eol) in headers {
+                        out.extend_from_slice(&name);
+                        if colon {
+                            out.push(b':');
+                        }
+                        out.extend_from_slice(&value);
+                        out.extend_from_slice(eol);
+                    }
+                    out.extend_from_slice(end_eol);
+                    out.extend_from_slice(&body);
+                    out.push(0);
+                    out.extend_from_slice(trailer);
+                    out
+                },
+            );
+        let noise = proptest::collection::vec(any::<u8>(), 0..8);
+        proptest::collection::vec(prop_oneof![4 => frame, 1 => noise], 0..4)
+            .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn encode_then_decode_round_trips(
+            (frame, version) in arb_frame(),
+            split in any::<proptest::sample::Index>(),
+        ) {
+            let bytes = Bytes::from(encoded(&frame, version));
+            let mut expected = frame.clone();
+            if !frame.body.is_empty() {
+                expected
+                    .headers
+                    .push(("content-length".into(), frame.body.len().to_string()));
+            }
+            let limits = Limits::default();
+
+            let mut buf = BytesMut::from(&bytes[..]);
+            prop_assert_eq!(
+                decode(&mut buf, version, &limits),
+                Ok(Some(Decoded::Frame(expected.clone())))
+            );
+            prop_assert!(buf.is_empty());
+
+            let at = split.index(bytes.len());
+            let mut buf = BytesMut::from(&bytes[..at]);
+            prop_assert_eq!(decode(&mut buf, version, &limits), Ok(None));
+            prop_assert_eq!(buf.len(), at);
+            buf.extend_from_slice(&bytes[at..]);
+            prop_assert_eq!(
+                decode(&mut buf, version, &limits),
+                Ok(Some(Decoded::Frame(expected)))
+            );
+            prop_assert!(buf.is_empty());
+        }
+
+        /// The same check as the fuzz target: arbitrary input never panics, and every frame
+        /// decoded from it survives re-encoding.
+        #[test]
+        fn arbitrary_input_decodes_safely_and_re_encodes(
+            input in arb_wire(),
+            small in any::<bool>(),
+        ) {
+            let limits = if small {
+                Limits { max_frame_bytes: 48, max_headers: 3, max_header_line: 16 }
+            } else {
+                Limits::default()
+            };
+            for version in Version::ALL {
+                let mut buf = BytesMut::from(&input[..]);
+                loop {
+                    let before = buf.clone();
+                    match decode(&mut buf, version, &limits) {
+                        Ok(Some(Decoded::Frame(frame))) => {
+                            let mut out = BytesMut::new();
+                            encode(&frame, version, &mut out);
+                            prop_assert_eq!(
+                                decode(&mut out, version, &UNLIMITED),
+                                Ok(Some(Decoded::Frame(after_round_trip(&frame, version))))
+                            );
+                            prop_assert!(out.is_empty());
+                        }
+                        Ok(Some(Decoded::HeartBeat)) => {
+                            prop_assert!(buf.len() < before.len());
+                            let eaten = &before[..before.len() - buf.len()];
+                            prop_assert!(eaten.iter().all(|&b| b == b'\r' || b == b'\n'));
+                        }
+                        Ok(None) => {
+                            prop_assert_eq!(&buf, &before);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+    }
 }

@@ -173,12 +173,14 @@ impl Frame {
 
     /// Appends a header (builder style); an existing header of the same name is kept, and
     /// since the first occurrence wins, the new one is shadowed by it.
+    #[must_use]
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Frame {
         self.headers.push((name.into(), value.into()));
         self
     }
 
     /// Replaces the body (builder style).
+    #[must_use]
     pub fn body(mut self, body: impl Into<Bytes>) -> Frame {
         self.body = body.into();
         self

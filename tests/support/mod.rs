@@ -1,0 +1,404 @@
+//! Test support: a real node on port 0, STOMP clients over TCP and WebSocket built on the
+//! project's codec, and a plain HTTP client for the publish API.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures_util::{SinkExt, StreamExt};
+use stompbox::config::{Config, Overrides};
+use stompbox::node::Node;
+use stompbox::stomp::{decode, encode, Command, Decoded, Frame, Limits, Version};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const API_KEY: &str = "test-api-key";
+pub const WAIT: Duration = Duration::from_secs(5);
+
+/// A node running in this process.
+pub struct TestNode {
+    pub node: Arc<Node>,
+    pub http: SocketAddr,
+    pub stomp: SocketAddr,
+    server: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestNode {
+    /// A node with the default configuration plus `toml`.
+    pub async fn start(toml: &str) -> TestNode {
+        let config = Config::from_toml(toml)
+            .expect("test config parses")
+            .finish(Overrides {
+                api_key: Some(API_KEY.into()),
+                ..Default::default()
+            })
+            .expect("test config is valid");
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stomp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (http_addr, stomp_addr) = (http.local_addr().unwrap(), stomp.local_addr().unwrap());
+        let node = Node::new(&config);
+        let server = tokio::spawn({
+            let node = node.clone();
+            async move {
+                stompbox::server::run(node, http, stomp).await.unwrap();
+            }
+        });
+        TestNode {
+            node,
+            http: http_addr,
+            stomp: stomp_addr,
+            server: Some(server),
+        }
+    }
+
+    pub async fn default() -> TestNode {
+        TestNode::start("").await
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://{}{}", self.http, path)
+    }
+
+    /// Shuts the node down and waits for it to finish.
+    pub async fn stop(mut self) {
+        self.node.shutdown.cancel();
+        if let Some(server) = self.server.take() {
+            tokio::time::timeout(Duration::from_secs(10), server)
+                .await
+                .expect("node stops within 10 s")
+                .unwrap();
+        }
+    }
+
+    /// Publishes through the HTTP API of tenant `default`.
+    pub async fn publish(&self, body: serde_json::Value) -> (u16, serde_json::Value) {
+        http_request(
+            self.http,
+            "POST",
+            "/api/v1/tenants/default/publish",
+            Some(API_KEY),
+            &body.to_string(),
+        )
+        .await
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.node.shutdown.cancel();
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let auth = bearer
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+        .await
+        .expect("HTTP answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad HTTP answer: {text}"));
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+enum Wire {
+    Tcp(TcpStream),
+    Ws(Box<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>>),
+}
+
+/// A STOMP client for tests.
+pub struct Client {
+    wire: Wire,
+    buf: BytesMut,
+    pub version: Version,
+    closed: bool,
+    pub heartbeats: usize,
+}
+
+impl Client {
+    pub async fn tcp(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client::over(Wire::Tcp(stream))
+    }
+
+    /// A WebSocket client offering `protocols` (may be empty).
+    pub async fn ws(url: &str, protocols: &str) -> Client {
+        Client::try_ws(url, protocols)
+            .await
+            .expect("WebSocket upgrade")
+    }
+
+    pub async fn try_ws(
+        url: &str,
+        protocols: &str,
+    ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+        let (ws, _) = Client::ws_handshake(url, protocols).await?;
+        Ok(Client::over(Wire::Ws(Box::new(ws))))
+    }
+
+    /// Upgrades and returns the subprotocol the server chose.
+    pub async fn ws_with_protocol(url: &str, protocols: &str) -> (Client, Option<String>) {
+        let (ws, response) = Client::ws_handshake(url, protocols).await.unwrap();
+        let chosen = response
+            .headers()
+            .get("sec-websocket-protocol")
+            .map(|v| v.to_str().unwrap().to_string());
+        (Client::over(Wire::Ws(Box::new(ws))), chosen)
+    }
+
+    async fn ws_handshake(
+        url: &str,
+        protocols: &str,
+    ) -> Result<
+        (
+            tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
+            tokio_tungstenite::tungstenite::handshake::client::Response,
+        ),
+        tokio_tungstenite::tungstenite::Error,
+    > {
+        let mut request = url.into_client_request().unwrap();
+        if !protocols.is_empty() {
+            request
+                .headers_mut()
+                .insert("sec-websocket-protocol", protocols.parse().unwrap());
+        }
+        tokio_tungstenite::connect_async(request).await
+    }
+
+    fn over(wire: Wire) -> Client {
+        Client {
+            wire,
+            buf: BytesMut::new(),
+            version: Version::V1_2,
+            closed: false,
+            heartbeats: 0,
+        }
+    }
+
+    /// Sends raw bytes (one WebSocket text message when over WebSocket).
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        match &mut self.wire {
+            Wire::Tcp(s) => s.write_all(bytes).await.unwrap(),
+            Wire::Ws(ws) => ws
+                .send(Message::Text(
+                    String::from_utf8(bytes.to_vec()).unwrap().into(),
+                ))
+                .await
+                .unwrap(),
+        }
+    }
+
+    /// Sends raw bytes as one binary WebSocket message.
+    pub async fn send_binary(&mut self, bytes: &[u8]) {
+        match &mut self.wire {
+            Wire::Ws(ws) => ws
+                .send(Message::Binary(bytes.to_vec().into()))
+                .await
+                .unwrap(),
+            Wire::Tcp(_) => panic!("binary messages are a WebSocket thing"),
+        }
+    }
+
+    pub async fn send(&mut self, frame: Frame) {
+        let mut out = BytesMut::new();
+        encode(&frame, self.version, &mut out);
+        self.send_raw(&out).await;
+    }
+
+    /// Reads more bytes; false at end of stream.
+    async fn read_more(&mut self) -> bool {
+        match &mut self.wire {
+            Wire::Tcp(s) => {
+                let mut chunk = [0u8; 8192];
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => false,
+                    Ok(n) => {
+                        self.buf.extend_from_slice(&chunk[..n]);
+                        true
+                    }
+                }
+            }
+            Wire::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        self.buf.extend_from_slice(t.as_bytes());
+                        return true;
+                    }
+                    Some(Ok(Message::Binary(b))) => {
+                        self.buf.extend_from_slice(&b);
+                        return true;
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return false,
+                    Some(Ok(_)) => continue,
+                }
+            },
+        }
+    }
+
+    /// The next frame within `wait`, skipping heart-beats; `None` on timeout or close.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<Frame> {
+        let limits = Limits {
+            max_frame_bytes: 16 << 20,
+            ..Limits::default()
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match decode(&mut self.buf, self.version, &limits).expect("server sent a valid frame") {
+                Some(Decoded::Frame(f)) => return Some(f),
+                Some(Decoded::HeartBeat) => {
+                    self.heartbeats += 1;
+                    continue;
+                }
+                None => {}
+            }
+            if self.closed {
+                return None;
+            }
+            match tokio::time::timeout_at(deadline, self.read_more()).await {
+                Ok(true) => {}
+                Ok(false) => self.closed = true,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next frame; panics after [`WAIT`].
+    pub async fn recv(&mut self) -> Frame {
+        self.recv_within(WAIT)
+            .await
+            .expect("a frame from the server in time")
+    }
+
+    /// Expects a frame with `command`.
+    pub async fn expect(&mut self, command: Command) -> Frame {
+        let frame = self.recv().await;
+        assert_eq!(frame.command, command, "unexpected frame: {frame:?}");
+        frame
+    }
+
+    /// Expects no frame for `wait`.
+    pub async fn expect_nothing(&mut self, wait: Duration) {
+        if let Some(frame) = self.recv_within(wait).await {
+            panic!("expected nothing, got {frame:?}");
+        }
+    }
+
+    /// Expects the server to close the connection (after any frames it still had), within WAIT.
+    pub async fn expect_closed(&mut self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.closed {
+            match tokio::time::timeout_at(deadline, self.read_more()).await {
+                Ok(true) => self.buf.clear(),
+                Ok(false) => self.closed = true,
+                Err(_) => panic!("connection still open"),
+            }
+        }
+    }
+
+    /// Expects an ERROR frame whose message contains `text`, then the close.
+    pub async fn expect_error(&mut self, text: &str) -> Frame {
+        let frame = self.expect(Command::Error).await;
+        let message = frame.get("message").unwrap_or_default();
+        assert!(
+            message.contains(text),
+            "ERROR message '{message}' lacks '{text}'; body: {}",
+            String::from_utf8_lossy(&frame.body)
+        );
+        self.expect_closed().await;
+        frame
+    }
+
+    /// CONNECT (STOMP 1.2, no heart-beats) with extra headers; returns CONNECTED.
+    pub async fn connect(&mut self, headers: &[(&str, &str)]) -> Frame {
+        let mut frame = Frame::new(Command::Connect)
+            .header("accept-version", "1.2")
+            .header("host", "default")
+            .header("heart-beat", "0,0");
+        for (k, v) in headers {
+            frame = frame.header(*k, *v);
+        }
+        self.send(frame).await;
+        let connected = self.expect(Command::Connected).await;
+        self.version = Version::parse(connected.get("version").unwrap()).unwrap();
+        connected
+    }
+
+    /// CONNECT as `user`.
+    pub async fn connect_as(&mut self, user: &str) -> Frame {
+        self.connect(&[("userid", user)]).await
+    }
+
+    /// SUBSCRIBE with a receipt, waiting for it so later publishes find the subscription.
+    pub async fn subscribe(&mut self, id: &str, dest: &str, ack: &str) {
+        let receipt = format!("sub-{id}");
+        self.send(
+            Frame::new(Command::Subscribe)
+                .header("id", id)
+                .header("destination", dest)
+                .header("ack", ack)
+                .header("receipt", receipt.as_str()),
+        )
+        .await;
+        let frame = self.expect(Command::Receipt).await;
+        assert_eq!(frame.get("receipt-id"), Some(receipt.as_str()));
+    }
+
+    /// SEND with a receipt, waiting for it.
+    pub async fn send_to(&mut self, dest: &str, body: &str) {
+        self.send(
+            Frame::new(Command::Send)
+                .header("destination", dest)
+                .header("receipt", "sent")
+                .body(body.as_bytes().to_vec()),
+        )
+        .await;
+        self.expect(Command::Receipt).await;
+    }
+
+    /// Expects a MESSAGE with `body`.
+    pub async fn expect_message(&mut self, body: &str) -> Frame {
+        let frame = self.expect(Command::Message).await;
+        assert_eq!(String::from_utf8_lossy(&frame.body), body, "{frame:?}");
+        frame
+    }
+}
+
+/// TCP client already connected as `user`.
+pub async fn tcp_user(node: &TestNode, user: &str) -> Client {
+    let mut client = Client::tcp(node.stomp).await;
+    client.connect_as(user).await;
+    client
+}
+
+/// WebSocket client on `/ws` already connected as `user`.
+pub async fn ws_user(node: &TestNode, user: &str) -> Client {
+    let mut client = Client::ws(&node.ws_url("/ws"), "v12.stomp").await;
+    client.connect_as(user).await;
+    client
+}
