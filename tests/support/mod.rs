@@ -138,6 +138,8 @@ pub struct Client {
     pub version: Version,
     closed: bool,
     pub heartbeats: usize,
+    /// Frames that arrived while waiting for a RECEIPT, handed out by later `recv`s.
+    stash: std::collections::VecDeque<Frame>,
 }
 
 impl Client {
@@ -198,6 +200,7 @@ impl Client {
             version: Version::V1_2,
             closed: false,
             heartbeats: 0,
+            stash: Default::default(),
         }
     }
 
@@ -267,6 +270,9 @@ impl Client {
             max_frame_bytes: 16 << 20,
             ..Limits::default()
         };
+        if let Some(frame) = self.stash.pop_front() {
+            return Some(frame);
+        }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match decode(&mut self.buf, self.version, &limits).expect("server sent a valid frame") {
@@ -365,8 +371,21 @@ impl Client {
                 .header("receipt", receipt.as_str()),
         )
         .await;
-        let frame = self.expect(Command::Receipt).await;
-        assert_eq!(frame.get("receipt-id"), Some(receipt.as_str()));
+        self.await_receipt(&receipt).await;
+    }
+
+    /// Waits for RECEIPT `id`, keeping other frames for later.
+    pub async fn await_receipt(&mut self, id: &str) {
+        let mut held = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            if frame.command == Command::Receipt && frame.get("receipt-id") == Some(id) {
+                break;
+            }
+            assert_ne!(frame.command, Command::Error, "{frame:?}");
+            held.push(frame);
+        }
+        self.stash.extend(held);
     }
 
     /// SEND with a receipt, waiting for it.
@@ -378,7 +397,7 @@ impl Client {
                 .body(body.as_bytes().to_vec()),
         )
         .await;
-        self.expect(Command::Receipt).await;
+        self.await_receipt("sent").await;
     }
 
     /// Expects a MESSAGE with `body`.
