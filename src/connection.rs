@@ -47,7 +47,7 @@ pub async fn run<I: Inbound, O: Outbound>(
     outbound: O,
 ) {
     let writer_done = CancellationToken::new();
-    let writer = node.tasks.spawn(write_loop(
+    let mut writer = node.tasks.spawn(write_loop(
         session.endpoint().clone(),
         outbound,
         writer_done.clone(),
@@ -55,8 +55,9 @@ pub async fn run<I: Inbound, O: Outbound>(
     read_loop(&node, &mut session, inbound, &writer_done).await;
     session.end();
     let grace = Duration::from_millis(node.server.shutdown_grace_ms);
-    if timeout(grace, writer).await.is_err() {
+    if timeout(grace, &mut writer).await.is_err() {
         debug!("writer did not finish within the grace period");
+        writer.abort();
     }
 }
 
@@ -152,7 +153,16 @@ async fn write_loop<O: Outbound>(endpoint: Arc<Endpoint>, mut out: O, done: Canc
             }
         };
         if !batch.items.is_empty() {
-            if let Err(e) = out.write(batch.items).await {
+            let written = tokio::select! {
+                written = out.write(batch.items) => written,
+                // The peer stopped reading and the queue overflowed behind this write: no
+                // ERROR frame could reach it, so the connection is dropped.
+                () = endpoint.outbox.overflowed() => {
+                    debug!(session = %endpoint.session_id, "slow consumer dropped mid-write");
+                    break;
+                }
+            };
+            if let Err(e) = written {
                 debug!(error = %e, "write failed");
                 break;
             }

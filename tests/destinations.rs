@@ -26,8 +26,12 @@ async fn topic_broadcasts_to_every_subscriber_on_every_transport() {
     a.expect_message("extra").await;
     b.expect_message("extra").await;
     // After UNSUBSCRIBE, nothing more.
-    a.send(Frame::new(Command::Unsubscribe).header("id", "1").header("receipt", "u"))
-        .await;
+    a.send(
+        Frame::new(Command::Unsubscribe)
+            .header("id", "1")
+            .header("receipt", "u"),
+    )
+    .await;
     a.expect(Command::Receipt).await;
     b.send_to("/topic/news", "again").await;
     b.expect_message("again").await;
@@ -78,13 +82,21 @@ async fn nack_redelivers_to_another_consumer() {
     let mut p = tcp_user(&node, "p").await;
     p.send_to("/queue/n", "hot potato").await;
     let m = a.expect_message("hot potato").await;
-    let ack_id = m.get("ack").expect("1.2 client mode has an ack header").to_string();
+    let ack_id = m
+        .get("ack")
+        .expect("1.2 client mode has an ack header")
+        .to_string();
     let mut b = tcp_user(&node, "b").await;
     b.subscribe("1", "/queue/n", "client").await;
-    a.send(Frame::new(Command::Nack).header("id", ack_id.as_str())).await;
-    let m = b.expect_message("hot potato").await;
-    b.send(Frame::new(Command::Ack).header("id", m.get("ack").unwrap()).header("receipt", "r"))
+    a.send(Frame::new(Command::Nack).header("id", ack_id.as_str()))
         .await;
+    let m = b.expect_message("hot potato").await;
+    b.send(
+        Frame::new(Command::Ack)
+            .header("id", m.get("ack").unwrap())
+            .header("receipt", "r"),
+    )
+    .await;
     b.expect(Command::Receipt).await;
     a.expect_nothing(QUIET).await;
 }
@@ -96,9 +108,14 @@ async fn nack_with_a_single_consumer_redelivers_to_it() {
     a.subscribe("1", "/queue/solo", "client-individual").await;
     a.send_to("/queue/solo", "retry me").await;
     let m = a.expect_message("retry me").await;
-    a.send(Frame::new(Command::Nack).header("id", m.get("ack").unwrap())).await;
+    a.send(Frame::new(Command::Nack).header("id", m.get("ack").unwrap()))
+        .await;
     let again = a.expect_message("retry me").await;
-    assert_ne!(again.get("ack"), m.get("ack"), "a redelivery has a new ack id");
+    assert_ne!(
+        again.get("ack"),
+        m.get("ack"),
+        "a redelivery has a new ack id"
+    );
 }
 
 #[tokio::test]
@@ -114,8 +131,12 @@ async fn unacked_messages_go_to_another_consumer_when_the_holder_leaves() {
     a.expect_message("m2").await;
     a.expect_message("m3").await;
     // Cumulative ACK of m1 only; m2 and m3 stay unacknowledged.
-    a.send(Frame::new(Command::Ack).header("id", first.get("ack").unwrap()).header("receipt", "r"))
-        .await;
+    a.send(
+        Frame::new(Command::Ack)
+            .header("id", first.get("ack").unwrap())
+            .header("receipt", "r"),
+    )
+    .await;
     a.expect(Command::Receipt).await;
     let mut b = tcp_user(&node, "b").await;
     b.subscribe("1", "/queue/d", "auto").await;
@@ -129,7 +150,8 @@ async fn unacked_messages_go_to_another_consumer_when_the_holder_leaves() {
 async fn client_mode_ack_is_cumulative_and_stomp_1_1_acks_by_message_id() {
     let node = TestNode::default().await;
     let mut a = Client::tcp(node.stomp).await;
-    a.send_raw(b"CONNECT\naccept-version:1.1\nuserid:a\n\n\0").await;
+    a.send_raw(b"CONNECT\naccept-version:1.1\nuserid:a\n\n\0")
+        .await;
     a.expect(Command::Connected).await;
     a.version = stompbox::stomp::Version::V1_1;
     a.subscribe("1", "/queue/c11", "client").await;
@@ -199,8 +221,12 @@ async fn user_destination_needs_a_user() {
     let node = TestNode::default().await;
     let mut anon = Client::tcp(node.stomp).await;
     anon.connect(&[]).await;
-    anon.send(Frame::new(Command::Subscribe).header("id", "1").header("destination", "/user/queue/notice"))
-        .await;
+    anon.send(
+        Frame::new(Command::Subscribe)
+            .header("id", "1")
+            .header("destination", "/user/queue/notice"),
+    )
+    .await;
     anon.expect_error("invalid destination").await;
 }
 
@@ -234,7 +260,8 @@ async fn tenants_are_separate_namespaces() {
         "POST",
         "/api/v1/tenants/b/publish",
         Some("key-of-tenant-b"),
-        &json!({"receiver": "alice", "destination": "/queue/notice", "content": "b's alice"}).to_string(),
+        &json!({"receiver": "alice", "destination": "/queue/notice", "content": "b's alice"})
+            .to_string(),
     )
     .await;
     assert_eq!(status, 202, "{answer}");

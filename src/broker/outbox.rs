@@ -10,6 +10,7 @@ use std::sync::Mutex;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// Why an outbox stopped taking frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +78,9 @@ const SLOW_CONSUMER_ERROR: &[u8] = b"ERROR\nmessage:slow consumer\ncontent-type:
 pub struct Outbox {
     state: Mutex<State>,
     wake: Notify,
+    /// Cancelled when the consumer is declared slow, so a writer stuck in a write to a peer
+    /// that stopped reading gives up at once instead of holding the connection open.
+    overflow: CancellationToken,
     limit: usize,
 }
 
@@ -86,6 +90,7 @@ impl Outbox {
         Outbox {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
+            overflow: CancellationToken::new(),
             limit,
         }
     }
@@ -113,6 +118,7 @@ impl Outbox {
             state.bytes = SLOW_CONSUMER_ERROR.len();
             state.closing = Some(Closing::SlowConsumer);
             drop(state);
+            self.overflow.cancel();
             self.wake.notify_one();
             return Err(Refused::SlowConsumer);
         }
@@ -160,6 +166,11 @@ impl Outbox {
         state.closing = Some(Closing::Drain);
         drop(state);
         self.wake.notify_one();
+    }
+
+    /// Completes once the consumer has been declared slow.
+    pub async fn overflowed(&self) {
+        self.overflow.cancelled().await
     }
 
     /// True once the outbox takes no more frames.

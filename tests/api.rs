@@ -1,0 +1,212 @@
+//! The backend publish API and health endpoint against a real node.
+
+mod support;
+
+use serde_json::json;
+use stompbox::stomp::Command;
+use support::*;
+
+async fn post(
+    node: &TestNode,
+    tenant: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    http_request(
+        node.http,
+        "POST",
+        &format!("/api/v1/tenants/{tenant}/publish"),
+        key,
+        body,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn string_content_is_text_and_json_content_is_serialized() {
+    let node = TestNode::default().await;
+    let mut c = tcp_user(&node, "alice").await;
+    c.subscribe("1", "/topic/t", "auto").await;
+    let (status, answer) = node
+        .publish(json!({"destination": "/topic/t", "content": "plain text"}))
+        .await;
+    assert_eq!(status, 202);
+    assert!(answer["id"].as_str().is_some_and(|id| !id.is_empty()));
+    let m = c.expect_message("plain text").await;
+    assert_eq!(m.get("content-type"), Some("text/plain"));
+
+    node.publish(json!({"destination": "/topic/t", "content": [1, {"a": null}]}))
+        .await;
+    let m = c.expect_message(r#"[1,{"a":null}]"#).await;
+    assert_eq!(m.get("content-type"), Some("application/json"));
+
+    // A publisher's own content-type wins.
+    node.publish(json!({"destination": "/topic/t", "content": "<b/>", "headers": {"content-type": "text/html"}}))
+        .await;
+    let m = c.expect_message("<b/>").await;
+    assert_eq!(m.get("content-type"), Some("text/html"));
+}
+
+#[tokio::test]
+async fn errors_are_json_with_the_right_status() {
+    let node = TestNode::default().await;
+    let ok_body = json!({"destination": "/topic/t", "content": "x"}).to_string();
+    let cases: Vec<(&str, Option<&str>, String, u16, &str)> = vec![
+        (
+            "nope",
+            Some(API_KEY),
+            ok_body.clone(),
+            404,
+            "unknown tenant",
+        ),
+        ("default", None, ok_body.clone(), 401, "missing"),
+        (
+            "default",
+            Some("wrong-key-123"),
+            ok_body.clone(),
+            401,
+            "invalid API key",
+        ),
+        (
+            "default",
+            Some(API_KEY),
+            "{not json".into(),
+            400,
+            "invalid JSON",
+        ),
+        (
+            "default",
+            Some(API_KEY),
+            json!({"destination": "/topic/t"}).to_string(),
+            400,
+            "content",
+        ),
+        (
+            "default",
+            Some(API_KEY),
+            json!({"content": "x"}).to_string(),
+            400,
+            "missing 'destination'",
+        ),
+        (
+            "default",
+            Some(API_KEY),
+            json!({"destination": "/elsewhere", "content": "x"}).to_string(),
+            400,
+            "unknown destination",
+        ),
+        (
+            "default",
+            Some(API_KEY),
+            json!({"destination": "/topic/t", "content": "x", "surprise": 1}).to_string(),
+            400,
+            "surprise",
+        ),
+        (
+            "default",
+            Some(API_KEY),
+            json!({"destination": "/topic/t", "channelCode": "A", "content": "x"}).to_string(),
+            400,
+            "not both",
+        ),
+        (
+            "default",
+            Some(API_KEY),
+            json!({"channelCode": "ORDER_STATUS", "content": "x"}).to_string(),
+            422,
+            "unknown channel code",
+        ),
+        (
+            "default",
+            Some(API_KEY),
+            json!({"receiver": "a", "destination": "/user/a/queue/x", "content": "x"}).to_string(),
+            400,
+            "without /user",
+        ),
+        (
+            "default",
+            Some(API_KEY),
+            json!({"destination": "/topic/t", "content": "x", "headers": {"message-id": "1"}})
+                .to_string(),
+            400,
+            "set by the broker",
+        ),
+        (
+            "default",
+            Some(API_KEY),
+            json!({"destination": "/topic/t", "content": "x", "headers": {"x": 1}}).to_string(),
+            400,
+            "invalid JSON",
+        ),
+    ];
+    for (tenant, key, body, status, text) in cases {
+        let (got, answer) = post(&node, tenant, key, &body).await;
+        assert_eq!(got, status, "{body} → {answer}");
+        let error = answer["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("JSON error body for {body}: {answer}"));
+        assert!(error.contains(text), "'{error}' should mention '{text}'");
+    }
+    // Unknown paths are JSON too.
+    let (status, answer) = http_request(node.http, "GET", "/api/v2/whatever", None, "").await;
+    assert_eq!(status, 404);
+    assert!(answer["error"].is_string());
+}
+
+#[tokio::test]
+async fn oversized_content_is_refused() {
+    let node = TestNode::start("[server]\nmax_frame_bytes = 1024\n").await;
+    let (status, answer) = node
+        .publish(json!({"destination": "/topic/t", "content": "x".repeat(1500)}))
+        .await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains("max_frame_bytes"));
+}
+
+#[tokio::test]
+async fn a_node_without_api_keys_says_how_to_set_one() {
+    let node = TestNode::start("[[tenants]]\nid = \"open\"\n").await;
+    let (status, answer) = post(&node, "open", Some("anything-at-all"), "{}").await;
+    assert_eq!(status, 401);
+    assert!(answer["error"].as_str().unwrap().contains("no API keys"));
+}
+
+#[tokio::test]
+async fn healthz_answers() {
+    let node = TestNode::default().await;
+    let _c = tcp_user(&node, "a").await;
+    let (status, answer) = http_request(node.http, "GET", "/healthz", None, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(answer["status"], "ok");
+    assert_eq!(answer["connections"], 1);
+}
+
+#[tokio::test]
+async fn full_queue_backlog_is_refused_not_dropped() {
+    let node = TestNode::start("[server]\nmax_queue_backlog = 2\n").await;
+    for _ in 0..2 {
+        let (status, answer) = node
+            .publish(json!({"destination": "/queue/idle", "content": "x"}))
+            .await;
+        assert_eq!(status, 202);
+        assert_eq!(answer["queued"], true);
+    }
+    let (status, answer) = node
+        .publish(json!({"destination": "/queue/idle", "content": "x"}))
+        .await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("backlog"));
+    // Over STOMP the same refusal is an ERROR.
+    let mut c = tcp_user(&node, "a").await;
+    c.send(
+        stompbox::stomp::Frame::new(Command::Send)
+            .header("destination", "/queue/idle")
+            .header("receipt", "r"),
+    )
+    .await;
+    let error = c.expect_error("message not accepted").await;
+    assert_eq!(error.get("receipt-id"), Some("r"));
+}
