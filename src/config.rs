@@ -1,8 +1,9 @@
 //! Node configuration: a TOML file, command-line flags and environment, validated as a whole
 //! before any port is bound. Every limit has a default and says why it exists.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -92,6 +93,10 @@ pub struct ServerConfig {
     pub max_transaction_frames: usize,
     /// How long shutdown waits for connections to close, in ms.
     pub shutdown_grace_ms: u64,
+    /// Bearer token of the admin API; without one the admin API is disabled.
+    pub admin_token: Option<String>,
+    /// How often plugin files are checked for changes, in ms.
+    pub plugin_poll_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -113,6 +118,8 @@ impl Default for ServerConfig {
             max_transactions: 16,
             max_transaction_frames: 1_000,
             shutdown_grace_ms: 5_000,
+            admin_token: None,
+            plugin_poll_ms: 1_000,
         }
     }
 }
@@ -142,6 +149,40 @@ pub struct TenantConfig {
     /// Keys backends use on the publish API.
     #[serde(default)]
     pub api_keys: Vec<String>,
+    /// The tenant's policy plugin (a `.wasm` component); relative paths are relative to the
+    /// config file's folder. Without one the built-in policy serves.
+    pub plugin: Option<PathBuf>,
+    /// Strings handed to the plugin through `host.setting` (secrets stay out of the `.wasm`).
+    #[serde(default)]
+    pub settings: BTreeMap<String, String>,
+    /// Wall time one plugin call may take, in ms.
+    #[serde(default = "default_plugin_deadline_ms")]
+    pub plugin_deadline_ms: u64,
+    /// Linear memory one plugin instance may hold, in bytes.
+    #[serde(default = "default_plugin_memory_bytes")]
+    pub plugin_memory_bytes: usize,
+}
+
+fn default_plugin_deadline_ms() -> u64 {
+    50
+}
+
+fn default_plugin_memory_bytes() -> usize {
+    32 << 20
+}
+
+impl TenantConfig {
+    /// A tenant with the built-in policy and no keys.
+    pub fn new(id: &str) -> TenantConfig {
+        TenantConfig {
+            id: id.to_string(),
+            api_keys: Vec::new(),
+            plugin: None,
+            settings: BTreeMap::new(),
+            plugin_deadline_ms: default_plugin_deadline_ms(),
+            plugin_memory_bytes: default_plugin_memory_bytes(),
+        }
+    }
 }
 
 /// Command-line and environment overrides.
@@ -153,6 +194,8 @@ pub struct Overrides {
     pub stomp: Option<SocketAddr>,
     /// `--api-key` / `STOMPBOX_API_KEY`: a key for tenant `default`.
     pub api_key: Option<String>,
+    /// `--admin-token` / `STOMPBOX_ADMIN_TOKEN`.
+    pub admin_token: Option<String>,
 }
 
 /// The tenant used when a path or CONNECT names none.
@@ -165,13 +208,22 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_toml(&text).map_err(|e| match e {
+        let mut config = Self::from_toml(&text).map_err(|e| match e {
             ConfigError::Parse { message, .. } => ConfigError::Parse {
                 path: path.display().to_string(),
                 message,
             },
             other => other,
-        })
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for tenant in &mut config.tenants {
+            if let Some(plugin) = &tenant.plugin {
+                if plugin.is_relative() {
+                    tenant.plugin = Some(base.join(plugin));
+                }
+            }
+        }
+        Ok(config)
     }
 
     /// Parses TOML text (not yet validated).
@@ -193,10 +245,10 @@ impl Config {
         }
         let has_default = self.tenants.iter().any(|t| t.id == DEFAULT_TENANT);
         if !has_default && (self.tenants.is_empty() || overrides.api_key.is_some()) {
-            self.tenants.push(TenantConfig {
-                id: DEFAULT_TENANT.into(),
-                api_keys: Vec::new(),
-            });
+            self.tenants.push(TenantConfig::new(DEFAULT_TENANT));
+        }
+        if let Some(token) = overrides.admin_token.filter(|t| !t.is_empty()) {
+            self.server.admin_token = Some(token);
         }
         if let Some(key) = overrides.api_key.filter(|k| !k.is_empty()) {
             if let Some(t) = self.tenants.iter_mut().find(|t| t.id == DEFAULT_TENANT) {
@@ -242,6 +294,15 @@ impl Config {
                 "must be between 1.0 and 100.0",
             ));
         }
+        if s.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(invalid(
+                "server.admin_token",
+                "an admin token must have at least 16 characters",
+            ));
+        }
+        if s.plugin_poll_ms < 10 {
+            return Err(invalid("server.plugin_poll_ms", "must be at least 10"));
+        }
         if self.tenants.is_empty() {
             return Err(invalid("tenants", "at least one tenant is needed"));
         }
@@ -266,6 +327,26 @@ impl Config {
                 return Err(invalid(
                     key,
                     format!("tenant '{}' is defined twice", tenant.id),
+                ));
+            }
+            if let Some(plugin) = &tenant.plugin {
+                if !plugin.is_file() {
+                    return Err(invalid(
+                        format!("tenants[{i}].plugin"),
+                        format!("no plugin file at {}", plugin.display()),
+                    ));
+                }
+            }
+            if !(1..=10_000).contains(&tenant.plugin_deadline_ms) {
+                return Err(invalid(
+                    format!("tenants[{i}].plugin_deadline_ms"),
+                    "must be between 1 and 10000",
+                ));
+            }
+            if tenant.plugin_memory_bytes < 1 << 20 {
+                return Err(invalid(
+                    format!("tenants[{i}].plugin_memory_bytes"),
+                    "must be at least 1048576 (1 MiB)",
                 ));
             }
             if let Some(k) = tenant.api_keys.iter().position(|k| k.len() < 8) {

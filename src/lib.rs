@@ -11,6 +11,7 @@ pub mod config;
 pub mod connection;
 pub mod http;
 pub mod node;
+pub mod plugin;
 pub mod policy;
 pub mod server;
 pub mod session;

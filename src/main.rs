@@ -1,13 +1,19 @@
-//! The `stompbox` command line: `stompbox serve`.
+//! The `stompbox` command line: `stompbox serve`, and `stompbox plugin check|call` for plugin
+//! authors.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use stompbox::config::{Config, Overrides};
 use stompbox::node::Node;
+use stompbox::plugin::tool::{self, ToolCall};
+use stompbox::plugin::PluginLimits;
+use stompbox::policy::TransportKind;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
@@ -29,7 +35,7 @@ enum Command {
         /// TOML configuration file.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// HTTP address (WebSocket, publish API, health) [default: 127.0.0.1:8080].
+        /// HTTP address (WebSocket, publish API, admin, health) [default: 127.0.0.1:8080].
         #[arg(long)]
         http: Option<SocketAddr>,
         /// STOMP-over-TCP address [default: 127.0.0.1:61613].
@@ -38,7 +44,99 @@ enum Command {
         /// Publish API key of tenant `default`.
         #[arg(long, env = "STOMPBOX_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
+        /// Bearer token of the admin API (disabled without one).
+        #[arg(long, env = "STOMPBOX_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
     },
+    /// Tools for plugin authors.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Checks a .wasm against the stompbox:plugin world and prints what it exports.
+    Check {
+        /// The plugin file.
+        file: PathBuf,
+    },
+    /// Runs one call as a node would and prints the result as JSON.
+    Call {
+        /// The plugin file.
+        file: PathBuf,
+        #[command(subcommand)]
+        function: Function,
+        /// A tenant setting, `key=value` (repeatable).
+        #[arg(long = "setting", global = true, value_parser = key_value)]
+        settings: Vec<(String, String)>,
+        /// The call's deadline in ms.
+        #[arg(long, global = true, default_value_t = 50)]
+        deadline_ms: u64,
+        /// The instance's memory cap in bytes.
+        #[arg(long, global = true, default_value_t = 32 << 20)]
+        memory_bytes: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum Function {
+    /// `authenticate(connect-info)`.
+    Authenticate {
+        /// A CONNECT header, `name=value` (repeatable).
+        #[arg(long = "header", value_parser = key_value)]
+        headers: Vec<(String, String)>,
+        /// The tenant id.
+        #[arg(long, default_value = "default")]
+        tenant: String,
+        /// The transport.
+        #[arg(long, value_enum, default_value_t = Transport::Websocket)]
+        transport: Transport,
+        /// The remote address.
+        #[arg(long)]
+        remote_addr: Option<String>,
+    },
+    /// `authorize(principal, operation, destination)`.
+    Authorize {
+        /// The principal's user.
+        #[arg(long, default_value = "")]
+        user: String,
+        /// A principal attribute, `name=value` (repeatable).
+        #[arg(long = "attribute", value_parser = key_value)]
+        attributes: Vec<(String, String)>,
+        /// The operation.
+        #[arg(long, value_enum)]
+        op: Op,
+        /// The destination.
+        #[arg(long)]
+        destination: String,
+    },
+    /// `resolve-channel(code)`.
+    ResolveChannel {
+        /// The channel code.
+        #[arg(long)]
+        code: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Transport {
+    Websocket,
+    Sockjs,
+    Tcp,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Op {
+    Subscribe,
+    Send,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected name=value, got '{s}'"))
 }
 
 fn main() -> ExitCode {
@@ -55,11 +153,13 @@ fn main() -> ExitCode {
             http,
             stomp,
             api_key,
+            admin_token,
         } => {
             let overrides = Overrides {
                 http,
                 stomp,
                 api_key,
+                admin_token,
             };
             match serve(config, overrides) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -69,6 +169,74 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Plugin { command } => plugin(command),
+    }
+}
+
+fn plugin(command: PluginCommand) -> ExitCode {
+    let result = match command {
+        PluginCommand::Check { file } => tool::check(&file),
+        PluginCommand::Call {
+            file,
+            function,
+            settings,
+            deadline_ms,
+            memory_bytes,
+        } => {
+            let request = match function {
+                Function::Authenticate {
+                    headers,
+                    tenant,
+                    transport,
+                    remote_addr,
+                } => ToolCall::Authenticate {
+                    tenant,
+                    transport: match transport {
+                        Transport::Websocket => TransportKind::WebSocket,
+                        Transport::Sockjs => TransportKind::SockJs,
+                        Transport::Tcp => TransportKind::Tcp,
+                    },
+                    remote_addr,
+                    headers,
+                },
+                Function::Authorize {
+                    user,
+                    attributes,
+                    op,
+                    destination,
+                } => ToolCall::Authorize {
+                    user,
+                    attributes,
+                    subscribe: matches!(op, Op::Subscribe),
+                    destination,
+                },
+                Function::ResolveChannel { code } => ToolCall::ResolveChannel { code },
+            };
+            let limits = PluginLimits {
+                deadline: Duration::from_millis(deadline_ms),
+                memory_bytes,
+            };
+            tool::call(
+                &file,
+                settings.into_iter().collect::<BTreeMap<_, _>>(),
+                limits,
+                request,
+            )
+        }
+    };
+    match result {
+        Ok(answer) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&answer).unwrap_or_default()
+            );
+            // A policy's `err` answer is a result, not a failure of the tool.
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("stompbox: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -12,7 +12,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::broker::Broker;
 use crate::config::{Config, ServerConfig, TenantConfig, DEFAULT_TENANT};
-use crate::policy::{DefaultPolicy, Policy};
+use crate::plugin::{PluginLimits, PluginSlot};
+use crate::policy::Policy;
 
 /// A tenant: a separate namespace of destinations and users with its own keys and policy.
 #[derive(Debug)]
@@ -22,7 +23,7 @@ pub struct Tenant {
     /// Its routing core on this node.
     pub broker: Broker,
     api_keys: Vec<String>,
-    policy: Arc<dyn Policy>,
+    plugin: Arc<PluginSlot>,
 }
 
 impl Tenant {
@@ -31,13 +32,26 @@ impl Tenant {
             id: config.id.clone(),
             broker: Broker::new(server.max_queue_backlog),
             api_keys: config.api_keys.clone(),
-            policy: Arc::new(DefaultPolicy),
+            plugin: Arc::new(PluginSlot::new(
+                &config.id,
+                config.plugin.clone(),
+                config.settings.clone(),
+                PluginLimits {
+                    deadline: std::time::Duration::from_millis(config.plugin_deadline_ms),
+                    memory_bytes: config.plugin_memory_bytes,
+                },
+            )),
         }
     }
 
     /// The policy that decides identity and permissions for this tenant.
     pub fn policy(&self) -> Arc<dyn Policy> {
-        self.policy.clone()
+        self.plugin.clone()
+    }
+
+    /// The tenant's plugin slot (status, reload).
+    pub fn plugin(&self) -> &Arc<PluginSlot> {
+        &self.plugin
     }
 
     /// True when `key` is one of the tenant's API keys. Compares every key in full, so timing
@@ -113,6 +127,11 @@ impl Node {
     /// The tenant with id `id`.
     pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
         self.tenants.get(id)
+    }
+
+    /// Every tenant.
+    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.tenants.values()
     }
 
     /// The tenant for a connection that named none.

@@ -81,8 +81,9 @@ pub trait Policy: Send + Sync + std::fmt::Debug {
         op: Operation,
         destination: &str,
     ) -> Result<(), String>;
-    /// Maps a backend channel code to a destination.
-    async fn resolve_channel(&self, code: &str) -> Option<String>;
+    /// Maps a backend channel code to a destination: `Ok(None)` for an unknown code, `Err` when
+    /// the policy itself failed (a plugin that trapped or is not loaded).
+    async fn resolve_channel(&self, code: &str) -> Result<Option<String>, String>;
 }
 
 /// The built-in policy: the user is the CONNECT `userid` header, else `login`; everything is
@@ -108,8 +109,8 @@ impl Policy for DefaultPolicy {
         Ok(())
     }
 
-    async fn resolve_channel(&self, _code: &str) -> Option<String> {
-        None
+    async fn resolve_channel(&self, _code: &str) -> Result<Option<String>, String> {
+        Ok(None)
     }
 }
 

@@ -14,6 +14,10 @@ use crate::{http, transport};
 /// Serves HTTP/WebSocket on `http` and STOMP over TCP on `stomp` until `node.shutdown`.
 pub async fn run(node: Arc<Node>, http: TcpListener, stomp: TcpListener) -> std::io::Result<()> {
     let tcp = tokio::spawn(transport::tcp::serve(stomp, node.clone()));
+    tokio::spawn(crate::plugin::watch::watch(
+        node.clone(),
+        Duration::from_millis(node.server.plugin_poll_ms),
+    ));
     let app = http::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let shutdown = node.shutdown.clone();
     let grace = Duration::from_millis(node.server.shutdown_grace_ms);

@@ -1,6 +1,7 @@
 //! The HTTP side of a node: one axum router with the WebSocket transport, the backend publish
 //! API and health checks. Every error answer is JSON with an `error` message.
 
+pub mod admin;
 pub mod publish;
 
 use std::sync::Arc;
@@ -31,6 +32,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(
             "/api/v1/tenants/{tenant}/publish",
             post(publish::publish).layer(DefaultBodyLimit::max(body_limit)),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant}/plugin",
+            get(admin::plugin_status)
+                .put(admin::plugin_upload)
+                .layer(DefaultBodyLimit::max(admin::MAX_PLUGIN_BYTES)),
         )
         .fallback(not_found)
         .with_state(node)

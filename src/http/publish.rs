@@ -85,11 +85,17 @@ pub async fn publish(
         (None, None) => return bad_request("missing 'destination' (or 'channelCode')"),
         (Some(d), None) => d.clone(),
         (None, Some(code)) => match tenant.policy().resolve_channel(code).await {
-            Some(d) => d,
-            None => {
+            Ok(Some(d)) => d,
+            Ok(None) => {
                 return json_error(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     &format!("unknown channel code '{code}' for tenant '{tenant_id}'"),
+                )
+            }
+            Err(e) => {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!("channel code '{code}' could not be resolved: {e}"),
                 )
             }
         },

@@ -1,0 +1,112 @@
+//! The admin API: `GET` and `PUT /admin/v1/tenants/{tenant}/plugin`, with
+//! `Authorization: Bearer ADMIN_TOKEN`. Disabled when the node has no admin token.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::json_error;
+use crate::node::{Node, Tenant};
+use crate::plugin::Installed;
+
+/// Largest plugin upload.
+pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
+
+fn authorize(node: &Node, headers: &HeaderMap, tenant_id: &str) -> Result<Arc<Tenant>, Response> {
+    let Some(token) = node.server.admin_token.as_deref() else {
+        return Err(json_error(
+            StatusCode::FORBIDDEN,
+            "the admin API is disabled: start the node with --admin-token or set server.admin_token",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = given.is_some_and(|g| {
+        g.len() == token.len()
+            && g.bytes()
+                .zip(token.bytes())
+                .fold(0, |a, (x, y)| a | (x ^ y))
+                == 0
+    });
+    if !ok {
+        return Err(json_error(
+            StatusCode::UNAUTHORIZED,
+            "missing or invalid 'Authorization: Bearer <admin token>'",
+        ));
+    }
+    node.tenant(tenant_id).cloned().ok_or_else(|| {
+        json_error(
+            StatusCode::NOT_FOUND,
+            &format!("unknown tenant '{tenant_id}'"),
+        )
+    })
+}
+
+/// Plugin status of a tenant.
+pub async fn plugin_status(
+    State(node): State<Arc<Node>>,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match authorize(&node, &headers, &tenant_id) {
+        Ok(tenant) => Json(tenant.plugin().describe()).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Replaces a tenant's plugin with the uploaded `.wasm`. When the tenant's plugin comes from a
+/// file, the upload is written over it (atomically), so a restart keeps it and the file
+/// watcher agrees with what serves.
+pub async fn plugin_upload(
+    State(node): State<Arc<Node>>,
+    Path(tenant_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let tenant = match authorize(&node, &headers, &tenant_id) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if body.is_empty() {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "the body must be the plugin's .wasm bytes",
+        );
+    }
+    let slot = tenant.plugin();
+    match slot.install(body.to_vec(), "admin API").await {
+        Ok(outcome) => {
+            if let (Installed::Swapped { .. }, Some(path)) = (&outcome, slot.path()) {
+                if let Err(e) = write_atomically(path, &body).await {
+                    return json_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &format!(
+                            "the plugin serves now, but writing it to {} failed: {e}",
+                            path.display()
+                        ),
+                    );
+                }
+            }
+            let mut answer = slot.describe();
+            answer["changed"] = serde_json::json!(outcome != Installed::Unchanged);
+            (StatusCode::OK, Json(answer)).into_response()
+        }
+        Err(e) => json_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("plugin refused, the previous version keeps serving: {e}"),
+        ),
+    }
+}
+
+async fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("wasm.uploading");
+    tokio::fs::write(&tmp, bytes).await?;
+    tokio::fs::rename(&tmp, path).await
+}
