@@ -363,9 +363,11 @@ impl Session {
 
     async fn send(&mut self, frame: Frame) -> Outcome {
         let dest = self.required(&frame, "destination")?.to_string();
+        // The policy's verdict comes first, so a denied destination reads "access denied"
+        // whatever its shape.
+        self.authorize(Operation::Send, &dest).await?;
         let target = destination::for_send(&dest)
             .map_err(|e| fault("invalid destination", e.to_string()))?;
-        self.authorize(Operation::Send, &dest).await?;
         let Some(frame) = self.in_transaction(frame)? else {
             return Ok(());
         };
@@ -424,9 +426,9 @@ impl Session {
                 )
             })?,
         };
+        self.authorize(Operation::Subscribe, &dest).await?;
         let target = destination::for_subscribe(&dest, self.user())
             .map_err(|e| fault("invalid destination", e.to_string()))?;
-        self.authorize(Operation::Subscribe, &dest).await?;
         let sub = Arc::new(Subscription::new(
             id.clone(),
             target,

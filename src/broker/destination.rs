@@ -26,6 +26,11 @@ pub enum DestinationError {
     /// A `/user/...` subscription from a session that has no user.
     #[error("'{0}' is a user destination, and this session has no user (send a userid or login header on CONNECT)")]
     NoUser(String),
+    /// A subscription to `/user/{name}/...` naming another user.
+    #[error(
+        "'{0}' belongs to another user: subscribe to /user/queue/... to receive your own messages"
+    )]
+    OtherUser(String),
     /// `/user/{name}/...` sent without a name or a destination after it.
     #[error("'{0}' is not a user destination: send to /user/{{name}}/queue/... or /user/{{name}}/topic/...")]
     BadUserDestination(String),
@@ -44,12 +49,27 @@ fn plain(dest: &str) -> Option<Target> {
 }
 
 /// What a subscription to `dest` listens to, for a session acting as `user`.
-/// `/user/queue/x` means "my own `/queue/x`", as in Spring.
+/// `/user/queue/x` means "my own `/queue/x`", as in Spring; `/user/{me}/queue/x` is accepted
+/// as the same, and naming another user is refused.
 pub fn for_subscribe(dest: &str, user: Option<&str>) -> Result<Target, DestinationError> {
     if let Some(rest) = dest.strip_prefix(USER) {
-        let inner = format!("/{rest}");
+        let mut inner = format!("/{rest}");
         if plain(&inner).is_none() {
-            return Err(DestinationError::UnknownPrefix(dest.to_string()));
+            match (for_send(dest), user) {
+                (
+                    Ok(Target::User {
+                        user: named,
+                        dest: own,
+                    }),
+                    Some(me),
+                ) if named == me => {
+                    inner = own;
+                }
+                (Ok(Target::User { .. }), _) => {
+                    return Err(DestinationError::OtherUser(dest.to_string()))
+                }
+                _ => return Err(DestinationError::UnknownPrefix(dest.to_string())),
+            }
         }
         let Some(user) = user else {
             return Err(DestinationError::NoUser(dest.to_string()));
@@ -124,6 +144,14 @@ mod tests {
             Err(DestinationError::NoUser(_))
         ));
         assert!(for_subscribe("/user/elsewhere", Some("a")).is_err());
+        assert_eq!(
+            for_subscribe("/user/alice/queue/notice", Some("alice")),
+            for_subscribe("/user/queue/notice", Some("alice"))
+        );
+        assert!(matches!(
+            for_subscribe("/user/bob/queue/notice", Some("alice")),
+            Err(DestinationError::OtherUser(_))
+        ));
     }
 
     #[test]

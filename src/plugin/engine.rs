@@ -310,16 +310,20 @@ impl Pool {
     }
 
     fn classify(&self, error: wasmtime::Error) -> PluginError {
-        if let Some(trap) = error.downcast_ref::<Trap>() {
-            if *trap == Trap::Interrupt {
-                return PluginError::Deadline(self.limits.deadline.as_millis() as u64);
-            }
-        }
         let text = format!("{error:#}");
         if text.contains("memory") && (text.contains("grow") || text.contains("limit")) {
             return PluginError::Memory(self.limits.memory_bytes);
         }
-        PluginError::Trap(text)
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => PluginError::Deadline(self.limits.deadline.as_millis() as u64),
+            // The trap itself says what happened; the wasm backtrace is for the plugin's
+            // author and goes to the debug log only.
+            Some(trap) => {
+                tracing::debug!(tenant = %self.tenant, "plugin trap: {text}");
+                PluginError::Trap(trap.to_string())
+            }
+            None => PluginError::Trap(text),
+        }
     }
 
     /// Runs `f` on a warm instance (instantiating one when none is idle), with the deadline and

@@ -421,3 +421,91 @@ pub async fn ws_user(node: &TestNode, user: &str) -> Client {
     client.connect_as(user).await;
     client
 }
+
+/// Builds the example and hostile plugins once per test binary (a no-op when up to date) and
+/// returns the path of `name.wasm` (`jwt_auth`, `seed_compat`, `hostile`, `wrong_world`).
+pub fn plugin_wasm(name: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    BUILT.get_or_init(|| {
+        for workspace in ["plugins", "tests/plugins"] {
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+                .current_dir(root.join(workspace))
+                .env_remove("RUSTFLAGS")
+                .env_remove("CARGO_TARGET_DIR")
+                .status()
+                .expect("running cargo to build the plugins");
+            assert!(
+                status.success(),
+                "building {workspace} for wasm32-wasip2 failed; scripts/test.sh installs the target (rustup target add wasm32-wasip2)"
+            );
+        }
+    });
+    let workspace = if matches!(name, "hostile" | "wrong_world") {
+        "tests/plugins"
+    } else {
+        "plugins"
+    };
+    root.join(workspace)
+        .join("target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"))
+}
+
+/// An HS256 JWT with `claims`, signed with `secret`.
+pub fn jwt(secret: &str, claims: serde_json::Value) -> String {
+    use base64::Engine as _;
+    use hmac::{KeyInit, Mac};
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let payload = b64.encode(claims.to_string());
+    let signing_input = format!("{header}.{payload}");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(signing_input.as_bytes());
+    let signature = b64.encode(mac.finalize().into_bytes());
+    format!("{signing_input}.{signature}")
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A request with a raw body and arbitrary method, for the admin API.
+pub async fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let auth = bearer
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/wasm\r\n{auth}Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
+        .await
+        .expect("HTTP answer in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}

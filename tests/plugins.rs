@@ -1,0 +1,537 @@
+//! Tenant plugins in a real node: the example plugins (jwt-auth, seed-compat), hostile
+//! plugins (endless loop, memory bomb, trap, wrong world), hot reload under traffic, the admin
+//! API and the plugin CLI.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use stompbox::stomp::{Command, Frame};
+use support::*;
+
+const SECRET: &str = "a-test-secret-of-some-length";
+const ADMIN: &str = "admin-token-for-tests";
+
+fn toml_path(p: &std::path::Path) -> String {
+    p.display().to_string().replace('\\', "/")
+}
+
+fn jwt_tenant(id: &str) -> String {
+    format!(
+        "[[tenants]]\nid = \"{id}\"\napi_keys = [\"{API_KEY}\"]\nplugin = \"{}\"\n[tenants.settings]\njwt_secret = \"{SECRET}\"\nchannels = \"ORDER_STATUS=/queue/orders, NEWS=/topic/news\"\n",
+        toml_path(&plugin_wasm("jwt_auth"))
+    )
+}
+
+fn token_for(user: &str) -> String {
+    jwt(SECRET, json!({"sub": user, "exp": unix_now() + 600}))
+}
+
+#[tokio::test]
+async fn jwt_auth_rejects_forged_users_and_accepts_valid_tokens() {
+    let node = TestNode::start(&jwt_tenant("default")).await;
+    // The seed system's way: a bare userid. Refused.
+    let mut forged = Client::tcp(node.stomp).await;
+    forged
+        .send_raw(b"CONNECT\naccept-version:1.2\nuserid:alice\n\n\0")
+        .await;
+    let error = forged.expect_error("authentication failed").await;
+    assert!(
+        String::from_utf8_lossy(&error.body).contains("token"),
+        "{error:?}"
+    );
+
+    // A token for bob with userid alice. Refused.
+    let mut mismatch = Client::tcp(node.stomp).await;
+    let bob = token_for("bob");
+    mismatch
+        .send_raw(
+            format!("CONNECT\naccept-version:1.2\nuserid:alice\ntoken:{bob}\n\n\0").as_bytes(),
+        )
+        .await;
+    mismatch.expect_error("authentication failed").await;
+
+    // Signed with another secret, or expired. Refused.
+    for token in [
+        jwt(
+            "not-the-secret",
+            json!({"sub": "alice", "exp": unix_now() + 600}),
+        ),
+        jwt(SECRET, json!({"sub": "alice", "exp": unix_now() - 10})),
+    ] {
+        let mut c = Client::ws(&node.ws_url("/ws"), "v12.stomp").await;
+        c.send_raw(format!("CONNECT\naccept-version:1.2\ntoken:{token}\n\n\0").as_bytes())
+            .await;
+        c.expect_error("authentication failed").await;
+    }
+
+    // A valid token: the session is the token's user (token in `passcode` works too).
+    let mut alice = Client::ws(&node.ws_url("/ws"), "v12.stomp").await;
+    let connected = alice
+        .connect(&[("userid", "alice"), ("token", &token_for("alice"))])
+        .await;
+    assert_eq!(connected.get("user-name"), Some("alice"));
+    let mut by_passcode = Client::tcp(node.stomp).await;
+    let connected = by_passcode
+        .connect(&[("login", "x"), ("passcode", &token_for("carol"))])
+        .await;
+    assert_eq!(connected.get("user-name"), Some("carol"));
+}
+
+#[tokio::test]
+async fn jwt_auth_keeps_users_to_their_own_destinations() {
+    let node = TestNode::start(&jwt_tenant("default")).await;
+    let mut alice = Client::tcp(node.stomp).await;
+    alice.connect(&[("token", &token_for("alice"))]).await;
+    alice.subscribe("1", "/user/queue/notice", "auto").await;
+    alice.subscribe("2", "/topic/news", "auto").await;
+    alice
+        .subscribe("3", "/user/alice/queue/other", "auto")
+        .await;
+    alice
+        .send(
+            Frame::new(Command::Subscribe)
+                .header("id", "4")
+                .header("destination", "/user/bob/queue/notice")
+                .header("receipt", "spy"),
+        )
+        .await;
+    let error = alice.expect_error("access denied").await;
+    assert_eq!(error.get("receipt-id"), Some("spy"));
+
+    let mut alice = Client::tcp(node.stomp).await;
+    alice.connect(&[("token", &token_for("alice"))]).await;
+    alice
+        .send(
+            Frame::new(Command::Subscribe)
+                .header("id", "1")
+                .header("destination", "/queue/shared"),
+        )
+        .await;
+    alice.expect_error("access denied").await;
+}
+
+#[tokio::test]
+async fn channel_codes_resolve_through_the_plugin() {
+    let node = TestNode::start(&jwt_tenant("default")).await;
+    let mut alice = Client::tcp(node.stomp).await;
+    alice.connect(&[("token", &token_for("alice"))]).await;
+    alice.subscribe("1", "/user/queue/orders", "auto").await;
+    let (status, answer) = node
+        .publish(
+            json!({"receiver": "alice", "channelCode": "ORDER_STATUS", "content": {"order": 7}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["delivered"], 1);
+    let m = alice.expect_message(r#"{"order":7}"#).await;
+    assert_eq!(m.get("destination"), Some("/user/queue/orders"));
+
+    let (status, answer) = node
+        .publish(json!({"receiver": "alice", "channelCode": "NO_SUCH_CODE", "content": "x"}))
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("NO_SUCH_CODE"));
+}
+
+#[tokio::test]
+async fn two_tenants_with_different_plugins_do_not_see_each_other() {
+    let config = format!(
+        "{}[[tenants]]\nid = \"legacy\"\napi_keys = [\"legacy-key-123\"]\nplugin = \"{}\"\n",
+        jwt_tenant("secure"),
+        toml_path(&plugin_wasm("seed_compat"))
+    );
+    let node = TestNode::start(&config).await;
+    let mut legacy = Client::ws(&node.ws_url("/ws/legacy"), "v12.stomp").await;
+    assert_eq!(
+        legacy.connect_as("alice").await.get("user-name"),
+        Some("alice")
+    );
+    let mut bare = Client::ws(&node.ws_url("/ws/secure"), "v12.stomp").await;
+    bare.send_raw(b"CONNECT\naccept-version:1.2\nuserid:alice\n\n\0")
+        .await;
+    bare.expect_error("authentication failed").await;
+    let mut secure = Client::ws(&node.ws_url("/ws/secure"), "v12.stomp").await;
+    secure.connect(&[("token", &token_for("alice"))]).await;
+    for c in [&mut legacy, &mut secure] {
+        c.subscribe("1", "/topic/news", "auto").await;
+        c.subscribe("2", "/user/queue/notice", "auto").await;
+    }
+    legacy.send_to("/topic/news", "legacy news").await;
+    legacy.expect_message("legacy news").await;
+    secure.expect_nothing(Duration::from_millis(200)).await;
+    let (status, answer) = http_request(
+        node.http,
+        "POST",
+        "/api/v1/tenants/secure/publish",
+        Some(API_KEY),
+        &json!({"receiver": "alice", "destination": "/queue/notice", "content": "secure alice"})
+            .to_string(),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    secure.expect_message("secure alice").await;
+    legacy.expect_nothing(Duration::from_millis(200)).await;
+}
+
+fn hostile_tenant(id: &str, mode: &str, deadline_ms: u64) -> String {
+    format!(
+        "[[tenants]]\nid = \"{id}\"\nplugin = \"{}\"\nplugin_deadline_ms = {deadline_ms}\nplugin_memory_bytes = 16777216\n[tenants.settings]\nmode = \"{mode}\"\n",
+        toml_path(&plugin_wasm("hostile"))
+    )
+}
+
+#[tokio::test]
+async fn hostile_plugins_cost_only_their_own_call() {
+    let config = [
+        hostile_tenant("looper", "loop", 50),
+        // A generous deadline, so on a loaded machine the memory cap, not the clock, stops it.
+        hostile_tenant("bomber", "alloc", 2000),
+        hostile_tenant("trapper", "trap", 50),
+        hostile_tenant("guard", "authorize-loop", 50),
+        format!(
+            "[[tenants]]\nid = \"good\"\nplugin = \"{}\"\n",
+            toml_path(&plugin_wasm("seed_compat"))
+        ),
+    ]
+    .concat();
+    let node = TestNode::start(&config).await;
+    let mut good = Client::ws(&node.ws_url("/ws/good"), "v12.stomp").await;
+    good.connect_as("gina").await;
+    good.subscribe("1", "/topic/heartbeat", "auto").await;
+
+    // Meanwhile a well-behaved tenant keeps serving: a publisher sends on `good` all along.
+    let node_http = node.http;
+    let stomp = node.stomp;
+    let publisher = tokio::spawn(async move {
+        let mut p = Client::ws(&format!("ws://{node_http}/ws/good"), "v12.stomp").await;
+        p.connect_as("pete").await;
+        for i in 0..40 {
+            p.send_to("/topic/heartbeat", &i.to_string()).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let _ = stomp;
+    });
+
+    for (tenant, expected) in [
+        ("looper", "deadline"),
+        ("bomber", "memory"),
+        ("trapper", "failed"),
+        ("looper", "deadline"),
+    ] {
+        let started = Instant::now();
+        let mut c = Client::ws(&node.ws_url(&format!("/ws/{tenant}")), "v12.stomp").await;
+        c.send_raw(b"CONNECT\naccept-version:1.2\nuserid:eve\n\n\0")
+            .await;
+        let error = c.expect_error("authentication failed").await;
+        let body = String::from_utf8_lossy(&error.body).to_string();
+        assert!(body.contains(expected), "{tenant}: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{tenant} took {:?}",
+            started.elapsed()
+        );
+    }
+    // authorize that loops: the SUBSCRIBE gets the ERROR, with its receipt-id.
+    let mut c = Client::ws(&node.ws_url("/ws/guard"), "v12.stomp").await;
+    c.connect_as("eve").await;
+    c.send(
+        Frame::new(Command::Subscribe)
+            .header("id", "1")
+            .header("destination", "/topic/x")
+            .header("receipt", "r"),
+    )
+    .await;
+    let error = c.expect_error("access denied").await;
+    assert_eq!(error.get("receipt-id"), Some("r"));
+    assert!(String::from_utf8_lossy(&error.body).contains("deadline"));
+
+    publisher.await.unwrap();
+    for i in 0..40 {
+        good.expect_message(&i.to_string()).await;
+    }
+    let (_, status) = http_raw(
+        node.http,
+        "GET",
+        "/admin/v1/tenants/looper/plugin",
+        Some("x"),
+        b"",
+    )
+    .await;
+    assert!(status["error"].as_str().unwrap().contains("disabled"));
+}
+
+#[tokio::test]
+async fn a_plugin_that_does_not_match_the_world_is_refused_not_ignored() {
+    let config = format!(
+        "[[tenants]]\nid = \"odd\"\nplugin = \"{}\"\n",
+        toml_path(&plugin_wasm("wrong_world"))
+    );
+    let node = TestNode::start(&config).await;
+    let mut c = Client::ws(&node.ws_url("/ws/odd"), "v12.stomp").await;
+    c.send_raw(b"CONNECT\naccept-version:1.2\nuserid:a\n\n\0")
+        .await;
+    let error = c.expect_error("authentication failed").await;
+    let body = String::from_utf8_lossy(&error.body);
+    assert!(
+        body.contains("failed to load") && body.contains("world"),
+        "{body}"
+    );
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stompbox"))
+        .args(["plugin", "check"])
+        .arg(plugin_wasm("wrong_world"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"));
+}
+
+#[tokio::test]
+async fn plugin_cli_checks_and_calls() {
+    let jwt_auth = plugin_wasm("jwt_auth");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stompbox"))
+        .args(["plugin", "check"])
+        .arg(&jwt_auth)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["exports"], json!(["stompbox:plugin/policy@0.1.0"]));
+
+    let token = token_for("alice");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stompbox"))
+        .args(["plugin", "call"])
+        .arg(&jwt_auth)
+        .args(["authenticate", "--header", "userid=alice", "--header"])
+        .arg(format!("token={token}"))
+        .arg("--setting")
+        .arg(format!("jwt_secret={SECRET}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["ok"]["user"], "alice", "{answer}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stompbox"))
+        .args(["plugin", "call"])
+        .arg(&jwt_auth)
+        .args([
+            "authorize",
+            "--user",
+            "alice",
+            "--op",
+            "subscribe",
+            "--destination",
+            "/user/bob/queue/x",
+        ])
+        .output()
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(answer["err"].is_string(), "{answer}");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stompbox"))
+        .args(["plugin", "call"])
+        .arg(&jwt_auth)
+        .args([
+            "resolve-channel",
+            "--code",
+            "NEWS",
+            "--setting",
+            "channels=NEWS=/topic/news",
+        ])
+        .output()
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["ok"], "/topic/news");
+}
+
+async fn plugin_status(node: &TestNode, tenant: &str) -> serde_json::Value {
+    let (status, body) = http_raw(
+        node.http,
+        "GET",
+        &format!("/admin/v1/tenants/{tenant}/plugin"),
+        Some(ADMIN),
+        b"",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+async fn wait_for(
+    node: &TestNode,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = plugin_status(node, "default").await;
+        if check(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "waiting for {what}: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn hot_reload_under_traffic_drops_nothing() {
+    let dir = std::env::temp_dir().join(format!("stompbox-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let live = dir.join("policy.wasm");
+    let seed = std::fs::read(plugin_wasm("seed_compat")).unwrap();
+    let jwt_auth = std::fs::read(plugin_wasm("jwt_auth")).unwrap();
+    std::fs::write(&live, &seed).unwrap();
+    let config = format!(
+        "[server]\nadmin_token = \"{ADMIN}\"\nplugin_poll_ms = 50\n[[tenants]]\nid = \"default\"\napi_keys = [\"{API_KEY}\"]\nplugin = \"{}\"\n[tenants.settings]\njwt_secret = \"{SECRET}\"\n",
+        toml_path(&live)
+    );
+    let node = TestNode::start(&config).await;
+    let first = plugin_status(&node, "default").await;
+    assert_eq!(first["policy"], "wasm");
+    let seed_sha = first["sha256"].as_str().unwrap().to_string();
+
+    // Clients connected under the old policy, receiving a steady stream.
+    let mut clients = Vec::new();
+    for i in 0..3 {
+        let mut c = ws_user(&node, &format!("user{i}")).await;
+        c.subscribe("1", "/topic/stream", "auto").await;
+        clients.push(c);
+    }
+    let http = node.http;
+    let publisher = tokio::spawn(async move {
+        for i in 0..120 {
+            let (status, _) = http_request(
+                http,
+                "POST",
+                "/api/v1/tenants/default/publish",
+                Some(API_KEY),
+                &json!({"destination": "/topic/stream", "content": i.to_string()}).to_string(),
+            )
+            .await;
+            assert_eq!(status, 202);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+
+    // Replace the file with jwt-auth: new CONNECTs need a token.
+    let tmp = dir.join("policy.wasm.new");
+    std::fs::write(&tmp, &jwt_auth).unwrap();
+    std::fs::rename(&tmp, &live).unwrap();
+    let status = wait_for(&node, "the jwt-auth reload", |s| {
+        s["sha256"] != seed_sha.as_str()
+    })
+    .await;
+    let jwt_sha = status["sha256"].as_str().unwrap().to_string();
+    let mut bare = Client::tcp(node.stomp).await;
+    bare.send_raw(b"CONNECT\naccept-version:1.2\nuserid:mallory\n\n\0")
+        .await;
+    bare.expect_error("authentication failed").await;
+    let mut with_token = Client::tcp(node.stomp).await;
+    with_token.connect(&[("token", &token_for("tess"))]).await;
+
+    // A broken file is refused: jwt-auth keeps serving and the error is visible.
+    std::fs::write(&live, b"\0asm garbage").unwrap();
+    let status = wait_for(&node, "the broken file to be refused", |s| {
+        s["rejected"].as_u64() >= Some(1)
+    })
+    .await;
+    assert_eq!(status["sha256"], jwt_sha.as_str());
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("not a valid WebAssembly component"),
+        "{status}"
+    );
+    let mut still_jwt = Client::tcp(node.stomp).await;
+    still_jwt
+        .send_raw(b"CONNECT\naccept-version:1.2\nuserid:mallory\n\n\0")
+        .await;
+    still_jwt.expect_error("authentication failed").await;
+
+    // The admin API: a bad upload is refused, a good one swaps and is written to the file.
+    let (code, body) = http_raw(
+        node.http,
+        "PUT",
+        "/admin/v1/tenants/default/plugin",
+        Some(ADMIN),
+        b"not wasm",
+    )
+    .await;
+    assert_eq!(code, 422, "{body}");
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("previous version keeps serving"));
+    let (code, body) = http_raw(
+        node.http,
+        "PUT",
+        "/admin/v1/tenants/default/plugin",
+        Some(ADMIN),
+        &seed,
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["sha256"], seed_sha.as_str());
+    assert_eq!(body["changed"], true);
+    assert_eq!(
+        std::fs::read(&live).unwrap(),
+        seed,
+        "the upload replaced the file"
+    );
+    let mut back = Client::tcp(node.stomp).await;
+    back.connect_as("mallory").await;
+
+    // Every client stayed connected and got every message, in order.
+    publisher.await.unwrap();
+    for c in &mut clients {
+        for i in 0..120 {
+            c.expect_message(&i.to_string()).await;
+        }
+    }
+    let status = plugin_status(&node, "default").await;
+    assert!(status["calls"].as_u64().unwrap() >= 4);
+    assert!(status["reloads"].as_u64().unwrap() >= 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn admin_api_needs_the_token() {
+    let node = TestNode::start(&format!("[server]\nadmin_token = \"{ADMIN}\"\n")).await;
+    let (code, body) = http_raw(
+        node.http,
+        "GET",
+        "/admin/v1/tenants/default/plugin",
+        None,
+        b"",
+    )
+    .await;
+    assert_eq!(code, 401, "{body}");
+    let (code, _) = http_raw(
+        node.http,
+        "GET",
+        "/admin/v1/tenants/default/plugin",
+        Some("wrong-token-wrong-token"),
+        b"",
+    )
+    .await;
+    assert_eq!(code, 401);
+    let (code, _) = http_raw(
+        node.http,
+        "GET",
+        "/admin/v1/tenants/ghost/plugin",
+        Some(ADMIN),
+        b"",
+    )
+    .await;
+    assert_eq!(code, 404);
+    let status = plugin_status(&node, "default").await;
+    assert_eq!(status["policy"], "builtin");
+}
