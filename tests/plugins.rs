@@ -135,7 +135,8 @@ async fn channel_codes_resolve_through_the_plugin() {
     assert!(answer["error"].as_str().unwrap().contains("NO_SUCH_CODE"));
 }
 
-#[tokio::test]
+// The node's own runtime flavour: plugin calls leave the worker with block_in_place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tenants_with_different_plugins_do_not_see_each_other() {
     let config = format!(
         "{}[[tenants]]\nid = \"legacy\"\napi_keys = [\"legacy-key-123\"]\nplugin = \"{}\"\n",
@@ -182,7 +183,8 @@ fn hostile_tenant(id: &str, mode: &str, deadline_ms: u64) -> String {
     )
 }
 
-#[tokio::test]
+// The node's own runtime flavour: plugin calls leave the worker with block_in_place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_plugins_cost_only_their_own_call() {
     let config = [
         hostile_tenant("looper", "loop", 50),
@@ -380,7 +382,8 @@ async fn wait_for(
     }
 }
 
-#[tokio::test]
+// The node's own runtime flavour: plugin calls leave the worker with block_in_place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_under_traffic_drops_nothing() {
     let dir = std::env::temp_dir().join(format!("stompbox-reload-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -16,11 +16,20 @@ use crate::plugin::Installed;
 /// Largest plugin upload.
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
 
-fn authorize(node: &Node, headers: &HeaderMap, tenant_id: &str) -> Result<Arc<Tenant>, Response> {
+/// An admin request refused before it reached the tenant.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        json_error(self.0, &self.1)
+    }
+}
+
+fn authorize(node: &Node, headers: &HeaderMap, tenant_id: &str) -> Result<Arc<Tenant>, Refusal> {
     let Some(token) = node.server.admin_token.as_deref() else {
-        return Err(json_error(
+        return Err(Refusal(
             StatusCode::FORBIDDEN,
-            "the admin API is disabled: start the node with --admin-token or set server.admin_token",
+            "the admin API is disabled: start the node with --admin-token or set server.admin_token".into(),
         ));
     };
     let given = headers
@@ -36,15 +45,15 @@ fn authorize(node: &Node, headers: &HeaderMap, tenant_id: &str) -> Result<Arc<Te
                 == 0
     });
     if !ok {
-        return Err(json_error(
+        return Err(Refusal(
             StatusCode::UNAUTHORIZED,
-            "missing or invalid 'Authorization: Bearer <admin token>'",
+            "missing or invalid 'Authorization: Bearer <admin token>'".into(),
         ));
     }
     node.tenant(tenant_id).cloned().ok_or_else(|| {
-        json_error(
+        Refusal(
             StatusCode::NOT_FOUND,
-            &format!("unknown tenant '{tenant_id}'"),
+            format!("unknown tenant '{tenant_id}'"),
         )
     })
 }
@@ -57,7 +66,7 @@ pub async fn plugin_status(
 ) -> Response {
     match authorize(&node, &headers, &tenant_id) {
         Ok(tenant) => Json(tenant.plugin().describe()).into_response(),
-        Err(r) => r,
+        Err(r) => r.into_response(),
     }
 }
 
@@ -72,7 +81,7 @@ pub async fn plugin_upload(
 ) -> Response {
     let tenant = match authorize(&node, &headers, &tenant_id) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if body.is_empty() {
         return json_error(

@@ -1,0 +1,166 @@
+//! What a tenant plugin costs: one `authenticate` call through the warm instance pool (the
+//! call itself, and through the tenant's async policy slot as sessions make it), and a whole
+//! STOMP CONNECT → CONNECTED round trip on a node whose tenant runs `jwt-auth`.
+//!
+//! `cargo bench --bench plugin` (builds the example plugins for wasm32-wasip2 first).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use stompbox::plugin::engine::wit_types;
+use stompbox::plugin::{PluginEngine, PluginLimits, PluginSlot, Pool};
+use stompbox::policy::{ConnectInfo, Policy, TransportKind};
+
+const SECRET: &str = "bench-secret-bench-secret";
+
+fn plugin_wasm(name: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--quiet"])
+        .current_dir(root.join("plugins"))
+        .status()
+        .expect("running cargo to build the plugins");
+    assert!(status.success(), "building the plugins failed");
+    root.join("plugins/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"))
+}
+
+fn token(user: &str) -> String {
+    use base64::Engine as _;
+    use hmac::{KeyInit, Mac};
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 3600;
+    let input = format!(
+        "{}.{}",
+        b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+        b64.encode(format!(r#"{{"sub":"{user}","exp":{exp}}}"#))
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(input.as_bytes());
+    format!("{input}.{}", b64.encode(mac.finalize().into_bytes()))
+}
+
+fn settings() -> BTreeMap<String, String> {
+    BTreeMap::from([("jwt_secret".to_string(), SECRET.to_string())])
+}
+
+fn connect_headers(token: &str) -> Vec<(String, String)> {
+    vec![
+        ("accept-version".into(), "1.2".into()),
+        ("host".into(), "default".into()),
+        ("userid".into(), "alice".into()),
+        ("token".into(), token.into()),
+    ]
+}
+
+fn bench_pool(c: &mut Criterion) {
+    let mut group = c.benchmark_group("authenticate");
+    let token = token("alice");
+    for name in ["seed_compat", "jwt_auth"] {
+        let bytes = std::fs::read(plugin_wasm(name)).unwrap();
+        let compiled = Arc::new(PluginEngine::global().compile(&bytes).unwrap());
+        let pool = Pool::new(
+            compiled,
+            Arc::from("default"),
+            Arc::new(settings()),
+            PluginLimits::default(),
+        );
+        let info = wit_types::ConnectInfo {
+            tenant: "default".into(),
+            transport: wit_types::Transport::Websocket,
+            remote_addr: Some("127.0.0.1:40000".into()),
+            headers: connect_headers(&token),
+        };
+        group.bench_function(format!("{name}/pool"), |b| {
+            b.iter(|| {
+                let principal = pool
+                    .call(|p, s| p.call_authenticate(s, &info))
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(principal.user, "alice");
+            })
+        });
+    }
+
+    // As a session makes the call: through the tenant's slot, on a blocking thread.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let slot = PluginSlot::new(
+        "default",
+        Some(plugin_wasm("jwt_auth")),
+        settings(),
+        PluginLimits::default(),
+    );
+    let info = ConnectInfo {
+        tenant: "default".into(),
+        transport: TransportKind::WebSocket,
+        remote_addr: Some("127.0.0.1:40000".into()),
+        headers: connect_headers(&token),
+    };
+    group.bench_function("jwt_auth/slot", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let principal = slot.authenticate(&info).await.unwrap();
+            assert_eq!(principal.user.as_deref(), Some("alice"));
+        })
+    });
+    group.finish();
+}
+
+fn bench_connect(c: &mut Criterion) {
+    use stompbox::config::{Config, Overrides};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let toml = format!(
+        "[[tenants]]\nid = \"default\"\nplugin = \"{}\"\n[tenants.settings]\njwt_secret = \"{SECRET}\"\n",
+        plugin_wasm("jwt_auth").display()
+    );
+    let config = Config::from_toml(&toml)
+        .unwrap()
+        .finish(Overrides::default())
+        .unwrap();
+    let (node, stomp) = runtime.block_on(async {
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stomp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = stomp.local_addr().unwrap();
+        let node = stompbox::node::Node::new(&config);
+        tokio::spawn(stompbox::server::run(node.clone(), http, stomp));
+        (node, addr)
+    });
+    let frame = format!(
+        "CONNECT\naccept-version:1.2\nhost:default\ntoken:{}\n\n\0DISCONNECT\n\n\0",
+        token("alice")
+    );
+    let mut group = c.benchmark_group("connect");
+    group.measurement_time(Duration::from_secs(5));
+    group.bench_function("jwt_auth/tcp_connect_to_connected", |b| {
+        b.to_async(&runtime).iter(|| async {
+            let mut s = tokio::net::TcpStream::connect(stomp).await.unwrap();
+            s.write_all(frame.as_bytes()).await.unwrap();
+            let mut buf = [0u8; 256];
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(
+                buf[..n].starts_with(b"CONNECTED"),
+                "{}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+        })
+    });
+    group.finish();
+    node.shutdown.cancel();
+}
+
+criterion_group!(benches, bench_pool, bench_connect);
+criterion_main!(benches);

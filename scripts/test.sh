@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The project's test command: installs what the tests need when it is missing, then runs
+#   cargo test --all-targets [ARGS...]
+# Safe to run again and from any directory. On a fresh Debian machine it may call apt-get
+# (as root, or through sudo). Set FORCE_INSTALL=1 to reinstall the test clients.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CLIENTS="$ROOT/tests/clients"
+VENV="$CLIENTS/.venv"
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() {
+    printf 'scripts/test.sh: %s\n' "$*" >&2
+    exit 1
+}
+have() { command -v "$1" >/dev/null 2>&1; }
+
+# --- Debian packages --------------------------------------------------------------------------
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    if have sudo; then SUDO=(sudo -n); fi
+fi
+APT_UPDATED=0
+
+# apt_install PKG...: installs Debian packages; runs `apt-get update` once, before the first.
+apt_install() {
+    have apt-get || die "need Debian packages ($*) but apt-get is not available"
+    if [ "$APT_UPDATED" -eq 0 ]; then
+        log "apt-get update"
+        "${SUDO[@]}" apt-get update -qq
+        APT_UPDATED=1
+    fi
+    log "apt-get install $*"
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# sha FILE: a content hash, to tell whether an install is up to date.
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+# --- what the tests need ----------------------------------------------------------------------
+
+ensure_rust() {
+    have cargo || die "cargo is not installed (this machine's Rust toolchain comes from rustup)"
+}
+
+# Python 3 with venv support, for stomp.py (tests/external_clients.rs). Debian ships `venv`'s
+# ensurepip separately, in python3-venv.
+ensure_python() {
+    if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+        return # the virtualenv exists and works
+    fi
+    have python3 || apt_install python3 python3-venv
+    if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        apt_install python3-venv
+    fi
+}
+
+# tests/clients/.venv with tests/clients/requirements.txt.
+ensure_python_clients() {
+    local req="$CLIENTS/requirements.txt" stamp="$VENV/.requirements.sha256"
+    if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+        log "tests/clients/.venv is broken (its Python moved?); recreating it"
+        rm -rf "$VENV"
+    fi
+    if [ ! -x "$VENV/bin/python" ]; then
+        log "creating tests/clients/.venv"
+        if ! python3 -m venv "$VENV"; then
+            rm -rf "$VENV"
+            apt_install python3-venv
+            python3 -m venv "$VENV" || die "python3 -m venv fails even with python3-venv installed"
+        fi
+    fi
+    if [ "${FORCE_INSTALL:-0}" = 1 ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$(sha "$req")" ]; then
+        log "pip install -r tests/clients/requirements.txt"
+        "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$req"
+        sha "$req" >"$stamp"
+    fi
+}
+
+# Node.js and npm, for @stomp/stompjs (the machine image has them; Debian's as a fallback).
+ensure_node() {
+    have node || apt_install nodejs
+    have npm || apt_install npm
+}
+
+# tests/clients/node_modules from the committed package-lock.json.
+ensure_node_clients() {
+    local lock="$CLIENTS/package-lock.json" stamp="$CLIENTS/node_modules/.stompbox-lock.sha256"
+    if [ "${FORCE_INSTALL:-0}" = 1 ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$(sha "$lock")" ]; then
+        log "npm ci in tests/clients"
+        (cd "$CLIENTS" && npm ci --no-audit --no-fund --loglevel=error)
+        sha "$lock" >"$stamp"
+    fi
+}
+
+# --- hooks for what later tests will need (not installed yet) ---------------------------------
+
+# Redis, for a Redis-backed cluster bus: e.g. `have redis-server || apt_install redis-server`,
+# then start it here if the machine does not already run one on 127.0.0.1:6379.
+ensure_redis() { :; }
+
+# The wasm32-wasip2 target, for building test plugins: e.g.
+# `rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2`.
+ensure_wasm_target() { :; }
+
+# Chromium, for browser tests: e.g. `have chromium || apt_install chromium chromium-driver`.
+ensure_chromium() { :; }
+
+main() {
+    ensure_rust
+    ensure_python
+    ensure_python_clients
+    ensure_node
+    ensure_node_clients
+    ensure_redis
+    ensure_wasm_target
+    ensure_chromium
+    cd "$ROOT"
+    log "cargo test --all-targets $*"
+    exec cargo test --all-targets "$@"
+}
+
+main "$@"
