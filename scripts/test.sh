@@ -101,9 +101,20 @@ ensure_node_clients() {
 # then start it here if the machine does not already run one on 127.0.0.1:6379.
 ensure_redis() { :; }
 
-# The wasm32-wasip2 target, for building test plugins: e.g.
-# `rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2`.
-ensure_wasm_target() { :; }
+# The wasm32-wasip2 target: the tests build the example and hostile plugins with it.
+ensure_wasm_target() {
+    if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+        have rustup || die "the wasm32-wasip2 target is missing and rustup is not installed"
+        log "rustup target add wasm32-wasip2"
+        rustup target add wasm32-wasip2
+    fi
+    # Built here, one workspace at a time, rather than from inside the parallel test binaries.
+    local ws
+    for ws in plugins tests/plugins; do
+        log "building $ws for wasm32-wasip2"
+        (cd "$ROOT/$ws" && cargo build --release --target wasm32-wasip2 --quiet)
+    done
+}
 
 # Chromium, for browser tests: e.g. `have chromium || apt_install chromium chromium-driver`.
 ensure_chromium() { :; }
