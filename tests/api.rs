@@ -40,6 +40,19 @@ async fn string_content_is_text_and_json_content_is_serialized() {
     let m = c.expect_message(r#"[1,{"a":null}]"#).await;
     assert_eq!(m.get("content-type"), Some("application/json"));
 
+    // JSON content arrives byte for byte: key order and formatting as published.
+    let raw = r#"{"destination": "/topic/t", "content": {"z": 1, "a": [2.50]}}"#;
+    let (status, _) = http_request(
+        node.http,
+        "POST",
+        "/api/v1/tenants/default/publish",
+        Some(API_KEY),
+        raw,
+    )
+    .await;
+    assert_eq!(status, 202);
+    c.expect_message(r#"{"z": 1, "a": [2.50]}"#).await;
+
     // A publisher's own content-type wins.
     node.publish(json!({"destination": "/topic/t", "content": "<b/>", "headers": {"content-type": "text/html"}}))
         .await;

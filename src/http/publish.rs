@@ -10,7 +10,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
+use serde_json::value::RawValue;
 
 use super::json_error;
 use crate::broker::destination::{self, Target};
@@ -29,8 +30,9 @@ pub struct PublishRequest {
     /// A channel code the tenant's policy maps to a destination (instead of `destination`).
     #[serde(rename = "channelCode")]
     pub channel_code: Option<String>,
-    /// The body: a string as is, anything else as JSON.
-    pub content: Value,
+    /// The body: a string as is, anything else as JSON, byte for byte as the publisher wrote it
+    /// (so key order and number formatting survive).
+    pub content: Box<RawValue>,
     /// Headers passed to subscribers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -138,9 +140,14 @@ pub async fn publish(
             return bad_request(&format!("header '{name}' has a line break in its value, which STOMP 1.0 subscribers cannot receive"));
         }
     }
-    let (content_type, body) = match request.content {
-        Value::String(text) => ("text/plain", Bytes::from(text)),
-        other => ("application/json", Bytes::from(other.to_string())),
+    let raw = request.content.get();
+    let (content_type, body) = if raw.starts_with('"') {
+        match serde_json::from_str::<String>(raw) {
+            Ok(text) => ("text/plain", Bytes::from(text)),
+            Err(e) => return bad_request(&format!("invalid JSON body: {e}")),
+        }
+    } else {
+        ("application/json", Bytes::copy_from_slice(raw.as_bytes()))
     };
     if body.len() > node.server.max_frame_bytes {
         return json_error(
