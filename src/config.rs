@@ -53,9 +53,37 @@ pub struct Config {
     /// Listeners and limits.
     #[serde(default)]
     pub server: ServerConfig,
+    /// Clustering through Redis.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
     /// The tenants this node serves.
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://host:port/db`; without it the node runs alone, in memory.
+    pub redis: Option<String>,
+    /// This node's id in the cluster (default: generated at start).
+    pub node_id: Option<String>,
+    /// A node is dead when its heartbeat is older than this, in ms.
+    pub node_ttl_ms: u64,
+    /// How long a node trusts a cached "user → nodes" lookup without an invalidation, in ms.
+    pub presence_cache_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            redis: None,
+            node_id: None,
+            node_ttl_ms: 10_000,
+            presence_cache_ms: 2_000,
+        }
+    }
 }
 
 /// `[server]`.
@@ -161,6 +189,9 @@ pub struct TenantConfig {
     /// Linear memory one plugin instance may hold, in bytes.
     #[serde(default = "default_plugin_memory_bytes")]
     pub plugin_memory_bytes: usize,
+    /// A Redis channel where backends of the replaced system PUBLISH seed-format JSON
+    /// (`{"receiver", "channelCode", "content"}`); one node of the cluster handles each.
+    pub redis_ingress_channel: Option<String>,
 }
 
 fn default_plugin_deadline_ms() -> u64 {
@@ -181,6 +212,7 @@ impl TenantConfig {
             settings: BTreeMap::new(),
             plugin_deadline_ms: default_plugin_deadline_ms(),
             plugin_memory_bytes: default_plugin_memory_bytes(),
+            redis_ingress_channel: None,
         }
     }
 }
@@ -196,6 +228,10 @@ pub struct Overrides {
     pub api_key: Option<String>,
     /// `--admin-token` / `STOMPBOX_ADMIN_TOKEN`.
     pub admin_token: Option<String>,
+    /// `--redis`.
+    pub redis: Option<String>,
+    /// `--node-id`.
+    pub node_id: Option<String>,
 }
 
 /// The tenant used when a path or CONNECT names none.
@@ -250,6 +286,12 @@ impl Config {
         if let Some(token) = overrides.admin_token.filter(|t| !t.is_empty()) {
             self.server.admin_token = Some(token);
         }
+        if let Some(redis) = overrides.redis {
+            self.cluster.redis = Some(redis);
+        }
+        if let Some(id) = overrides.node_id {
+            self.cluster.node_id = Some(id);
+        }
         if let Some(key) = overrides.api_key.filter(|k| !k.is_empty()) {
             if let Some(t) = self.tenants.iter_mut().find(|t| t.id == DEFAULT_TENANT) {
                 t.api_keys.push(key);
@@ -302,6 +344,33 @@ impl Config {
         }
         if s.plugin_poll_ms < 10 {
             return Err(invalid("server.plugin_poll_ms", "must be at least 10"));
+        }
+        if let Some(url) = &self.cluster.redis {
+            redis::Client::open(url.as_str()).map_err(|e| {
+                invalid("cluster.redis", format!("'{url}' is not a Redis URL: {e}"))
+            })?;
+        }
+        if let Some(id) = &self.cluster.node_id {
+            if id.is_empty()
+                || id.len() > 64
+                || !id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                return Err(invalid(
+                    "cluster.node_id",
+                    format!("'{id}' is not a node id: use 1 to 64 of A-Z a-z 0-9 - _"),
+                ));
+            }
+        }
+        if self.cluster.node_ttl_ms < 1_000 {
+            return Err(invalid("cluster.node_ttl_ms", "must be at least 1000"));
+        }
+        if self.cluster.presence_cache_ms > self.cluster.node_ttl_ms {
+            return Err(invalid(
+                "cluster.presence_cache_ms",
+                "must not exceed cluster.node_ttl_ms",
+            ));
         }
         if self.tenants.is_empty() {
             return Err(invalid("tenants", "at least one tenant is needed"));

@@ -17,6 +17,7 @@ use tracing::debug;
 
 use crate::broker::outbox::{Closing, Item};
 use crate::broker::Endpoint;
+use crate::metrics::{DropReason, Metrics};
 use crate::node::Node;
 use crate::session::{Flow, Session};
 use crate::stomp::{decode, Decoded};
@@ -51,6 +52,7 @@ pub async fn run<I: Inbound, O: Outbound>(
         session.endpoint().clone(),
         outbound,
         writer_done.clone(),
+        node.metrics.clone(),
     ));
     read_loop(&node, &mut session, inbound, &writer_done).await;
     session.end();
@@ -132,7 +134,12 @@ async fn read_loop<I: Inbound>(
     }
 }
 
-async fn write_loop<O: Outbound>(endpoint: Arc<Endpoint>, mut out: O, done: CancellationToken) {
+async fn write_loop<O: Outbound>(
+    endpoint: Arc<Endpoint>,
+    mut out: O,
+    done: CancellationToken,
+    metrics: Arc<Metrics>,
+) {
     loop {
         let every = endpoint.heartbeat_out_ms.load(Ordering::Relaxed);
         let batch = if every == 0 {
@@ -158,6 +165,7 @@ async fn write_loop<O: Outbound>(endpoint: Arc<Endpoint>, mut out: O, done: Canc
                 // The peer stopped reading and the queue overflowed behind this write: no
                 // ERROR frame could reach it, so the connection is dropped.
                 () = endpoint.outbox.overflowed() => {
+                    metrics.dropped(DropReason::SlowConsumer);
                     debug!(session = %endpoint.session_id, "slow consumer dropped mid-write");
                     break;
                 }
@@ -169,6 +177,7 @@ async fn write_loop<O: Outbound>(endpoint: Arc<Endpoint>, mut out: O, done: Canc
         }
         if let Some(closing) = batch.then_close {
             if closing == Closing::SlowConsumer {
+                metrics.dropped(DropReason::SlowConsumer);
                 debug!(session = %endpoint.session_id, "slow consumer closed");
             }
             out.close().await;

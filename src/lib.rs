@@ -7,12 +7,15 @@
 //! permissions; [`http`] holds the publish API; [`server`] runs it all.
 
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod http;
+pub mod metrics;
 pub mod node;
 pub mod plugin;
 pub mod policy;
+pub mod router;
 pub mod server;
 pub mod session;
 pub mod stomp;

@@ -47,6 +47,12 @@ enum Command {
         /// Bearer token of the admin API (disabled without one).
         #[arg(long, env = "STOMPBOX_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// Join a cluster through Redis: redis://HOST:PORT/DB.
+        #[arg(long)]
+        redis: Option<String>,
+        /// This node's id in the cluster [default: generated].
+        #[arg(long)]
+        node_id: Option<String>,
     },
     /// Tools for plugin authors.
     Plugin {
@@ -154,12 +160,16 @@ fn main() -> ExitCode {
             stomp,
             api_key,
             admin_token,
+            redis,
+            node_id,
         } => {
             let overrides = Overrides {
                 http,
                 stomp,
                 api_key,
                 admin_token,
+                redis,
+                node_id,
             };
             match serve(config, overrides) {
                 Ok(()) => ExitCode::SUCCESS,

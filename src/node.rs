@@ -10,8 +10,12 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Interest, Subscription};
+use crate::cluster::memory::Standalone;
+use crate::cluster::redis::{RedisBackplane, RedisSettings};
+use crate::cluster::Backplane;
 use crate::config::{Config, ServerConfig, TenantConfig, DEFAULT_TENANT};
+use crate::metrics::Metrics;
 use crate::plugin::{PluginLimits, PluginSlot};
 use crate::policy::Policy;
 
@@ -24,11 +28,20 @@ pub struct Tenant {
     pub broker: Broker,
     api_keys: Vec<String>,
     plugin: Arc<PluginSlot>,
+    pub(crate) cluster: Arc<dyn Backplane>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Tenant {
-    fn new(config: &TenantConfig, server: &ServerConfig) -> Tenant {
+    fn new(
+        config: &TenantConfig,
+        server: &ServerConfig,
+        cluster: Arc<dyn Backplane>,
+        metrics: Arc<Metrics>,
+    ) -> Tenant {
         Tenant {
+            cluster,
+            metrics,
             id: config.id.clone(),
             broker: Broker::new(server.max_queue_backlog),
             api_keys: config.api_keys.clone(),
@@ -47,6 +60,32 @@ impl Tenant {
     /// The policy that decides identity and permissions for this tenant.
     pub fn policy(&self) -> Arc<dyn Policy> {
         self.plugin.clone()
+    }
+
+    fn mirror(&self, change: Option<Interest>) {
+        if let Some(change) = change {
+            self.cluster.interest(&self.id, &change);
+        }
+    }
+
+    /// Adds a subscription here and, for a first one, tells the cluster.
+    pub fn subscribe(&self, sub: Arc<Subscription>) {
+        self.mirror(self.broker.subscribe(sub));
+    }
+
+    /// Removes a subscription here and, for a last one, tells the cluster.
+    pub fn unsubscribe(&self, sub: &Arc<Subscription>) {
+        self.mirror(self.broker.unsubscribe(sub));
+    }
+
+    /// Records a session of `user` (cluster presence for the first).
+    pub fn user_connected(&self, user: &str) {
+        self.mirror(self.broker.user_connected(user));
+    }
+
+    /// Forgets a session of `user` (cluster presence for the last).
+    pub fn user_disconnected(&self, user: &str) {
+        self.mirror(self.broker.user_disconnected(user));
     }
 
     /// The tenant's plugin slot (status, reload).
@@ -88,6 +127,12 @@ pub struct Node {
     pub shutdown: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// The cluster this node is part of (a single node when standalone).
+    pub cluster: Arc<dyn Backplane>,
+    /// The Redis backplane when clustered (its supervisor is started by the server).
+    pub redis: Option<Arc<RedisBackplane>>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
     tenants: HashMap<String, Arc<Tenant>>,
     next_id: AtomicU64,
     connections: Arc<Semaphore>,
@@ -108,14 +153,44 @@ pub fn random_u64() -> u64 {
 impl Node {
     /// A node serving `config` (already validated).
     pub fn new(config: &Config) -> Arc<Node> {
+        let node_id = config
+            .cluster
+            .node_id
+            .clone()
+            .unwrap_or_else(|| format!("{:08x}", random_u64() as u32));
+        let redis = config.cluster.redis.as_ref().map(|url| {
+            RedisBackplane::new(RedisSettings {
+                url: url.clone(),
+                node_id: node_id.clone(),
+                node_ttl: std::time::Duration::from_millis(config.cluster.node_ttl_ms),
+                presence_cache: std::time::Duration::from_millis(config.cluster.presence_cache_ms),
+                ingress: config
+                    .tenants
+                    .iter()
+                    .filter_map(|t| t.redis_ingress_channel.clone().map(|c| (t.id.clone(), c)))
+                    .collect(),
+            })
+            .expect("the Redis URL was validated with the config")
+        });
+        let cluster: Arc<dyn Backplane> = match &redis {
+            Some(r) => r.clone(),
+            None => Arc::new(Standalone),
+        };
+        let metrics = Arc::new(Metrics::default());
         let tenants = config
             .tenants
             .iter()
-            .map(|t| (t.id.clone(), Arc::new(Tenant::new(t, &config.server))))
+            .map(|t| {
+                let tenant = Tenant::new(t, &config.server, cluster.clone(), metrics.clone());
+                (t.id.clone(), Arc::new(tenant))
+            })
             .collect();
         Arc::new(Node {
             server: config.server.clone(),
-            node_id: format!("{:08x}", random_u64() as u32),
+            cluster,
+            redis,
+            metrics,
+            node_id,
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             tenants,

@@ -13,6 +13,7 @@ use crate::{http, transport};
 
 /// Serves HTTP/WebSocket on `http` and STOMP over TCP on `stomp` until `node.shutdown`.
 pub async fn run(node: Arc<Node>, http: TcpListener, stomp: TcpListener) -> std::io::Result<()> {
+    crate::router::start_cluster(&node);
     let tcp = tokio::spawn(transport::tcp::serve(stomp, node.clone()));
     tokio::spawn(crate::plugin::watch::watch(
         node.clone(),

@@ -181,7 +181,7 @@ impl Session {
             Command::Unsubscribe => self.unsubscribe(&frame),
             Command::Ack | Command::Nack => self.ack_or_nack(frame),
             Command::Begin => self.begin(&frame),
-            Command::Commit => self.commit(&frame),
+            Command::Commit => self.commit(&frame).await,
             Command::Abort => {
                 let id = self.transaction_id(&frame)?;
                 self.transactions.remove(&id);
@@ -283,7 +283,7 @@ impl Session {
             .then(|| Duration::from_millis(in_ms).mul_f64(self.node.server.heartbeat_tolerance));
 
         if let Some(user) = &principal.user {
-            tenant.broker.user_connected(user);
+            tenant.user_connected(user);
         }
         let mut connected = Frame::new(Command::Connected)
             .header("version", version.as_str())
@@ -371,10 +371,10 @@ impl Session {
         let Some(frame) = self.in_transaction(frame)? else {
             return Ok(());
         };
-        self.publish(&target, frame)
+        self.publish(&target, frame).await
     }
 
-    fn publish(&self, target: &Target, frame: Frame) -> Outcome {
+    async fn publish(&self, target: &Target, frame: Frame) -> Outcome {
         let headers = frame
             .headers
             .into_iter()
@@ -384,9 +384,11 @@ impl Session {
             headers: dedup_first(headers),
             body: frame.body,
         };
+        // A cluster outage is not the client's fault: the message went to this node's
+        // subscribers, the loss is logged and counted, and the session goes on.
         self.tenant()?
-            .broker
-            .publish(target, content)
+            .route(target, content)
+            .await
             .map(|_| ())
             .map_err(|e| fault("message not accepted", e.to_string()))
     }
@@ -436,7 +438,7 @@ impl Session {
             self.endpoint.clone(),
             self.version,
         ));
-        self.tenant()?.broker.subscribe(sub.clone());
+        self.tenant()?.subscribe(sub.clone());
         self.subs.insert(id, sub);
         Ok(())
     }
@@ -464,7 +466,7 @@ impl Session {
 
     fn drop_subscription(&self, sub: &Arc<Subscription>) {
         let Some(tenant) = &self.tenant else { return };
-        tenant.broker.unsubscribe(sub);
+        tenant.unsubscribe(sub);
         for unacked in sub.close() {
             if let Some((queue, message)) = unacked.requeue {
                 tenant.broker.requeue(&queue, message, self.id());
@@ -535,7 +537,7 @@ impl Session {
         Ok(())
     }
 
-    fn commit(&mut self, frame: &Frame) -> Outcome {
+    async fn commit(&mut self, frame: &Frame) -> Outcome {
         let id = self.transaction_id(frame)?;
         let frames = self.transactions.remove(&id).unwrap_or_default();
         for mut frame in frames {
@@ -546,7 +548,7 @@ impl Session {
                     let dest = frame.get("destination").unwrap_or_default();
                     let target = destination::for_send(dest)
                         .map_err(|e| fault("invalid destination", e.to_string()))?;
-                    self.publish(&target, frame)?;
+                    self.publish(&target, frame).await?;
                 }
                 _ => self.ack_or_nack(frame)?,
             }
@@ -598,7 +600,7 @@ impl Session {
             self.drop_subscription(sub);
         }
         if let (Some(tenant), Some(user)) = (&self.tenant, &self.principal.user) {
-            tenant.broker.user_disconnected(user);
+            tenant.user_disconnected(user);
         }
         self.tenant = None;
         self.phase = Phase::Closed;

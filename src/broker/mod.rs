@@ -23,6 +23,18 @@ pub use subscription::{AckMode, Endpoint, Subscription, Unacked};
 
 type SubList = Arc<Vec<Arc<Subscription>>>;
 
+/// A change in what this node holds for a tenant, which the cluster mirrors: the first or last
+/// local subscriber of a topic or queue, the first or last local session of a user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interest {
+    /// `/topic/...` gained its first (`true`) or lost its last (`false`) local subscriber.
+    Topic(String, bool),
+    /// `/queue/...` gained its first or lost its last local consumer.
+    Queue(String, bool),
+    /// A user's first session connected or last session left.
+    User(String, bool),
+}
+
 /// What happened to a published message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Routed {
@@ -93,24 +105,60 @@ impl Broker {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Records a session of `user`.
-    pub fn user_connected(&self, user: &str) {
-        self.index()
-            .users
-            .entry(user.to_string())
-            .or_default()
-            .sessions += 1;
+    /// Records a session of `user`; the first one is an interest change.
+    pub fn user_connected(&self, user: &str) -> Option<Interest> {
+        let mut index = self.index();
+        let entry = index.users.entry(user.to_string()).or_default();
+        entry.sessions += 1;
+        (entry.sessions == 1).then(|| Interest::User(user.to_string(), true))
     }
 
-    /// Forgets a session of `user`.
-    pub fn user_disconnected(&self, user: &str) {
+    /// Forgets a session of `user`; the last one is an interest change.
+    pub fn user_disconnected(&self, user: &str) -> Option<Interest> {
         let mut index = self.index();
-        if let Some(entry) = index.users.get_mut(user) {
-            entry.sessions = entry.sessions.saturating_sub(1);
-            if entry.sessions == 0 && entry.dests.is_empty() {
-                index.users.remove(user);
-            }
+        let entry = index.users.get_mut(user)?;
+        if entry.sessions == 0 {
+            return None;
         }
+        entry.sessions -= 1;
+        let last = entry.sessions == 0;
+        if last && entry.dests.is_empty() {
+            index.users.remove(user);
+        }
+        last.then(|| Interest::User(user.to_string(), false))
+    }
+
+    /// Users with sessions on this node (for re-announcing presence).
+    pub fn connected_users(&self) -> Vec<String> {
+        self.index()
+            .users
+            .iter()
+            .filter(|(_, u)| u.sessions > 0)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Topics and queues with local subscribers (for re-subscribing after a reconnect).
+    pub fn interests(&self) -> Vec<Interest> {
+        let index = self.index();
+        let topics = index
+            .topics
+            .keys()
+            .map(|t| Interest::Topic(t.clone(), true));
+        let queues = index
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.consumers.is_empty())
+            .map(|(name, _)| Interest::Queue(name.to_string(), true));
+        topics.chain(queues).collect()
+    }
+
+    /// True when `/queue/...` `dest` has a consumer on this node.
+    pub fn has_consumers(&self, dest: &str) -> bool {
+        self.index()
+            .queues
+            .get(dest)
+            .is_some_and(|q| !q.consumers.is_empty())
     }
 
     /// Sessions `user` has on this node.
@@ -120,15 +168,18 @@ impl Broker {
 
     /// Adds a subscription to the index. A new queue consumer first receives what the queue
     /// kept while it had none.
-    pub fn subscribe(&self, sub: Arc<Subscription>) {
+    pub fn subscribe(&self, sub: Arc<Subscription>) -> Option<Interest> {
         let mut index = self.index();
         match &sub.target {
             Target::Topic(dest) => {
-                Arc::make_mut(index.topics.entry(dest.clone()).or_default()).push(sub.clone());
+                let list = Arc::make_mut(index.topics.entry(dest.clone()).or_default());
+                list.push(sub.clone());
+                (list.len() == 1).then(|| Interest::Topic(dest.clone(), true))
             }
             Target::User { user, dest } => {
                 let entry = index.users.entry(user.clone()).or_default();
                 Arc::make_mut(entry.dests.entry(dest.clone()).or_default()).push(sub.clone());
+                None
             }
             Target::Queue(dest) => {
                 let name: Arc<str> = Arc::from(dest.as_str());
@@ -138,6 +189,7 @@ impl Broker {
                     .entry(name.clone())
                     .or_insert_with(|| Queue::named(name.clone()));
                 queue.consumers.push(sub.clone());
+                let first = queue.consumers.len() == 1;
                 while let Some(message) = queue.backlog.pop_front() {
                     if Self::hand_to_consumer(queue, &name, &message, None).is_none() {
                         queue.backlog.push_front(message);
@@ -145,22 +197,25 @@ impl Broker {
                     }
                     index.backlog_total -= 1;
                 }
+                first.then(|| Interest::Queue(dest.clone(), true))
             }
         }
     }
 
     /// Removes a subscription from the index. The caller then closes it and requeues what it
     /// held (see [`Broker::requeue`]).
-    pub fn unsubscribe(&self, sub: &Arc<Subscription>) {
+    pub fn unsubscribe(&self, sub: &Arc<Subscription>) -> Option<Interest> {
         let mut index = self.index();
         match &sub.target {
             Target::Topic(dest) => {
-                if let Some(list) = index.topics.get_mut(dest) {
-                    Arc::make_mut(list).retain(|s| !Arc::ptr_eq(s, sub));
-                    if list.is_empty() {
-                        index.topics.remove(dest);
-                    }
+                let list = index.topics.get_mut(dest)?;
+                let before = list.len();
+                Arc::make_mut(list).retain(|s| !Arc::ptr_eq(s, sub));
+                if list.is_empty() {
+                    index.topics.remove(dest);
+                    return (before > 0).then(|| Interest::Topic(dest.clone(), false));
                 }
+                None
             }
             Target::User { user, dest } => {
                 if let Some(entry) = index.users.get_mut(user) {
@@ -174,14 +229,17 @@ impl Broker {
                         index.users.remove(user);
                     }
                 }
+                None
             }
             Target::Queue(dest) => {
-                if let Some(queue) = index.queues.get_mut(dest.as_str()) {
-                    queue.consumers.retain(|s| !Arc::ptr_eq(s, sub));
-                    if queue.consumers.is_empty() && queue.backlog.is_empty() {
-                        index.queues.remove(dest.as_str());
-                    }
+                let queue = index.queues.get_mut(dest.as_str())?;
+                let before = queue.consumers.len();
+                queue.consumers.retain(|s| !Arc::ptr_eq(s, sub));
+                let last = before > 0 && queue.consumers.is_empty();
+                if queue.consumers.is_empty() && queue.backlog.is_empty() {
+                    index.queues.remove(dest.as_str());
                 }
+                last.then(|| Interest::Queue(dest.clone(), false))
             }
         }
     }

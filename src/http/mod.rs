@@ -27,6 +27,8 @@ pub fn router(node: Arc<Node>) -> Router {
     let body_limit = node.server.max_frame_bytes * 2 + 4096;
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/ws", any(ws::upgrade_default))
         .route("/ws/{tenant}", any(ws::upgrade_tenant))
         .route(
@@ -50,6 +52,87 @@ async fn healthz(axum::extract::State(node): axum::extract::State<Arc<Node>>) ->
         "connections": node.open_connections(),
     }))
     .into_response()
+}
+
+/// Ready when the node can route: always alone, and while Redis is reachable when clustered.
+async fn readyz(axum::extract::State(node): axum::extract::State<Arc<Node>>) -> Response {
+    let cluster = node.cluster.describe();
+    if node.cluster.is_ready() && !node.shutdown.is_cancelled() {
+        Json(json!({ "ready": true, "node": node.node_id, "cluster": cluster })).into_response()
+    } else {
+        let mut body = json!({ "ready": false, "node": node.node_id, "cluster": cluster });
+        body["error"] = json!(if node.shutdown.is_cancelled() {
+            "the node is shutting down".to_string()
+        } else {
+            "the cluster bus (Redis) is unreachable; only local delivery works".to_string()
+        });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn metrics(axum::extract::State(node): axum::extract::State<Arc<Node>>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
+    let presence: usize = node
+        .tenants()
+        .map(|t| t.broker.connected_users().len())
+        .sum();
+    let mut extra = vec![
+        (
+            "stompbox_connections",
+            "Open connections.",
+            node.open_connections() as u64,
+        ),
+        (
+            "stompbox_presence_users",
+            "Users with a session on this node.",
+            presence as u64,
+        ),
+        (
+            "stompbox_cluster_ready",
+            "1 while the cluster can route.",
+            u64::from(node.cluster.is_ready()),
+        ),
+    ];
+    if let Some(redis) = &node.redis {
+        extra.push((
+            "stompbox_redis_reconnects_total",
+            "Reconnections to Redis.",
+            redis.stats.reconnects.load(Relaxed),
+        ));
+        extra.push((
+            "stompbox_redis_resyncs_total",
+            "Times Redis had lost this node's keys.",
+            redis.stats.resyncs.load(Relaxed),
+        ));
+        extra.push((
+            "stompbox_cluster_forwarded_total",
+            "Messages sent to other nodes.",
+            redis.stats.forwarded.load(Relaxed),
+        ));
+        extra.push((
+            "stompbox_cluster_received_total",
+            "Messages received from other nodes.",
+            redis.stats.received.load(Relaxed),
+        ));
+        extra.push((
+            "stompbox_presence_lookups_total",
+            "Presence reads that went to Redis.",
+            redis.stats.presence_lookups.load(Relaxed),
+        ));
+        extra.push((
+            "stompbox_ingress_handled_total",
+            "Ingress messages this node handled.",
+            redis.stats.ingress_handled.load(Relaxed),
+        ));
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        node.metrics.render(&extra),
+    )
+        .into_response()
 }
 
 async fn not_found() -> Response {

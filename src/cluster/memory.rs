@@ -1,0 +1,42 @@
+//! The single-node backplane: there are no other nodes, so nothing is forwarded and the
+//! cluster is always ready.
+
+use async_trait::async_trait;
+
+use super::{Backplane, ClusterError, Forwarded};
+use crate::broker::{Content, Interest};
+
+/// One node, no Redis.
+#[derive(Debug, Default)]
+pub struct Standalone;
+
+#[async_trait]
+impl Backplane for Standalone {
+    fn interest(&self, _: &str, _: &Interest) {}
+
+    async fn to_user(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: &Content,
+    ) -> Result<Forwarded, ClusterError> {
+        Ok(Forwarded::default())
+    }
+
+    async fn to_topic(&self, _: &str, _: &str, _: &Content) -> Result<Forwarded, ClusterError> {
+        Ok(Forwarded::default())
+    }
+
+    async fn to_queue(&self, _: &str, _: &str, _: &Content) -> Result<Forwarded, ClusterError> {
+        Ok(Forwarded::default())
+    }
+
+    fn is_ready(&self) -> bool {
+        true
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"mode": "standalone"})
+    }
+}

@@ -1,0 +1,186 @@
+//! What crosses nodes, behind one trait. [`Backplane`] is all the broker and sessions know of
+//! the cluster: interest changes go out (a user's first session here, a topic's first
+//! subscriber here), and messages that may concern other nodes are forwarded. Two
+//! implementations: [`memory::Standalone`] (one node, nothing to forward) and
+//! [`redis::RedisBackplane`].
+//!
+//! Messages arriving from other nodes come back in through [`Inbound`], which the node
+//! implements by delivering to its local broker only, so nothing is forwarded twice.
+
+pub mod memory;
+pub mod redis;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::broker::{Content, Interest};
+
+/// Why a message could not be forwarded to other nodes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    /// The cluster bus is down; the node keeps serving its own sessions meanwhile.
+    #[error("the cluster bus (Redis) is unreachable: {0}")]
+    Unavailable(String),
+}
+
+/// How a message went to other nodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Forwarded {
+    /// Other nodes it was sent to.
+    pub nodes: usize,
+}
+
+/// The cluster, as the node sees it.
+#[async_trait]
+pub trait Backplane: Send + Sync + std::fmt::Debug {
+    /// Mirrors a change of what this node holds for `tenant`. Never blocks: the cluster
+    /// applies it in the background, and re-applies everything after a reconnect.
+    fn interest(&self, tenant: &str, change: &Interest);
+    /// Sends a user message to the other nodes where `user` has sessions.
+    async fn to_user(
+        &self,
+        tenant: &str,
+        user: &str,
+        dest: &str,
+        content: &Content,
+    ) -> Result<Forwarded, ClusterError>;
+    /// Sends a topic message to the other nodes with subscribers of `dest`.
+    async fn to_topic(
+        &self,
+        tenant: &str,
+        dest: &str,
+        content: &Content,
+    ) -> Result<Forwarded, ClusterError>;
+    /// Hands a queue message to one other node with consumers of `dest`; `nodes == 0` when
+    /// there is none (the caller keeps it).
+    async fn to_queue(
+        &self,
+        tenant: &str,
+        dest: &str,
+        content: &Content,
+    ) -> Result<Forwarded, ClusterError>;
+    /// True while the cluster can route (always, for a single node).
+    fn is_ready(&self) -> bool;
+    /// A short description for health output.
+    fn describe(&self) -> serde_json::Value;
+}
+
+/// Where messages from other nodes are delivered.
+pub trait Inbound: Send + Sync {
+    /// Delivers an envelope from another node to local subscribers only.
+    fn deliver(&self, envelope: Envelope);
+    /// Tenants and what this node holds for each, to re-announce after Redis lost its data or
+    /// the connection was re-established.
+    fn holdings(&self) -> Vec<(String, Vec<Interest>)>;
+    /// A message from a tenant's ingress channel (the seed system's JSON format).
+    fn ingress(&self, tenant: &str, payload: &[u8]);
+}
+
+/// What kind of destination an envelope is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A user destination; `user` is set.
+    User,
+    /// A topic.
+    Topic,
+    /// A queue.
+    Queue,
+}
+
+/// A message crossing nodes. Versioned by field names so that fields can be added (a
+/// time-to-live, an offline-storage flag) without breaking older nodes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The node that published it (to drop its own echo).
+    pub origin: String,
+    /// The tenant.
+    pub tenant: String,
+    /// The destination kind.
+    pub kind: Kind,
+    /// For user messages: the user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The destination (for user messages, without `/user`).
+    pub dest: String,
+    /// Headers for subscribers.
+    pub headers: Vec<(String, String)>,
+    /// The body as text when it is UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The body, hex-encoded, when it is not UTF-8 (rare: STOMP bodies to browsers are text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hex: Option<String>,
+}
+
+impl Envelope {
+    /// An envelope for `content`.
+    pub fn new(
+        origin: &str,
+        tenant: &str,
+        kind: Kind,
+        user: Option<&str>,
+        dest: &str,
+        content: &Content,
+    ) -> Envelope {
+        let (text, hex) = match std::str::from_utf8(&content.body) {
+            Ok(t) => (Some(t.to_string()), None),
+            Err(_) => (None, Some(crate::plugin::engine::hex(&content.body))),
+        };
+        Envelope {
+            origin: origin.to_string(),
+            tenant: tenant.to_string(),
+            kind,
+            user: user.map(str::to_string),
+            dest: dest.to_string(),
+            headers: content.headers.clone(),
+            text,
+            hex,
+        }
+    }
+
+    /// The content it carries; `None` when the body encoding is broken.
+    pub fn content(&self) -> Option<Content> {
+        let body = match (&self.text, &self.hex) {
+            (Some(t), _) => Bytes::from(t.clone()),
+            (None, Some(h)) => Bytes::from(unhex(h)?),
+            (None, None) => Bytes::new(),
+        };
+        Some(Content {
+            headers: self.headers.clone(),
+            body,
+        })
+    }
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_carry_text_and_binary_bodies() {
+        for body in [&b"hello"[..], &[0u8, 159, 146, 150][..]] {
+            let content = Content {
+                headers: vec![("x".into(), "y".into())],
+                body: Bytes::copy_from_slice(body),
+            };
+            let e = Envelope::new("n1", "t", Kind::Topic, None, "/topic/a", &content);
+            let json = serde_json::to_string(&e).unwrap();
+            let back: Envelope = serde_json::from_str(&json).unwrap();
+            assert_eq!(back.content().unwrap(), content);
+        }
+        assert_eq!(unhex("zz"), None);
+        assert_eq!(unhex("abc"), None);
+    }
+}

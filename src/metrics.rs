@@ -1,0 +1,117 @@
+//! Node counters, rendered at `/metrics` in the Prometheus text format. Plain atomics: they
+//! are bumped on the message path, so they take no lock.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a message was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A subscriber's outbox overflowed.
+    SlowConsumer,
+    /// The cluster bus was down and nobody here took it.
+    ClusterUnavailable,
+    /// A queue with no consumer was full.
+    BacklogFull,
+    /// A user message for a user connected nowhere.
+    UserOffline,
+    /// An ingress message that could not be routed (bad JSON, unknown code...).
+    BadIngress,
+}
+
+impl DropReason {
+    const ALL: [DropReason; 5] = [
+        DropReason::SlowConsumer,
+        DropReason::ClusterUnavailable,
+        DropReason::BacklogFull,
+        DropReason::UserOffline,
+        DropReason::BadIngress,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            DropReason::SlowConsumer => "slow_consumer",
+            DropReason::ClusterUnavailable => "cluster_unavailable",
+            DropReason::BacklogFull => "backlog_full",
+            DropReason::UserOffline => "user_offline",
+            DropReason::BadIngress => "bad_ingress",
+        }
+    }
+}
+
+/// The node's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Messages published on this node (API, STOMP SEND, ingress).
+    pub published: AtomicU64,
+    /// Deliveries into local subscriptions.
+    pub delivered_local: AtomicU64,
+    /// Messages sent on to other nodes (one per node).
+    pub forwarded: AtomicU64,
+    /// Messages received from other nodes.
+    pub received_remote: AtomicU64,
+    dropped: [AtomicU64; 5],
+}
+
+impl Metrics {
+    /// Counts a message not delivered.
+    pub fn dropped(&self, why: DropReason) {
+        let at = DropReason::ALL.iter().position(|d| *d == why).unwrap_or(0);
+        self.dropped[at].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Messages dropped for `why`.
+    pub fn dropped_count(&self, why: DropReason) -> u64 {
+        let at = DropReason::ALL.iter().position(|d| *d == why).unwrap_or(0);
+        self.dropped[at].load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text, plus `extra` lines (gauges owned elsewhere).
+    pub fn render(&self, extra: &[(&str, &str, u64)]) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, value: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+            );
+        };
+        counter(
+            &mut out,
+            "stompbox_messages_published_total",
+            "Messages published on this node.",
+            self.published.load(Ordering::Relaxed),
+        );
+        let _ = writeln!(out, "# HELP stompbox_messages_routed_total Messages routed, by route.\n# TYPE stompbox_messages_routed_total counter");
+        let _ = writeln!(
+            out,
+            "stompbox_messages_routed_total{{route=\"local\"}} {}",
+            self.delivered_local.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "stompbox_messages_routed_total{{route=\"remote\"}} {}",
+            self.forwarded.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "stompbox_messages_routed_total{{route=\"from_remote\"}} {}",
+            self.received_remote.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(out, "# HELP stompbox_messages_dropped_total Messages not delivered, by reason.\n# TYPE stompbox_messages_dropped_total counter");
+        for why in DropReason::ALL {
+            let _ = writeln!(
+                out,
+                "stompbox_messages_dropped_total{{reason=\"{}\"}} {}",
+                why.label(),
+                self.dropped_count(why)
+            );
+        }
+        for (name, help, value) in extra {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
+        }
+        out
+    }
+}
