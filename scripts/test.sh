@@ -97,9 +97,11 @@ ensure_node_clients() {
 
 # --- hooks for what later tests will need (not installed yet) ---------------------------------
 
-# Redis, for a Redis-backed cluster bus: e.g. `have redis-server || apt_install redis-server`,
-# then start it here if the machine does not already run one on 127.0.0.1:6379.
-ensure_redis() { :; }
+# redis-server, for the cluster tests: each test starts its own on a free port (the binary is
+# all that is needed; no service is started here).
+ensure_redis() {
+    have redis-server || apt_install redis-server
+}
 
 # The wasm32-wasip2 target: the tests build the example and hostile plugins with it.
 ensure_wasm_target() {

@@ -496,13 +496,18 @@ impl RedisBackplane {
                     _ => continue,
                 }
                 count += 1;
-                if count % 1000 == 0 {
+                if count == 1000 {
                     pipe.query_async::<()>(conn)
                         .await
                         .map_err(|e| e.to_string())?;
                     pipe = redis::pipe();
+                    count = 0;
                 }
             }
+        }
+        if count == 0 {
+            // Redis refuses an empty pipeline.
+            return Ok(());
         }
         pipe.query_async::<()>(conn)
             .await

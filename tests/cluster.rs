@@ -1,0 +1,409 @@
+//! The cluster with real processes: one `redis-server` and three `stompbox` nodes per test,
+//! driven over WebSocket, TCP and the publish API.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::cluster::{NodeProcess, Redis};
+use support::*;
+
+const QUIET: Duration = Duration::from_millis(300);
+
+fn config(extra_tenant: &str) -> String {
+    format!(
+        "[cluster]\nnode_ttl_ms = 2000\npresence_cache_ms = 1000\n[[tenants]]\nid = \"default\"\napi_keys = [\"{API_KEY}\"]\nplugin = \"{}\"\nredis_ingress_channel = \"seed:push\"\n[tenants.settings]\nchannels = \"ORDER_STATUS=/queue/orders\"\n{extra_tenant}",
+        plugin_wasm("seed_compat").display()
+    )
+}
+
+fn three_nodes(redis: &Redis) -> [NodeProcess; 3] {
+    let toml = config("");
+    ["node-a", "node-b", "node-c"].map(|id| NodeProcess::start(id, &redis.url(), &toml))
+}
+
+async fn publish_on(node: &NodeProcess, body: serde_json::Value) -> (u16, serde_json::Value) {
+    http_request(
+        node.http,
+        "POST",
+        "/api/v1/tenants/default/publish",
+        Some(API_KEY),
+        &body.to_string(),
+    )
+    .await
+}
+
+async fn ws_on(node: &NodeProcess, user: &str) -> Client {
+    let mut c = Client::ws(&node.ws_url(), "v12.stomp").await;
+    c.connect_as(user).await;
+    c
+}
+
+/// Waits until Redis shows `user` present on exactly `nodes`.
+async fn await_presence(redis: &Redis, user: &str, nodes: &[&str]) {
+    let mut conn = redis.client().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut members: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("sb:default:presence:{user}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        members.sort();
+        if members == nodes {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "presence of {user}: {members:?}, expected {nodes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until `channel` has `count` subscribers (nodes) in Redis.
+async fn await_subscribers(redis: &Redis, channel: &str, count: usize) {
+    let mut conn = redis.client().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, n): (String, usize) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if n == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{channel} has {n} subscribers, expected {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn await_ready(node: &NodeProcess) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = http_request(node.http, "GET", "/readyz", None, "").await;
+        if status == 200 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} not ready: {body}", node.id);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_on_node_a_receives_what_a_backend_sends_through_node_b() {
+    let redis = Redis::start();
+    let [a, b, c] = three_nodes(&redis);
+    for n in [&a, &b, &c] {
+        await_ready(n).await;
+    }
+    let mut alice = ws_on(&a, "alice").await;
+    alice.subscribe("1", "/user/queue/notice", "auto").await;
+    alice.subscribe("2", "/user/queue/orders", "auto").await;
+    let mut bob = ws_on(&c, "bob").await;
+    bob.subscribe("1", "/user/queue/notice", "auto").await;
+    await_presence(&redis, "alice", &["node-a"]).await;
+
+    let (status, answer) = publish_on(
+        &b,
+        json!({"receiver": "alice", "destination": "/queue/notice", "content": "from B"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["online"], true);
+    assert_eq!(answer["nodes"], 1);
+    let m = alice.expect_message("from B").await;
+    assert_eq!(m.get("destination"), Some("/user/queue/notice"));
+
+    // By channel code, resolved by the tenant's plugin on node B.
+    let (status, answer) = publish_on(
+        &b,
+        json!({"receiver": "alice", "channelCode": "ORDER_STATUS", "content": {"order": 1}}),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    alice.expect_message(r#"{"order":1}"#).await;
+    bob.expect_nothing(QUIET).await;
+
+    // Targeted: the messages crossed to node A only, never to node C.
+    assert_eq!(a.metric("stompbox_cluster_received_total").await, 2);
+    assert_eq!(c.metric("stompbox_cluster_received_total").await, 0);
+    assert_eq!(b.metric("stompbox_cluster_forwarded_total").await, 2);
+
+    // A user connected nowhere: the backend is told.
+    let (status, answer) = publish_on(
+        &b,
+        json!({"receiver": "nobody", "destination": "/queue/notice", "content": "?"}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(answer["online"], false);
+    assert_eq!(answer["delivered"], 0);
+    assert_eq!(answer["nodes"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_copy_per_session_across_nodes_for_users_and_topics() {
+    let redis = Redis::start();
+    let [a, b, c] = three_nodes(&redis);
+    for n in [&a, &b, &c] {
+        await_ready(n).await;
+    }
+    // A user with sessions on A and C.
+    let mut on_a = ws_on(&a, "dana").await;
+    let mut on_c = Client::tcp(c.stomp).await;
+    on_c.connect_as("dana").await;
+    for s in [&mut on_a, &mut on_c] {
+        s.subscribe("1", "/user/queue/notice", "auto").await;
+    }
+    await_presence(&redis, "dana", &["node-a", "node-c"]).await;
+    let (_, answer) = publish_on(
+        &b,
+        json!({"receiver": "dana", "destination": "/queue/notice", "content": "both tabs"}),
+    )
+    .await;
+    assert_eq!(answer["nodes"], 2, "{answer}");
+    on_a.expect_message("both tabs").await;
+    on_c.expect_message("both tabs").await;
+    on_a.expect_nothing(QUIET).await;
+    on_c.expect_nothing(Duration::from_millis(10)).await;
+
+    // A topic subscriber on every node: exactly one copy each, whoever publishes.
+    let mut subs = Vec::new();
+    for n in [&a, &b, &c] {
+        let mut s = ws_on(n, "reader").await;
+        s.subscribe("t", "/topic/news", "auto").await;
+        subs.push(s);
+    }
+    await_subscribers(&redis, "sb:default:topic:/topic/news", 3).await;
+    let (_, answer) = publish_on(
+        &b,
+        json!({"destination": "/topic/news", "content": "via API on B"}),
+    )
+    .await;
+    assert_eq!(answer["delivered"], 1);
+    assert_eq!(answer["nodes"], 2);
+    let mut sender = ws_on(&a, "writer").await;
+    sender.send_to("/topic/news", "via SEND on A").await;
+    for s in &mut subs {
+        s.expect_message("via API on B").await;
+        s.expect_message("via SEND on A").await;
+        s.expect_nothing(QUIET).await;
+    }
+
+    // A node leaves the topic's channel when its last subscriber goes.
+    let mut last_on_c = subs.pop().unwrap();
+    last_on_c
+        .send(
+            stompbox::stomp::Frame::new(stompbox::stomp::Command::Unsubscribe)
+                .header("id", "t")
+                .header("receipt", "u"),
+        )
+        .await;
+    last_on_c.expect(stompbox::stomp::Command::Receipt).await;
+    await_subscribers(&redis, "sb:default:topic:/topic/news", 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queues_deliver_each_message_once_cluster_wide() {
+    let redis = Redis::start();
+    let [a, b, c] = three_nodes(&redis);
+    for n in [&a, &b, &c] {
+        await_ready(n).await;
+    }
+    let mut worker_a = ws_on(&a, "w1").await;
+    let mut worker_c = ws_on(&c, "w2").await;
+    worker_a.subscribe("q", "/queue/jobs", "auto").await;
+    worker_c.subscribe("q", "/queue/jobs", "auto").await;
+    let mut conn = redis.client().await;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let n: usize = redis::cmd("SCARD")
+            .arg("sb:default:consumers:/queue/jobs")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if n == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Published on B, which has no consumer: each job goes to exactly one of A and C.
+    for i in 0..6 {
+        let (status, answer) = publish_on(
+            &b,
+            json!({"destination": "/queue/jobs", "content": format!("job{i}")}),
+        )
+        .await;
+        assert_eq!(status, 202, "{answer}");
+        assert_eq!(answer["nodes"], 1);
+    }
+    let mut got = Vec::new();
+    for w in [&mut worker_a, &mut worker_c] {
+        while let Some(m) = w.recv_within(QUIET).await {
+            got.push(String::from_utf8(m.body.to_vec()).unwrap());
+        }
+    }
+    got.sort();
+    assert_eq!(got, (0..6).map(|i| format!("job{i}")).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_format_ingress_reaches_the_user_exactly_once() {
+    let redis = Redis::start();
+    let [a, b, c] = three_nodes(&redis);
+    for n in [&a, &b, &c] {
+        await_ready(n).await;
+    }
+    let mut alice = ws_on(&b, "alice").await;
+    alice.subscribe("1", "/user/queue/orders", "auto").await;
+    await_presence(&redis, "alice", &["node-b"]).await;
+    await_subscribers(&redis, "seed:push", 3).await;
+    let mut conn = redis.client().await;
+    // What the replaced system's backends publish, unchanged; the same payload twice is two
+    // messages.
+    let payload =
+        json!({"receiver": "alice", "channelCode": "ORDER_STATUS", "content": {"order": 42}})
+            .to_string();
+    for _ in 0..2 {
+        let receivers: usize = redis::cmd("PUBLISH")
+            .arg("seed:push")
+            .arg(&payload)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(receivers, 3, "every node listens");
+    }
+    alice.expect_message(r#"{"order":42}"#).await;
+    alice.expect_message(r#"{"order":42}"#).await;
+    alice.expect_nothing(Duration::from_millis(500)).await;
+    let handled: u64 = [
+        a.metric("stompbox_ingress_handled_total").await,
+        b.metric("stompbox_ingress_handled_total").await,
+        c.metric("stompbox_ingress_handled_total").await,
+    ]
+    .iter()
+    .sum();
+    assert_eq!(handled, 2, "one node handled each message");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_keeps_local_delivery_and_recovers_without_reconnecting_clients() {
+    let mut redis = Redis::start();
+    let [a, b, c] = three_nodes(&redis);
+    for n in [&a, &b, &c] {
+        await_ready(n).await;
+    }
+    let mut alice = ws_on(&a, "alice").await;
+    alice.subscribe("1", "/user/queue/notice", "auto").await;
+    let mut reader = ws_on(&c, "reader").await;
+    reader.subscribe("t", "/topic/news", "auto").await;
+    await_presence(&redis, "alice", &["node-a"]).await;
+
+    redis.kill();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (status, _) = http_request(a.http, "GET", "/readyz", None, "").await;
+        if status == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node A still says ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Local delivery goes on.
+    let (status, answer) = publish_on(
+        &a,
+        json!({"receiver": "alice", "destination": "/queue/notice", "content": "local"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["partial"], true);
+    alice.expect_message("local").await;
+    // Cross-node: refused, not silently dropped.
+    let (status, answer) = publish_on(
+        &b,
+        json!({"receiver": "alice", "destination": "/queue/notice", "content": "lost?"}),
+    )
+    .await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("Redis"));
+
+    // Redis comes back empty: nodes reconnect, re-announce and re-subscribe by themselves.
+    redis.restart();
+    for n in [&a, &b, &c] {
+        await_ready(n).await;
+    }
+    await_presence(&redis, "alice", &["node-a"]).await;
+    await_subscribers(&redis, "sb:default:topic:/topic/news", 1).await;
+    let (status, answer) = publish_on(
+        &b,
+        json!({"receiver": "alice", "destination": "/queue/notice", "content": "after"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    alice.expect_message("after").await;
+    publish_on(
+        &b,
+        json!({"destination": "/topic/news", "content": "news after"}),
+    )
+    .await;
+    reader.expect_message("news after").await;
+    assert!(a.metric("stompbox_redis_reconnects_total").await >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_leaves_presence_and_the_others_keep_flowing() {
+    let redis = Redis::start();
+    let [a, b, mut c] = three_nodes(&redis);
+    for n in [&a, &b, &c] {
+        await_ready(n).await;
+    }
+    let mut alice = ws_on(&a, "alice").await;
+    alice.subscribe("1", "/user/queue/notice", "auto").await;
+    let mut carol = ws_on(&c, "carol").await;
+    carol.subscribe("1", "/user/queue/notice", "auto").await;
+    await_presence(&redis, "carol", &["node-c"]).await;
+    let (_, answer) = publish_on(
+        &b,
+        json!({"receiver": "carol", "destination": "/queue/notice", "content": "hi carol"}),
+    )
+    .await;
+    assert_eq!(answer["online"], true);
+    carol.expect_message("hi carol").await;
+
+    c.kill9();
+    let killed = Instant::now();
+    // Messages to alice keep flowing throughout; carol is reported offline once C's heartbeat
+    // (2 s here) has expired.
+    let mut i = 0;
+    loop {
+        i += 1;
+        let (status, _) = publish_on(&b, json!({"receiver": "alice", "destination": "/queue/notice", "content": format!("m{i}")})).await;
+        assert_eq!(status, 202);
+        alice.expect_message(&format!("m{i}")).await;
+        let (_, answer) = publish_on(
+            &b,
+            json!({"receiver": "carol", "destination": "/queue/notice", "content": "anyone?"}),
+        )
+        .await;
+        if answer["online"] == false {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "carol still online: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        killed.elapsed() >= Duration::from_millis(1000),
+        "not before the expiry"
+    );
+}
