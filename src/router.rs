@@ -34,8 +34,15 @@ impl Delivery {
 }
 
 impl Tenant {
-    /// Routes `content` to `target`, here and across the cluster.
-    pub async fn route(&self, target: &Target, content: Content) -> Result<Delivery, RouteError> {
+    /// Routes `content` to `target`, here and across the cluster. With `confirm`, waits until
+    /// Redis took what was forwarded (the publish API does, to answer truthfully); without,
+    /// forwarding failures are logged and counted (STOMP SENDs, which no answer reports).
+    pub async fn route(
+        &self,
+        target: &Target,
+        content: Content,
+        confirm: bool,
+    ) -> Result<Delivery, RouteError> {
         self.metrics.published.fetch_add(1, Ordering::Relaxed);
         let mut delivery = Delivery::default();
         let remote = match target {
@@ -66,6 +73,21 @@ impl Tenant {
                     }
                 }
             }
+        };
+        let remote = match remote {
+            Some(Ok(f)) if confirm => {
+                let is_topic = matches!(target, Target::Topic(_));
+                let nodes = f.nodes;
+                Some(
+                    f.confirmed()
+                        .await
+                        .map(|receivers| crate::cluster::Forwarded {
+                            nodes: if is_topic { receivers } else { nodes },
+                            ..Default::default()
+                        }),
+                )
+            }
+            other => other,
         };
         match remote {
             Some(Ok(f)) => delivery.nodes = f.nodes,
@@ -160,7 +182,7 @@ impl Inbound for NodeInbound {
             match crate::http::publish::prepare(&tenant, &payload, node.server.max_frame_bytes)
                 .await
             {
-                Ok((target, content)) => match tenant.route(&target, content).await {
+                Ok((target, content)) => match tenant.route(&target, content, true).await {
                     Ok(d) if d.reached_anyone() => {}
                     Ok(_) => warn!(tenant = %tenant.id, "ingress message reached no session"),
                     Err(e) => {

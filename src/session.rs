@@ -387,7 +387,7 @@ impl Session {
         // A cluster outage is not the client's fault: the message went to this node's
         // subscribers, the loss is logged and counted, and the session goes on.
         self.tenant()?
-            .route(target, content)
+            .route(target, content, false)
             .await
             .map(|_| ())
             .map_err(|e| fault("message not accepted", e.to_string()))

@@ -24,11 +24,34 @@ pub enum ClusterError {
     Unavailable(String),
 }
 
-/// How a message went to other nodes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Resolves once Redis took a forwarded message: the number of nodes that received it.
+pub type Confirmation = tokio::sync::oneshot::Receiver<Result<usize, ClusterError>>;
+
+/// How a message went to other nodes. Forwarding is pipelined: the message is queued for the
+/// cluster connection at once, and `confirmations` resolve when Redis has taken it. The
+/// publish API waits for them (so it never answers 202 for a message Redis refused); STOMP
+/// SENDs do not, so one client's stream of SENDs is not paced by Redis round trips.
+#[derive(Debug, Default)]
 pub struct Forwarded {
-    /// Other nodes it was sent to.
+    /// Other nodes it was addressed to (for topics: unknown until confirmed).
     pub nodes: usize,
+    /// One per message queued for Redis.
+    pub confirmations: Vec<Confirmation>,
+    /// For topics: this node is among the channel's receivers and must not be counted.
+    pub counts_self: bool,
+}
+
+impl Forwarded {
+    /// Waits until Redis took every message; gives the nodes that received them.
+    pub async fn confirmed(self) -> Result<usize, ClusterError> {
+        let mut receivers = 0;
+        for confirmation in self.confirmations {
+            receivers += confirmation.await.map_err(|_| {
+                ClusterError::Unavailable("the cluster connection was lost".into())
+            })??;
+        }
+        Ok(receivers.saturating_sub(usize::from(self.counts_self)))
+    }
 }
 
 /// The cluster, as the node sees it.

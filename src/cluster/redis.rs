@@ -37,11 +37,11 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Backplane, ClusterError, Envelope, Forwarded, Inbound, Kind};
+use super::{Backplane, ClusterError, Confirmation, Envelope, Forwarded, Inbound, Kind};
 use crate::broker::{Content, Interest};
 
 /// Tunables of the Redis backplane.
@@ -74,10 +74,24 @@ pub struct ClusterStats {
     pub resyncs: AtomicU64,
     /// Ingress messages this node handled.
     pub ingress_handled: AtomicU64,
+    /// Messages for other nodes that Redis did not take.
+    pub send_failures: AtomicU64,
 }
 
 /// (tenant, user) → the other live nodes holding the user, and when that was read.
 type PresenceCache = HashMap<(String, String), (Vec<String>, Instant)>;
+
+#[derive(Debug)]
+struct Outgoing {
+    channel: String,
+    payload: Vec<u8>,
+    done: oneshot::Sender<Result<usize, ClusterError>>,
+}
+
+/// Most PUBLISHes in one pipeline.
+const SEND_BATCH: usize = 512;
+/// Most messages waiting for the cluster connection; beyond it, forwarding fails fast.
+const SEND_QUEUE: usize = 65_536;
 
 #[derive(Debug)]
 enum Control {
@@ -93,6 +107,8 @@ pub struct RedisBackplane {
     ready: AtomicBool,
     control: mpsc::UnboundedSender<Control>,
     control_rx: Mutex<Option<mpsc::UnboundedReceiver<Control>>>,
+    outgoing: mpsc::Sender<Outgoing>,
+    outgoing_rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
     presence_cache: Mutex<PresenceCache>,
     live_nodes: Mutex<(HashSet<String>, Option<Instant>)>,
     topics: Mutex<HashSet<String>>,
@@ -144,6 +160,7 @@ impl RedisBackplane {
         let client = redis::Client::open(settings.url.as_str())
             .map_err(|e| format!("invalid Redis URL '{}': {e}", settings.url))?;
         let (tx, rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::channel(SEND_QUEUE);
         Ok(Arc::new(RedisBackplane {
             settings,
             client,
@@ -151,6 +168,8 @@ impl RedisBackplane {
             ready: AtomicBool::new(false),
             control: tx,
             control_rx: Mutex::new(Some(rx)),
+            outgoing: out_tx,
+            outgoing_rx: Mutex::new(Some(out_rx)),
             presence_cache: Mutex::new(HashMap::new()),
             live_nodes: Mutex::new((HashSet::new(), None)),
             topics: Mutex::new(HashSet::new()),
@@ -267,25 +286,74 @@ impl RedisBackplane {
             .collect())
     }
 
-    async fn send(
-        &self,
-        conn: &mut MultiplexedConnection,
-        channel: &str,
-        envelope: &Envelope,
-    ) -> Result<usize, ClusterError> {
+    /// Queues a PUBLISH for the sender task, which pipelines whatever has queued up.
+    fn enqueue(&self, channel: String, envelope: &Envelope) -> Result<Confirmation, ClusterError> {
         let payload = serde_json::to_vec(envelope).map_err(unavailable)?;
-        let receivers: usize = redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(payload)
-            .query_async(conn)
-            .await
-            .map_err(unavailable)?;
-        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        Ok(receivers)
+        let (done, confirmation) = oneshot::channel();
+        self.outgoing
+            .try_send(Outgoing {
+                channel,
+                payload,
+                done,
+            })
+            .map_err(|_| unavailable("the queue of messages for other nodes is full"))?;
+        Ok(confirmation)
+    }
+
+    /// Drains the outgoing queue into pipelined PUBLISHes until shutdown.
+    async fn send_loop(self: Arc<Self>, shutdown: CancellationToken) {
+        let Some(mut outgoing) = self
+            .outgoing_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(SEND_BATCH);
+        loop {
+            batch.clear();
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                n = outgoing.recv_many(&mut batch, SEND_BATCH) => if n == 0 { return },
+            }
+            let result = match self.connection() {
+                Ok(mut conn) => {
+                    let mut pipe = redis::pipe();
+                    for item in &batch {
+                        pipe.cmd("PUBLISH").arg(&item.channel).arg(&item.payload);
+                    }
+                    pipe.query_async::<Vec<usize>>(&mut conn)
+                        .await
+                        .map_err(unavailable)
+                }
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(receivers) => {
+                    self.stats
+                        .forwarded
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    for (item, n) in batch.drain(..).zip(receivers) {
+                        let _ = item.done.send(Ok(n));
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, lost = batch.len(), "messages for other nodes not sent");
+                    self.stats
+                        .send_failures
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    for item in batch.drain(..) {
+                        let _ = item.done.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
     }
 
     /// Connects, announces, listens; reconnects with backoff until `shutdown`.
     pub async fn run(self: Arc<Self>, inbound: Arc<dyn Inbound>, shutdown: CancellationToken) {
+        tokio::spawn(self.clone().send_loop(shutdown.clone()));
         let Some(mut control) = self
             .control_rx
             .lock()
@@ -693,10 +761,15 @@ impl Backplane for RedisBackplane {
             dest,
             content,
         );
-        for node in &nodes {
-            self.send(&mut conn, &inbox(node), &envelope).await?;
-        }
-        Ok(Forwarded { nodes: nodes.len() })
+        let confirmations = nodes
+            .iter()
+            .map(|node| self.enqueue(inbox(node), &envelope))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Forwarded {
+            nodes: nodes.len(),
+            confirmations,
+            counts_self: false,
+        })
     }
 
     async fn to_topic(
@@ -705,7 +778,7 @@ impl Backplane for RedisBackplane {
         dest: &str,
         content: &Content,
     ) -> Result<Forwarded, ClusterError> {
-        let mut conn = self.connection()?;
+        self.connection()?;
         let channel = topic_channel(tenant, dest);
         let envelope = Envelope::new(
             &self.settings.node_id,
@@ -715,14 +788,15 @@ impl Backplane for RedisBackplane {
             dest,
             content,
         );
-        let receivers = self.send(&mut conn, &channel, &envelope).await?;
         let here = self
             .topics
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(&channel);
         Ok(Forwarded {
-            nodes: receivers.saturating_sub(usize::from(here)),
+            nodes: 0,
+            confirmations: vec![self.enqueue(channel, &envelope)?],
+            counts_self: here,
         })
     }
 
@@ -753,8 +827,11 @@ impl Backplane for RedisBackplane {
             dest,
             content,
         );
-        self.send(&mut conn, &inbox(pick), &envelope).await?;
-        Ok(Forwarded { nodes: 1 })
+        Ok(Forwarded {
+            nodes: 1,
+            confirmations: vec![self.enqueue(inbox(pick), &envelope)?],
+            counts_self: false,
+        })
     }
 
     fn is_ready(&self) -> bool {

@@ -175,7 +175,7 @@ pub async fn publish(
         Err((status, message)) => return json_error(status, &message),
     };
     let id = node.next_id();
-    match tenant.route(&target, content).await {
+    match tenant.route(&target, content, true).await {
         Ok(d) if d.cluster_unreachable && !d.reached_anyone() => json_error(
             StatusCode::SERVICE_UNAVAILABLE,
             "the cluster bus (Redis) is unreachable and no session on this node took the message: it was not delivered; retry later",
