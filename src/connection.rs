@@ -40,6 +40,9 @@ pub trait Outbound: Send + 'static {
 /// so an idle connection holds almost no memory.
 const KEEP_BUFFER: usize = 4096;
 
+/// How long a slow consumer has to take its ERROR frame before the connection is dropped.
+const SLOW_CONSUMER_GOODBYE: Duration = Duration::from_secs(1);
+
 /// Runs a connection to its end.
 pub async fn run<I: Inbound, O: Outbound>(
     node: Arc<Node>,
@@ -160,14 +163,24 @@ async fn write_loop<O: Outbound>(
             }
         };
         if !batch.items.is_empty() {
-            let written = tokio::select! {
-                written = out.write(batch.items) => written,
-                // The peer stopped reading and the queue overflowed behind this write: no
-                // ERROR frame could reach it, so the connection is dropped.
-                () = endpoint.outbox.overflowed() => {
-                    metrics.dropped(DropReason::SlowConsumer);
-                    debug!(session = %endpoint.session_id, "slow consumer dropped mid-write");
-                    break;
+            let written = if batch.then_close == Some(Closing::SlowConsumer) {
+                // The batch is the slow-consumer ERROR itself: give it a moment to get out.
+                timeout(SLOW_CONSUMER_GOODBYE, out.write(batch.items))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(io::Error::other("slow consumer did not read its ERROR"))
+                    })
+            } else {
+                tokio::select! {
+                    biased;
+                    written = out.write(batch.items) => written,
+                    // The peer stopped reading and the queue overflowed behind this write: no
+                    // ERROR frame could reach it, so the connection is dropped.
+                    () = endpoint.outbox.overflowed() => {
+                        metrics.dropped(DropReason::SlowConsumer);
+                        debug!(session = %endpoint.session_id, "slow consumer dropped mid-write");
+                        break;
+                    }
                 }
             };
             if let Err(e) = written {
