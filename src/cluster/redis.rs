@@ -539,29 +539,12 @@ impl RedisBackplane {
         conn: &mut MultiplexedConnection,
         holdings: &[(String, Vec<Interest>)],
     ) -> Result<(), String> {
-        let node = &self.settings.node_id;
         let mut pipe = redis::pipe();
         let mut count = 0;
         for (tenant, interests) in holdings {
             for interest in interests {
-                match interest {
-                    Interest::User(user, true) => {
-                        pipe.cmd("SADD")
-                            .arg(presence_key(tenant, user))
-                            .arg(node)
-                            .ignore();
-                        pipe.cmd("PUBLISH")
-                            .arg(PRESENCE_CHANNEL)
-                            .arg(format!("{tenant}\0{user}"))
-                            .ignore();
-                    }
-                    Interest::Queue(dest, true) => {
-                        pipe.cmd("SADD")
-                            .arg(consumers_key(tenant, dest))
-                            .arg(node)
-                            .ignore();
-                    }
-                    _ => continue,
+                if !self.push_interest(&mut pipe, tenant, interest) {
+                    continue;
                 }
                 count += 1;
                 if count == 1000 {
@@ -582,6 +565,35 @@ impl RedisBackplane {
             .map_err(|e| e.to_string())
     }
 
+    /// Adds to `pipe` what mirrors one presence or queue interest in Redis (`SADD` when held,
+    /// `SREM` when given up; presence changes are also announced for cache invalidation).
+    /// Topics are channel subscriptions, not keys: `false` for them.
+    fn push_interest(&self, pipe: &mut redis::Pipeline, tenant: &str, interest: &Interest) -> bool {
+        let node = &self.settings.node_id;
+        let verb = |held: bool| if held { "SADD" } else { "SREM" };
+        match interest {
+            Interest::User(user, online) => {
+                pipe.cmd(verb(*online))
+                    .arg(presence_key(tenant, user))
+                    .arg(node)
+                    .ignore();
+                pipe.cmd("PUBLISH")
+                    .arg(PRESENCE_CHANNEL)
+                    .arg(format!("{tenant}\0{user}"))
+                    .ignore();
+                true
+            }
+            Interest::Queue(dest, consuming) => {
+                pipe.cmd(verb(*consuming))
+                    .arg(consumers_key(tenant, dest))
+                    .arg(node)
+                    .ignore();
+                true
+            }
+            Interest::Topic(..) => false,
+        }
+    }
+
     async fn apply(
         &self,
         conn: &mut MultiplexedConnection,
@@ -589,50 +601,29 @@ impl RedisBackplane {
         tenant: &str,
         interest: &Interest,
     ) -> Result<(), String> {
-        let node = &self.settings.node_id;
-        match interest {
-            Interest::User(user, online) => {
-                let verb = if *online { "SADD" } else { "SREM" };
-                redis::pipe()
-                    .cmd(verb)
-                    .arg(presence_key(tenant, user))
-                    .arg(node)
-                    .ignore()
-                    .cmd("PUBLISH")
-                    .arg(PRESENCE_CHANNEL)
-                    .arg(format!("{tenant}\0{user}"))
-                    .ignore()
-                    .query_async::<()>(conn)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Interest::Queue(dest, consuming) => {
-                let verb = if *consuming { "SADD" } else { "SREM" };
-                redis::cmd(verb)
-                    .arg(consumers_key(tenant, dest))
-                    .arg(node)
-                    .query_async::<()>(conn)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            Interest::Topic(dest, subscribed) => {
-                let channel = topic_channel(tenant, dest);
-                let mut topics = self
-                    .topics
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                let result = if *subscribed {
-                    topics.insert(channel.clone());
-                    sink.subscribe(&channel).await
-                } else {
-                    topics.remove(&channel);
-                    sink.unsubscribe(&channel).await
-                };
-                *self.topics.lock().unwrap_or_else(|e| e.into_inner()) = topics;
-                result.map_err(|e| e.to_string())
+        let Interest::Topic(dest, subscribed) = interest else {
+            let mut pipe = redis::pipe();
+            self.push_interest(&mut pipe, tenant, interest);
+            return pipe
+                .query_async::<()>(conn)
+                .await
+                .map_err(|e| e.to_string());
+        };
+        let channel = topic_channel(tenant, dest);
+        {
+            let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+            if *subscribed {
+                topics.insert(channel.clone());
+            } else {
+                topics.remove(&channel);
             }
         }
+        let result = if *subscribed {
+            sink.subscribe(&channel).await
+        } else {
+            sink.unsubscribe(&channel).await
+        };
+        result.map_err(|e| e.to_string())
     }
 
     async fn on_message(
@@ -698,25 +689,12 @@ impl RedisBackplane {
         let mut pipe = redis::pipe();
         for (tenant, interests) in inbound.holdings() {
             for interest in interests {
-                match interest {
-                    Interest::User(user, true) => {
-                        pipe.cmd("SREM")
-                            .arg(presence_key(&tenant, &user))
-                            .arg(node)
-                            .ignore();
-                        pipe.cmd("PUBLISH")
-                            .arg(PRESENCE_CHANNEL)
-                            .arg(format!("{tenant}\0{user}"))
-                            .ignore();
-                    }
-                    Interest::Queue(dest, true) => {
-                        pipe.cmd("SREM")
-                            .arg(consumers_key(&tenant, &dest))
-                            .arg(node)
-                            .ignore();
-                    }
-                    _ => {}
-                }
+                let withdrawn = match interest {
+                    Interest::User(user, _) => Interest::User(user, false),
+                    Interest::Queue(dest, _) => Interest::Queue(dest, false),
+                    Interest::Topic(..) => continue,
+                };
+                self.push_interest(&mut pipe, &tenant, &withdrawn);
             }
         }
         pipe.cmd("ZREM").arg("sb:nodes").arg(node).ignore();

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
@@ -32,18 +32,8 @@ fn authorize(node: &Node, headers: &HeaderMap, tenant_id: &str) -> Result<Arc<Te
             "the admin API is disabled: start the node with --admin-token or set server.admin_token".into(),
         ));
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let ok = given.is_some_and(|g| {
-        g.len() == token.len()
-            && g.bytes()
-                .zip(token.bytes())
-                .fold(0, |a, (x, y)| a | (x ^ y))
-                == 0
-    });
+    let ok = super::bearer(headers)
+        .is_some_and(|given| crate::node::constant_time_eq(given.as_bytes(), token.as_bytes()));
     if !ok {
         return Err(Refusal(
             StatusCode::UNAUTHORIZED,

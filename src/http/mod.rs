@@ -16,6 +16,15 @@ use serde_json::json;
 use crate::node::Node;
 use crate::transport::ws;
 
+/// The token of an `Authorization: Bearer TOKEN` header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
 /// A JSON error answer.
 pub fn json_error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()

@@ -150,11 +150,8 @@ pub async fn publish(
             &format!("unknown tenant '{tenant_id}'"),
         );
     };
-    let key = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let authorized = key.is_some_and(|k| tenant.accepts_api_key(k.trim()));
+    let key = super::bearer(&headers);
+    let authorized = key.is_some_and(|k| tenant.accepts_api_key(k));
     if !authorized {
         let message = if !tenant.has_api_keys() {
             format!("tenant '{tenant_id}' has no API keys configured; set api_keys in its config or start the node with --api-key")

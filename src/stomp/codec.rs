@@ -542,23 +542,7 @@ mod tests {
 
     use super::*;
 
-    const ALL_COMMANDS: [Command; 15] = [
-        Command::Connect,
-        Command::Stomp,
-        Command::Connected,
-        Command::Send,
-        Command::Subscribe,
-        Command::Unsubscribe,
-        Command::Ack,
-        Command::Nack,
-        Command::Begin,
-        Command::Commit,
-        Command::Abort,
-        Command::Disconnect,
-        Command::Message,
-        Command::Receipt,
-        Command::Error,
-    ];
+    const ALL_COMMANDS: [Command; 15] = Command::ALL;
 
     /// Re-decoding an encoded frame must not trip limits that only the original input met.
     const UNLIMITED: Limits = Limits {

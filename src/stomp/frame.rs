@@ -40,6 +40,25 @@ pub enum Command {
 }
 
 impl Command {
+    /// Every command, client and server.
+    pub const ALL: [Command; 15] = [
+        Command::Connect,
+        Command::Stomp,
+        Command::Connected,
+        Command::Send,
+        Command::Subscribe,
+        Command::Unsubscribe,
+        Command::Ack,
+        Command::Nack,
+        Command::Begin,
+        Command::Commit,
+        Command::Abort,
+        Command::Disconnect,
+        Command::Message,
+        Command::Receipt,
+        Command::Error,
+    ];
+
     /// The command name as it appears on the wire, e.g. `"CONNECT"`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -200,23 +219,7 @@ impl Frame {
 mod tests {
     use super::*;
 
-    const ALL_COMMANDS: [Command; 15] = [
-        Command::Connect,
-        Command::Stomp,
-        Command::Connected,
-        Command::Send,
-        Command::Subscribe,
-        Command::Unsubscribe,
-        Command::Ack,
-        Command::Nack,
-        Command::Begin,
-        Command::Commit,
-        Command::Abort,
-        Command::Disconnect,
-        Command::Message,
-        Command::Receipt,
-        Command::Error,
-    ];
+    const ALL_COMMANDS: [Command; 15] = Command::ALL;
 
     #[test]
     fn command_names_round_trip() {

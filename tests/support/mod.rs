@@ -93,7 +93,7 @@ impl Drop for TestNode {
     }
 }
 
-/// A minimal HTTP/1.1 client: one request per connection.
+/// A minimal HTTP/1.1 client: one JSON request per connection.
 pub async fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -101,17 +101,38 @@ pub async fn http_request(
     bearer: Option<&str>,
     body: &str,
 ) -> (u16, serde_json::Value) {
+    exchange(
+        addr,
+        method,
+        path,
+        bearer,
+        "application/json",
+        body.as_bytes(),
+    )
+    .await
+}
+
+/// One request with `body` of `content_type`; the status and the body as JSON (null if not).
+async fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let auth = bearer
         .map(|k| format!("Authorization: Bearer {k}\r\n"))
         .unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: {content_type}\r\n{auth}Content-Length: {}\r\n\r\n",
         body.len()
     );
-    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
     let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
         .await
         .expect("HTTP answer in time")
         .unwrap();
@@ -474,7 +495,7 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
-/// A request with a raw body and arbitrary method, for the admin API.
+/// A request with a raw body (a `.wasm` upload), for the admin API.
 pub async fn http_raw(
     addr: SocketAddr,
     method: &str,
@@ -482,32 +503,7 @@ pub async fn http_raw(
     bearer: Option<&str>,
     body: &[u8],
 ) -> (u16, serde_json::Value) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let auth = bearer
-        .map(|k| format!("Authorization: Bearer {k}\r\n"))
-        .unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: application/wasm\r\n{auth}Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
-        .await
-        .expect("HTTP answer in time")
-        .unwrap();
-    let text = String::from_utf8_lossy(&response);
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap();
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    (
-        status,
-        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
-    )
+    exchange(addr, method, path, bearer, "application/wasm", body).await
 }
 
 pub mod cluster;
