@@ -211,7 +211,7 @@ async fn run(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let first = Instant::now();
     publish(send_to, users, total, rate, start).await;
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while samples.received.load(Ordering::Relaxed) < total as u64 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -242,7 +242,7 @@ async fn run(
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let (users, steady, burst, rate) = if full {
-        (200, 30_000, 100_000, 10_000)
+        (200, 30_000, 50_000, 10_000)
     } else {
         (4, 100, 200, 1_000)
     };
