@@ -41,6 +41,9 @@ pub const SERVER: &str = concat!("stompbox/", env!("CARGO_PKG_VERSION"));
 /// destinations than this starts over, which costs plugin calls but never memory.
 const VERDICT_CACHE: usize = 1024;
 
+/// The longest heart-beat interval honoured (a day); longer offers are treated as this.
+const MAX_HEARTBEAT_MS: u64 = 24 * 60 * 60 * 1000;
+
 /// Where the connection came from.
 #[derive(Debug, Clone)]
 pub struct Origin {
@@ -266,15 +269,16 @@ impl Session {
         };
         // The spec's rule: each direction uses the larger of what one side can do and the other
         // wants, and none at all when either side says 0.
+        // Clamped: a client may announce any u64, and timers that far out would overflow.
         let out_ms = if server_send == 0 || client_recv == 0 {
             0
         } else {
-            server_send.max(client_recv)
+            server_send.max(client_recv).min(MAX_HEARTBEAT_MS)
         };
         let in_ms = if client_send == 0 || server_recv == 0 {
             0
         } else {
-            client_send.max(server_recv)
+            client_send.max(server_recv).min(MAX_HEARTBEAT_MS)
         };
         self.endpoint
             .heartbeat_out_ms

@@ -263,6 +263,18 @@ async fn no_heart_beats_when_either_side_says_zero() {
 }
 
 #[tokio::test]
+async fn absurd_heart_beat_offers_are_clamped_not_fatal() {
+    let node = TestNode::default().await;
+    let mut c = Client::tcp(node.stomp).await;
+    c.send_raw(
+        b"CONNECT\naccept-version:1.2\nheart-beat:18446744073709551615,18446744073709551615\n\n\0",
+    )
+    .await;
+    c.expect(Command::Connected).await;
+    c.subscribe("1", "/topic/still-alive", "auto").await;
+}
+
+#[tokio::test]
 async fn invalid_heart_beat_header_is_an_error() {
     let node = TestNode::default().await;
     let mut c = Client::tcp(node.stomp).await;
