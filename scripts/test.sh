@@ -118,8 +118,22 @@ ensure_wasm_target() {
     done
 }
 
-# Chromium, for browser tests: e.g. `have chromium || apt_install chromium chromium-driver`.
-ensure_chromium() { :; }
+# Debian's Chromium, for the browser tests (tests/browser.rs drives /usr/bin/chromium through
+# playwright-core, which never downloads a browser).
+ensure_chromium() {
+    [ -x /usr/bin/chromium ] || apt_install chromium
+}
+
+# node_modules at the repo root from the committed package-lock.json: the libraries the demo
+# page serves under /vendor (sockjs-client, stompjs, @stomp/stompjs) and playwright-core.
+ensure_node_root() {
+    local lock="$ROOT/package-lock.json" stamp="$ROOT/node_modules/.stompbox-lock.sha256"
+    if [ "${FORCE_INSTALL:-0}" = 1 ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$(sha "$lock")" ]; then
+        log "npm ci in the repo root"
+        (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error)
+        sha "$lock" >"$stamp"
+    fi
+}
 
 main() {
     ensure_rust
@@ -127,6 +141,7 @@ main() {
     ensure_python_clients
     ensure_node
     ensure_node_clients
+    ensure_node_root
     ensure_redis
     ensure_wasm_target
     ensure_chromium
