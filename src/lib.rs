@@ -18,5 +18,6 @@ pub mod policy;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod sockjs;
 pub mod stomp;
 pub mod transport;

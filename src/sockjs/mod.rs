@@ -1,0 +1,277 @@
+//! A SockJS server (the protocol sockjs-client 1.x speaks), independent of STOMP: `/info`, the
+//! iframe page, and every transport (websocket, raw websocket, xhr polling and streaming,
+//! eventsource, htmlfile, jsonp), with sessions that survive between polling requests.
+//!
+//! An application implements [`Handler`] and gets a [`Connection`] per session; a [`SockJs`]
+//! service is mounted under a prefix with [`SockJs::mount`], or called from another handler
+//! with [`SockJs::serve`]. `examples/sockjs_echo.rs` mounts the services of the protocol's test
+//! suite; stompbox mounts one per tenant (`crate::transport::sockjs`).
+//!
+//! Sessions live in a map of this service; a sweeper task forgets those without a receiver for
+//! the disconnect delay. The session id alone names a session: the server id in the URL is for
+//! load balancers and is ignored.
+
+mod frame;
+mod http;
+mod session;
+mod websocket;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::any;
+use axum::Router;
+
+pub use frame::{close as close_frame, json_string, messages as messages_frame};
+pub use session::{Closed, Connection, OpenInfo, Sender, Transport};
+
+/// A service's settings; [`Options::default`] has the protocol's usual values.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Whether the WebSocket transports are offered (`/info` says so, and their URLs exist).
+    pub websocket: bool,
+    /// Whether a `JSESSIONID` cookie is set on session requests, for load balancers that keep
+    /// sessions sticky by that cookie.
+    pub cookie_needed: bool,
+    /// How often an idle receiver gets a heartbeat frame.
+    pub heartbeat: Duration,
+    /// How long a session without a receiver lives on.
+    pub disconnect_delay: Duration,
+    /// A streaming response ends after this many bytes, so the browser can free them.
+    pub response_limit: usize,
+    /// The sockjs-client script the iframe page loads; must be the version the client uses.
+    pub client_url: String,
+    /// The largest request body (`xhr_send`, `jsonp_send`) accepted.
+    pub max_payload_bytes: usize,
+    /// Queued outgoing bytes beyond which [`Sender::send`] waits for the client.
+    pub max_queue_bytes: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            websocket: true,
+            cookie_needed: false,
+            heartbeat: Duration::from_secs(25),
+            disconnect_delay: Duration::from_secs(5),
+            response_limit: 128 * 1024,
+            client_url: "https://cdn.jsdelivr.net/npm/sockjs-client@1/dist/sockjs.min.js".into(),
+            max_payload_bytes: 1024 * 1024,
+            max_queue_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Why a session was not opened; the opening request is answered with it.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A message for the client.
+    pub message: String,
+}
+
+/// The application behind a service.
+pub trait Handler: Send + Sync + 'static {
+    /// A session opened: serve `connection` (usually on a task of its own). An `Err` refuses
+    /// it: the opening request gets that status and message and the session is forgotten.
+    fn open(&self, connection: Connection) -> Result<(), Refusal>;
+}
+
+impl<F> Handler for F
+where
+    F: Fn(Connection) -> Result<(), Refusal> + Send + Sync + 'static,
+{
+    fn open(&self, connection: Connection) -> Result<(), Refusal> {
+        self(connection)
+    }
+}
+
+/// One SockJS service: its options, its handler and its sessions.
+pub struct SockJs {
+    options: Options,
+    handler: Box<dyn Handler>,
+    sessions: Mutex<HashMap<String, Arc<session::Session>>>,
+    sweeper_started: std::sync::Once,
+}
+
+impl SockJs {
+    /// A service; it starts its session sweeper on first use (inside a Tokio runtime).
+    pub fn new(options: Options, handler: impl Handler) -> Arc<Self> {
+        Arc::new(SockJs {
+            options,
+            handler: Box::new(handler),
+            sessions: Mutex::new(HashMap::new()),
+            sweeper_started: std::sync::Once::new(),
+        })
+    }
+
+    /// Its options.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Routes `prefix`, `prefix/` and everything under it to this service.
+    pub fn mount<S: Clone + Send + Sync + 'static>(
+        self: &Arc<Self>,
+        router: Router<S>,
+        prefix: &str,
+    ) -> Router<S> {
+        let prefix = prefix.trim_end_matches('/').to_string();
+        let service = self.clone();
+        let strip = prefix.clone();
+        let handler = any(move |req: Request| {
+            let service = service.clone();
+            let strip = strip.clone();
+            async move {
+                let path = req.uri().path().strip_prefix(strip.as_str()).unwrap_or("").to_string();
+                service.serve(req, &path).await
+            }
+        });
+        router
+            .route(&prefix, handler.clone())
+            .route(&format!("{prefix}/"), handler.clone())
+            .route(&format!("{prefix}/{{*rest}}"), handler)
+    }
+
+    /// Answers a request whose path below the service's prefix is `path` (`""`, `/info`,
+    /// `/000/abc/xhr`, ...).
+    pub async fn serve(self: Arc<Self>, req: Request, path: &str) -> Response {
+        self.start_sweeper();
+        let segments: Vec<&str> = match path {
+            "" | "/" => return http::greeting(&req),
+            p => p.strip_prefix('/').unwrap_or(p).split('/').collect(),
+        };
+        match segments.as_slice() {
+            ["info"] => http::info(&self, &req),
+            ["websocket"] if self.options.websocket => websocket::raw(self, req).await,
+            [name] if http::is_iframe(name) => http::iframe(&self, &req),
+            [server, session, transport] if valid_id(server) && valid_id(session) => {
+                let session = (*session).to_string();
+                match *transport {
+                    "websocket" if self.options.websocket => {
+                        websocket::framed(self, req).await
+                    }
+                    "xhr" => http::receive(self, req, session, Transport::XhrPolling).await,
+                    "xhr_streaming" => {
+                        http::receive(self, req, session, Transport::XhrStreaming).await
+                    }
+                    "eventsource" => {
+                        http::receive(self, req, session, Transport::EventSource).await
+                    }
+                    "htmlfile" => http::receive(self, req, session, Transport::HtmlFile).await,
+                    "jsonp" => http::receive(self, req, session, Transport::JsonpPolling).await,
+                    "xhr_send" => http::send(self, req, session, false).await,
+                    "jsonp_send" => http::send(self, req, session, true).await,
+                    _ => not_found(),
+                }
+            }
+            _ => not_found(),
+        }
+    }
+
+    /// The session with this id, if it lives.
+    fn session(&self, id: &str) -> Option<Arc<session::Session>> {
+        self.sessions().get(id).cloned()
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<session::Session>>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens a session: asks the handler, and on success registers it under `id` (when it
+    /// is not a WebSocket session, which lives exactly as long as its socket).
+    fn open(
+        &self,
+        id: Option<&str>,
+        info: OpenInfo,
+        open_sent: bool,
+    ) -> Result<Arc<session::Session>, Refusal> {
+        let (session, incoming) = session::Session::new(self.options.max_queue_bytes, open_sent);
+        self.handler
+            .open(Connection::new(info, session.clone(), incoming))?;
+        if let Some(id) = id {
+            self.sessions().insert(id.to_string(), session.clone());
+        }
+        Ok(session)
+    }
+
+    fn start_sweeper(self: &Arc<Self>) {
+        self.sweeper_started.call_once(|| {
+            let service = Arc::downgrade(self);
+            let every = (self.options.disconnect_delay / 4).clamp(
+                Duration::from_millis(50),
+                Duration::from_secs(1),
+            );
+            tokio::spawn(sweep(service, every));
+        });
+    }
+}
+
+/// Forgets sessions that had no receiver for the disconnect delay, until the service is gone.
+async fn sweep(service: Weak<SockJs>, every: Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(service) = service.upgrade() else { return };
+        let now = tokio::time::Instant::now();
+        let delay = service.options.disconnect_delay;
+        let mut expired = Vec::new();
+        service.sessions().retain(|_, session| {
+            let keep = !session.expired(delay, now);
+            if !keep {
+                expired.push(session.clone());
+            }
+            keep
+        });
+        for session in expired {
+            session.close(session::INTERRUPTED.0, "Session timed out");
+        }
+    }
+}
+
+/// Server and session ids: anything but empty or containing a dot.
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && !id.contains('.')
+}
+
+fn not_found() -> Response {
+    plain(StatusCode::NOT_FOUND, "Not found.\n")
+}
+
+/// A `text/plain` answer.
+fn plain(status: StatusCode, body: &'static str) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain; charset=UTF-8")
+        .body(Body::from(body))
+        .unwrap_or_default()
+}
+
+/// `405` with `Allow`, no content type and no body, as the protocol asks.
+fn method_not_allowed(allow: &'static str) -> Response {
+    Response::builder()
+        .status(StatusCode::METHOD_NOT_ALLOWED)
+        .header("allow", allow)
+        .body(Body::empty())
+        .unwrap_or_default()
+}
+
+/// A number in `0..2^32` for the client's random generator; not for secrets.
+fn entropy() -> u32 {
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    hasher.finish() as u32
+}
