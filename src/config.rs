@@ -56,9 +56,46 @@ pub struct Config {
     /// Clustering through Redis.
     #[serde(default)]
     pub cluster: ClusterConfig,
+    /// The SockJS endpoint.
+    #[serde(default)]
+    pub sockjs: SockJsConfig,
     /// The tenants this node serves.
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+}
+
+/// `[sockjs]`: the endpoint at `/sockjs` and `/sockjs/{tenant}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SockJsConfig {
+    /// Offer the WebSocket transport; off, clients fall back to streaming and polling.
+    pub websocket: bool,
+    /// Set a `JSESSIONID` cookie, for load balancers that keep sessions sticky by it.
+    pub cookie_needed: bool,
+    /// How often an idle SockJS receiver gets a heartbeat frame, in ms: proxies close
+    /// connections that stay silent.
+    pub heartbeat_ms: u64,
+    /// How long a session lives without a receiving request (between polls), in ms.
+    pub disconnect_delay_ms: u64,
+    /// A streaming response ends after this many bytes so the browser can free them; the
+    /// client opens the next one.
+    pub response_limit_bytes: usize,
+    /// The sockjs-client script the iframe transports load; it must be the version the
+    /// page uses. The default is the copy the node serves from the repository's npm packages.
+    pub client_url: String,
+}
+
+impl Default for SockJsConfig {
+    fn default() -> SockJsConfig {
+        SockJsConfig {
+            websocket: true,
+            cookie_needed: false,
+            heartbeat_ms: 25_000,
+            disconnect_delay_ms: 5_000,
+            response_limit_bytes: 128 * 1024,
+            client_url: "/vendor/sockjs-client/sockjs.min.js".into(),
+        }
+    }
 }
 
 /// `[cluster]`.
@@ -125,6 +162,8 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// How often plugin files are checked for changes, in ms.
     pub plugin_poll_ms: u64,
+    /// Serve the demo page at `/` (and the browser-test page at `/test.html`).
+    pub demo_page: bool,
 }
 
 impl Default for ServerConfig {
@@ -148,6 +187,7 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 5_000,
             admin_token: None,
             plugin_poll_ms: 1_000,
+            demo_page: true,
         }
     }
 }
@@ -192,6 +232,11 @@ pub struct TenantConfig {
     /// A Redis channel where backends of the replaced system PUBLISH seed-format JSON
     /// (`{"receiver", "channelCode", "content"}`); one node of the cluster handles each.
     pub redis_ingress_channel: Option<String>,
+    /// Origins (`https://app.example.com`) whose pages may open WebSocket and SockJS
+    /// connections; `"*"` allows any. Same-origin pages and clients that send no `Origin`
+    /// (backends, command-line tools) are always allowed.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
 }
 
 fn default_plugin_deadline_ms() -> u64 {
@@ -213,6 +258,7 @@ impl TenantConfig {
             plugin_deadline_ms: default_plugin_deadline_ms(),
             plugin_memory_bytes: default_plugin_memory_bytes(),
             redis_ingress_channel: None,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -342,6 +388,22 @@ impl Config {
                 "an admin token must have at least 16 characters",
             ));
         }
+        let j = &self.sockjs;
+        if j.heartbeat_ms < 100 {
+            return Err(invalid("sockjs.heartbeat_ms", "must be at least 100"));
+        }
+        if j.disconnect_delay_ms < 100 {
+            return Err(invalid("sockjs.disconnect_delay_ms", "must be at least 100"));
+        }
+        if j.response_limit_bytes < 1024 {
+            return Err(invalid("sockjs.response_limit_bytes", "must be at least 1024"));
+        }
+        if j.client_url.is_empty() || j.client_url.contains('"') {
+            return Err(invalid(
+                "sockjs.client_url",
+                "must be a URL (a path such as /vendor/sockjs-client/sockjs.min.js, or http...)",
+            ));
+        }
         if s.plugin_poll_ms < 10 {
             return Err(invalid("server.plugin_poll_ms", "must be at least 10"));
         }
@@ -417,6 +479,11 @@ impl Config {
                     format!("tenants[{i}].plugin_memory_bytes"),
                     "must be at least 1048576 (1 MiB)",
                 ));
+            }
+            for (k, origin) in tenant.allowed_origins.iter().enumerate() {
+                if let Err(message) = crate::http::origin::check_pattern(origin) {
+                    return Err(invalid(format!("tenants[{i}].allowed_origins[{k}]"), message));
+                }
             }
             if let Some(k) = tenant.api_keys.iter().position(|k| k.len() < 8) {
                 return Err(invalid(

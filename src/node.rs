@@ -14,7 +14,8 @@ use crate::broker::{Broker, Interest, Subscription};
 use crate::cluster::memory::Standalone;
 use crate::cluster::redis::{RedisBackplane, RedisSettings};
 use crate::cluster::Backplane;
-use crate::config::{Config, ServerConfig, TenantConfig, DEFAULT_TENANT};
+use crate::config::{Config, ServerConfig, SockJsConfig, TenantConfig, DEFAULT_TENANT};
+use crate::http::origin::AllowedOrigins;
 use crate::metrics::Metrics;
 use crate::plugin::{PluginLimits, PluginSlot};
 use crate::policy::Policy;
@@ -27,6 +28,8 @@ pub struct Tenant {
     /// Its routing core on this node.
     pub broker: Broker,
     api_keys: Vec<String>,
+    /// Web pages that may open browser connections.
+    pub allowed_origins: AllowedOrigins,
     plugin: Arc<PluginSlot>,
     pub(crate) cluster: Arc<dyn Backplane>,
     pub(crate) metrics: Arc<Metrics>,
@@ -45,6 +48,7 @@ impl Tenant {
             id: config.id.clone(),
             broker: Broker::new(server.max_queue_backlog),
             api_keys: config.api_keys.clone(),
+            allowed_origins: AllowedOrigins::new(&config.allowed_origins),
             plugin: Arc::new(PluginSlot::new(
                 &config.id,
                 config.plugin.clone(),
@@ -122,6 +126,8 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 pub struct Node {
     /// `[server]` settings.
     pub server: ServerConfig,
+    /// `[sockjs]` settings.
+    pub sockjs: SockJsConfig,
     /// This node's id, the prefix of its session and message ids.
     pub node_id: String,
     /// Cancelled once to shut everything down.
@@ -188,6 +194,7 @@ impl Node {
             .collect();
         Arc::new(Node {
             server: config.server.clone(),
+            sockjs: config.sockjs.clone(),
             cluster,
             redis,
             metrics,

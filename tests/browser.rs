@@ -3,9 +3,6 @@
 //! and @stomp/stompjs 7.5.0 over every SockJS transport and over `/ws`; across two nodes of a
 //! Redis cluster; and sockjs-client in Node (`tests/browser/node_sockjs.mjs`). Chromium and the
 //! repo-root `node_modules` come from `scripts/test.sh`; a missing one fails the test.
-//!
-//! The SockJS cases need the `/sockjs` endpoint and the demo routes; until both are in the
-//! router these tests are ignored (run them with `cargo test --test browser -- --ignored`).
 
 mod support;
 
@@ -103,7 +100,6 @@ fn start_pair() -> (Redis, NodeProcess, NodeProcess) {
 }
 
 #[test]
-#[ignore = "needs the SockJS endpoint and the demo routes (src/http/demo.rs) in the router"]
 fn chromium_clients_over_sockjs_and_websocket() {
     require_tools();
     let (_redis, a, b) = start_pair();
@@ -123,7 +119,6 @@ fn chromium_clients_over_sockjs_and_websocket() {
 }
 
 #[test]
-#[ignore = "needs the SockJS endpoint"]
 fn sockjs_client_in_node() {
     require_tools();
     let redis = Redis::start();

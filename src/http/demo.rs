@@ -29,13 +29,18 @@ const VENDORS: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-/// The demo routes; merge them into the node's router.
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+/// The demo page and the browser-test page (`server.demo_page`).
+pub fn pages<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(|| async { page("text/html; charset=utf-8", DEMO_HTML) }))
         .route("/demo.js", get(|| async { page("text/javascript; charset=utf-8", DEMO_JS) }))
         .route("/test.html", get(|| async { page("text/html; charset=utf-8", TEST_HTML) }))
-        .route("/vendor/{lib}/{file}", get(vendor))
+}
+
+/// The client libraries, always served: the SockJS iframe transports load sockjs-client
+/// from here (`sockjs.client_url`).
+pub fn vendor<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route("/vendor/{lib}/{file}", get(vendor_file))
 }
 
 fn page(content_type: &'static str, body: &'static str) -> Response {
@@ -57,7 +62,7 @@ fn node_modules() -> Option<PathBuf> {
     candidates.into_iter().find(|d| d.is_dir())
 }
 
-async fn vendor(UrlPath((lib, file)): UrlPath<(String, String)>) -> Response {
+async fn vendor_file(UrlPath((lib, file)): UrlPath<(String, String)>) -> Response {
     let Some((_, dir, files)) = VENDORS.iter().find(|(name, _, _)| *name == lib) else {
         return json_error(StatusCode::NOT_FOUND, "no such library");
     };

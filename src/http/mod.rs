@@ -1,7 +1,9 @@
-//! The HTTP side of a node: one axum router with the WebSocket transport, the backend publish
-//! API and health checks. Every error answer is JSON with an `error` message.
+//! The HTTP side of a node: one axum router with the WebSocket and SockJS transports, the
+//! backend publish API, the admin API, health checks and the demo page. Every error answer is JSON with an `error` message.
 
 pub mod admin;
+pub mod demo;
+pub mod origin;
 pub mod publish;
 
 use std::sync::Arc;
@@ -14,7 +16,7 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::node::Node;
-use crate::transport::ws;
+use crate::transport::{sockjs, ws};
 
 /// The token of an `Authorization: Bearer TOKEN` header.
 pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
@@ -34,7 +36,18 @@ pub fn json_error(status: StatusCode, message: &str) -> Response {
 pub fn router(node: Arc<Node>) -> Router {
     // The API takes a message of at most a frame, plus room for JSON quoting.
     let body_limit = node.server.max_frame_bytes * 2 + 4096;
-    Router::new()
+    let endpoints = sockjs::Endpoints::new(&node);
+    let sockjs_route = any(move |req: axum::extract::Request| endpoints.clone().serve(req));
+    let router = if node.server.demo_page {
+        demo::pages()
+    } else {
+        Router::new()
+    };
+    router
+        .merge(demo::vendor())
+        .route("/sockjs", sockjs_route.clone())
+        .route("/sockjs/", sockjs_route.clone())
+        .route("/sockjs/{*rest}", sockjs_route)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -17,7 +17,6 @@ mod session;
 mod websocket;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -266,12 +265,5 @@ fn method_not_allowed(allow: &'static str) -> Response {
 
 /// A number in `0..2^32` for the client's random generator; not for secrets.
 fn entropy() -> u32 {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default(),
-    );
-    hasher.finish() as u32
+    crate::node::random_u64() as u32
 }

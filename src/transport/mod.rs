@@ -2,5 +2,6 @@
 //! They choose the tenant where their addressing says it (a WebSocket path) and know nothing
 //! of routing.
 
+pub mod sockjs;
 pub mod tcp;
 pub mod ws;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::stream::{SplitSink, SplitStream};
@@ -33,10 +33,11 @@ const MAX_BATCH: usize = 64 * 1024;
 pub async fn upgrade_default(
     State(node): State<Arc<Node>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     match node.default_tenant().cloned() {
-        Some(tenant) => upgrade(node, tenant, peer, ws),
+        Some(tenant) => upgrade(node, tenant, peer, &headers, ws),
         None => json_error(
             StatusCode::NOT_FOUND,
             "this node has no 'default' tenant; connect to /ws/{tenant}",
@@ -49,10 +50,11 @@ pub async fn upgrade_tenant(
     State(node): State<Arc<Node>>,
     Path(tenant): Path<String>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
     match node.tenant(&tenant).cloned() {
-        Some(tenant) => upgrade(node, tenant, peer, ws),
+        Some(tenant) => upgrade(node, tenant, peer, &headers, ws),
         None => json_error(StatusCode::NOT_FOUND, &format!("unknown tenant '{tenant}'")),
     }
 }
@@ -61,8 +63,15 @@ fn upgrade(
     node: Arc<Node>,
     tenant: Arc<Tenant>,
     peer: SocketAddr,
+    headers: &HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if !tenant.allowed_origins.permits(headers) {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            &format!("origin not allowed for tenant '{}'", tenant.id),
+        );
+    }
     let Some(permit) = node.admit() else {
         return json_error(
             StatusCode::SERVICE_UNAVAILABLE,

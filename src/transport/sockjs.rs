@@ -1,0 +1,195 @@
+//! STOMP over SockJS at `/sockjs` (tenant `default`) and `/sockjs/{tenant}`: one SockJS service
+//! per tenant, each session a STOMP connection. Every STOMP frame the node sends is one SockJS
+//! message (frames queued together leave in one `a[...]` frame); a client message may hold
+//! several frames or part of one, exactly as on `/ws`.
+//!
+//! SockJS carries text: a frame whose body is not UTF-8 arrives with invalid bytes replaced.
+//! Binary payloads belong on `/ws` or TCP.
+//!
+//! A path below `/sockjs` names a tenant when its first segment is one and the rest is a
+//! SockJS path of one, two or four segments (`/sockjs/acme/info`,
+//! `/sockjs/acme/000/xyz/xhr`); the default tenant's paths have zero, one or three
+//! (`/sockjs/info`, `/sockjs/000/xyz/xhr`), so the two never collide.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::Response;
+use bytes::BytesMut;
+use tracing::{info_span, Instrument};
+
+use crate::broker::outbox::Item;
+use crate::connection::{self, Inbound, Outbound};
+use crate::http::json_error;
+use crate::node::{Node, Tenant};
+use crate::policy::TransportKind;
+use crate::session::{Origin, Session};
+use crate::sockjs::{Connection, Options, Refusal, Sender, SockJs};
+
+/// The SockJS services of a node's tenants.
+pub struct Endpoints {
+    services: HashMap<String, (Arc<Tenant>, Arc<SockJs>)>,
+}
+
+impl Endpoints {
+    /// One service per tenant, with the node's `[sockjs]` settings.
+    pub fn new(node: &Arc<Node>) -> Arc<Endpoints> {
+        let c = &node.sockjs;
+        let options = Options {
+            websocket: c.websocket,
+            cookie_needed: c.cookie_needed,
+            heartbeat: Duration::from_millis(c.heartbeat_ms),
+            disconnect_delay: Duration::from_millis(c.disconnect_delay_ms),
+            response_limit: c.response_limit_bytes,
+            client_url: c.client_url.clone(),
+            // A client message may carry a whole frame, JSON-escaped (up to 6 bytes a byte).
+            max_payload_bytes: node.server.max_frame_bytes * 6 + 4096,
+            max_queue_bytes: 256 * 1024,
+        };
+        let services = node
+            .tenants()
+            .map(|tenant| {
+                let handler = StompHandler {
+                    node: node.clone(),
+                    tenant: tenant.clone(),
+                };
+                let service = SockJs::new(options.clone(), handler);
+                (tenant.id.clone(), (tenant.clone(), service))
+            })
+            .collect();
+        Arc::new(Endpoints { services })
+    }
+
+    /// Answers any request under `/sockjs`.
+    pub async fn serve(self: Arc<Self>, req: Request) -> Response {
+        let path = req
+            .uri()
+            .path()
+            .strip_prefix("/sockjs")
+            .unwrap_or("")
+            .to_string();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let named = segments.first().and_then(|first| {
+            let own_path = matches!(segments.len(), 2 | 4)
+                || (segments.len() == 1 && !is_top_level(first));
+            self.services
+                .get(*first)
+                .filter(|_| own_path)
+                .map(|entry| (entry, path[1 + first.len()..].to_string()))
+        });
+        let ((tenant, service), rest) = match named {
+            Some((entry, rest)) => (entry, rest),
+            None => match self.services.get(crate::config::DEFAULT_TENANT) {
+                Some(entry) => (entry, path.clone()),
+                None => {
+                    return json_error(
+                        StatusCode::NOT_FOUND,
+                        "this node has no 'default' tenant; connect to /sockjs/{tenant}",
+                    )
+                }
+            },
+        };
+        if !tenant.allowed_origins.permits(req.headers()) {
+            return json_error(
+                StatusCode::FORBIDDEN,
+                &format!("origin not allowed for tenant '{}'", tenant.id),
+            );
+        }
+        service.clone().serve(req, &rest).await
+    }
+}
+
+/// Names a SockJS service answers at its top level.
+fn is_top_level(name: &str) -> bool {
+    name.is_empty() || name == "info" || name == "websocket" || name.starts_with("iframe")
+}
+
+struct StompHandler {
+    node: Arc<Node>,
+    tenant: Arc<Tenant>,
+}
+
+impl crate::sockjs::Handler for StompHandler {
+    fn open(&self, connection: Connection) -> Result<(), Refusal> {
+        if self.node.shutdown.is_cancelled() {
+            return Err(Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "the server is shutting down".into(),
+            });
+        }
+        let Some(permit) = self.node.admit() else {
+            return Err(Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                message: "the server is at its connection limit; try again later".into(),
+            });
+        };
+        let peer = connection.info.peer.map(|p| p.to_string());
+        let origin = Origin {
+            transport: TransportKind::SockJs,
+            remote_addr: peer.clone(),
+            tenant: Some(self.tenant.clone()),
+        };
+        let node = self.node.clone();
+        let session = Session::new(node.clone(), origin);
+        let span = info_span!(
+            "conn",
+            transport = "sockjs",
+            sockjs = connection.info.transport.as_str(),
+            tenant = %self.tenant.id,
+            session = %session.id(),
+            peer = peer.as_deref().unwrap_or("-"),
+        );
+        let sender = connection.sender();
+        self.node.tasks.spawn(
+            async move {
+                connection::run(node, session, SockJsIn(connection), SockJsOut(sender)).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+        Ok(())
+    }
+}
+
+struct SockJsIn(Connection);
+
+impl Inbound for SockJsIn {
+    async fn fill(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        loop {
+            match self.0.recv().await {
+                None => return Ok(0),
+                Some(message) if message.is_empty() => continue,
+                Some(message) => {
+                    buf.extend_from_slice(message.as_bytes());
+                    return Ok(message.len());
+                }
+            }
+        }
+    }
+}
+
+struct SockJsOut(Sender);
+
+impl Outbound for SockJsOut {
+    async fn write(&mut self, items: Vec<Item>) -> io::Result<()> {
+        let messages = items
+            .iter()
+            .map(|item| {
+                let mut bytes = Vec::with_capacity(item.len());
+                bytes.extend_from_slice(&item.head);
+                bytes.extend_from_slice(&item.tail);
+                String::from_utf8(bytes)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            })
+            .collect();
+        self.0.send(messages).await.map_err(io::Error::other)
+    }
+
+    async fn close(&mut self) {
+        self.0.close(3000, "Go away!");
+    }
+}
