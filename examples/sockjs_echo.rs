@@ -20,10 +20,13 @@ pub fn app(heartbeat: Duration, disconnect_delay: Duration) -> Router {
         ..Options::default()
     };
     let echo_service = SockJs::new(base.clone(), echo);
-    let close = SockJs::new(base.clone(), |connection: Connection| -> Result<(), Refusal> {
-        connection.sender().close(3000, "Go away!");
-        Ok(())
-    });
+    let close = SockJs::new(
+        base.clone(),
+        |connection: Connection| -> Result<(), Refusal> {
+            connection.sender().close(3000, "Go away!");
+            Ok(())
+        },
+    );
     let no_websocket = SockJs::new(
         Options {
             websocket: false,
@@ -59,9 +62,18 @@ fn echo(mut connection: Connection) -> Result<(), Refusal> {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:8081".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:8081".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    println!("SockJS test services on http://{}/echo", listener.local_addr()?);
+    println!(
+        "SockJS test services on http://{}/echo",
+        listener.local_addr()?
+    );
     let app = app(Duration::from_secs(25), Duration::from_secs(5));
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
 }

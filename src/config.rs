@@ -393,10 +393,16 @@ impl Config {
             return Err(invalid("sockjs.heartbeat_ms", "must be at least 100"));
         }
         if j.disconnect_delay_ms < 100 {
-            return Err(invalid("sockjs.disconnect_delay_ms", "must be at least 100"));
+            return Err(invalid(
+                "sockjs.disconnect_delay_ms",
+                "must be at least 100",
+            ));
         }
         if j.response_limit_bytes < 1024 {
-            return Err(invalid("sockjs.response_limit_bytes", "must be at least 1024"));
+            return Err(invalid(
+                "sockjs.response_limit_bytes",
+                "must be at least 1024",
+            ));
         }
         if j.client_url.is_empty() || j.client_url.contains('"') {
             return Err(invalid(
@@ -482,7 +488,10 @@ impl Config {
             }
             for (k, origin) in tenant.allowed_origins.iter().enumerate() {
                 if let Err(message) = crate::http::origin::check_pattern(origin) {
-                    return Err(invalid(format!("tenants[{i}].allowed_origins[{k}]"), message));
+                    return Err(invalid(
+                        format!("tenants[{i}].allowed_origins[{k}]"),
+                        message,
+                    ));
                 }
             }
             if let Some(k) = tenant.api_keys.iter().position(|k| k.len() < 8) {

@@ -24,7 +24,10 @@ fn root() -> PathBuf {
 fn require_tools() {
     for (path, what) in [
         (PathBuf::from("/usr/bin/chromium"), "Chromium"),
-        (root().join("node_modules/playwright-core"), "playwright-core"),
+        (
+            root().join("node_modules/playwright-core"),
+            "playwright-core",
+        ),
         (root().join("node_modules/sockjs-client"), "sockjs-client"),
         (root().join("node_modules/stompjs"), "stompjs"),
         (root().join("node_modules/@stomp/stompjs"), "@stomp/stompjs"),

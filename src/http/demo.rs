@@ -19,7 +19,12 @@ const VENDORS: &[(&str, &str, &[&str])] = &[
     (
         "sockjs-client",
         "sockjs-client/dist",
-        &["sockjs.js", "sockjs.min.js", "sockjs.js.map", "sockjs.min.js.map"],
+        &[
+            "sockjs.js",
+            "sockjs.min.js",
+            "sockjs.js.map",
+            "sockjs.min.js.map",
+        ],
     ),
     ("stompjs", "stompjs/lib", &["stomp.js", "stomp.min.js"]),
     (
@@ -32,9 +37,18 @@ const VENDORS: &[(&str, &str, &[&str])] = &[
 /// The demo page and the browser-test page (`server.demo_page`).
 pub fn pages<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/", get(|| async { page("text/html; charset=utf-8", DEMO_HTML) }))
-        .route("/demo.js", get(|| async { page("text/javascript; charset=utf-8", DEMO_JS) }))
-        .route("/test.html", get(|| async { page("text/html; charset=utf-8", TEST_HTML) }))
+        .route(
+            "/",
+            get(|| async { page("text/html; charset=utf-8", DEMO_HTML) }),
+        )
+        .route(
+            "/demo.js",
+            get(|| async { page("text/javascript; charset=utf-8", DEMO_JS) }),
+        )
+        .route(
+            "/test.html",
+            get(|| async { page("text/html; charset=utf-8", TEST_HTML) }),
+        )
 }
 
 /// The client libraries, always served: the SockJS iframe transports load sockjs-client
@@ -44,7 +58,14 @@ pub fn vendor<S: Clone + Send + Sync + 'static>() -> Router<S> {
 }
 
 fn page(content_type: &'static str, body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// `node_modules`: `$STOMPBOX_NODE_MODULES`, else `./node_modules`, else the one of the
@@ -78,7 +99,9 @@ async fn vendor_file(UrlPath((lib, file)): UrlPath<(String, String)>) -> Respons
             ),
         )
     };
-    let Some(root) = node_modules() else { return missing() };
+    let Some(root) = node_modules() else {
+        return missing();
+    };
     match tokio::fs::read(root.join(dir).join(&file)).await {
         Ok(bytes) => {
             let content_type = if file.ends_with(".map") {

@@ -38,7 +38,7 @@ impl AllowedOrigins {
             return false;
         };
         let origin = origin.to_ascii_lowercase();
-        if self.origins.iter().any(|o| *o == origin) {
+        if self.origins.contains(&origin) {
             return true;
         }
         // Same origin: the page came from this very host and port.

@@ -73,7 +73,8 @@ pub fn json_string(s: &str) -> String {
 
 /// An array frame carrying `messages`.
 pub fn messages<S: AsRef<str>>(messages: &[S]) -> String {
-    let mut out = String::with_capacity(3 + messages.iter().map(|m| m.as_ref().len() + 3).sum::<usize>());
+    let mut out =
+        String::with_capacity(3 + messages.iter().map(|m| m.as_ref().len() + 3).sum::<usize>());
     out.push_str("a[");
     for (i, message) in messages.iter().enumerate() {
         if i > 0 {
@@ -117,15 +118,13 @@ pub fn percent_decode(s: &str) -> String {
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h << 4 | l);
-                        i += 2;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             b => out.push(b),
         }
         i += 1;
@@ -165,7 +164,10 @@ mod tests {
     #[test]
     fn array_frame_escapes_what_the_protocol_lists() {
         assert_eq!(messages(&["a", "b\"c"]), r#"a["a","b\"c"]"#);
-        assert_eq!(messages(&["\u{0}\n\u{2028}\u{ffff}é"]), r#"a["\u0000\n\u2028\uffffé"]"#);
+        assert_eq!(
+            messages(&["\u{0}\n\u{2028}\u{ffff}é"]),
+            r#"a["\u0000\n\u2028\uffffé"]"#
+        );
         assert_eq!(messages::<&str>(&[]), "a[]");
     }
 
@@ -188,12 +190,18 @@ mod tests {
         assert_eq!(decode(b""), Err(PayloadError::Missing));
         assert_eq!(decode(br#"["a"#), Err(PayloadError::Broken));
         assert_eq!(decode(b"[1]"), Err(PayloadError::Broken));
-        assert_eq!(decode(br#"["\ufff0\u0000"]"#), Ok(vec!["\u{fff0}\u{0}".into()]));
+        assert_eq!(
+            decode(br#"["\ufff0\u0000"]"#),
+            Ok(vec!["\u{fff0}\u{0}".into()])
+        );
     }
 
     #[test]
     fn form_values() {
-        assert_eq!(form_value("d=%5B%22x%22%5D", "d").as_deref(), Some(r#"["x"]"#));
+        assert_eq!(
+            form_value("d=%5B%22x%22%5D", "d").as_deref(),
+            Some(r#"["x"]"#)
+        );
         assert_eq!(form_value("a=1&d=x+y%", "d").as_deref(), Some("x y%"));
         assert_eq!(form_value("p=p", "d"), None);
         assert_eq!(form_value("c=%63allback", "c").as_deref(), Some("callback"));

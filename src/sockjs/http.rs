@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, Request};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use serde_json::json;
@@ -44,7 +44,10 @@ pub fn info(service: &SockJs, req: &Request) -> Response {
     });
     let mut response = Response::new(Body::from(body.to_string()));
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json; charset=UTF-8"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json; charset=UTF-8"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(NOT_CACHED));
     cors(req.headers(), headers);
     response
@@ -55,9 +58,9 @@ pub fn is_iframe(name: &str) -> bool {
     name.strip_prefix("iframe")
         .and_then(|rest| rest.strip_suffix(".html"))
         .is_some_and(|middle| {
-            middle
-                .bytes()
-                .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase() || matches!(b, b'-' | b'.' | b'_'))
+            middle.bytes().all(|b| {
+                b.is_ascii_digit() || b.is_ascii_lowercase() || matches!(b, b'-' | b'.' | b'_')
+            })
         })
 }
 
@@ -79,7 +82,10 @@ pub fn iframe(service: &SockJs, req: &Request) -> Response {
         r
     } else {
         let mut r = Response::new(Body::from(page));
-        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=UTF-8"));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=UTF-8"),
+        );
         r
     };
     let headers = response.headers_mut();
@@ -132,9 +138,21 @@ pub async fn receive(
     let callback = match transport {
         Transport::HtmlFile | Transport::JsonpPolling => {
             match req.uri().query().and_then(|q| frame::form_value(q, "c")) {
-                None => return error(&req, &service, StatusCode::INTERNAL_SERVER_ERROR, "\"callback\" parameter required"),
+                None => {
+                    return error(
+                        &req,
+                        &service,
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "\"callback\" parameter required",
+                    )
+                }
                 Some(c) if !frame::valid_callback(&c) => {
-                    return error(&req, &service, StatusCode::INTERNAL_SERVER_ERROR, "invalid \"callback\" parameter")
+                    return error(
+                        &req,
+                        &service,
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "invalid \"callback\" parameter",
+                    )
                 }
                 Some(c) => c,
             }
@@ -144,14 +162,7 @@ pub async fn receive(
     let session = match service.session(&id) {
         Some(session) => session,
         None => {
-            let info = OpenInfo {
-                transport,
-                peer: req
-                    .extensions()
-                    .get::<ConnectInfo<std::net::SocketAddr>>()
-                    .map(|c| c.0),
-                headers: req.headers().clone(),
-            };
+            let info = OpenInfo::of(transport, &req);
             match service.open(Some(&id), info, false) {
                 Ok(session) => session,
                 Err(refusal) => {
@@ -163,7 +174,10 @@ pub async fn receive(
             }
         }
     };
-    let format = Format { transport, callback };
+    let format = Format {
+        transport,
+        callback,
+    };
     let mut response = match session.attach() {
         Some(receiver) if format.is_polling() => {
             let next = receiver.next(Some(service.options.heartbeat)).await;
@@ -176,13 +190,17 @@ pub async fn receive(
             if format.is_polling() {
                 Response::new(Body::from(format.frame(&busy)))
             } else {
-                let chunks = [format.prelude(), format.frame(&busy)].map(|c| Ok::<_, Infallible>(Bytes::from(c)));
+                let chunks = [format.prelude(), format.frame(&busy)]
+                    .map(|c| Ok::<_, Infallible>(Bytes::from(c)));
                 Response::new(Body::from_stream(futures_util::stream::iter(chunks)))
             }
         }
     };
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(format.content_type()),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(NOT_CACHED));
     cors(req.headers(), headers);
     cookie(&service, req.headers(), headers);
@@ -238,7 +256,10 @@ pub async fn send(service: Arc<SockJs>, req: Request, id: String, jsonp: bool) -
         r
     };
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=UTF-8"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(NOT_CACHED));
     cors(&req_headers, headers);
     cookie(&service, &req_headers, headers);
@@ -271,7 +292,10 @@ struct Format {
 
 impl Format {
     fn is_polling(&self) -> bool {
-        matches!(self.transport, Transport::XhrPolling | Transport::JsonpPolling)
+        matches!(
+            self.transport,
+            Transport::XhrPolling | Transport::JsonpPolling
+        )
     }
 
     fn content_type(&self) -> &'static str {
@@ -353,24 +377,27 @@ fn stream(format: Format, receiver: Option<Receiver>, service: &SockJs) -> Body 
         limit: service.options.response_limit,
         heartbeat: service.options.heartbeat,
     };
-    Body::from_stream(futures_util::stream::unfold(state, |mut state| async move {
-        if !state.prelude_sent {
-            state.prelude_sent = true;
-            let prelude = Bytes::from(state.format.prelude());
-            return Some((Ok::<_, Infallible>(prelude), state));
-        }
-        let receiver = state.receiver.as_ref()?;
-        let next = receiver.next(Some(state.heartbeat)).await;
-        let last = matches!(next, Next::Close(..));
-        let chunk = state.format.frame(&render(next));
-        state.sent += chunk.len();
-        if last || state.sent >= state.limit {
-            if let Some(receiver) = state.receiver.take() {
-                receiver.finish();
+    Body::from_stream(futures_util::stream::unfold(
+        state,
+        |mut state| async move {
+            if !state.prelude_sent {
+                state.prelude_sent = true;
+                let prelude = Bytes::from(state.format.prelude());
+                return Some((Ok::<_, Infallible>(prelude), state));
             }
-        }
-        Some((Ok(Bytes::from(chunk)), state))
-    }))
+            let receiver = state.receiver.as_ref()?;
+            let next = receiver.next(Some(state.heartbeat)).await;
+            let last = matches!(next, Next::Close(..));
+            let chunk = state.format.frame(&render(next));
+            state.sent += chunk.len();
+            if last || state.sent >= state.limit {
+                if let Some(receiver) = state.receiver.take() {
+                    receiver.finish();
+                }
+            }
+            Some((Ok(Bytes::from(chunk)), state))
+        },
+    ))
 }
 
 /// The answer to a CORS preflight: cacheable for a year.
@@ -379,15 +406,26 @@ fn options(req: &Request, allowed: &'static str) -> Response {
     *response.status_mut() = StatusCode::NO_CONTENT;
     let headers = response.headers_mut();
     cached_a_year(headers);
-    headers.insert("access-control-max-age", HeaderValue::from_static("31536000"));
-    headers.insert("access-control-allow-methods", HeaderValue::from_static(allowed));
+    headers.insert(
+        "access-control-max-age",
+        HeaderValue::from_static("31536000"),
+    );
+    headers.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static(allowed),
+    );
     cors(req.headers(), headers);
     response
 }
 
 fn cached_a_year(headers: &mut HeaderMap) {
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(CACHED_A_YEAR));
-    if let Ok(expires) = HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now() + ONE_YEAR)) {
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(CACHED_A_YEAR),
+    );
+    if let Ok(expires) =
+        HeaderValue::from_str(&httpdate::fmt_http_date(SystemTime::now() + ONE_YEAR))
+    {
         headers.insert(header::EXPIRES, expires);
     }
 }
@@ -399,11 +437,17 @@ fn cors(req: &HeaderMap, headers: &mut HeaderMap) {
     match req.get(header::ORIGIN) {
         Some(origin) if origin.as_bytes() != b"null" => {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-            headers.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
             headers.insert(header::VARY, HeaderValue::from_static("Origin"));
         }
         _ => {
-            headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
         }
     }
     if let Some(asked) = req.get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
@@ -425,7 +469,10 @@ fn cookie(service: &SockJs, req: &HeaderMap, headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .find_map(|pair| pair.trim().strip_prefix("JSESSIONID="))
-        .filter(|v| v.bytes().all(|b| b.is_ascii_graphic() && b != b';' && b != b','))
+        .filter(|v| {
+            v.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
+        })
         .unwrap_or("dummy");
     if let Ok(cookie) = HeaderValue::from_str(&format!("JSESSIONID={value}; path=/")) {
         headers.insert(header::SET_COOKIE, cookie);
@@ -438,10 +485,21 @@ mod tests {
 
     #[test]
     fn iframe_names() {
-        for ok in ["iframe.html", "iframe-a.html", "iframe-.html", "iframe-0.1.2abc-dirty.2144.html"] {
+        for ok in [
+            "iframe.html",
+            "iframe-a.html",
+            "iframe-.html",
+            "iframe-0.1.2abc-dirty.2144.html",
+        ] {
             assert!(is_iframe(ok), "{ok}");
         }
-        for bad in ["iframe.htm", "iframe", "IFRAME.HTML", "iframe.HTML", "iframe.xml"] {
+        for bad in [
+            "iframe.htm",
+            "iframe",
+            "IFRAME.HTML",
+            "iframe.HTML",
+            "iframe.xml",
+        ] {
             assert!(!is_iframe(bad), "{bad}");
         }
     }

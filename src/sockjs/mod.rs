@@ -129,7 +129,12 @@ impl SockJs {
             let service = service.clone();
             let strip = strip.clone();
             async move {
-                let path = req.uri().path().strip_prefix(strip.as_str()).unwrap_or("").to_string();
+                let path = req
+                    .uri()
+                    .path()
+                    .strip_prefix(strip.as_str())
+                    .unwrap_or("")
+                    .to_string();
                 service.serve(req, &path).await
             }
         });
@@ -154,9 +159,7 @@ impl SockJs {
             [server, session, transport] if valid_id(server) && valid_id(session) => {
                 let session = (*session).to_string();
                 match *transport {
-                    "websocket" if self.options.websocket => {
-                        websocket::framed(self, req).await
-                    }
+                    "websocket" if self.options.websocket => websocket::framed(self, req).await,
                     "xhr" => http::receive(self, req, session, Transport::XhrPolling).await,
                     "xhr_streaming" => {
                         http::receive(self, req, session, Transport::XhrStreaming).await
@@ -204,10 +207,8 @@ impl SockJs {
     fn start_sweeper(self: &Arc<Self>) {
         self.sweeper_started.call_once(|| {
             let service = Arc::downgrade(self);
-            let every = (self.options.disconnect_delay / 4).clamp(
-                Duration::from_millis(50),
-                Duration::from_secs(1),
-            );
+            let every = (self.options.disconnect_delay / 4)
+                .clamp(Duration::from_millis(50), Duration::from_secs(1));
             tokio::spawn(sweep(service, every));
         });
     }
@@ -219,7 +220,9 @@ async fn sweep(service: Weak<SockJs>, every: Duration) {
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        let Some(service) = service.upgrade() else { return };
+        let Some(service) = service.upgrade() else {
+            return;
+        };
         let now = tokio::time::Instant::now();
         let delay = service.options.disconnect_delay;
         let mut expired = Vec::new();

@@ -71,6 +71,20 @@ pub struct OpenInfo {
     pub headers: HeaderMap,
 }
 
+impl OpenInfo {
+    /// What `req` tells of its client.
+    pub(crate) fn of(transport: Transport, req: &axum::extract::Request) -> OpenInfo {
+        OpenInfo {
+            transport,
+            peer: req
+                .extensions()
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+            headers: req.headers().clone(),
+        }
+    }
+}
+
 /// What a receiver sends next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
@@ -373,18 +387,30 @@ mod tests {
         assert_eq!(receiver.next(None).await, Next::Open);
         session.send(vec!["a".into(), "b".into()]).await.unwrap();
         session.close(3000, "Go away!");
-        assert_eq!(receiver.next(None).await, Next::Messages(vec!["a".into(), "b".into()]));
-        assert_eq!(receiver.next(None).await, Next::Close(3000, "Go away!".into()));
+        assert_eq!(
+            receiver.next(None).await,
+            Next::Messages(vec!["a".into(), "b".into()])
+        );
+        assert_eq!(
+            receiver.next(None).await,
+            Next::Close(3000, "Go away!".into())
+        );
         assert_eq!(session.send(vec!["c".into()]).await, Err(Closed));
         receiver.finish();
-        assert!(session.attach().is_some(), "a finished receiver frees the slot");
+        assert!(
+            session.attach().is_some(),
+            "a finished receiver frees the slot"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn heartbeat_when_idle() {
         let (session, _rx) = Session::new(1 << 20, true);
         let receiver = session.attach().unwrap();
-        assert_eq!(receiver.next(Some(Duration::from_secs(25))).await, Next::Heartbeat);
+        assert_eq!(
+            receiver.next(Some(Duration::from_secs(25))).await,
+            Next::Heartbeat
+        );
     }
 
     #[tokio::test]
@@ -392,7 +418,10 @@ mod tests {
         let (session, _rx) = Session::new(1 << 20, true);
         drop(session.attach().unwrap());
         let receiver = session.attach().unwrap();
-        assert_eq!(receiver.next(None).await, Next::Close(1002, "Connection interrupted".into()));
+        assert_eq!(
+            receiver.next(None).await,
+            Next::Close(1002, "Connection interrupted".into())
+        );
     }
 
     #[tokio::test]

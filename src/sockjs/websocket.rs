@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, FromRequestParts, Request};
+use axum::extract::{FromRequestParts, Request};
 use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
@@ -46,14 +46,7 @@ async fn upgrade(service: Arc<SockJs>, req: Request, transport: Transport) -> Re
     if !header_has(header::CONNECTION, "upgrade") {
         return bad_request("\"Connection\" must be \"Upgrade\".");
     }
-    let info = OpenInfo {
-        transport,
-        peer: req
-            .extensions()
-            .get::<ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0),
-        headers: req.headers().clone(),
-    };
+    let info = OpenInfo::of(transport, &req);
     let (mut parts, _) = req.into_parts();
     let ws = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
         Ok(ws) => ws,
@@ -80,9 +73,10 @@ async fn upgrade(service: Arc<SockJs>, req: Request, transport: Transport) -> Re
 fn bad_request(message: &'static str) -> Response {
     let mut response = Response::new(Body::from(message));
     *response.status_mut() = StatusCode::BAD_REQUEST;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=UTF-8"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=UTF-8"),
+    );
     response
 }
 

@@ -74,8 +74,8 @@ impl Endpoints {
             .to_string();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let named = segments.first().and_then(|first| {
-            let own_path = matches!(segments.len(), 2 | 4)
-                || (segments.len() == 1 && !is_top_level(first));
+            let own_path =
+                matches!(segments.len(), 2 | 4) || (segments.len() == 1 && !is_top_level(first));
             self.services
                 .get(*first)
                 .filter(|_| own_path)

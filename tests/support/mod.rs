@@ -158,6 +158,8 @@ pub struct Client {
     buf: BytesMut,
     pub version: Version,
     closed: bool,
+    /// Speaks SockJS framing over the WebSocket (`/sockjs/.../websocket`).
+    sockjs: bool,
     pub heartbeats: usize,
     /// Frames that arrived while waiting for a RECEIPT, handed out by later `recv`s.
     stash: std::collections::VecDeque<Frame>,
@@ -183,6 +185,14 @@ impl Client {
     ) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
         let (ws, _) = Client::ws_handshake(url, protocols).await?;
         Ok(Client::over(Wire::Ws(Box::new(ws))))
+    }
+
+    /// A STOMP client over SockJS's WebSocket transport (`ws://.../sockjs/000/<id>/websocket`):
+    /// each frame sent is a one-message JSON array, and `a[...]` frames carry what arrives.
+    pub async fn sockjs(url: &str) -> Client {
+        let mut client = Client::ws(url, "").await;
+        client.sockjs = true;
+        client
     }
 
     /// Upgrades and returns the subprotocol the server chose.
@@ -220,6 +230,7 @@ impl Client {
             buf: BytesMut::new(),
             version: Version::V1_2,
             closed: false,
+            sockjs: false,
             heartbeats: 0,
             stash: Default::default(),
         }
@@ -227,6 +238,15 @@ impl Client {
 
     /// Sends raw bytes (one WebSocket text message when over WebSocket).
     pub async fn send_raw(&mut self, bytes: &[u8]) {
+        if self.sockjs {
+            let text = String::from_utf8(bytes.to_vec()).unwrap();
+            let array = serde_json::json!([text]).to_string();
+            let Wire::Ws(ws) = &mut self.wire else {
+                unreachable!("SockJS clients are WebSocket clients")
+            };
+            ws.send(Message::Text(array.into())).await.unwrap();
+            return;
+        }
         match &mut self.wire {
             Wire::Tcp(s) => s.write_all(bytes).await.unwrap(),
             Wire::Ws(ws) => ws
@@ -270,6 +290,18 @@ impl Client {
             }
             Wire::Ws(ws) => loop {
                 match ws.next().await {
+                    Some(Ok(Message::Text(t))) if self.sockjs => match t.as_bytes().first() {
+                        Some(b'a') => {
+                            let messages: Vec<String> = serde_json::from_str(&t[1..])
+                                .unwrap_or_else(|e| panic!("bad SockJS frame {t}: {e}"));
+                            for m in messages {
+                                self.buf.extend_from_slice(m.as_bytes());
+                            }
+                            return true;
+                        }
+                        Some(b'c') => return false,
+                        _ => continue,
+                    },
                     Some(Ok(Message::Text(t))) => {
                         self.buf.extend_from_slice(t.as_bytes());
                         return true;
