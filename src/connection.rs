@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -35,10 +35,6 @@ pub trait Outbound: Send + 'static {
     /// Closes the connection after what was written.
     fn close(&mut self) -> impl Future<Output = ()> + Send;
 }
-
-/// A receive buffer that grew for a large frame is given back once empty and larger than this,
-/// so an idle connection holds almost no memory.
-const KEEP_BUFFER: usize = 4096;
 
 /// How long a slow consumer has to take its ERROR frame before the connection is dropped.
 const SLOW_CONSUMER_GOODBYE: Duration = Duration::from_secs(1);
@@ -92,7 +88,9 @@ async fn read_loop<I: Inbound>(
                 }
             }
         }
-        if buf.is_empty() && buf.capacity() > KEEP_BUFFER {
+        // An emptied buffer is given back, so an idle connection holds none; transports
+        // allocate again only when data arrives.
+        if buf.is_empty() && buf.capacity() > 0 {
             buf = BytesMut::new();
         }
         let deadline = if session.is_connected() {
@@ -151,10 +149,7 @@ async fn write_loop<O: Outbound>(
             match timeout(Duration::from_millis(every), endpoint.outbox.next_batch()).await {
                 Ok(batch) => batch,
                 Err(_) => {
-                    let beat = Item {
-                        head: Bytes::from_static(b"\n"),
-                        tail: Bytes::new(),
-                    };
+                    let beat = Item::from_static(b"\n");
                     if out.write(vec![beat]).await.is_err() {
                         break;
                     }

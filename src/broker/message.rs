@@ -1,5 +1,6 @@
 //! A message on its way to subscribers: encoded once per STOMP version, shared by every delivery.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -22,8 +23,15 @@ pub struct Content {
 pub struct Message {
     destination: String,
     content: Content,
-    tails: [OnceLock<Bytes>; 3],
+    /// This node's number for the message: the `message-id` of its auto-acknowledged
+    /// deliveries, which all share one frame head.
+    seq: u64,
+    /// Per version: the encoded tail, and whether it is valid UTF-8 (a WebSocket text message).
+    tails: [OnceLock<(Bytes, bool)>; 3],
 }
+
+/// Numbers messages on this node.
+static NEXT_MESSAGE: AtomicU64 = AtomicU64::new(1);
 
 /// Headers a publisher may not set, because the broker writes them itself per delivery.
 pub const RESERVED_HEADERS: [&str; 6] = [
@@ -41,6 +49,7 @@ impl Message {
         Message {
             destination,
             content,
+            seq: NEXT_MESSAGE.fetch_add(1, Ordering::Relaxed),
             tails: Default::default(),
         }
     }
@@ -55,14 +64,32 @@ impl Message {
         &self.content
     }
 
+    /// This node's number for the message.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
     /// The shared tail of this message's MESSAGE frame for a subscriber speaking `version`.
     pub fn tail(&self, version: Version) -> &Bytes {
+        &self.encoded(version).0
+    }
+
+    /// Whether that tail is valid UTF-8, checked once per message rather than per delivery.
+    pub fn tail_is_text(&self, version: Version) -> bool {
+        self.encoded(version).1
+    }
+
+    fn encoded(&self, version: Version) -> &(Bytes, bool) {
         let slot = match version {
             Version::V1_0 => &self.tails[0],
             Version::V1_1 => &self.tails[1],
             Version::V1_2 => &self.tails[2],
         };
-        slot.get_or_init(|| self.encode_tail(version))
+        slot.get_or_init(|| {
+            let tail = self.encode_tail(version);
+            let text = std::str::from_utf8(&tail).is_ok();
+            (tail, text)
+        })
     }
 
     fn encode_tail(&self, version: Version) -> Bytes {

@@ -39,9 +39,23 @@ pub struct Item {
     pub head: Bytes,
     /// Bytes shared with other deliveries of the same message (headers, body, NUL).
     pub tail: Bytes,
+    /// Both are valid UTF-8: the frame can travel in a WebSocket text message.
+    pub text: bool,
 }
 
 impl Item {
+    /// A frame from `head` and `tail`, checked for UTF-8 here; deliveries, which share their
+    /// tail, take the check made once per message instead.
+    pub fn new(head: Bytes, tail: Bytes) -> Item {
+        let text = std::str::from_utf8(&head).is_ok() && std::str::from_utf8(&tail).is_ok();
+        Item { head, tail, text }
+    }
+
+    /// A frame of static bytes.
+    pub fn from_static(bytes: &'static [u8]) -> Item {
+        Item::new(Bytes::from_static(bytes), Bytes::new())
+    }
+
     /// Bytes this item occupies on the wire.
     pub fn len(&self) -> usize {
         self.head.len() + self.tail.len()
@@ -111,10 +125,9 @@ impl Outbox {
         let len = item.len();
         if state.bytes + len > self.limit {
             state.items.clear();
-            state.items.push_back(Item {
-                head: Bytes::from_static(SLOW_CONSUMER_ERROR),
-                tail: Bytes::new(),
-            });
+            state
+                .items
+                .push_back(Item::from_static(SLOW_CONSUMER_ERROR));
             state.bytes = SLOW_CONSUMER_ERROR.len();
             state.closing = Some(Closing::SlowConsumer);
             drop(state);
@@ -140,10 +153,7 @@ impl Outbox {
             return Err(Refused::Closing);
         }
         state.bytes += frame.len();
-        state.items.push_back(Item {
-            head: frame,
-            tail: Bytes::new(),
-        });
+        state.items.push_back(Item::new(frame, Bytes::new()));
         drop(state);
         self.wake.notify_one();
         Ok(())
@@ -158,10 +168,7 @@ impl Outbox {
         }
         if let Some(frame) = last {
             state.bytes += frame.len();
-            state.items.push_back(Item {
-                head: frame,
-                tail: Bytes::new(),
-            });
+            state.items.push_back(Item::new(frame, Bytes::new()));
         }
         state.closing = Some(Closing::Drain);
         drop(state);
@@ -212,6 +219,7 @@ mod tests {
 
     fn item(n: usize) -> Item {
         Item {
+            text: true,
             head: Bytes::from(vec![b'x'; n]),
             tail: Bytes::new(),
         }

@@ -52,6 +52,32 @@ impl Endpoint {
     }
 }
 
+/// The head (`MESSAGE`, `subscription`, `message-id`) of the auto-acknowledged deliveries of
+/// one message, kept from one subscriber to the next: subscribers mostly use the same
+/// subscription id (clients number them from `sub-0` or `0`), so a fan-out to thousands builds
+/// one head instead of thousands.
+#[derive(Debug, Default)]
+pub struct SharedHead {
+    subscription_line: Bytes,
+    head: Bytes,
+}
+
+impl SharedHead {
+    fn get(&mut self, subscription_line: &Bytes, message: &Message) -> Bytes {
+        if self.head.is_empty() || self.subscription_line != *subscription_line {
+            let digits = itoa(message.seq());
+            let mut head = BytesMut::with_capacity(subscription_line.len() + 32);
+            head.put_slice(subscription_line);
+            head.put_slice(b"message-id:m");
+            head.put_slice(digits.as_bytes());
+            head.put_u8(b'\n');
+            self.subscription_line = subscription_line.clone();
+            self.head = head.freeze();
+        }
+        self.head.clone()
+    }
+}
+
 /// How a subscription acknowledges messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AckMode {
@@ -103,8 +129,8 @@ pub struct Subscription {
     /// The connection it delivers to.
     pub endpoint: Arc<Endpoint>,
     version: Version,
-    /// `MESSAGE\nsubscription:<id>\nmessage-id:<session>-`, escaped once at SUBSCRIBE.
-    head_prefix: Bytes,
+    /// `MESSAGE\nsubscription:<id>\n`, escaped once at SUBSCRIBE.
+    subscription_line: Bytes,
     /// `ack:<session>-` for 1.2 client modes, else empty.
     ack_prefix: Bytes,
     pending: Mutex<Pending>,
@@ -119,12 +145,10 @@ impl Subscription {
         endpoint: Arc<Endpoint>,
         version: Version,
     ) -> Subscription {
-        let mut prefix = BytesMut::with_capacity(48 + id.len() + endpoint.session_id.len());
-        prefix.put_slice(b"MESSAGE\nsubscription:");
-        escape_into(&id, version, &mut prefix);
-        prefix.put_slice(b"\nmessage-id:");
-        prefix.put_slice(endpoint.session_id.as_bytes());
-        prefix.put_u8(b'-');
+        let mut line = BytesMut::with_capacity(24 + id.len());
+        line.put_slice(b"MESSAGE\nsubscription:");
+        escape_into(&id, version, &mut line);
+        line.put_u8(b'\n');
         let ack_prefix = if ack != AckMode::Auto && version == Version::V1_2 {
             let mut p = BytesMut::with_capacity(6 + endpoint.session_id.len());
             p.put_slice(b"ack:");
@@ -140,7 +164,7 @@ impl Subscription {
             ack,
             endpoint,
             version,
-            head_prefix: prefix.freeze(),
+            subscription_line: line.freeze(),
             ack_prefix,
             pending: Mutex::new(Pending::default()),
         }
@@ -151,14 +175,32 @@ impl Subscription {
     }
 
     /// Hands `message` to this subscription's connection. `queue` names the queue it came from,
-    /// so that in client ack modes it can be redelivered elsewhere.
-    pub fn deliver(&self, message: &Arc<Message>, queue: Option<&Arc<str>>) -> Result<(), Refused> {
+    /// so that in client ack modes it can be redelivered elsewhere. `heads` carries the frame
+    /// head between the deliveries of one message.
+    pub fn deliver(
+        &self,
+        message: &Arc<Message>,
+        queue: Option<&Arc<str>>,
+        heads: &mut SharedHead,
+    ) -> Result<(), Refused> {
+        let tail = message.tail(self.version).clone();
+        let text = message.tail_is_text(self.version);
+        if self.ack == AckMode::Auto {
+            // Nothing will acknowledge this delivery, so its `message-id` is the message's
+            // own number and every subscriber with the same subscription id shares one head.
+            let head = heads.get(&self.subscription_line, message);
+            return self.endpoint.outbox.push(Item { head, tail, text });
+        }
         let seq = self.endpoint.next_seq.fetch_add(1, Ordering::Relaxed);
         let digits = itoa(seq);
+        let session = self.endpoint.session_id.as_bytes();
         let mut head = BytesMut::with_capacity(
-            self.head_prefix.len() + self.ack_prefix.len() + 2 * digits.as_bytes().len() + 2,
+            self.subscription_line.len() + 2 * (session.len() + digits.as_bytes().len()) + 24,
         );
-        head.put_slice(&self.head_prefix);
+        head.put_slice(&self.subscription_line);
+        head.put_slice(b"message-id:");
+        head.put_slice(session);
+        head.put_u8(b'-');
         head.put_slice(digits.as_bytes());
         head.put_u8(b'\n');
         if !self.ack_prefix.is_empty() {
@@ -168,11 +210,9 @@ impl Subscription {
         }
         let item = Item {
             head: head.freeze(),
-            tail: message.tail(self.version).clone(),
+            tail,
+            text,
         };
-        if self.ack == AckMode::Auto {
-            return self.endpoint.outbox.push(item);
-        }
         // Recorded under the same lock that `close` takes, so a message is either requeued by
         // `close` or refused here: never lost between the two.
         let mut pending = self.pending();

@@ -2,6 +2,8 @@
 //! They choose the tenant where their addressing says it (a WebSocket path) and know nothing
 //! of routing.
 
+pub mod io;
 pub mod sockjs;
 pub mod tcp;
 pub mod ws;
+pub mod wsframe;

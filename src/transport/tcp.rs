@@ -1,16 +1,17 @@
 //! STOMP over plain TCP: the accept loop and the socket adapter. The tenant is the CONNECT
 //! `host` header when it names a configured tenant, else `default`.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info_span, warn, Instrument};
 
+use super::io::{read_ready, write_all_vectored};
 use crate::broker::outbox::Item;
 use crate::connection::{self, Inbound, Outbound};
 use crate::node::Node;
@@ -69,10 +70,7 @@ struct TcpIn(OwnedReadHalf);
 
 impl Inbound for TcpIn {
     async fn fill(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
-        if buf.capacity() - buf.len() < 1024 {
-            buf.reserve(4096);
-        }
-        self.0.read_buf(buf).await
+        read_ready(&self.0, buf).await
     }
 }
 
@@ -80,18 +78,14 @@ struct TcpOut(OwnedWriteHalf);
 
 impl Outbound for TcpOut {
     async fn write(&mut self, items: Vec<Item>) -> io::Result<()> {
-        if let [one] = items.as_slice() {
-            if one.tail.is_empty() {
-                return self.0.write_all(&one.head).await;
-            }
-        }
-        // One gathered buffer per batch: a single syscall for everything queued.
-        let mut out = BytesMut::with_capacity(items.iter().map(Item::len).sum());
-        for item in &items {
-            out.put_slice(&item.head);
-            out.put_slice(&item.tail);
-        }
-        self.0.write_all(&out).await
+        // Everything queued in one gathered write, from the frames' own bytes.
+        let mut slices: Vec<IoSlice<'_>> = items
+            .iter()
+            .flat_map(|item| [&item.head[..], &item.tail[..]])
+            .filter(|s| !s.is_empty())
+            .map(IoSlice::new)
+            .collect();
+        write_all_vectored(&mut self.0, &mut slices).await
     }
 
     async fn close(&mut self) {
