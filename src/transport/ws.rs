@@ -9,6 +9,7 @@
 
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -169,7 +170,7 @@ fn upgrade(node: Arc<Node>, tenant: Arc<Tenant>, peer: SocketAddr, mut req: Requ
                     let stream = parts.io.into_inner();
                     let _ = stream.set_nodelay(true);
                     let (read, write) = stream.into_split();
-                    let out = Arc::new(Mutex::new(Writer::Tcp(write)));
+                    let out = shared(Writer::Tcp(write));
                     let mut inbound = WsIn::new(Reader::Tcp(read), out.clone(), max_message);
                     inbound.raw.extend_from_slice(&parts.read_buf);
                     connection::run(node, session, inbound, WsOut(out)).await;
@@ -177,7 +178,7 @@ fn upgrade(node: Arc<Node>, tenant: Arc<Tenant>, peer: SocketAddr, mut req: Requ
                 Err(upgraded) => {
                     // Served by something other than axum's TCP listener: generic halves.
                     let (read, write) = tokio::io::split(TokioIo::new(upgraded));
-                    let out = Arc::new(Mutex::new(Writer::Other(write)));
+                    let out = shared(Writer::Other(write));
                     let inbound = WsIn::new(Reader::Other(read), out.clone(), max_message);
                     connection::run(node, session, inbound, WsOut(out)).await;
                 }
@@ -243,8 +244,21 @@ impl Writer {
     }
 }
 
-/// The write half, shared: the writer task sends batches, the reader answers pings.
-type SharedWriter = Arc<Mutex<Writer>>;
+/// The write half, shared: the writer task sends batches, the reader answers pings and, when
+/// the client broke the protocol, sets the close code the writer ends with.
+struct Shared {
+    writer: Mutex<Writer>,
+    close_code: AtomicU16,
+}
+
+type SharedWriter = Arc<Shared>;
+
+fn shared(writer: Writer) -> SharedWriter {
+    Arc::new(Shared {
+        writer: Mutex::new(writer),
+        close_code: AtomicU16::new(1000),
+    })
+}
 
 /// Reads client frames and hands their payload to the STOMP decoder.
 struct WsIn {
@@ -321,6 +335,7 @@ impl WsIn {
                     Opcode::Ping => {
                         let pong = wsframe::server_frame(Opcode::Pong, &payload);
                         self.out
+                            .writer
                             .lock()
                             .await
                             .write(&mut [IoSlice::new(&pong)])
@@ -390,10 +405,21 @@ fn refuse(violation: Violation) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, violation)
 }
 
+impl WsIn {
+    /// A violation ends the connection: the session sends its ERROR frame, then the writer
+    /// closes with the violation's code.
+    fn violated(&self, e: io::Error) -> io::Error {
+        if let Some(v) = e.get_ref().and_then(|e| e.downcast_ref::<Violation>()) {
+            self.out.close_code.store(v.code, Ordering::Relaxed);
+        }
+        e
+    }
+}
+
 impl Inbound for WsIn {
     async fn fill(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         loop {
-            match self.parse(buf).await? {
+            match self.parse(buf).await.map_err(|e| self.violated(e))? {
                 None => return Ok(0),
                 Some(0) => {}
                 Some(n) => {
@@ -418,7 +444,7 @@ struct WsOut(SharedWriter);
 
 impl Outbound for WsOut {
     async fn write(&mut self, items: Vec<Item>) -> io::Result<()> {
-        let mut out = self.0.lock().await;
+        let mut out = self.0.writer.lock().await;
         let mut rest = &items[..];
         while !rest.is_empty() {
             // As many frames as fit in one message (at least one).
@@ -457,8 +483,9 @@ impl Outbound for WsOut {
     }
 
     async fn close(&mut self) {
-        let mut out = self.0.lock().await;
-        let close = wsframe::server_frame(Opcode::Close, &wsframe::close_payload(1000, ""));
+        let code = self.0.close_code.load(Ordering::Relaxed);
+        let mut out = self.0.writer.lock().await;
+        let close = wsframe::server_frame(Opcode::Close, &wsframe::close_payload(code, ""));
         let _ = out.write(&mut [IoSlice::new(&close)]).await;
         out.shutdown().await;
     }
