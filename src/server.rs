@@ -1,11 +1,18 @@
 //! Runs a node on already-bound listeners until its shutdown token is cancelled, then gives
 //! connections a grace period to close. Taking bound listeners lets tests bind port 0.
+//!
+//! HTTP connections are served by hyper's HTTP/1 server directly rather than through
+//! `axum::serve`: its protocol-sniffing wrapper would stay around every upgraded WebSocket,
+//! while plain HTTP/1 hands back the bare `TcpStream`, which the WebSocket transport splits
+//! and reads without holding a buffer while idle.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tower_service::Service;
 use tracing::{info, warn};
 
 use crate::node::Node;
@@ -19,14 +26,8 @@ pub async fn run(node: Arc<Node>, http: TcpListener, stomp: TcpListener) -> std:
         node.clone(),
         Duration::from_millis(node.server.plugin_poll_ms),
     ));
-    let app = http::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let shutdown = node.shutdown.clone();
     let grace = Duration::from_millis(node.server.shutdown_grace_ms);
-    let http_server = tokio::spawn(async move {
-        axum::serve(http, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-    });
+    let http_server = tokio::spawn(serve_http(http, http::router(node.clone()), node.clone()));
     node.shutdown.cancelled().await;
     info!("shutting down");
     let _ = tcp.await;
@@ -44,3 +45,50 @@ pub async fn run(node: Arc<Node>, http: TcpListener, stomp: TcpListener) -> std:
     }
     Ok(())
 }
+
+/// Accepts HTTP connections until shutdown; each is served on its own task, and asked to finish
+/// its current request and close at shutdown. Accept errors (e.g. out of file descriptors) are
+/// logged and retried after a pause.
+async fn serve_http(listener: TcpListener, router: axum::Router, node: Arc<Node>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let shutdown = node.shutdown.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                let mut router = router.clone();
+                async move { router.call(req.map(axum::body::Body::new)).await }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                _ = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+    }
+}
+
+/// How long a client may take to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);

@@ -14,16 +14,21 @@ const READ_CHUNK: usize = 4096;
 /// Most slices in one `writev` (Linux's `IOV_MAX`).
 const MAX_SLICES: usize = 1024;
 
-/// Waits until the socket is readable, then reads what is there into `buf`; `Ok(0)` at end
-/// of stream. Cancel-safe. Waiting before reserving keeps idle connections bufferless.
+/// Waits until the socket is readable, then appends what is there to `buf`; `Ok(0)` at end
+/// of stream. Cancel-safe.
+///
+/// The bytes pass through a stack buffer so that `buf` grows by what arrived, not by a read
+/// chunk: an idle connection holds no buffer, and a message body (a slice of `buf` kept until
+/// every subscriber got it) keeps alive only the read it came in.
 pub async fn read_ready(read: &OwnedReadHalf, buf: &mut BytesMut) -> io::Result<usize> {
     loop {
         read.readable().await?;
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
-        }
-        match read.try_read_buf(buf) {
-            Ok(n) => return Ok(n),
+        let mut chunk = [0u8; READ_CHUNK];
+        match read.try_read(&mut chunk) {
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                return Ok(n);
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
         }

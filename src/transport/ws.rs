@@ -172,7 +172,10 @@ fn upgrade(node: Arc<Node>, tenant: Arc<Tenant>, peer: SocketAddr, mut req: Requ
                     let (read, write) = stream.into_split();
                     let out = shared(Writer::Tcp(write));
                     let mut inbound = WsIn::new(Reader::Tcp(read), out.clone(), max_message);
+                    // Copied out and dropped now: `read_buf` is a view of the HTTP parser's
+                    // whole read buffer, which would otherwise live as long as the connection.
                     inbound.raw.extend_from_slice(&parts.read_buf);
+                    drop(parts.read_buf);
                     connection::run(node, session, inbound, WsOut(out)).await;
                 }
                 Err(upgraded) => {
