@@ -52,29 +52,47 @@ impl Endpoint {
     }
 }
 
-/// The head (`MESSAGE`, `subscription`, `message-id`) of the auto-acknowledged deliveries of
-/// one message, kept from one subscriber to the next: subscribers mostly use the same
-/// subscription id (clients number them from `sub-0` or `0`), so a fan-out to thousands builds
-/// one head instead of thousands.
+/// The frame of the auto-acknowledged deliveries of one message, kept from one subscriber to
+/// the next: subscribers mostly use the same subscription id (clients number them from `sub-0`
+/// or `0`) and version, so a fan-out to thousands builds one frame instead of thousands. A small
+/// message is joined into a single buffer, so each delivery takes one reference, not two.
 #[derive(Debug, Default)]
 pub struct SharedHead {
-    subscription_line: Bytes,
-    head: Bytes,
+    key: Option<(Bytes, Version)>,
+    frame: Item,
 }
 
+/// Tails up to this size are copied next to the head once per fan-out; larger ones are shared.
+const JOIN_TAIL_UPTO: usize = 4096;
+
 impl SharedHead {
-    fn get(&mut self, subscription_line: &Bytes, message: &Message) -> Bytes {
-        if self.head.is_empty() || self.subscription_line != *subscription_line {
+    fn get(&mut self, subscription_line: &Bytes, version: Version, message: &Message) -> Item {
+        let hit = self
+            .key
+            .as_ref()
+            .is_some_and(|(line, v)| *v == version && line == subscription_line);
+        if !hit {
+            let tail = message.tail(version);
             let digits = itoa(message.seq());
-            let mut head = BytesMut::with_capacity(subscription_line.len() + 32);
+            let joined = tail.len() <= JOIN_TAIL_UPTO;
+            let mut head = BytesMut::with_capacity(
+                subscription_line.len() + 32 + if joined { tail.len() } else { 0 },
+            );
             head.put_slice(subscription_line);
             head.put_slice(b"message-id:m");
             head.put_slice(digits.as_bytes());
             head.put_u8(b'\n');
-            self.subscription_line = subscription_line.clone();
-            self.head = head.freeze();
+            if joined {
+                head.put_slice(tail);
+            }
+            self.key = Some((subscription_line.clone(), version));
+            self.frame = Item {
+                head: head.freeze(),
+                tail: if joined { Bytes::new() } else { tail.clone() },
+                text: message.tail_is_text(version),
+            };
         }
-        self.head.clone()
+        self.frame.clone()
     }
 }
 
@@ -183,14 +201,14 @@ impl Subscription {
         queue: Option<&Arc<str>>,
         heads: &mut SharedHead,
     ) -> Result<(), Refused> {
-        let tail = message.tail(self.version).clone();
-        let text = message.tail_is_text(self.version);
         if self.ack == AckMode::Auto {
             // Nothing will acknowledge this delivery, so its `message-id` is the message's
-            // own number and every subscriber with the same subscription id shares one head.
-            let head = heads.get(&self.subscription_line, message);
-            return self.endpoint.outbox.push(Item { head, tail, text });
+            // own number and every subscriber with the same subscription id shares one frame.
+            let frame = heads.get(&self.subscription_line, self.version, message);
+            return self.endpoint.outbox.push(frame);
         }
+        let tail = message.tail(self.version).clone();
+        let text = message.tail_is_text(self.version);
         let seq = self.endpoint.next_seq.fetch_add(1, Ordering::Relaxed);
         let digits = itoa(seq);
         let session = self.endpoint.session_id.as_bytes();
