@@ -14,7 +14,7 @@ use stompbox::node::Node;
 use stompbox::plugin::tool::{self, ToolCall};
 use stompbox::plugin::PluginLimits;
 use stompbox::policy::TransportKind;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tracing::{error, info};
 
 #[derive(Parser)]
@@ -262,11 +262,9 @@ fn serve(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<(
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let http = TcpListener::bind(config.server.http)
-            .await
+        let http = listen(config.server.http)
             .with_context(|| format!("binding the HTTP address {}", config.server.http))?;
-        let stomp = TcpListener::bind(config.server.stomp)
-            .await
+        let stomp = listen(config.server.stomp)
             .with_context(|| format!("binding the STOMP address {}", config.server.stomp))?;
         let node = Node::new(&config);
         let (http_addr, stomp_addr) = (http.local_addr()?, stomp.local_addr()?);
@@ -297,4 +295,18 @@ async fn shutdown_on_signal(node: std::sync::Arc<Node>) {
         _ = terminate => {},
     }
     node.shutdown.cancel();
+}
+
+/// A listener with a deep accept queue: thousands of clients reconnecting at once (after a node
+/// restart) must not see their SYNs dropped and retried a second later. The kernel caps the
+/// depth at `net.core.somaxconn`.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
