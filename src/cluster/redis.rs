@@ -88,8 +88,51 @@ struct Outgoing {
     done: oneshot::Sender<Result<usize, ClusterError>>,
 }
 
-/// Most PUBLISHes in one pipeline.
+/// Most messages taken from the queue for one pipeline.
 const SEND_BATCH: usize = 512;
+/// A PUBLISH carrying several messages stops growing at about this size.
+const GROUP_BYTES: usize = 1 << 20;
+
+/// Messages for one channel sent in one PUBLISH: a JSON array of envelopes (a lone message
+/// goes as a bare envelope).
+struct Group {
+    channel: String,
+    payload: Vec<u8>,
+    done: Vec<oneshot::Sender<Result<usize, ClusterError>>>,
+}
+
+/// Gathers queued messages by channel, in order. Redis and every receiving node pay their
+/// per-command cost (parsing, dispatch, a wake-up) once per group instead of once per message.
+fn group_by_channel(batch: &mut Vec<Outgoing>) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for item in batch.drain(..) {
+        let open = groups
+            .iter_mut()
+            .rev()
+            .find(|g| g.channel == item.channel && g.payload.len() < GROUP_BYTES);
+        match open {
+            Some(group) => {
+                if group.done.len() == 1 {
+                    group.payload.insert(0, b'[');
+                }
+                group.payload.push(b',');
+                group.payload.extend_from_slice(&item.payload);
+                group.done.push(item.done);
+            }
+            None => groups.push(Group {
+                channel: item.channel,
+                payload: item.payload,
+                done: vec![item.done],
+            }),
+        }
+    }
+    for group in &mut groups {
+        if group.done.len() > 1 {
+            group.payload.push(b']');
+        }
+    }
+    groups
+}
 /// Most messages waiting for the cluster connection; beyond it, forwarding fails fast.
 const SEND_QUEUE: usize = 65_536;
 
@@ -317,11 +360,12 @@ impl RedisBackplane {
                 _ = shutdown.cancelled() => return,
                 n = outgoing.recv_many(&mut batch, SEND_BATCH) => if n == 0 { return },
             }
+            let groups = group_by_channel(&mut batch);
             let result = match self.connection() {
                 Ok(mut conn) => {
                     let mut pipe = redis::pipe();
-                    for item in &batch {
-                        pipe.cmd("PUBLISH").arg(&item.channel).arg(&item.payload);
+                    for group in &groups {
+                        pipe.cmd("PUBLISH").arg(&group.channel).arg(&group.payload);
                     }
                     pipe.query_async::<Vec<usize>>(&mut conn)
                         .await
@@ -329,22 +373,25 @@ impl RedisBackplane {
                 }
                 Err(e) => Err(e),
             };
+            let sent: usize = groups.iter().map(|g| g.done.len()).sum();
             match result {
                 Ok(receivers) => {
                     self.stats
                         .forwarded
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    for (item, n) in batch.drain(..).zip(receivers) {
-                        let _ = item.done.send(Ok(n));
+                        .fetch_add(sent as u64, Ordering::Relaxed);
+                    for (group, n) in groups.into_iter().zip(receivers) {
+                        for done in group.done {
+                            let _ = done.send(Ok(n));
+                        }
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e, lost = batch.len(), "messages for other nodes not sent");
+                    warn!(error = %e, lost = sent, "messages for other nodes not sent");
                     self.stats
                         .send_failures
-                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                    for item in batch.drain(..) {
-                        let _ = item.done.send(Err(e.clone()));
+                        .fetch_add(sent as u64, Ordering::Relaxed);
+                    for done in groups.into_iter().flat_map(|g| g.done) {
+                        let _ = done.send(Err(e.clone()));
                     }
                 }
             }
@@ -673,11 +720,19 @@ impl RedisBackplane {
             }
             return;
         }
-        match serde_json::from_slice::<Envelope>(payload) {
-            Ok(envelope) if envelope.origin == self.settings.node_id => {}
-            Ok(envelope) => {
-                self.stats.received.fetch_add(1, Ordering::Relaxed);
-                inbound.deliver(envelope);
+        let envelopes = if payload.first() == Some(&b'[') {
+            serde_json::from_slice::<Vec<Envelope>>(payload)
+        } else {
+            serde_json::from_slice::<Envelope>(payload).map(|e| vec![e])
+        };
+        match envelopes {
+            Ok(envelopes) => {
+                for envelope in envelopes {
+                    if envelope.origin != self.settings.node_id {
+                        self.stats.received.fetch_add(1, Ordering::Relaxed);
+                        inbound.deliver(envelope);
+                    }
+                }
             }
             Err(e) => warn!(channel, error = %e, "unreadable message on a cluster channel"),
         }
@@ -823,5 +878,40 @@ impl Backplane for RedisBackplane {
             "ready": self.is_ready(),
             "error": self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod grouping_tests {
+    use super::*;
+
+    fn outgoing(
+        channel: &str,
+        payload: &str,
+    ) -> (Outgoing, oneshot::Receiver<Result<usize, ClusterError>>) {
+        let (done, rx) = oneshot::channel();
+        let item = Outgoing {
+            channel: channel.into(),
+            payload: payload.as_bytes().to_vec(),
+            done,
+        };
+        (item, rx)
+    }
+
+    #[test]
+    fn messages_for_one_channel_travel_together_in_order() {
+        let (a1, _r1) = outgoing("a", r#"{"n":1}"#);
+        let (b1, _r2) = outgoing("b", r#"{"n":2}"#);
+        let (a2, _r3) = outgoing("a", r#"{"n":3}"#);
+        let mut batch = vec![a1, b1, a2];
+        let groups = group_by_channel(&mut batch);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].channel, "a");
+        assert_eq!(groups[0].payload, br#"[{"n":1},{"n":3}]"#);
+        assert_eq!(groups[0].done.len(), 2);
+        assert_eq!(
+            groups[1].payload, br#"{"n":2}"#,
+            "a lone message is a bare envelope"
+        );
     }
 }
