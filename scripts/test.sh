@@ -146,8 +146,14 @@ main() {
     ensure_wasm_target
     ensure_chromium
     cd "$ROOT"
-    log "cargo test --all-targets $*"
-    exec cargo test --all-targets "$@"
+    log "cargo test --workspace --all-targets $*"
+    cargo test --workspace --all-targets "$@"
+    # The benchmark is not a timed test: it runs once at a small size to show that the load
+    # tool, the scenarios and the RabbitMQ comparison work; its figures are not checked.
+    if [ "${SKIP_BENCH:-0}" != 1 ]; then
+        log "scripts/bench.sh --small"
+        "$ROOT/scripts/bench.sh" --small
+    fi
 }
 
 main "$@"
