@@ -47,23 +47,9 @@ pub async fn run(node: Arc<Node>, http: TcpListener, stomp: TcpListener) -> std:
 }
 
 /// Accepts HTTP connections until shutdown; each is served on its own task, and asked to finish
-/// its current request and close at shutdown. Accept errors (e.g. out of file descriptors) are
-/// logged and retried after a pause.
+/// its current request and close at shutdown.
 async fn serve_http(listener: TcpListener, router: axum::Router, node: Arc<Node>) {
-    loop {
-        let accepted = tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = transport::io::accept(&listener, &node.shutdown).await {
         let router = router.clone();
         let shutdown = node.shutdown.clone();
         tokio::spawn(async move {

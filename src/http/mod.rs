@@ -27,6 +27,20 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
+/// Whether a comma-separated header (`Connection`, `Upgrade`, ...) holds `token`, ignoring case.
+pub fn has_token(
+    headers: &axum::http::HeaderMap,
+    name: axum::http::HeaderName,
+    token: &str,
+) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
 /// A JSON error answer.
 pub fn json_error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()

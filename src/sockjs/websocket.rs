@@ -16,6 +16,7 @@ use super::frame;
 use super::http::render;
 use super::session::{Next, OpenInfo, Receiver, Transport};
 use super::{method_not_allowed, SockJs};
+use crate::http::has_token;
 
 /// `/<server>/<session>/websocket`.
 pub async fn framed(service: Arc<SockJs>, req: Request) -> Response {
@@ -32,18 +33,10 @@ async fn upgrade(service: Arc<SockJs>, req: Request, transport: Transport) -> Re
         return method_not_allowed("GET");
     }
     let headers = req.headers();
-    let header_has = |name: header::HeaderName, token: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    if !header_has(header::UPGRADE, "websocket") {
+    if !has_token(headers, header::UPGRADE, "websocket") {
         return bad_request("Can \"Upgrade\" only to \"WebSocket\".");
     }
-    if !header_has(header::CONNECTION, "upgrade") {
+    if !has_token(headers, header::CONNECTION, "upgrade") {
         return bad_request("\"Connection\" must be \"Upgrade\".");
     }
     let info = OpenInfo::of(transport, &req);

@@ -1,12 +1,17 @@
-//! Socket reads and writes shared by the TCP and WebSocket transports: reads that allocate a
+//! Socket work shared by the transports and the HTTP server: accepting, reads that allocate a
 //! buffer only once data is there (an idle connection holds none), and gathered writes that
 //! send queued frames straight from their shared bytes.
 
-use std::io::{self, IoSlice};
-
 use bytes::BytesMut;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+
 use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 /// How much a read reserves at least.
 const READ_CHUNK: usize = 4096;
@@ -50,4 +55,29 @@ pub async fn write_all_vectored<W: AsyncWrite + Unpin>(
         IoSlice::advance_slices(&mut slices, written);
     }
     out.flush().await
+}
+
+/// The next connection, with `TCP_NODELAY` set (writes are batched already, so waiting to
+/// coalesce them only adds latency); `None` once `shutdown` is cancelled. Accept errors (e.g.
+/// out of file descriptors) are logged and retried after a pause: a listener never dies.
+pub async fn accept(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return Some((stream, peer));
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }

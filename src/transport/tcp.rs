@@ -3,38 +3,23 @@
 
 use std::io::{self, IoSlice};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tracing::{debug, info_span, warn, Instrument};
+use tracing::{debug, info_span, Instrument};
 
-use super::io::{read_ready, write_all_vectored};
+use super::io::{accept, read_ready, write_all_vectored};
 use crate::broker::outbox::Item;
 use crate::connection::{self, Inbound, Outbound};
 use crate::node::Node;
 use crate::policy::TransportKind;
 use crate::session::{Origin, Session};
 
-/// Accepts STOMP connections until shutdown. Accept errors (e.g. out of file descriptors) are
-/// logged and retried after a pause: the loop never dies.
+/// Accepts STOMP connections until shutdown.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
-    loop {
-        let accepted = tokio::select! {
-            _ = node.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+    while let Some((stream, peer)) = accept(&listener, &node.shutdown).await {
         let Some(permit) = node.admit() else {
             node.tasks.spawn(refuse(stream));
             continue;

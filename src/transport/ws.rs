@@ -28,7 +28,7 @@ use super::io::{read_ready, write_all_vectored};
 use super::wsframe::{self, Opcode, Violation};
 use crate::broker::outbox::Item;
 use crate::connection::{self, Inbound, Outbound};
-use crate::http::json_error;
+use crate::http::{has_token, json_error};
 use crate::node::{Node, Tenant};
 use crate::policy::TransportKind;
 use crate::session::{Origin, Session};
@@ -65,16 +65,6 @@ pub async fn upgrade_tenant(
         Some(tenant) => upgrade(node, tenant, peer, req),
         None => json_error(StatusCode::NOT_FOUND, &format!("unknown tenant '{tenant}'")),
     }
-}
-
-/// Whether a comma-separated header holds `token` (case-insensitive).
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// The subprotocol to answer with: the most preferred one the client offered.
