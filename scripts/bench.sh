@@ -13,9 +13,9 @@
 # target/bench/results.md; the logs of every process to target/bench/logs/.
 #
 # This script installs what is missing (RabbitMQ, Redis; as root or through sudo), builds the
-# two release binaries and the jwt-auth plugin, starts a RabbitMQ node of its own and hands
-# the scenarios to scripts/bench/run.py. Everything it starts is stopped on exit, however the
-# run ends.
+# two release binaries and the jwt-auth plugin, prepares a RabbitMQ node of its own and hands
+# the scenarios to scripts/bench/run.py, which starts every process a run needs. Everything
+# started is stopped on exit, however the run ends.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -241,6 +241,9 @@ prepare_rabbitmq() {
     web_port="$(free_port)"
     dist_port="$(free_port)"
     mkdir -p "$dir/mnesia" "$dir/log"
+    # The idle timeouts: the load tool's clients send no heart-beats, and Cowboy's default
+    # closes a WebSocket after 60 s without a frame from the client, which cut off the early
+    # subscribers of a long 10,000-subscriber run.
     cat >"$dir/rabbitmq.conf" <<CONF
 listeners.tcp.default = 127.0.0.1:$amqp_port
 stomp.listeners.tcp = none
@@ -248,6 +251,8 @@ web_stomp.tcp.ip = 127.0.0.1
 web_stomp.tcp.port = $web_port
 web_stomp.tcp.backlog = 4096
 web_stomp.max_connections = infinity
+web_stomp.ws_opts.idle_timeout = 3600000
+web_stomp.cowboy_opts.idle_timeout = 3600000
 CONF
     echo '[rabbitmq_web_stomp].' >"$dir/enabled_plugins"
     : >"$dir/rabbitmq-env.conf" # keeps /etc/rabbitmq/rabbitmq-env.conf (its NODENAME) out
