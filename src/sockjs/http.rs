@@ -140,7 +140,7 @@ pub async fn receive(
             match req.uri().query().and_then(|q| frame::form_value(q, "c")) {
                 None => {
                     return error(
-                        &req,
+                        req.headers(),
                         &service,
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "\"callback\" parameter required",
@@ -148,7 +148,7 @@ pub async fn receive(
                 }
                 Some(c) if !frame::valid_callback(&c) => {
                     return error(
-                        &req,
+                        req.headers(),
                         &service,
                         StatusCode::INTERNAL_SERVER_ERROR,
                         "invalid \"callback\" parameter",
@@ -166,8 +166,7 @@ pub async fn receive(
             match service.open(Some(&id), info, false) {
                 Ok(session) => session,
                 Err(refusal) => {
-                    let mut response = plain(refusal.status, "");
-                    *response.body_mut() = Body::from(refusal.message + "\n");
+                    let mut response = plain(refusal.status, refusal.message + "\n");
                     cors(req.headers(), response.headers_mut());
                     return response;
                 }
@@ -219,13 +218,7 @@ pub async fn send(service: Arc<SockJs>, req: Request, id: String, jsonp: bool) -
     };
     let (parts, body) = req.into_parts();
     let req_headers = parts.headers;
-    let respond_error = |status: StatusCode, message: &str| {
-        let mut response = plain(status, "");
-        *response.body_mut() = Body::from(message.to_string());
-        cors(&req_headers, response.headers_mut());
-        cookie(&service, &req_headers, response.headers_mut());
-        response
-    };
+    let respond_error = |status, message| error(&req_headers, &service, status, message);
     let body = match axum::body::to_bytes(body, service.options.max_payload_bytes).await {
         Ok(body) => body,
         Err(_) => return respond_error(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large."),
@@ -266,10 +259,11 @@ pub async fn send(service: Arc<SockJs>, req: Request, id: String, jsonp: bool) -
     response
 }
 
-fn error(req: &Request, service: &SockJs, status: StatusCode, message: &'static str) -> Response {
+/// A protocol error answer, with the CORS and cookie headers of its request.
+fn error(req: &HeaderMap, service: &SockJs, status: StatusCode, message: &'static str) -> Response {
     let mut response = plain(status, message);
-    cors(req.headers(), response.headers_mut());
-    cookie(service, req.headers(), response.headers_mut());
+    cors(req, response.headers_mut());
+    cookie(service, req, response.headers_mut());
     response
 }
 

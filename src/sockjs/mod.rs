@@ -249,11 +249,11 @@ fn not_found() -> Response {
 }
 
 /// A `text/plain` answer.
-fn plain(status: StatusCode, body: &'static str) -> Response {
+fn plain(status: StatusCode, body: impl Into<Body>) -> Response {
     Response::builder()
         .status(status)
         .header("content-type", "text/plain; charset=UTF-8")
-        .body(Body::from(body))
+        .body(body.into())
         .unwrap_or_default()
 }
 

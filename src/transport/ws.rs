@@ -412,18 +412,14 @@ impl WsIn {
 impl Inbound for WsIn {
     async fn fill(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         loop {
-            match self.parse(buf).await.map_err(|e| self.violated(e))? {
-                None => return Ok(0),
-                Some(0) => {}
-                Some(n) => {
-                    if self.raw.is_empty() {
-                        self.raw = BytesMut::new();
-                    }
-                    return Ok(n);
-                }
-            }
+            let parsed = self.parse(buf).await.map_err(|e| self.violated(e))?;
             if self.raw.is_empty() {
                 self.raw = BytesMut::new();
+            }
+            match parsed {
+                None => return Ok(0),
+                Some(0) => {}
+                Some(n) => return Ok(n),
             }
             if self.reader.read(&mut self.raw).await? == 0 {
                 return Ok(0);
