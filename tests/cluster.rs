@@ -407,3 +407,54 @@ async fn a_killed_node_leaves_presence_and_the_others_keep_flowing() {
         "not before the expiry"
     );
 }
+
+/// A presence change whose `sb:presence` notice never arrived (here Redis is edited behind the
+/// nodes' backs) reaches a node through the background re-read of an old cache entry; until
+/// that re-read lands, the old entry keeps routing instead of making a message wait on Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_old_presence_entry_routes_while_it_is_read_again() {
+    let redis = Redis::start();
+    let toml = config("");
+    let a = NodeProcess::start("node-a", &redis.url(), &toml);
+    let b = NodeProcess::start("node-b", &redis.url(), &toml);
+    await_ready(&a).await;
+    await_ready(&b).await;
+    let mut alice = ws_on(&a, "alice").await;
+    alice.subscribe("1", "/user/queue/notice", "auto").await;
+    await_presence(&redis, "alice", &["node-a"]).await;
+    let to_alice =
+        |text: &str| json!({"receiver": "alice", "destination": "/queue/notice", "content": text});
+
+    let (status, answer) = publish_on(&b, to_alice("first")).await;
+    assert_eq!((status, &answer["nodes"]), (202, &json!(1)), "{answer}");
+    alice.expect_message("first").await;
+
+    let mut conn = redis.client().await;
+    let _: () = redis::cmd("SREM")
+        .arg("sb:default:presence:alice")
+        .arg("node-a")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Past presence_cache_ms (1 s): node B's entry is old, still used, and read again.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let (_, answer) = publish_on(&b, to_alice("old entry")).await;
+    assert_eq!(answer["nodes"], 1, "{answer}");
+    alice.expect_message("old entry").await;
+
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, answer) = publish_on(&b, to_alice("probe")).await;
+        if answer["nodes"] == 0 {
+            assert_eq!(answer["online"], false, "{answer}");
+            break;
+        }
+        alice.expect_message("probe").await;
+        assert!(
+            Instant::now() < deadline,
+            "node B still routes by the entry it read before the change: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(b.metric("stompbox_presence_lookups_total").await >= 2);
+}
