@@ -663,6 +663,15 @@ def plan(o, bench):
                            "(no user destinations): subscribe `/topic/u.{i}`, SEND to "
                            "`/topic/u.{j}`"))
 
+    # The same with four publishers: whether a system's figure was bounded by one publishing
+    # connection (RabbitMQ serializes a connection's frames in one Erlang process).
+    def targeted_pubs_args(system, ep, users=users, messages=messages):
+        return (user_dests(system, ep, users) + stomp_publish(ep, publishers=4)
+                + ["--rate", "0", "--messages", str(messages), "--drain-ms", "5000"])
+
+    cases.append(Case("targeted", "targeted-4-publishers",
+                      "the same from 4 publishers", three, targeted_pubs_args, RATE, long_run))
+
     def targeted_api_args(system, ep, users=users, messages=messages):
         return (common(ep, users, "/user/queue/bench", "/queue/bench", ["userid=u{i}"],
                        targets=users)
