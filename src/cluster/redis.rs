@@ -166,8 +166,8 @@ pub struct RedisBackplane {
     outgoing: mpsc::Sender<Outgoing>,
     outgoing_rx: Mutex<Option<mpsc::Receiver<Outgoing>>>,
     presence_cache: Mutex<PresenceCache>,
-    refresh: mpsc::UnboundedSender<(String, String)>,
-    refresh_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, String)>>>,
+    refresh: mpsc::Sender<(String, String)>,
+    refresh_rx: Mutex<Option<mpsc::Receiver<(String, String)>>>,
     live_nodes: Mutex<(HashSet<String>, Option<Instant>)>,
     topics: Mutex<HashSet<String>>,
     queue_cursor: AtomicUsize,
@@ -183,6 +183,9 @@ const PRESENCE_CACHE_MAX: usize = 100_000;
 const PRESENCE_STALE_LIMIT: u32 = 4;
 /// Presence re-reads sent to Redis in one pipeline.
 const REFRESH_BATCH: usize = 256;
+/// Presence re-reads waiting at most; beyond it an old entry is served and asked for again on
+/// its next use.
+const REFRESH_QUEUE: usize = 65_536;
 /// How long the list of live nodes is reused.
 const LIVE_NODES_CACHE: Duration = Duration::from_millis(500);
 /// Timeout of one Redis command and of connecting.
@@ -217,6 +220,26 @@ fn consumers_key(tenant: &str, dest: &str) -> String {
 
 const PRESENCE_CHANNEL: &str = "sb:presence";
 
+/// The receiver of one of the backplane's loops; `None` if that loop already runs.
+fn take_receiver<T>(slot: &Mutex<Option<mpsc::Receiver<T>>>) -> Option<mpsc::Receiver<T>> {
+    slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+}
+
+/// Waits for work, then takes up to `limit` items into `batch` (emptied first). False at
+/// shutdown or once every sender is gone.
+async fn next_batch<T>(
+    requests: &mut mpsc::Receiver<T>,
+    batch: &mut Vec<T>,
+    limit: usize,
+    shutdown: &CancellationToken,
+) -> bool {
+    batch.clear();
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        n = requests.recv_many(batch, limit) => n > 0,
+    }
+}
+
 impl RedisBackplane {
     /// A backplane for `settings`; nothing connects until [`RedisBackplane::run`].
     pub fn new(settings: RedisSettings) -> Result<Arc<RedisBackplane>, String> {
@@ -232,7 +255,7 @@ impl RedisBackplane {
             .map_err(|e| format!("invalid Redis URL '{}': {e}", settings.url))?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (out_tx, out_rx) = mpsc::channel(SEND_QUEUE);
-        let (refresh, refresh_rx) = mpsc::unbounded_channel();
+        let (refresh, refresh_rx) = mpsc::channel(REFRESH_QUEUE);
         Ok(Arc::new(RedisBackplane {
             settings,
             client,
@@ -320,7 +343,7 @@ impl RedisBackplane {
                     return Ok(entry.nodes.clone());
                 }
                 if age < ttl * PRESENCE_STALE_LIMIT {
-                    if !entry.refreshing && self.refresh.send(key.clone()).is_ok() {
+                    if !entry.refreshing && self.refresh.try_send(key.clone()).is_ok() {
                         entry.refreshing = true;
                     }
                     return Ok(entry.nodes.clone());
@@ -358,21 +381,11 @@ impl RedisBackplane {
     /// `SMEMBERS` per batch. A result is stored only if its entry is still cached: a
     /// `sb:presence` notice that dropped it meanwhile may be newer than what was read.
     async fn refresh_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let Some(mut requests) = self
-            .refresh_rx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
+        let Some(mut requests) = take_receiver(&self.refresh_rx) else {
             return;
         };
         let mut keys = Vec::with_capacity(REFRESH_BATCH);
-        loop {
-            keys.clear();
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                n = requests.recv_many(&mut keys, REFRESH_BATCH) => if n == 0 { return },
-            }
+        while next_batch(&mut requests, &mut keys, REFRESH_BATCH, &shutdown).await {
             let read = match self.connection() {
                 Ok(mut conn) => self.reread_presence(&mut conn, &keys).await,
                 Err(e) => Err(e),
@@ -472,21 +485,11 @@ impl RedisBackplane {
 
     /// Drains the outgoing queue into pipelined PUBLISHes until shutdown.
     async fn send_loop(self: Arc<Self>, shutdown: CancellationToken) {
-        let Some(mut outgoing) = self
-            .outgoing_rx
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        else {
+        let Some(mut outgoing) = take_receiver(&self.outgoing_rx) else {
             return;
         };
         let mut batch = Vec::with_capacity(SEND_BATCH);
-        loop {
-            batch.clear();
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                n = outgoing.recv_many(&mut batch, SEND_BATCH) => if n == 0 { return },
-            }
+        while next_batch(&mut outgoing, &mut batch, SEND_BATCH, &shutdown).await {
             let groups = group_by_channel(&mut batch);
             let result = match self.connection() {
                 Ok(mut conn) => {
