@@ -23,12 +23,9 @@ OUT="$ROOT/target/bench"
 SCENARIOS="fanout targeted latency idle auth cluster"
 RABBIT_HOME_DIR=/usr/lib/rabbitmq/bin
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() {
-    printf 'scripts/bench.sh: %s\n' "$*" >&2
-    exit 1
-}
-have() { command -v "$1" >/dev/null 2>&1; }
+SCRIPT=scripts/bench.sh
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 usage() {
     cat <<EOF
@@ -88,26 +85,6 @@ fi
 wants() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
 # --- what the benchmark needs ---------------------------------------------------------------
-
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-    if have sudo; then SUDO=(sudo -n); fi
-fi
-APT_UPDATED=0
-apt_install() {
-    have apt-get || die "need the Debian packages $* but apt-get is not available; install them by hand"
-    if [ "$(id -u)" -ne 0 ] && [ ${#SUDO[@]} -eq 0 ]; then
-        die "need the Debian packages $* and cannot install them: not root and no sudo"
-    fi
-    if [ "$APT_UPDATED" -eq 0 ]; then
-        log "apt-get update"
-        "${SUDO[@]}" apt-get update -qq || die "apt-get update failed"
-        APT_UPDATED=1
-    fi
-    log "apt-get install $*"
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" ||
-        die "apt-get install $* failed"
-}
 
 have cargo || die "cargo is not installed (the Rust toolchain comes from rustup)"
 have python3 || apt_install python3

@@ -9,32 +9,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CLIENTS="$ROOT/tests/clients"
 VENV="$CLIENTS/.venv"
 
-log() { printf '==> %s\n' "$*" >&2; }
-die() {
-    printf 'scripts/test.sh: %s\n' "$*" >&2
-    exit 1
-}
-have() { command -v "$1" >/dev/null 2>&1; }
-
-# --- Debian packages --------------------------------------------------------------------------
-
-SUDO=()
-if [ "$(id -u)" -ne 0 ]; then
-    if have sudo; then SUDO=(sudo -n); fi
-fi
-APT_UPDATED=0
-
-# apt_install PKG...: installs Debian packages; runs `apt-get update` once, before the first.
-apt_install() {
-    have apt-get || die "need Debian packages ($*) but apt-get is not available"
-    if [ "$APT_UPDATED" -eq 0 ]; then
-        log "apt-get update"
-        "${SUDO[@]}" apt-get update -qq
-        APT_UPDATED=1
-    fi
-    log "apt-get install $*"
-    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
-}
+SCRIPT=scripts/test.sh
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 # sha FILE: a content hash, to tell whether an install is up to date.
 sha() { sha256sum "$1" | cut -d' ' -f1; }

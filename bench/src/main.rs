@@ -1,6 +1,11 @@
 //! `stompbox-bench`: the load tool for STOMP-over-WebSocket brokers (`run`) and the null broker
 //! that shows the machine's ceiling beside every broker figure (`null-broker`). The README
 //! beside `src/` explains the options and every figure.
+//!
+//! Its WebSocket and STOMP code is its own rather than the broker's (`stompbox`'s codecs): a
+//! tool that measures several brokers must not share the framing of one of them, where a
+//! common bug would go unseen, and it needs the client's side (masking, the handshake's
+//! request) that the broker's codecs do not have.
 
 mod http;
 mod net;

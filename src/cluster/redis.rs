@@ -20,10 +20,11 @@
 //! background task reads it again, so only a user a node has not routed to lately costs a
 //! message a round trip to Redis. (Expiring entries outright made every user's next message
 //! wait for one: at 10,000 msgs/s to 1,000 users that was 500 inline reads a second, and the
-//! messages queued behind them set the cross-node p99.) A message published in the instant between a user's CONNECT on node A
-//! and B's cache learning of it (the time of one Redis PUBLISH, well under a millisecond on a
-//! LAN) is routed as before the CONNECT: the API answers `"online": false` when that means
-//! nobody received it. Dead nodes' presence entries are ignored at once (the liveness filter)
+//! messages queued behind them set the cross-node p99.)
+//!
+//! A message published in the instant between a user's CONNECT on node A and B's cache
+//! learning of it (the time of one Redis PUBLISH, well under a millisecond on a LAN) is routed
+//! as before the CONNECT: the API answers `"online": false` when that means nobody received it. Dead nodes' presence entries are ignored at once (the liveness filter)
 //! and removed lazily by whichever node notices them.
 //!
 //! All writes of presence and interest are state-based: the supervisor announces what the
@@ -94,6 +95,16 @@ struct CachedPresence {
     refreshing: bool,
 }
 
+impl CachedPresence {
+    fn read_now(nodes: Vec<String>) -> CachedPresence {
+        CachedPresence {
+            nodes,
+            read_at: Instant::now(),
+            refreshing: false,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Outgoing {
     channel: String,
@@ -103,6 +114,8 @@ struct Outgoing {
 
 /// Most messages taken from the queue for one pipeline.
 const SEND_BATCH: usize = 512;
+/// Most messages waiting for the cluster connection; beyond it, forwarding fails fast.
+const SEND_QUEUE: usize = 65_536;
 /// A PUBLISH carrying several messages stops growing at about this size.
 const GROUP_BYTES: usize = 1 << 20;
 
@@ -146,8 +159,6 @@ fn group_by_channel(batch: &mut Vec<Outgoing>) -> Vec<Group> {
     }
     groups
 }
-/// Most messages waiting for the cluster connection; beyond it, forwarding fails fast.
-const SEND_QUEUE: usize = 65_536;
 
 #[derive(Debug)]
 enum Control {
@@ -350,15 +361,11 @@ impl RedisBackplane {
                 }
             }
         }
-        self.stats.presence_lookups.fetch_add(1, Ordering::Relaxed);
-        let members: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(presence_key(tenant, user))
-            .query_async(conn)
-            .await
-            .map_err(unavailable)?;
         let nodes = self
-            .only_live_others(conn, &presence_key(tenant, user), members)
-            .await?;
+            .read_presence(conn, std::slice::from_ref(&key))
+            .await?
+            .pop()
+            .unwrap_or_default();
         let mut cache = self
             .presence_cache
             .lock()
@@ -366,14 +373,7 @@ impl RedisBackplane {
         if cache.len() >= PRESENCE_CACHE_MAX {
             cache.clear();
         }
-        cache.insert(
-            key,
-            CachedPresence {
-                nodes: nodes.clone(),
-                read_at: Instant::now(),
-                refreshing: false,
-            },
-        );
+        cache.insert(key, CachedPresence::read_now(nodes.clone()));
         Ok(nodes)
     }
 
@@ -387,7 +387,7 @@ impl RedisBackplane {
         let mut keys = Vec::with_capacity(REFRESH_BATCH);
         while next_batch(&mut requests, &mut keys, REFRESH_BATCH, &shutdown).await {
             let read = match self.connection() {
-                Ok(mut conn) => self.reread_presence(&mut conn, &keys).await,
+                Ok(mut conn) => self.read_presence(&mut conn, &keys).await,
                 Err(e) => Err(e),
             };
             let mut cache = self
@@ -396,14 +396,9 @@ impl RedisBackplane {
                 .unwrap_or_else(|e| e.into_inner());
             match read {
                 Ok(read) => {
-                    let now = Instant::now();
                     for (key, nodes) in keys.drain(..).zip(read) {
                         if let Some(entry) = cache.get_mut(&key) {
-                            *entry = CachedPresence {
-                                nodes,
-                                read_at: now,
-                                refreshing: false,
-                            };
+                            *entry = CachedPresence::read_now(nodes);
                         }
                     }
                 }
@@ -419,7 +414,9 @@ impl RedisBackplane {
         }
     }
 
-    async fn reread_presence(
+    /// The live other nodes holding each (tenant, user) of `keys`, in one pipeline of
+    /// `SMEMBERS`.
+    async fn read_presence(
         &self,
         conn: &mut MultiplexedConnection,
         keys: &[(String, String)],
@@ -427,17 +424,15 @@ impl RedisBackplane {
         self.stats
             .presence_lookups
             .fetch_add(keys.len() as u64, Ordering::Relaxed);
+        let set_keys: Vec<String> = keys.iter().map(|(t, u)| presence_key(t, u)).collect();
         let mut pipe = redis::pipe();
-        for (tenant, user) in keys {
-            pipe.cmd("SMEMBERS").arg(presence_key(tenant, user));
+        for set_key in &set_keys {
+            pipe.cmd("SMEMBERS").arg(set_key);
         }
         let sets: Vec<Vec<String>> = pipe.query_async(conn).await.map_err(unavailable)?;
         let mut read = Vec::with_capacity(sets.len());
-        for ((tenant, user), members) in keys.iter().zip(sets) {
-            read.push(
-                self.only_live_others(conn, &presence_key(tenant, user), members)
-                    .await?,
-            );
+        for (set_key, members) in set_keys.iter().zip(sets) {
+            read.push(self.only_live_others(conn, set_key, members).await?);
         }
         Ok(read)
     }

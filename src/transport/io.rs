@@ -2,12 +2,12 @@
 //! buffer only once data is there (an idle connection holds none), and gathered writes that
 //! send queued frames straight from their shared bytes.
 
-use bytes::BytesMut;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+use bytes::BytesMut;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
