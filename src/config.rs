@@ -487,7 +487,7 @@ impl Config {
                 ));
             }
             for (k, origin) in tenant.allowed_origins.iter().enumerate() {
-                if let Err(message) = crate::http::origin::check_pattern(origin) {
+                if let Err(message) = crate::web::origin::check_pattern(origin) {
                     return Err(invalid(
                         format!("tenants[{i}].allowed_origins[{k}]"),
                         message,

@@ -39,6 +39,42 @@ impl DropReason {
     }
 }
 
+/// A value owned elsewhere (a gauge, or a counter another part keeps), rendered with the
+/// node's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// The metric name.
+    pub name: &'static str,
+    /// Its `# HELP` text.
+    pub help: &'static str,
+    /// `counter` or `gauge`.
+    pub kind: &'static str,
+    /// The value now.
+    pub value: u64,
+}
+
+impl Sample {
+    /// A counter (only ever grows).
+    pub fn counter(name: &'static str, help: &'static str, value: u64) -> Sample {
+        Sample {
+            name,
+            help,
+            kind: "counter",
+            value,
+        }
+    }
+
+    /// A gauge (a level now).
+    pub fn gauge(name: &'static str, help: &'static str, value: u64) -> Sample {
+        Sample {
+            name,
+            help,
+            kind: "gauge",
+            value,
+        }
+    }
+}
+
 /// The node's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -67,7 +103,7 @@ impl Metrics {
     }
 
     /// The Prometheus text, plus `extra` lines (gauges owned elsewhere).
-    pub fn render(&self, extra: &[(&str, &str, u64)]) -> String {
+    pub fn render(&self, extra: &[Sample]) -> String {
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, value: u64| {
             let _ = writeln!(
@@ -106,10 +142,16 @@ impl Metrics {
                 self.dropped_count(why)
             );
         }
-        for (name, help, value) in extra {
+        for Sample {
+            name,
+            help,
+            kind,
+            value,
+        } in extra
+        {
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
             );
         }
         out

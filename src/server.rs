@@ -1,5 +1,12 @@
-//! Runs a node on already-bound listeners until its shutdown token is cancelled, then gives
-//! connections a grace period to close. Taking bound listeners lets tests bind port 0.
+//! Runs a node on already-bound listeners until its shutdown token is cancelled. Taking bound
+//! listeners lets tests bind port 0.
+//!
+//! Every task the node starts is on its tracker (accept loops, HTTP connections, sessions and
+//! their writers, the plugin watcher, ingress work); the cluster backplane tracks its own.
+//! Shutdown runs in this order: the accept loops stop, every session is sent an ERROR and
+//! closes (each last session of a user withdraws its presence), the server waits for that up to
+//! `shutdown_grace_ms`, and only then does the node leave the cluster, so other nodes learn at
+//! once that its users are gone rather than after `node_ttl_ms`.
 //!
 //! HTTP connections are served by hyper's HTTP/1 server directly rather than through
 //! `axum::serve`: its protocol-sniffing wrapper would stay around every upgraded WebSocket,
@@ -20,29 +27,29 @@ use crate::{http, transport};
 
 /// Serves HTTP/WebSocket on `http` and STOMP over TCP on `stomp` until `node.shutdown`.
 pub async fn run(node: Arc<Node>, http: TcpListener, stomp: TcpListener) -> std::io::Result<()> {
-    crate::router::start_cluster(&node);
-    let tcp = tokio::spawn(transport::tcp::serve(stomp, node.clone()));
-    tokio::spawn(crate::plugin::watch::watch(
-        node.clone(),
+    node.start_cluster();
+    node.tasks.spawn(transport::tcp::serve(stomp, node.clone()));
+    node.tasks.spawn(crate::plugin::watch::watch(
+        node.tenants().map(|t| t.plugin().clone()).collect(),
         Duration::from_millis(node.server.plugin_poll_ms),
+        node.shutdown.clone(),
     ));
     let grace = Duration::from_millis(node.server.shutdown_grace_ms);
-    let http_server = tokio::spawn(serve_http(http, http::router(node.clone()), node.clone()));
+    node.tasks
+        .spawn(serve_http(http, http::router(node.clone()), node.clone()));
     node.shutdown.cancelled().await;
     info!("shutting down");
-    let _ = tcp.await;
     node.tasks.close();
-    let drained = tokio::time::timeout(grace, async {
-        node.tasks.wait().await;
-        let _ = http_server.await;
-    })
-    .await;
-    if drained.is_err() {
+    if tokio::time::timeout(grace, node.tasks.wait())
+        .await
+        .is_err()
+    {
         warn!(
             open = node.open_connections(),
             "grace period over; closing the remaining connections"
         );
     }
+    node.cluster.stop().await;
     Ok(())
 }
 
@@ -52,7 +59,7 @@ async fn serve_http(listener: TcpListener, router: axum::Router, node: Arc<Node>
     while let Some((stream, peer)) = transport::io::accept(&listener, &node.shutdown).await {
         let router = router.clone();
         let shutdown = node.shutdown.clone();
-        tokio::spawn(async move {
+        node.tasks.spawn(async move {
             let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));

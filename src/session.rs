@@ -14,9 +14,10 @@ use tracing::debug;
 use crate::broker::destination::{self, Target};
 use crate::broker::message::RESERVED_HEADERS;
 use crate::broker::{AckMode, Content, Endpoint, Subscription};
-use crate::node::{Node, Tenant};
+use crate::node::Node;
 use crate::policy::{ConnectInfo, Operation, Principal, TransportKind};
 use crate::stomp::{encode, Command, Frame, Version};
+use crate::tenant::Tenant;
 
 /// What the driver does after a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,20 +1,23 @@
 //! What crosses nodes, behind one trait. [`Backplane`] is all the broker and sessions know of
 //! the cluster: interest changes go out (a user's first session here, a topic's first
 //! subscriber here), and messages that may concern other nodes are forwarded. Two
-//! implementations: [`memory::Standalone`] (one node, nothing to forward) and
-//! [`redis::RedisBackplane`].
+//! implementations: [`standalone::Standalone`] (one node, nothing to forward) and
+//! [`redis::RedisBackplane`]. The node names the concrete type only where it builds one.
 //!
-//! Messages arriving from other nodes come back in through [`Inbound`], which the node
+//! Messages arriving from other nodes come back in through [`LocalNode`], which the node
 //! implements by delivering to its local broker only, so nothing is forwarded twice.
 
-pub mod memory;
 pub mod redis;
+pub mod standalone;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
 use crate::broker::{Content, Interest};
+use crate::metrics::Sample;
 
 /// Why a message could not be forwarded to other nodes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,6 +60,12 @@ impl Forwarded {
 /// The cluster, as the node sees it.
 #[async_trait]
 pub trait Backplane: Send + Sync + std::fmt::Debug {
+    /// Starts the backplane's tasks: joining the cluster, forwarding, and delivering what
+    /// other nodes send to `local`. Called once, when the node starts serving.
+    fn start(self: Arc<Self>, local: Arc<dyn LocalNode>);
+    /// Leaves the cluster (what this node holds withdrawn, other nodes told) and stops the
+    /// backplane's tasks. Called once, after the node's sessions have closed.
+    async fn stop(&self);
     /// Mirrors a change of what this node holds for `tenant`. Never blocks: the cluster
     /// applies it in the background, and re-applies everything after a reconnect.
     fn interest(&self, tenant: &str, change: &Interest);
@@ -87,10 +96,12 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     fn is_ready(&self) -> bool;
     /// A short description for health output.
     fn describe(&self) -> serde_json::Value;
+    /// The backplane's own counters and gauges for `/metrics`.
+    fn metrics(&self) -> Vec<Sample>;
 }
 
-/// Where messages from other nodes are delivered.
-pub trait Inbound: Send + Sync {
+/// This node, as the backplane calls it: where messages from other nodes are delivered.
+pub trait LocalNode: Send + Sync {
     /// Delivers an envelope from another node to local subscribers only.
     fn deliver(&self, envelope: Envelope);
     /// Tenants and what this node holds for each, to re-announce after Redis lost its data or
@@ -149,7 +160,7 @@ impl Envelope {
     ) -> Envelope {
         let (text, hex) = match std::str::from_utf8(&content.body) {
             Ok(t) => (Some(t.to_string()), None),
-            Err(_) => (None, Some(crate::plugin::engine::hex(&content.body))),
+            Err(_) => (None, Some(crate::util::hex(&content.body))),
         };
         Envelope {
             origin: origin.to_string(),
@@ -167,7 +178,7 @@ impl Envelope {
     pub fn content(&self) -> Option<Content> {
         let body = match (&self.text, &self.hex) {
             (Some(t), _) => Bytes::from(t.clone()),
-            (None, Some(h)) => Bytes::from(unhex(h)?),
+            (None, Some(h)) => Bytes::from(crate::util::unhex(h)?),
             (None, None) => Bytes::new(),
         };
         Some(Content {
@@ -175,16 +186,6 @@ impl Envelope {
             body,
         })
     }
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 #[cfg(test)]
@@ -203,7 +204,5 @@ mod tests {
             let back: Envelope = serde_json::from_str(&json).unwrap();
             assert_eq!(back.content().unwrap(), content);
         }
-        assert_eq!(unhex("zz"), None);
-        assert_eq!(unhex("abc"), None);
     }
 }

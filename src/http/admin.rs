@@ -9,9 +9,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::json_error;
-use crate::node::{Node, Tenant};
+use crate::node::Node;
 use crate::plugin::Installed;
+use crate::tenant::Tenant;
+use crate::web::json_error;
 
 /// Largest plugin upload.
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
@@ -32,8 +33,8 @@ fn authorize(node: &Node, headers: &HeaderMap, tenant_id: &str) -> Result<Arc<Te
             "the admin API is disabled: start the node with --admin-token or set server.admin_token".into(),
         ));
     };
-    let ok = super::bearer(headers)
-        .is_some_and(|given| crate::node::constant_time_eq(given.as_bytes(), token.as_bytes()));
+    let ok = crate::web::bearer(headers)
+        .is_some_and(|given| crate::util::constant_time_eq(given.as_bytes(), token.as_bytes()));
     if !ok {
         return Err(Refusal(
             StatusCode::UNAUTHORIZED,

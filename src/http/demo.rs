@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 
-use super::json_error;
+use crate::web::json_error;
 
 const DEMO_HTML: &str = include_str!("../../static/demo.html");
 const DEMO_JS: &str = include_str!("../../static/demo.js");

@@ -3,7 +3,6 @@
 
 pub mod admin;
 pub mod demo;
-pub mod origin;
 pub mod publish;
 
 use std::sync::Arc;
@@ -15,36 +14,10 @@ use axum::routing::{any, get, post};
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::metrics::Sample;
 use crate::node::Node;
 use crate::transport::{sockjs, ws};
-
-/// The token of an `Authorization: Bearer TOKEN` header.
-pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-}
-
-/// Whether a comma-separated header (`Connection`, `Upgrade`, ...) holds `token`, ignoring case.
-pub fn has_token(
-    headers: &axum::http::HeaderMap,
-    name: axum::http::HeaderName,
-    token: &str,
-) -> bool {
-    headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
-}
-
-/// A JSON error answer.
-pub fn json_error(status: StatusCode, message: &str) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
-}
+use crate::web::json_error;
 
 /// The node's HTTP routes.
 pub fn router(node: Arc<Node>) -> Router {
@@ -107,60 +80,28 @@ async fn readyz(axum::extract::State(node): axum::extract::State<Arc<Node>>) -> 
 }
 
 async fn metrics(axum::extract::State(node): axum::extract::State<Arc<Node>>) -> Response {
-    use std::sync::atomic::Ordering::Relaxed;
     let presence: usize = node
         .tenants()
         .map(|t| t.broker.connected_users().len())
         .sum();
     let mut extra = vec![
-        (
+        Sample::gauge(
             "stompbox_connections",
             "Open connections.",
             node.open_connections() as u64,
         ),
-        (
+        Sample::gauge(
             "stompbox_presence_users",
             "Users with a session on this node.",
             presence as u64,
         ),
-        (
+        Sample::gauge(
             "stompbox_cluster_ready",
             "1 while the cluster can route.",
             u64::from(node.cluster.is_ready()),
         ),
     ];
-    if let Some(redis) = &node.redis {
-        extra.push((
-            "stompbox_redis_reconnects_total",
-            "Reconnections to Redis.",
-            redis.stats.reconnects.load(Relaxed),
-        ));
-        extra.push((
-            "stompbox_redis_resyncs_total",
-            "Times Redis had lost this node's keys.",
-            redis.stats.resyncs.load(Relaxed),
-        ));
-        extra.push((
-            "stompbox_cluster_forwarded_total",
-            "Messages sent to other nodes.",
-            redis.stats.forwarded.load(Relaxed),
-        ));
-        extra.push((
-            "stompbox_cluster_received_total",
-            "Messages received from other nodes.",
-            redis.stats.received.load(Relaxed),
-        ));
-        extra.push((
-            "stompbox_presence_lookups_total",
-            "Presence reads that went to Redis.",
-            redis.stats.presence_lookups.load(Relaxed),
-        ));
-        extra.push((
-            "stompbox_ingress_handled_total",
-            "Ingress messages this node handled.",
-            redis.stats.ingress_handled.load(Relaxed),
-        ));
-    }
+    extra.extend(node.cluster.metrics());
     (
         [(
             axum::http::header::CONTENT_TYPE,

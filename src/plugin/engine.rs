@@ -192,17 +192,12 @@ impl PluginEngine {
             .collect();
         Ok(Compiled {
             pre,
-            sha256: hex(&Sha256::digest(bytes)),
+            sha256: crate::util::hex(&Sha256::digest(bytes)),
             size: bytes.len(),
             exports,
             imports,
         })
     }
-}
-
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A component compiled and checked against the world.

@@ -76,14 +76,6 @@ pub enum Installed {
     Unchanged,
 }
 
-fn iso(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or_default();
-    format!("{secs:.3}")
-}
-
 impl PluginSlot {
     /// A slot for `tenant`. With a `path`, loads it now (a failure leaves the slot refusing
     /// until a good version arrives); without, the built-in policy serves.
@@ -160,6 +152,11 @@ impl PluginSlot {
         self.path.as_deref()
     }
 
+    /// The tenant this slot serves.
+    pub fn tenant(&self) -> &str {
+        &self.tenant
+    }
+
     /// SHA-256 of the version serving now.
     pub fn sha256(&self) -> Option<String> {
         match self.active() {
@@ -172,7 +169,7 @@ impl PluginSlot {
     /// A refused version leaves the serving one in place; the error is logged and kept for the
     /// admin API.
     pub async fn install(&self, bytes: Vec<u8>, origin: &str) -> Result<Installed, PluginError> {
-        let sha = engine::hex(&Sha256::digest(&bytes));
+        let sha = crate::util::hex(&Sha256::digest(&bytes));
         if self.sha256().as_deref() == Some(sha.as_str()) {
             return Ok(Installed::Unchanged);
         }
@@ -216,13 +213,13 @@ impl PluginSlot {
             "sha256": sha256,
             "size": size,
             "exports": exports,
-            "loaded_at": status.loaded_at.map(iso),
+            "loaded_at": status.loaded_at.map(crate::util::epoch_seconds),
             "calls": self.calls.load(Ordering::Relaxed),
             "failures": self.failures.load(Ordering::Relaxed),
             "reloads": status.reloads,
             "rejected": status.rejected,
             "last_error": status.last_error,
-            "last_error_at": status.last_error_at.map(iso),
+            "last_error_at": status.last_error_at.map(crate::util::epoch_seconds),
             "deadline_ms": self.limits.deadline.as_millis() as u64,
             "memory_bytes": self.limits.memory_bytes,
         })

@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime};
 
 use tracing::warn;
 
-use crate::node::Node;
+use tokio_util::sync::CancellationToken;
+
+use super::PluginSlot;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Seen {
@@ -27,11 +29,11 @@ fn look(path: &std::path::Path) -> Option<Seen> {
     })
 }
 
-/// Watches every tenant's plugin file until shutdown.
-pub async fn watch(node: Arc<Node>, every: Duration) {
-    let slots: Vec<_> = node
-        .tenants()
-        .filter_map(|t| t.plugin().path().map(|p| (t.clone(), p.to_path_buf())))
+/// Watches the files of `slots` (those loaded from one) until `shutdown`.
+pub async fn watch(slots: Vec<Arc<PluginSlot>>, every: Duration, shutdown: CancellationToken) {
+    let slots: Vec<_> = slots
+        .into_iter()
+        .filter_map(|slot| slot.path().map(|p| p.to_path_buf()).map(|p| (slot, p)))
         .collect();
     if slots.is_empty() {
         return;
@@ -40,14 +42,14 @@ pub async fn watch(node: Arc<Node>, every: Duration) {
     let mut missing_reported = vec![false; slots.len()];
     loop {
         tokio::select! {
-            _ = node.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        for (i, (tenant, path)) in slots.iter().enumerate() {
+        for (i, (slot, path)) in slots.iter().enumerate() {
             let now = look(path);
             if now.is_none() {
                 if !missing_reported[i] {
-                    warn!(tenant = %tenant.id, path = %path.display(), "plugin file is gone; the loaded version keeps serving");
+                    warn!(tenant = %slot.tenant(), path = %path.display(), "plugin file is gone; the loaded version keeps serving");
                     missing_reported[i] = true;
                 }
                 continue;
@@ -60,12 +62,12 @@ pub async fn watch(node: Arc<Node>, every: Duration) {
             let bytes = match tokio::fs::read(path).await {
                 Ok(b) => b,
                 Err(e) => {
-                    warn!(tenant = %tenant.id, path = %path.display(), error = %e, "cannot read the plugin file");
+                    warn!(tenant = %slot.tenant(), path = %path.display(), error = %e, "cannot read the plugin file");
                     continue;
                 }
             };
             // Errors are logged and recorded by the slot; the old version keeps serving.
-            let _ = tenant.plugin().install(bytes, "file").await;
+            let _ = slot.install(bytes, "file").await;
         }
     }
 }

@@ -5,7 +5,7 @@
 //! An application implements [`Handler`] and gets a [`Connection`] per session; a [`SockJs`]
 //! service is mounted under a prefix with [`SockJs::mount`], or called from another handler
 //! with [`SockJs::serve`]. `examples/sockjs_echo.rs` mounts the services of the protocol's test
-//! suite; stompbox mounts one per tenant (`crate::transport::sockjs`).
+//! suite; stompbox mounts one per tenant (the STOMP-over-SockJS transport).
 //!
 //! Sessions live in a map of this service; a sweeper task forgets those without a receiver for
 //! the disconnect delay. The session id alone names a session: the server id in the URL is for
@@ -268,5 +268,5 @@ fn method_not_allowed(allow: &'static str) -> Response {
 
 /// A number in `0..2^32` for the client's random generator; not for secrets.
 fn entropy() -> u32 {
-    crate::node::random_u64() as u32
+    crate::util::random_u64() as u32
 }

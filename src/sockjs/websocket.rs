@@ -16,7 +16,7 @@ use super::frame;
 use super::http::render;
 use super::session::{Next, OpenInfo, Receiver, Transport};
 use super::{method_not_allowed, SockJs};
-use crate::http::has_token;
+use crate::web::has_token;
 
 /// `/<server>/<session>/websocket`.
 pub async fn framed(service: Arc<SockJs>, req: Request) -> Response {

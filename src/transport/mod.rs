@@ -6,4 +6,3 @@ pub mod io;
 pub mod sockjs;
 pub mod tcp;
 pub mod ws;
-pub mod wsframe;

@@ -24,11 +24,12 @@ use tracing::{info_span, Instrument};
 
 use crate::broker::outbox::Item;
 use crate::connection::{self, Inbound, Outbound};
-use crate::http::json_error;
-use crate::node::{Node, Tenant};
+use crate::node::Node;
 use crate::policy::TransportKind;
 use crate::session::{Origin, Session};
 use crate::sockjs::{Connection, Options, Refusal, Sender, SockJs};
+use crate::tenant::Tenant;
+use crate::web::json_error;
 
 /// The SockJS services of a node's tenants.
 pub struct Endpoints {

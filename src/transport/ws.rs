@@ -3,7 +3,7 @@
 //! or part of one. Outgoing frames queued together leave in one WebSocket message (text when
 //! every frame is valid UTF-8, binary otherwise), which STOMP clients split at each frame's NUL.
 //!
-//! The handshake is answered here and the upgraded socket framed by [`super::wsframe`]: a batch
+//! The handshake is answered here and the upgraded socket framed by [`crate::web::wsframe`]: a batch
 //! is written as one frame header plus the frames' own shared bytes in one gathered write, and
 //! an idle connection keeps no read or write buffer.
 
@@ -25,13 +25,14 @@ use tokio::sync::Mutex;
 use tracing::{debug, info_span, Instrument};
 
 use super::io::{read_ready, write_all_vectored};
-use super::wsframe::{self, Opcode, Violation};
 use crate::broker::outbox::Item;
 use crate::connection::{self, Inbound, Outbound};
-use crate::http::{has_token, json_error};
-use crate::node::{Node, Tenant};
+use crate::node::Node;
 use crate::policy::TransportKind;
 use crate::session::{Origin, Session};
+use crate::tenant::Tenant;
+use crate::web::wsframe::{self, Opcode, Violation};
+use crate::web::{has_token, json_error};
 
 /// The subprotocols offered, most preferred first.
 pub const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];

@@ -1,10 +1,13 @@
 //! The single-node backplane: there are no other nodes, so nothing is forwarded and the
 //! cluster is always ready.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 
-use super::{Backplane, ClusterError, Forwarded};
+use super::{Backplane, ClusterError, Forwarded, LocalNode};
 use crate::broker::{Content, Interest};
+use crate::metrics::Sample;
 
 /// One node, no Redis.
 #[derive(Debug, Default)]
@@ -12,6 +15,14 @@ pub struct Standalone;
 
 #[async_trait]
 impl Backplane for Standalone {
+    fn start(self: Arc<Self>, _: Arc<dyn LocalNode>) {}
+
+    async fn stop(&self) {}
+
+    fn metrics(&self) -> Vec<Sample> {
+        Vec::new()
+    }
+
     fn interest(&self, _: &str, _: &Interest) {}
 
     async fn to_user(

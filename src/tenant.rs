@@ -1,16 +1,113 @@
-//! Routing a published message: first to this node's subscribers through the tenant's broker,
-//! then to exactly the other nodes that need it through the cluster backplane; and the way
-//! back in, for messages from other nodes and from the seed system's ingress channel.
+//! A tenant: a separate namespace of destinations and users with its own API keys, allowed
+//! origins and policy, and the routing of a message published in it: first to this node's
+//! subscribers through the tenant's broker, then to exactly the other nodes that need it
+//! through the cluster backplane.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use tracing::warn;
 
-use crate::broker::{Content, Interest, RouteError, Target};
-use crate::cluster::{Envelope, Inbound, Kind};
-use crate::metrics::DropReason;
-use crate::node::{Node, Tenant};
+use crate::broker::{Broker, Content, Interest, RouteError, Subscription, Target};
+use crate::cluster::Backplane;
+use crate::config::{ServerConfig, TenantConfig};
+use crate::metrics::{DropReason, Metrics};
+use crate::plugin::{PluginLimits, PluginSlot};
+use crate::policy::Policy;
+use crate::web::origin::AllowedOrigins;
+
+/// A tenant: a separate namespace of destinations and users with its own keys and policy.
+#[derive(Debug)]
+pub struct Tenant {
+    /// The tenant id.
+    pub id: String,
+    /// Its routing core on this node.
+    pub broker: Broker,
+    api_keys: Vec<String>,
+    /// Web pages that may open browser connections.
+    pub allowed_origins: AllowedOrigins,
+    plugin: Arc<PluginSlot>,
+    pub(crate) cluster: Arc<dyn Backplane>,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Tenant {
+    pub(crate) fn new(
+        config: &TenantConfig,
+        server: &ServerConfig,
+        cluster: Arc<dyn Backplane>,
+        metrics: Arc<Metrics>,
+    ) -> Tenant {
+        Tenant {
+            cluster,
+            metrics,
+            id: config.id.clone(),
+            broker: Broker::new(server.max_queue_backlog),
+            api_keys: config.api_keys.clone(),
+            allowed_origins: AllowedOrigins::new(&config.allowed_origins),
+            plugin: Arc::new(PluginSlot::new(
+                &config.id,
+                config.plugin.clone(),
+                config.settings.clone(),
+                PluginLimits {
+                    deadline: std::time::Duration::from_millis(config.plugin_deadline_ms),
+                    memory_bytes: config.plugin_memory_bytes,
+                },
+            )),
+        }
+    }
+
+    /// The policy that decides identity and permissions for this tenant.
+    pub fn policy(&self) -> Arc<dyn Policy> {
+        self.plugin.clone()
+    }
+
+    fn mirror(&self, change: Option<Interest>) {
+        if let Some(change) = change {
+            self.cluster.interest(&self.id, &change);
+        }
+    }
+
+    /// Adds a subscription here and, for a first one, tells the cluster.
+    pub fn subscribe(&self, sub: Arc<Subscription>) {
+        self.mirror(self.broker.subscribe(sub));
+    }
+
+    /// Removes a subscription here and, for a last one, tells the cluster.
+    pub fn unsubscribe(&self, sub: &Arc<Subscription>) {
+        self.mirror(self.broker.unsubscribe(sub));
+    }
+
+    /// Records a session of `user` (cluster presence for the first).
+    pub fn user_connected(&self, user: &str) {
+        self.mirror(self.broker.user_connected(user));
+    }
+
+    /// Forgets a session of `user` (cluster presence for the last).
+    pub fn user_disconnected(&self, user: &str) {
+        self.mirror(self.broker.user_disconnected(user));
+    }
+
+    /// The tenant's plugin slot (status, reload).
+    pub fn plugin(&self) -> &Arc<PluginSlot> {
+        &self.plugin
+    }
+
+    /// True when `key` is one of the tenant's API keys. Compares every key in full, so timing
+    /// does not reveal how much of a key matched.
+    pub fn accepts_api_key(&self, key: &str) -> bool {
+        let mut found = false;
+        for candidate in &self.api_keys {
+            found |= crate::util::constant_time_eq(candidate.as_bytes(), key.as_bytes());
+        }
+        found
+    }
+
+    /// True when the tenant has at least one API key.
+    pub fn has_api_keys(&self) -> bool {
+        !self.api_keys.is_empty()
+    }
+}
 
 /// Where a message went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -113,95 +210,5 @@ impl Tenant {
             self.metrics.dropped(DropReason::UserOffline);
         }
         Ok(delivery)
-    }
-}
-
-/// The node as the cluster's [`Inbound`]; weak, so the backplane does not keep the node alive.
-pub struct NodeInbound(pub Weak<Node>);
-
-impl Inbound for NodeInbound {
-    fn deliver(&self, envelope: Envelope) {
-        let Some(node) = self.0.upgrade() else { return };
-        let Some(tenant) = node.tenant(&envelope.tenant) else {
-            warn!(tenant = %envelope.tenant, "message from another node for an unknown tenant");
-            return;
-        };
-        let Some(content) = envelope.content() else {
-            warn!("message from another node with a broken body");
-            return;
-        };
-        let target = match (envelope.kind, envelope.user) {
-            (Kind::Topic, _) => Target::Topic(envelope.dest),
-            (Kind::Queue, _) => Target::Queue(envelope.dest),
-            (Kind::User, Some(user)) => Target::User {
-                user,
-                dest: envelope.dest,
-            },
-            (Kind::User, None) => return,
-        };
-        node.metrics.received_remote.fetch_add(1, Ordering::Relaxed);
-        // Local delivery only: forwarding again could loop between nodes.
-        match tenant.broker.publish(&target, content) {
-            Ok(routed) => {
-                node.metrics
-                    .delivered_local
-                    .fetch_add(routed.delivered as u64, Ordering::Relaxed);
-            }
-            Err(e) => {
-                node.metrics.dropped(DropReason::BacklogFull);
-                warn!(error = %e, "message from another node not accepted");
-            }
-        }
-    }
-
-    fn holdings(&self) -> Vec<(String, Vec<Interest>)> {
-        let Some(node) = self.0.upgrade() else {
-            return Vec::new();
-        };
-        node.tenants()
-            .map(|t| {
-                let mut interests: Vec<Interest> = t
-                    .broker
-                    .connected_users()
-                    .into_iter()
-                    .map(|u| Interest::User(u, true))
-                    .collect();
-                interests.extend(t.broker.interests());
-                (t.id.clone(), interests)
-            })
-            .collect()
-    }
-
-    fn ingress(&self, tenant: &str, payload: &[u8]) {
-        let Some(node) = self.0.upgrade() else { return };
-        let Some(tenant) = node.tenant(tenant).cloned() else {
-            return;
-        };
-        let payload = payload.to_vec();
-        tokio::spawn(async move {
-            match crate::http::publish::prepare(&tenant, &payload, node.server.max_frame_bytes)
-                .await
-            {
-                Ok((target, content)) => match tenant.route(&target, content, true).await {
-                    Ok(d) if d.reached_anyone() => {}
-                    Ok(_) => warn!(tenant = %tenant.id, "ingress message reached no session"),
-                    Err(e) => {
-                        warn!(tenant = %tenant.id, error = %e, "ingress message not accepted")
-                    }
-                },
-                Err((_, reason)) => {
-                    node.metrics.dropped(DropReason::BadIngress);
-                    warn!(tenant = %tenant.id, error = %reason, "ingress message refused");
-                }
-            }
-        });
-    }
-}
-
-/// Starts the cluster supervisor when the node is clustered.
-pub fn start_cluster(node: &Arc<Node>) {
-    if let Some(redis) = &node.redis {
-        let inbound: Arc<dyn Inbound> = Arc::new(NodeInbound(Arc::downgrade(node)));
-        tokio::spawn(redis.clone().run(inbound, node.shutdown.clone()));
     }
 }

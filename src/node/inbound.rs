@@ -1,0 +1,94 @@
+//! The node as the cluster backplane sees it: messages from other nodes are delivered to this
+//! node's subscribers only (forwarding them again could loop between nodes), what the node
+//! holds is listed for re-announcing, and ingress messages are published here.
+
+use std::sync::atomic::Ordering;
+use std::sync::Weak;
+
+use tracing::warn;
+
+use super::Node;
+use crate::broker::{Interest, Target};
+use crate::cluster::{Envelope, Kind, LocalNode};
+use crate::metrics::DropReason;
+use crate::publish::{self, PublishError};
+
+/// The node as the cluster's [`LocalNode`]; weak, so the backplane does not keep the node alive.
+pub struct NodeInbound(pub Weak<Node>);
+
+impl LocalNode for NodeInbound {
+    fn deliver(&self, envelope: Envelope) {
+        let Some(node) = self.0.upgrade() else { return };
+        let Some(tenant) = node.tenant(&envelope.tenant) else {
+            warn!(tenant = %envelope.tenant, "message from another node for an unknown tenant");
+            return;
+        };
+        let Some(content) = envelope.content() else {
+            warn!("message from another node with a broken body");
+            return;
+        };
+        let target = match (envelope.kind, envelope.user) {
+            (Kind::Topic, _) => Target::Topic(envelope.dest),
+            (Kind::Queue, _) => Target::Queue(envelope.dest),
+            (Kind::User, Some(user)) => Target::User {
+                user,
+                dest: envelope.dest,
+            },
+            (Kind::User, None) => return,
+        };
+        node.metrics.received_remote.fetch_add(1, Ordering::Relaxed);
+        // Local delivery only: forwarding again could loop between nodes.
+        match tenant.broker.publish(&target, content) {
+            Ok(routed) => {
+                node.metrics
+                    .delivered_local
+                    .fetch_add(routed.delivered as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                node.metrics.dropped(DropReason::BacklogFull);
+                warn!(error = %e, "message from another node not accepted");
+            }
+        }
+    }
+
+    fn holdings(&self) -> Vec<(String, Vec<Interest>)> {
+        let Some(node) = self.0.upgrade() else {
+            return Vec::new();
+        };
+        node.tenants()
+            .map(|t| {
+                let mut interests: Vec<Interest> = t
+                    .broker
+                    .connected_users()
+                    .into_iter()
+                    .map(|u| Interest::User(u, true))
+                    .collect();
+                interests.extend(t.broker.interests());
+                (t.id.clone(), interests)
+            })
+            .collect()
+    }
+
+    fn ingress(&self, tenant: &str, payload: &[u8]) {
+        let Some(node) = self.0.upgrade() else { return };
+        let Some(tenant) = node.tenant(tenant).cloned() else {
+            return;
+        };
+        let payload = payload.to_vec();
+        let max_frame_bytes = node.server.max_frame_bytes;
+        let metrics = node.metrics.clone();
+        node.tasks.spawn(async move {
+            match publish::publish(&tenant, &payload, max_frame_bytes).await {
+                Ok((_, d)) if d.reached_anyone() => {}
+                Ok(_) => warn!(tenant = %tenant.id, "ingress message reached no session"),
+                Err(e @ (PublishError::Refused(_) | PublishError::ClusterUnavailable)) => {
+                    warn!(tenant = %tenant.id, error = %e, "ingress message not accepted")
+                }
+                Err(e) => {
+                    metrics.dropped(DropReason::BadIngress);
+                    warn!(tenant = %tenant.id, error = %e, "ingress message refused");
+                }
+            }
+        });
+    }
+}

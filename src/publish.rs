@@ -1,0 +1,173 @@
+//! Publishing a message from a backend, whatever the entry (the HTTP publish API, a tenant's
+//! Redis ingress channel): the JSON body is checked and resolved to a destination, then routed
+//! through the tenant. Failures are a [`PublishError`]; each entry turns them into its own
+//! answer (the HTTP API into a status code, ingress into a log line and a metric).
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::broker::destination::{self, Target};
+use crate::broker::message::RESERVED_HEADERS;
+use crate::broker::{Content, RouteError};
+use crate::metrics::DropReason;
+use crate::tenant::{Delivery, Tenant};
+
+/// Why a publish was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The body is malformed or names an invalid destination or header.
+    #[error("{0}")]
+    Invalid(String),
+    /// The content is larger than a frame may be.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The tenant's policy knows no such channel code.
+    #[error("unknown channel code '{code}' for tenant '{tenant}'")]
+    UnknownChannel {
+        /// The code.
+        code: String,
+        /// The tenant.
+        tenant: String,
+    },
+    /// The tenant's policy failed (a plugin that trapped or is not loaded).
+    #[error("{0}")]
+    PolicyUnavailable(String),
+    /// A queue with no consumer is full.
+    #[error(transparent)]
+    Refused(#[from] RouteError),
+    /// The cluster bus is down and no session on this node took the message.
+    #[error("the cluster bus (Redis) is unreachable and no session on this node took the message: it was not delivered; retry later")]
+    ClusterUnavailable,
+}
+
+/// The request body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// The user to deliver to; absent = deliver to `destination` itself.
+    pub receiver: Option<String>,
+    /// Where to deliver: with a receiver, the user destination (e.g. `/queue/notice`).
+    pub destination: Option<String>,
+    /// A channel code the tenant's policy maps to a destination (instead of `destination`).
+    #[serde(rename = "channelCode")]
+    pub channel_code: Option<String>,
+    /// The body: a string as is, anything else as JSON, byte for byte as the publisher wrote it
+    /// (so key order and number formatting survive).
+    pub content: Box<RawValue>,
+    /// Headers passed to subscribers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn bad(message: impl Into<String>) -> PublishError {
+    PublishError::Invalid(message.into())
+}
+
+/// Parses and checks a publish body for `tenant`: where it goes and what it carries.
+pub async fn prepare(
+    tenant: &Tenant,
+    body: &[u8],
+    max_frame_bytes: usize,
+) -> Result<(Target, Content), PublishError> {
+    let request: PublishRequest =
+        serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
+    let dest = match (&request.destination, &request.channel_code) {
+        (Some(_), Some(_)) => {
+            return Err(bad("give either 'destination' or 'channelCode', not both"))
+        }
+        (None, None) => return Err(bad("missing 'destination' (or 'channelCode')")),
+        (Some(d), None) => d.clone(),
+        (None, Some(code)) => match tenant.policy().resolve_channel(code).await {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                return Err(PublishError::UnknownChannel {
+                    code: code.clone(),
+                    tenant: tenant.id.clone(),
+                })
+            }
+            Err(e) => {
+                return Err(PublishError::PolicyUnavailable(format!(
+                    "channel code '{code}' could not be resolved: {e}"
+                )))
+            }
+        },
+    };
+    let target = match &request.receiver {
+        Some(user) if user.is_empty() => return Err(bad("'receiver' is empty")),
+        Some(user) => {
+            if dest.starts_with("/user/") {
+                return Err(bad(format!(
+                    "with a receiver, give the destination the user subscribed to without /user (e.g. '/queue/notice'), not '{dest}'"
+                )));
+            }
+            match destination::for_send(&format!("/user/{user}{dest}")) {
+                Ok(t) if !user.contains('/') => t,
+                _ => {
+                    return Err(bad(format!(
+                        "'{dest}' is not a user destination: use /queue/... or /topic/... (and a receiver without '/')"
+                    )))
+                }
+            }
+        }
+        None => destination::for_send(&dest).map_err(|e| bad(e.to_string()))?,
+    };
+    for (name, value) in &request.headers {
+        if RESERVED_HEADERS.contains(&name.as_str()) {
+            return Err(bad(format!(
+                "header '{name}' is set by the broker and cannot be given"
+            )));
+        }
+        if name.is_empty() || name.contains(['\n', '\r', ':']) {
+            return Err(bad(format!(
+                "invalid header name '{name}': it must be non-empty, without ':' or line breaks"
+            )));
+        }
+        if value.contains(['\n', '\r']) {
+            return Err(bad(format!("header '{name}' has a line break in its value, which STOMP 1.0 subscribers cannot receive")));
+        }
+    }
+    let raw = request.content.get();
+    let (content_type, body) = if raw.starts_with('"') {
+        let text: String =
+            serde_json::from_str(raw).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
+        ("text/plain", Bytes::from(text))
+    } else {
+        ("application/json", Bytes::copy_from_slice(raw.as_bytes()))
+    };
+    if body.len() > max_frame_bytes {
+        return Err(PublishError::TooLarge(format!(
+            "content is {} bytes; the limit is server.max_frame_bytes = {max_frame_bytes}",
+            body.len()
+        )));
+    }
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(request.headers.len() + 1);
+    if !request.headers.contains_key("content-type") {
+        headers.push(("content-type".into(), content_type.into()));
+    }
+    headers.extend(request.headers);
+    Ok((target, Content { headers, body }))
+}
+
+/// Prepares and routes one publish body for `tenant`, waiting until Redis took whatever was
+/// forwarded, so that the answer is true. A message that reached nobody because the cluster is
+/// down is an error, not a delivery.
+pub async fn publish(
+    tenant: &Tenant,
+    body: &[u8],
+    max_frame_bytes: usize,
+) -> Result<(Target, Delivery), PublishError> {
+    let (target, content) = prepare(tenant, body, max_frame_bytes).await?;
+    match tenant.route(&target, content, true).await {
+        Ok(d) if d.cluster_unreachable && !d.reached_anyone() => {
+            Err(PublishError::ClusterUnavailable)
+        }
+        Ok(d) => Ok((target, d)),
+        Err(e) => {
+            tenant.metrics.dropped(DropReason::BacklogFull);
+            Err(e.into())
+        }
+    }
+}
