@@ -458,3 +458,53 @@ async fn an_old_presence_entry_routes_while_it_is_read_again() {
     }
     assert!(b.metric("stompbox_presence_lookups_total").await >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_with_sigterm_leaves_the_cluster_at_once() {
+    let redis = Redis::start();
+    // A long node_ttl_ms: an answer that waited for A's heartbeat to expire would take 30 s.
+    let toml = config("").replace("node_ttl_ms = 2000", "node_ttl_ms = 30000");
+    let mut a = NodeProcess::start("node-a", &redis.url(), &toml);
+    let b = NodeProcess::start("node-b", &redis.url(), &toml);
+    await_ready(&a).await;
+    await_ready(&b).await;
+    let mut carol = Client::tcp(a.stomp).await;
+    carol.connect_as("carol").await;
+    carol.subscribe("1", "/user/queue/notice", "auto").await;
+    let mut queue_consumer = ws_on(&a, "dave").await;
+    queue_consumer.subscribe("1", "/queue/jobs", "auto").await;
+    await_presence(&redis, "carol", &["node-a"]).await;
+
+    let notice = json!({"receiver": "carol", "destination": "/queue/notice", "content": "before"});
+    let (status, answer) = publish_on(&b, notice.clone()).await;
+    assert_eq!((status, &answer["online"]), (202, &json!(true)), "{answer}");
+    carol.expect_message("before").await;
+
+    assert!(a.terminate(), "node A exits cleanly on SIGTERM");
+    carol.expect_error("server shutting down").await;
+
+    let (status, answer) = publish_on(&b, notice).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["online"], false, "{answer}");
+    assert_eq!(answer["nodes"], 0, "{answer}");
+    let mut conn = redis.client().await;
+    let presence: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("sb:default:presence:carol")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(presence.is_empty(), "carol's presence: {presence:?}");
+    let consumers: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("sb:default:consumers:/queue/jobs")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(consumers.is_empty(), "queue consumers: {consumers:?}");
+    let score: Option<f64> = redis::cmd("ZSCORE")
+        .arg("sb:nodes")
+        .arg("node-a")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(score, None, "node-a is no longer a live node");
+}
