@@ -19,7 +19,7 @@ use crate::broker::outbox::{Closing, Item};
 use crate::broker::Endpoint;
 use crate::metrics::{DropReason, Metrics};
 use crate::node::Node;
-use crate::session::{Flow, Session};
+use crate::session::{Fault, Flow, Session};
 use crate::stomp::{decode, Decoded};
 
 /// The read side of a transport.
@@ -83,7 +83,7 @@ async fn read_loop<I: Inbound>(
                 Ok(Some(Decoded::HeartBeat)) => {}
                 Ok(None) => break,
                 Err(e) => {
-                    session.close_with_error("malformed frame", &e.to_string());
+                    session.close(Fault::MalformedFrame(e.to_string()));
                     return;
                 }
             }
@@ -108,7 +108,7 @@ async fn read_loop<I: Inbound>(
             biased;
             _ = writer_done.cancelled() => return,
             _ = node.shutdown.cancelled() => {
-                session.close_with_error("server shutting down", "the server is shutting down; reconnect to another node or later");
+                session.close(Fault::ShuttingDown);
                 return;
             }
             read = inbound.fill(&mut buf) => match read {
@@ -119,15 +119,15 @@ async fn read_loop<I: Inbound>(
                 Ok(_) => last_read = Instant::now(),
                 Err(e) => {
                     debug!(error = %e, "read failed");
-                    session.close_with_error("transport error", &e.to_string());
+                    session.close(Fault::Transport(e.to_string()));
                     return;
                 }
             },
             () = expired => {
                 if session.is_connected() {
-                    session.close_with_error("heart-beat timeout", "nothing was received from the client within its heart-beat interval");
+                    session.close(Fault::HeartBeatTimeout);
                 } else {
-                    session.close_with_error("CONNECT timeout", &format!("no CONNECT frame within {} ms", node.server.connect_timeout_ms));
+                    session.close(Fault::ConnectTimeout(node.server.connect_timeout_ms));
                 }
                 return;
             }

@@ -39,6 +39,21 @@ impl DropReason {
     }
 }
 
+/// Why sessions ended with an ERROR, as labels of `stompbox_session_errors_total`.
+pub const SESSION_ERRORS: [&str; 11] = [
+    "authentication_denied",
+    "access_denied",
+    "policy_unavailable",
+    "malformed_frame",
+    "heartbeat_timeout",
+    "connect_timeout",
+    "shutdown",
+    "transport_error",
+    "not_accepted",
+    "limit",
+    "protocol_error",
+];
+
 /// A value owned elsewhere (a gauge, or a counter another part keeps), rendered with the
 /// node's counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +102,7 @@ pub struct Metrics {
     /// Messages received from other nodes.
     pub received_remote: AtomicU64,
     dropped: [AtomicU64; 5],
+    session_errors: [AtomicU64; SESSION_ERRORS.len()],
 }
 
 impl Metrics {
@@ -94,6 +110,15 @@ impl Metrics {
     pub fn dropped(&self, why: DropReason) {
         let at = DropReason::ALL.iter().position(|d| *d == why).unwrap_or(0);
         self.dropped[at].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a session ended by an ERROR with `label` (one of [`SESSION_ERRORS`]).
+    pub fn session_error(&self, label: &str) {
+        let at = SESSION_ERRORS
+            .iter()
+            .position(|l| *l == label)
+            .unwrap_or(SESSION_ERRORS.len() - 1);
+        self.session_errors[at].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Messages dropped for `why`.
@@ -140,6 +165,14 @@ impl Metrics {
                 "stompbox_messages_dropped_total{{reason=\"{}\"}} {}",
                 why.label(),
                 self.dropped_count(why)
+            );
+        }
+        let _ = writeln!(out, "# HELP stompbox_session_errors_total Sessions ended with an ERROR frame, by reason.\n# TYPE stompbox_session_errors_total counter");
+        for (label, count) in SESSION_ERRORS.iter().zip(&self.session_errors) {
+            let _ = writeln!(
+                out,
+                "stompbox_session_errors_total{{reason=\"{label}\"}} {}",
+                count.load(Ordering::Relaxed)
             );
         }
         for Sample {

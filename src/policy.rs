@@ -68,22 +68,46 @@ pub enum Operation {
     Send,
 }
 
+/// Why a policy said no: the answer itself, or no answer at all. The two reach clients alike
+/// (an ERROR, a 503) but are counted apart, because a denial is a user's problem and an
+/// unavailable policy an operator's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// The policy decided: not this user, not this destination. The reason is the policy's.
+    #[error("{0}")]
+    Denied(String),
+    /// The policy could not decide: a plugin that trapped, ran past its deadline, ran out of
+    /// memory or failed to load.
+    #[error("the tenant's policy is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl PolicyError {
+    /// Its label in metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PolicyError::Denied(_) => "denied",
+            PolicyError::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
 /// A tenant's policy. Calls may be slow (a sandboxed plugin), so they are async; sessions call
 /// `authenticate` once and cache `authorize` verdicts per destination.
 #[async_trait]
 pub trait Policy: Send + Sync + std::fmt::Debug {
-    /// Decides who a CONNECT is; an `Err` message goes to the client in an ERROR frame.
-    async fn authenticate(&self, info: &ConnectInfo) -> Result<Principal, String>;
+    /// Decides who a CONNECT is; an `Err` goes to the client in an ERROR frame.
+    async fn authenticate(&self, info: &ConnectInfo) -> Result<Principal, PolicyError>;
     /// Decides whether `who` may perform `op` on `destination`.
     async fn authorize(
         &self,
         who: &Principal,
         op: Operation,
         destination: &str,
-    ) -> Result<(), String>;
+    ) -> Result<(), PolicyError>;
     /// Maps a backend channel code to a destination: `Ok(None)` for an unknown code, `Err` when
     /// the policy itself failed (a plugin that trapped or is not loaded).
-    async fn resolve_channel(&self, code: &str) -> Result<Option<String>, String>;
+    async fn resolve_channel(&self, code: &str) -> Result<Option<String>, PolicyError>;
 }
 
 /// The built-in policy: the user is the CONNECT `userid` header, else `login`; everything is
@@ -93,7 +117,7 @@ pub struct DefaultPolicy;
 
 #[async_trait]
 impl Policy for DefaultPolicy {
-    async fn authenticate(&self, info: &ConnectInfo) -> Result<Principal, String> {
+    async fn authenticate(&self, info: &ConnectInfo) -> Result<Principal, PolicyError> {
         let user = info
             .header("userid")
             .or_else(|| info.header("login"))
@@ -105,11 +129,11 @@ impl Policy for DefaultPolicy {
         })
     }
 
-    async fn authorize(&self, _: &Principal, _: Operation, _: &str) -> Result<(), String> {
+    async fn authorize(&self, _: &Principal, _: Operation, _: &str) -> Result<(), PolicyError> {
         Ok(())
     }
 
-    async fn resolve_channel(&self, _code: &str) -> Result<Option<String>, String> {
+    async fn resolve_channel(&self, _code: &str) -> Result<Option<String>, PolicyError> {
         Ok(None)
     }
 }

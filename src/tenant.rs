@@ -3,6 +3,7 @@
 //! subscribers through the tenant's broker, then to exactly the other nodes that need it
 //! through the cluster backplane.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use tracing::warn;
 
 use crate::broker::{Broker, Content, Interest, RouteError, Subscription, Target};
 use crate::cluster::Backplane;
-use crate::config::{ServerConfig, TenantConfig};
+use crate::config::{ServerConfig, TenantConfig, DEFAULT_TENANT};
 use crate::metrics::{DropReason, Metrics};
 use crate::plugin::{PluginLimits, PluginSlot};
 use crate::policy::Policy;
@@ -27,6 +28,8 @@ pub struct Tenant {
     /// Web pages that may open browser connections.
     pub allowed_origins: AllowedOrigins,
     plugin: Arc<PluginSlot>,
+    /// What decides identity and permissions: the plugin slot (tests put another policy here).
+    policy: Arc<dyn Policy>,
     pub(crate) cluster: Arc<dyn Backplane>,
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -38,28 +41,37 @@ impl Tenant {
         cluster: Arc<dyn Backplane>,
         metrics: Arc<Metrics>,
     ) -> Tenant {
+        let plugin = Arc::new(PluginSlot::new(
+            &config.id,
+            config.plugin.clone(),
+            config.settings.clone(),
+            PluginLimits {
+                deadline: std::time::Duration::from_millis(config.plugin_deadline_ms),
+                memory_bytes: config.plugin_memory_bytes,
+            },
+        ));
         Tenant {
+            policy: plugin.clone(),
+            plugin,
             cluster,
             metrics,
             id: config.id.clone(),
             broker: Broker::new(server.max_queue_backlog),
             api_keys: config.api_keys.clone(),
             allowed_origins: AllowedOrigins::new(&config.allowed_origins),
-            plugin: Arc::new(PluginSlot::new(
-                &config.id,
-                config.plugin.clone(),
-                config.settings.clone(),
-                PluginLimits {
-                    deadline: std::time::Duration::from_millis(config.plugin_deadline_ms),
-                    memory_bytes: config.plugin_memory_bytes,
-                },
-            )),
         }
     }
 
     /// The policy that decides identity and permissions for this tenant.
     pub fn policy(&self) -> Arc<dyn Policy> {
-        self.plugin.clone()
+        self.policy.clone()
+    }
+
+    /// This tenant deciding with `policy` instead of its plugin slot (for tests).
+    #[cfg(test)]
+    pub(crate) fn with_policy(mut self, policy: Arc<dyn Policy>) -> Tenant {
+        self.policy = policy;
+        self
     }
 
     fn mirror(&self, change: Option<Interest>) {
@@ -106,6 +118,57 @@ impl Tenant {
     /// True when the tenant has at least one API key.
     pub fn has_api_keys(&self) -> bool {
         !self.api_keys.is_empty()
+    }
+}
+
+/// The tenants of a node, by id.
+#[derive(Debug, Default)]
+pub struct Tenants {
+    by_id: HashMap<String, Arc<Tenant>>,
+}
+
+impl Tenants {
+    /// The tenants of `configs`, routing through `cluster`.
+    pub fn new(
+        configs: &[TenantConfig],
+        server: &ServerConfig,
+        cluster: &Arc<dyn Backplane>,
+        metrics: &Arc<Metrics>,
+    ) -> Tenants {
+        let by_id = configs
+            .iter()
+            .map(|t| {
+                let tenant = Tenant::new(t, server, cluster.clone(), metrics.clone());
+                (t.id.clone(), Arc::new(tenant))
+            })
+            .collect();
+        Tenants { by_id }
+    }
+
+    /// The tenant with id `id`.
+    pub fn get(&self, id: &str) -> Option<&Arc<Tenant>> {
+        self.by_id.get(id)
+    }
+
+    /// The tenant for a connection that named none.
+    pub fn default_tenant(&self) -> Option<&Arc<Tenant>> {
+        self.get(DEFAULT_TENANT)
+    }
+
+    /// Every tenant.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.by_id.values()
+    }
+}
+
+impl FromIterator<Tenant> for Tenants {
+    fn from_iter<I: IntoIterator<Item = Tenant>>(tenants: I) -> Tenants {
+        Tenants {
+            by_id: tenants
+                .into_iter()
+                .map(|t| (t.id.clone(), Arc::new(t)))
+                .collect(),
+        }
     }
 }
 

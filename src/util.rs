@@ -38,6 +38,34 @@ pub fn random_u64() -> u64 {
     hasher.finish()
 }
 
+/// Ids unique on this node and across nodes: the node id, a dash, a counter.
+#[derive(Debug)]
+pub struct Ids {
+    node_id: String,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Ids {
+    /// Ids for node `node_id`.
+    pub fn new(node_id: String) -> Ids {
+        Ids {
+            node_id,
+            next: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    /// The node id they carry.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// A new id.
+    pub fn next(&self) -> String {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}-{n}", self.node_id)
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
     SystemTime::now()

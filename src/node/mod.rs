@@ -4,8 +4,6 @@
 
 pub mod inbound;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -15,9 +13,11 @@ use tokio_util::task::TaskTracker;
 use crate::cluster::redis::{RedisBackplane, RedisSettings};
 use crate::cluster::standalone::Standalone;
 use crate::cluster::{Backplane, LocalNode};
-use crate::config::{Config, ServerConfig, SockJsConfig, DEFAULT_TENANT};
+use crate::config::{Config, ServerConfig, SockJsConfig};
 use crate::metrics::Metrics;
-use crate::tenant::Tenant;
+use crate::session;
+use crate::tenant::{Tenant, Tenants};
+use crate::util::Ids;
 
 /// The node.
 #[derive(Debug)]
@@ -36,8 +36,10 @@ pub struct Node {
     pub cluster: Arc<dyn Backplane>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
-    tenants: HashMap<String, Arc<Tenant>>,
-    next_id: AtomicU64,
+    /// What every session of this node is given.
+    pub sessions: Arc<session::Context>,
+    tenants: Arc<Tenants>,
+    ids: Arc<Ids>,
     connections: Arc<Semaphore>,
 }
 
@@ -66,14 +68,29 @@ impl Node {
             None => Arc::new(Standalone),
         };
         let metrics = Arc::new(Metrics::default());
-        let tenants = config
-            .tenants
-            .iter()
-            .map(|t| {
-                let tenant = Tenant::new(t, &config.server, cluster.clone(), metrics.clone());
-                (t.id.clone(), Arc::new(tenant))
-            })
-            .collect();
+        let tenants = Arc::new(Tenants::new(
+            &config.tenants,
+            &config.server,
+            &cluster,
+            &metrics,
+        ));
+        let ids = Arc::new(Ids::new(node_id.clone()));
+        let tasks = TaskTracker::new();
+        let s = &config.server;
+        let sessions = Arc::new(session::Context {
+            limits: session::Limits {
+                outbound_queue_bytes: s.outbound_queue_bytes,
+                max_subscriptions: s.max_subscriptions,
+                max_transactions: s.max_transactions,
+                max_transaction_frames: s.max_transaction_frames,
+                heartbeat_ms: s.heartbeat_ms,
+                heartbeat_tolerance: s.heartbeat_tolerance,
+            },
+            tenants: tenants.clone(),
+            ids: ids.clone(),
+            tasks: tasks.clone(),
+            metrics: metrics.clone(),
+        });
         Arc::new(Node {
             server: config.server.clone(),
             sockjs: config.sockjs.clone(),
@@ -81,9 +98,10 @@ impl Node {
             metrics,
             node_id,
             shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
+            tasks,
+            sessions,
             tenants,
-            next_id: AtomicU64::new(1),
+            ids,
             connections: Arc::new(Semaphore::new(config.server.max_connections)),
         })
     }
@@ -95,21 +113,17 @@ impl Node {
 
     /// Every tenant.
     pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
-        self.tenants.values()
+        self.tenants.iter()
     }
 
     /// The tenant for a connection that named none.
     pub fn default_tenant(&self) -> Option<&Arc<Tenant>> {
-        self.tenant(DEFAULT_TENANT)
+        self.tenants.default_tenant()
     }
 
     /// A new id, unique on this node and across nodes (it carries the node id).
     pub fn next_id(&self) -> String {
-        format!(
-            "{}-{}",
-            self.node_id,
-            self.next_id.fetch_add(1, Ordering::Relaxed)
-        )
+        self.ids.next()
     }
 
     /// A connection slot, or `None` when the node is at `max_connections`.

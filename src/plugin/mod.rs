@@ -26,7 +26,9 @@ use tracing::{error, info, warn};
 use engine::{wit_types, WitPrincipal};
 pub use engine::{Compiled, PluginEngine, PluginError, PluginLimits, Pool};
 
-use crate::policy::{ConnectInfo, DefaultPolicy, Operation, Policy, Principal, TransportKind};
+use crate::policy::{
+    ConnectInfo, DefaultPolicy, Operation, Policy, PolicyError, Principal, TransportKind,
+};
 
 /// Plugin calls one tenant may have running at once; more wait their turn.
 const CONCURRENT_CALLS: usize = 8;
@@ -235,12 +237,12 @@ impl PluginSlot {
             ) -> wasmtime::Result<R>
             + Send
             + 'static,
-    ) -> Result<R, String> {
+    ) -> Result<R, PolicyError> {
         let _permit = self
             .permits
             .acquire()
             .await
-            .map_err(|_| "plugin calls are shutting down".to_string())?;
+            .map_err(|_| PolicyError::Unavailable("plugin calls are shutting down".into()))?;
         self.calls.fetch_add(1, Ordering::Relaxed);
         let outcome = match tokio::runtime::Handle::current().runtime_flavor() {
             // The worker hands its other tasks to a fresh thread for the duration, which costs
@@ -258,15 +260,15 @@ impl PluginSlot {
             let message = e.to_string();
             warn!(tenant = %self.tenant, error = %message, "plugin call failed");
             self.record_error(&message);
-            message
+            PolicyError::Unavailable(message)
         })
     }
 
-    fn refusal(&self, reason: &str) -> String {
-        format!(
+    fn refusal(&self, reason: &str) -> PolicyError {
+        PolicyError::Unavailable(format!(
             "the plugin of tenant '{}' failed to load: {reason}",
             self.tenant
-        )
+        ))
     }
 }
 
@@ -302,7 +304,7 @@ pub fn connect_info_to_wit(info: &ConnectInfo) -> wit_types::ConnectInfo {
 
 #[async_trait]
 impl Policy for PluginSlot {
-    async fn authenticate(&self, info: &ConnectInfo) -> Result<Principal, String> {
+    async fn authenticate(&self, info: &ConnectInfo) -> Result<Principal, PolicyError> {
         match self.active() {
             Active::Builtin => DefaultPolicy.authenticate(info).await,
             Active::Broken(reason) => Err(self.refusal(&reason)),
@@ -313,6 +315,7 @@ impl Policy for PluginSlot {
                 })
                 .await?
                 .map(principal_from_wit)
+                .map_err(PolicyError::Denied)
             }
         }
     }
@@ -322,7 +325,7 @@ impl Policy for PluginSlot {
         who: &Principal,
         op: Operation,
         destination: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), PolicyError> {
         match self.active() {
             Active::Builtin => DefaultPolicy.authorize(who, op, destination).await,
             Active::Broken(reason) => Err(self.refusal(&reason)),
@@ -337,11 +340,12 @@ impl Policy for PluginSlot {
                     policy.call_authorize(store, &who, op, &destination)
                 })
                 .await?
+                .map_err(PolicyError::Denied)
             }
         }
     }
 
-    async fn resolve_channel(&self, code: &str) -> Result<Option<String>, String> {
+    async fn resolve_channel(&self, code: &str) -> Result<Option<String>, PolicyError> {
         match self.active() {
             Active::Builtin => DefaultPolicy.resolve_channel(code).await,
             Active::Broken(reason) => Err(self.refusal(&reason)),

@@ -26,7 +26,7 @@ use crate::broker::outbox::Item;
 use crate::connection::{self, Inbound, Outbound};
 use crate::node::Node;
 use crate::policy::TransportKind;
-use crate::session::{Origin, Session};
+use crate::session::{Peer, Session};
 use crate::sockjs::{Connection, Options, Refusal, Sender, SockJs};
 use crate::tenant::Tenant;
 use crate::web::json_error;
@@ -129,13 +129,13 @@ impl crate::sockjs::Handler for StompHandler {
             });
         };
         let peer = connection.info.peer.map(|p| p.to_string());
-        let origin = Origin {
+        let from = Peer {
             transport: TransportKind::SockJs,
             remote_addr: peer.clone(),
             tenant: Some(self.tenant.clone()),
         };
         let node = self.node.clone();
-        let session = Session::new(node.clone(), origin);
+        let session = Session::new(node.sessions.clone(), from);
         let span = info_span!(
             "conn",
             transport = "sockjs",

@@ -15,7 +15,7 @@ use crate::broker::outbox::Item;
 use crate::connection::{self, Inbound, Outbound};
 use crate::node::Node;
 use crate::policy::TransportKind;
-use crate::session::{Origin, Session};
+use crate::session::{Peer, Session};
 
 /// Accepts STOMP connections until shutdown.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
@@ -25,12 +25,12 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
             continue;
         };
         let node2 = node.clone();
-        let origin = Origin {
+        let from = Peer {
             transport: TransportKind::Tcp,
             remote_addr: Some(peer.to_string()),
             tenant: None,
         };
-        let session = Session::new(node.clone(), origin);
+        let session = Session::new(node.sessions.clone(), from);
         let span = info_span!("conn", transport = "tcp", session = %session.id(), peer = %peer);
         node.tasks.spawn(
             async move {

@@ -29,7 +29,7 @@ use crate::broker::outbox::Item;
 use crate::connection::{self, Inbound, Outbound};
 use crate::node::Node;
 use crate::policy::TransportKind;
-use crate::session::{Origin, Session};
+use crate::session::{Peer, Session};
 use crate::tenant::Tenant;
 use crate::web::wsframe::{self, Opcode, Violation};
 use crate::web::{has_token, json_error};
@@ -137,12 +137,12 @@ fn upgrade(node: Arc<Node>, tenant: Arc<Tenant>, peer: SocketAddr, mut req: Requ
             "the server is at its connection limit; try again later",
         );
     };
-    let origin = Origin {
+    let from = Peer {
         transport: TransportKind::WebSocket,
         remote_addr: Some(peer.to_string()),
         tenant: Some(tenant.clone()),
     };
-    let session = Session::new(node.clone(), origin);
+    let session = Session::new(node.sessions.clone(), from);
     let span = info_span!("conn", transport = "ws", tenant = %tenant.id, session = %session.id(), peer = %peer);
     // A message may carry a whole frame plus heart-beats and a few small frames around it.
     let max_message = node.server.max_frame_bytes + 4096;

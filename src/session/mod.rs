@@ -1,7 +1,18 @@
 //! The per-connection STOMP state machine, shared by every transport. It takes decoded frames
-//! and timer verdicts, and answers by queueing frames on its connection's outbox, calling the
-//! tenant's broker and policy, and telling the driver whether to go on. It owns no socket, so
-//! it is tested frame by frame.
+//! and the driver's verdicts (timeouts, transport errors), and answers by queueing frames on
+//! its connection's outbox, calling the tenant's broker and policy, and telling the driver
+//! whether to go on. It knows the node only through a narrow [`Context`] (limits, ids, the
+//! tenants, where hand-off work runs) and owns no socket, so the tests below drive it frame by
+//! frame.
+//!
+//! Routing a SEND is handed to the session's [`sequencer::Sequencer`], which completes it at
+//! once when it need not wait on the cluster and otherwise queues it, with the replies after
+//! it, in order. Every ERROR is a [`Fault`].
+
+pub mod fault;
+pub mod sequencer;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -11,13 +22,19 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use tracing::debug;
 
+use tokio_util::task::TaskTracker;
+
+pub use fault::Fault;
+use sequencer::{Route, Sequencer};
+
 use crate::broker::destination::{self, Target};
 use crate::broker::message::RESERVED_HEADERS;
 use crate::broker::{AckMode, Content, Endpoint, Subscription};
-use crate::node::Node;
+use crate::metrics::Metrics;
 use crate::policy::{ConnectInfo, Operation, Principal, TransportKind};
 use crate::stomp::{encode, Command, Frame, Version};
-use crate::tenant::Tenant;
+use crate::tenant::{Tenant, Tenants};
+use crate::util::Ids;
 
 /// What the driver does after a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,9 +64,41 @@ const VERDICT_CACHE: usize = 16_384;
 /// The longest heart-beat interval honoured (a day); longer offers are treated as this.
 const MAX_HEARTBEAT_MS: u64 = 24 * 60 * 60 * 1000;
 
+/// The limits a session enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Queued outbound bytes before the connection is a slow consumer.
+    pub outbound_queue_bytes: usize,
+    /// Subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Open transactions per connection.
+    pub max_transactions: usize,
+    /// Frames buffered per transaction.
+    pub max_transaction_frames: usize,
+    /// The server's heart-beat offer: [can send every, wants to receive every] in ms.
+    pub heartbeat_ms: [u64; 2],
+    /// A peer silent for its interval times this is dead.
+    pub heartbeat_tolerance: f64,
+}
+
+/// What a session needs from the node that runs it, shared by all its sessions.
+#[derive(Debug)]
+pub struct Context {
+    /// The limits.
+    pub limits: Limits,
+    /// The node's tenants.
+    pub tenants: Arc<Tenants>,
+    /// Session ids (unique across the cluster: they carry the node id).
+    pub ids: Arc<Ids>,
+    /// Where a session's deferred routing runs (the node's task tracker).
+    pub tasks: TaskTracker,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
 /// Where the connection came from.
 #[derive(Debug, Clone)]
-pub struct Origin {
+pub struct Peer {
     /// The transport.
     pub transport: TransportKind,
     /// The peer address.
@@ -61,9 +110,10 @@ pub struct Origin {
 /// One STOMP session.
 #[derive(Debug)]
 pub struct Session {
-    node: Arc<Node>,
-    origin: Origin,
+    ctx: Arc<Context>,
+    peer: Peer,
     endpoint: Arc<Endpoint>,
+    sequencer: Arc<Sequencer>,
     phase: Phase,
     version: Version,
     tenant: Option<Arc<Tenant>>,
@@ -74,31 +124,19 @@ pub struct Session {
     heartbeat_in: Option<Duration>,
 }
 
-/// A protocol error: the ERROR frame's `message`, and more detail for its body.
-struct Fault {
-    message: String,
-    detail: String,
-}
-
-fn fault(message: impl Into<String>, detail: impl Into<String>) -> Fault {
-    Fault {
-        message: message.into(),
-        detail: detail.into(),
-    }
-}
-
 type Outcome = Result<(), Fault>;
 
 impl Session {
     /// A session waiting for CONNECT.
-    pub fn new(node: Arc<Node>, origin: Origin) -> Session {
+    pub fn new(ctx: Arc<Context>, peer: Peer) -> Session {
         let endpoint = Arc::new(Endpoint::new(
-            Arc::from(node.next_id()),
-            node.server.outbound_queue_bytes,
+            Arc::from(ctx.ids.next()),
+            ctx.limits.outbound_queue_bytes,
         ));
         Session {
-            node,
-            origin,
+            sequencer: Sequencer::new(endpoint.clone()),
+            ctx,
+            peer,
             endpoint,
             phase: Phase::AwaitingConnect,
             version: Version::V1_0,
@@ -144,45 +182,43 @@ impl Session {
 
     /// Handles one frame from the client.
     pub async fn handle(&mut self, frame: Frame) -> Flow {
-        let receipt = (frame.command != Command::Connect && frame.command != Command::Stomp)
+        // A routing fault found after the session went on has already closed the outbox.
+        if self.endpoint.outbox.is_closing() {
+            self.phase = Phase::Closed;
+        }
+        let mut receipt = (frame.command != Command::Connect && frame.command != Command::Stomp)
             .then(|| frame.get("receipt").map(str::to_string))
             .flatten();
+        let receipt_id = receipt.clone();
         let outcome = match self.phase {
             Phase::Closed => return Flow::Close,
             Phase::AwaitingConnect => match frame.command {
                 Command::Connect | Command::Stomp => self.connect(&frame).await,
-                other => Err(fault(
-                    "expected CONNECT",
-                    format!(
-                        "the first frame must be CONNECT or STOMP, not {}",
-                        other.as_str()
-                    ),
-                )),
+                other => Err(Fault::ExpectedConnect(other)),
             },
-            Phase::Connected => self.connected_frame(frame).await,
+            Phase::Connected => self.connected_frame(frame, &mut receipt).await,
         };
         match outcome {
             Err(f) => {
-                self.fail(&f.message, &f.detail, receipt.as_deref());
+                self.fail(&f, receipt_id.as_deref());
                 Flow::Close
             }
             Ok(()) if self.phase == Phase::Closed => Flow::Close,
             Ok(()) => {
                 if let Some(id) = receipt {
-                    self.reply(Frame::new(Command::Receipt).header("receipt-id", id));
+                    let frame = self.receipt(&id);
+                    self.sequencer.reply(frame, &self.ctx.tasks);
                 }
                 Flow::Continue
             }
         }
     }
 
-    async fn connected_frame(&mut self, frame: Frame) -> Outcome {
+    /// `receipt` is taken by a frame that writes its own (a SEND, after its routing).
+    async fn connected_frame(&mut self, frame: Frame, receipt: &mut Option<String>) -> Outcome {
         match frame.command {
-            Command::Connect | Command::Stomp => Err(fault(
-                "already connected",
-                "CONNECT was sent twice on one connection",
-            )),
-            Command::Send => self.send(frame).await,
+            Command::Connect | Command::Stomp => Err(Fault::AlreadyConnected),
+            Command::Send => self.send(frame, receipt).await,
             Command::Subscribe => self.subscribe(&frame).await,
             Command::Unsubscribe => self.unsubscribe(&frame),
             Command::Ack | Command::Nack => self.ack_or_nack(frame),
@@ -194,21 +230,14 @@ impl Session {
                 Ok(())
             }
             Command::Disconnect => {
-                let receipt = frame
-                    .get("receipt")
-                    .map(|id| self.encode(&Frame::new(Command::Receipt).header("receipt-id", id)));
-                self.endpoint.outbox.finish(receipt);
+                // Its receipt is the last frame, after everything handed off before it.
+                let last = receipt.take().map(|id| self.receipt(&id));
+                self.sequencer.finish(last, &self.ctx.tasks);
                 self.phase = Phase::Closed;
                 Ok(())
             }
             Command::Connected | Command::Message | Command::Receipt | Command::Error => {
-                Err(fault(
-                    "unexpected frame",
-                    format!(
-                        "{} is a frame only the server sends",
-                        frame.command.as_str()
-                    ),
-                ))
+                Err(Fault::ServerFrame(frame.command))
             }
         }
     }
@@ -220,55 +249,40 @@ impl Session {
                 .split(',')
                 .filter_map(Version::parse)
                 .max()
-                .ok_or_else(|| {
-                    fault(
-                        "unsupported STOMP version",
-                        format!(
-                            "this server speaks STOMP 1.0, 1.1 and 1.2; the client accepts {list}"
-                        ),
-                    )
-                })?,
+                .ok_or_else(|| Fault::UnsupportedVersion(list.to_string()))?,
         };
         self.version = version;
-        let tenant = match &self.origin.tenant {
+        let tenant = match &self.peer.tenant {
             Some(t) => t.clone(),
             None => frame
                 .get("host")
-                .and_then(|h| self.node.tenant(h))
-                .or_else(|| self.node.default_tenant())
+                .and_then(|h| self.ctx.tenants.get(h))
+                .or_else(|| self.ctx.tenants.default_tenant())
                 .cloned()
-                .ok_or_else(|| {
-                    fault(
-                        "unknown tenant",
-                        "the CONNECT host header names no tenant and this node has no 'default' tenant",
-                    )
-                })?,
+                .ok_or(Fault::UnknownTenant)?,
         };
         let (client_send, client_recv) = match (version, frame.get("heart-beat")) {
             (Version::V1_0, _) | (_, None) => (0, 0),
-            (_, Some(value)) => parse_heartbeat(value).ok_or_else(|| {
-                fault(
-                    "invalid heart-beat header",
-                    format!("heart-beat must be two non-negative integers like 10000,10000, got '{value}'"),
-                )
-            })?,
+            (_, Some(value)) => {
+                parse_heartbeat(value).ok_or_else(|| Fault::InvalidHeartBeat(value.to_string()))?
+            }
         };
         let info = ConnectInfo {
             tenant: tenant.id.clone(),
-            transport: self.origin.transport,
-            remote_addr: self.origin.remote_addr.clone(),
+            transport: self.peer.transport,
+            remote_addr: self.peer.remote_addr.clone(),
             headers: frame.headers.clone(),
         };
         let principal = tenant
             .policy()
             .authenticate(&info)
             .await
-            .map_err(|reason| fault("authentication failed", reason))?;
+            .map_err(Fault::Authentication)?;
 
         let [server_send, server_recv] = if version == Version::V1_0 {
             [0, 0]
         } else {
-            self.node.server.heartbeat_ms
+            self.ctx.limits.heartbeat_ms
         };
         // The spec's rule: each direction uses the larger of what one side can do and the other
         // wants, and none at all when either side says 0.
@@ -287,7 +301,7 @@ impl Session {
             .heartbeat_out_ms
             .store(out_ms, Ordering::Relaxed);
         self.heartbeat_in = (in_ms > 0)
-            .then(|| Duration::from_millis(in_ms).mul_f64(self.node.server.heartbeat_tolerance));
+            .then(|| Duration::from_millis(in_ms).mul_f64(self.ctx.limits.heartbeat_tolerance));
 
         if let Some(user) = &principal.user {
             tenant.user_connected(user);
@@ -304,14 +318,19 @@ impl Session {
         self.tenant = Some(tenant);
         self.principal = principal;
         self.phase = Phase::Connected;
-        self.reply(connected);
+        self.sequencer
+            .set_error_frame(Box::new(move |fault: &Fault| {
+                encode_frame(&error_frame(fault, None), version)
+            }));
+        let connected = self.encode(&connected);
+        self.sequencer.reply(connected, &self.ctx.tasks);
         Ok(())
     }
 
-    fn tenant(&self) -> Result<Arc<Tenant>, Fault> {
+    fn tenant(&self) -> Arc<Tenant> {
         self.tenant
             .clone()
-            .ok_or_else(|| fault("not connected", "no tenant"))
+            .expect("a connected session has a tenant")
     }
 
     async fn authorize(&mut self, op: Operation, dest: &str) -> Outcome {
@@ -319,17 +338,14 @@ impl Session {
         if self.verdicts.contains(&key) {
             return Ok(());
         }
-        let tenant = self.tenant()?;
-        tenant
+        self.tenant()
             .policy()
             .authorize(&self.principal, op, dest)
             .await
-            .map_err(|reason| {
-                let verb = match op {
-                    Operation::Subscribe => "subscribe to",
-                    Operation::Send => "send to",
-                };
-                fault("access denied", format!("may not {verb} {dest}: {reason}"))
+            .map_err(|error| Fault::Access {
+                op,
+                dest: dest.to_string(),
+                error,
             })?;
         if self.verdicts.len() >= VERDICT_CACHE {
             self.verdicts.clear();
@@ -338,12 +354,10 @@ impl Session {
         Ok(())
     }
 
-    fn required<'f>(&self, frame: &'f Frame, name: &str) -> Result<&'f str, Fault> {
-        frame.get(name).ok_or_else(|| {
-            fault(
-                format!("missing {name} header"),
-                format!("{} requires a '{name}' header", frame.command.as_str()),
-            )
+    fn required<'f>(&self, frame: &'f Frame, name: &'static str) -> Result<&'f str, Fault> {
+        frame.get(name).ok_or(Fault::MissingHeader {
+            command: frame.command,
+            name,
         })
     }
 
@@ -351,37 +365,34 @@ impl Session {
         let Some(id) = frame.get("transaction") else {
             return Ok(Some(frame));
         };
-        let limit = self.node.server.max_transaction_frames;
+        let limit = self.ctx.limits.max_transaction_frames;
         let Some(frames) = self.transactions.get_mut(id) else {
-            return Err(fault(
-                "unknown transaction",
-                format!("no transaction '{id}' was begun on this connection"),
-            ));
+            return Err(Fault::UnknownTransaction(id.to_string()));
         };
         if frames.len() >= limit {
-            return Err(fault(
-                "transaction too large",
-                format!("a transaction may hold at most {limit} frames"),
-            ));
+            return Err(Fault::TransactionTooLarge(limit));
         }
         frames.push(frame);
         Ok(None)
     }
 
-    async fn send(&mut self, frame: Frame) -> Outcome {
+    async fn send(&mut self, frame: Frame, receipt: &mut Option<String>) -> Outcome {
         let dest = self.required(&frame, "destination")?.to_string();
         // The policy's verdict comes first, so a denied destination reads "access denied"
         // whatever its shape.
         self.authorize(Operation::Send, &dest).await?;
-        let target = destination::for_send(&dest)
-            .map_err(|e| fault("invalid destination", e.to_string()))?;
+        let target =
+            destination::for_send(&dest).map_err(|e| Fault::InvalidDestination(e.to_string()))?;
         let Some(frame) = self.in_transaction(frame)? else {
             return Ok(());
         };
-        self.publish(&target, frame).await
+        let receipt = receipt.take().map(|id| self.receipt(&id));
+        self.publish(target, frame, receipt).await
     }
 
-    async fn publish(&self, target: &Target, frame: Frame) -> Outcome {
+    /// Hands a SEND's message to the sequencer for routing; `receipt` is written once it is
+    /// routed.
+    async fn publish(&self, target: Target, frame: Frame, receipt: Option<Bytes>) -> Outcome {
         let headers = frame
             .headers
             .into_iter()
@@ -393,11 +404,15 @@ impl Session {
         };
         // A cluster outage is not the client's fault: the message went to this node's
         // subscribers, the loss is logged and counted, and the session goes on.
-        self.tenant()?
-            .route(target, content, false)
-            .await
-            .map(|_| ())
-            .map_err(|e| fault("message not accepted", e.to_string()))
+        let tenant = self.tenant();
+        let route: Route = Box::pin(async move {
+            tenant
+                .route(&target, content, false)
+                .await
+                .map(|_| ())
+                .map_err(|e| Fault::NotAccepted(e.to_string()))
+        });
+        self.sequencer.route(route, receipt, &self.ctx.tasks).await
     }
 
     async fn subscribe(&mut self, frame: &Frame) -> Outcome {
@@ -407,37 +422,28 @@ impl Session {
             // STOMP 1.0 made the id optional; the destination then names the subscription.
             (Version::V1_0, None) => dest.clone(),
             (_, None) => {
-                return Err(fault(
-                    "missing id header",
-                    "SUBSCRIBE requires an 'id' header",
-                ))
+                return Err(Fault::MissingHeader {
+                    command: Command::Subscribe,
+                    name: "id",
+                })
             }
         };
         if self.subs.contains_key(&id) {
-            return Err(fault(
-                "duplicate subscription id",
-                format!("subscription '{id}' already exists on this connection"),
-            ));
+            return Err(Fault::DuplicateSubscription(id));
         }
-        let max = self.node.server.max_subscriptions;
+        let max = self.ctx.limits.max_subscriptions;
         if self.subs.len() >= max {
-            return Err(fault(
-                "too many subscriptions",
-                format!("a connection may hold at most {max} subscriptions"),
-            ));
+            return Err(Fault::TooManySubscriptions(max));
         }
         let ack = match frame.get("ack") {
             None => AckMode::Auto,
-            Some(mode) => AckMode::parse(mode).ok_or_else(|| {
-                fault(
-                    "invalid ack mode",
-                    format!("ack must be auto, client or client-individual, got '{mode}'"),
-                )
-            })?,
+            Some(mode) => {
+                AckMode::parse(mode).ok_or_else(|| Fault::InvalidAckMode(mode.to_string()))?
+            }
         };
         self.authorize(Operation::Subscribe, &dest).await?;
         let target = destination::for_subscribe(&dest, self.user())
-            .map_err(|e| fault("invalid destination", e.to_string()))?;
+            .map_err(|e| Fault::InvalidDestination(e.to_string()))?;
         let sub = Arc::new(Subscription::new(
             id.clone(),
             target,
@@ -445,7 +451,7 @@ impl Session {
             self.endpoint.clone(),
             self.version,
         ));
-        self.tenant()?.subscribe(sub.clone());
+        self.tenant().subscribe(sub.clone());
         self.subs.insert(id, sub);
         Ok(())
     }
@@ -455,18 +461,16 @@ impl Session {
             (_, Some(id)) => id.to_string(),
             (Version::V1_0, None) => self.required(frame, "destination")?.to_string(),
             (_, None) => {
-                return Err(fault(
-                    "missing id header",
-                    "UNSUBSCRIBE requires an 'id' header",
-                ))
+                return Err(Fault::MissingHeader {
+                    command: Command::Unsubscribe,
+                    name: "id",
+                })
             }
         };
-        let sub = self.subs.remove(&id).ok_or_else(|| {
-            fault(
-                "unknown subscription",
-                format!("there is no subscription '{id}' on this connection"),
-            )
-        })?;
+        let sub = self
+            .subs
+            .remove(&id)
+            .ok_or_else(|| Fault::UnknownSubscription(id.clone()))?;
         self.drop_subscription(&sub);
         Ok(())
     }
@@ -488,12 +492,10 @@ impl Session {
             "message-id"
         };
         let ack_id = self.required(&frame, header)?.to_string();
-        let seq = self.endpoint.parse_ack_id(&ack_id).ok_or_else(|| {
-            fault(
-                "unknown message",
-                format!("'{ack_id}' is not the id of a message sent on this connection"),
-            )
-        })?;
+        let seq = self
+            .endpoint
+            .parse_ack_id(&ack_id)
+            .ok_or_else(|| Fault::UnknownMessage(ack_id.clone()))?;
         let Some(frame) = self.in_transaction(frame)? else {
             return Ok(());
         };
@@ -504,7 +506,7 @@ impl Session {
         };
         let settled = sub.settle(seq);
         if frame.command == Command::Nack {
-            let tenant = self.tenant()?;
+            let tenant = self.tenant();
             for unacked in settled {
                 if let Some((queue, message)) = unacked.requeue {
                     tenant.broker.requeue(&queue, message, self.id());
@@ -517,10 +519,7 @@ impl Session {
     fn transaction_id(&self, frame: &Frame) -> Result<String, Fault> {
         let id = self.required(frame, "transaction")?;
         if !self.transactions.contains_key(id) {
-            return Err(fault(
-                "unknown transaction",
-                format!("no transaction '{id}' was begun on this connection"),
-            ));
+            return Err(Fault::UnknownTransaction(id.to_string()));
         }
         Ok(id.to_string())
     }
@@ -528,17 +527,11 @@ impl Session {
     fn begin(&mut self, frame: &Frame) -> Outcome {
         let id = self.required(frame, "transaction")?;
         if self.transactions.contains_key(id) {
-            return Err(fault(
-                "duplicate transaction",
-                format!("transaction '{id}' is already open"),
-            ));
+            return Err(Fault::DuplicateTransaction(id.to_string()));
         }
-        let max = self.node.server.max_transactions;
+        let max = self.ctx.limits.max_transactions;
         if self.transactions.len() >= max {
-            return Err(fault(
-                "too many transactions",
-                format!("a connection may hold at most {max} open transactions"),
-            ));
+            return Err(Fault::TooManyTransactions(max));
         }
         self.transactions.insert(id.to_string(), Vec::new());
         Ok(())
@@ -554,8 +547,8 @@ impl Session {
                     // Checked and authorized when it was sent into the transaction.
                     let dest = frame.get("destination").unwrap_or_default();
                     let target = destination::for_send(dest)
-                        .map_err(|e| fault("invalid destination", e.to_string()))?;
-                    self.publish(&target, frame).await?;
+                        .map_err(|e| Fault::InvalidDestination(e.to_string()))?;
+                    self.publish(target, frame, None).await?;
                 }
                 _ => self.ack_or_nack(frame)?,
             }
@@ -564,37 +557,26 @@ impl Session {
     }
 
     fn encode(&self, frame: &Frame) -> Bytes {
-        let mut out = BytesMut::new();
-        encode(frame, self.version, &mut out);
-        out.freeze()
+        encode_frame(frame, self.version)
     }
 
-    fn reply(&self, frame: Frame) {
-        // A refusal means the connection is already closing; the reply has nowhere to go.
-        let _ = self.endpoint.outbox.push_control(self.encode(&frame));
+    fn receipt(&self, id: &str) -> Bytes {
+        self.encode(&Frame::new(Command::Receipt).header("receipt-id", id))
     }
 
-    fn fail(&mut self, message: &str, detail: &str, receipt: Option<&str>) {
-        let mut error = Frame::new(Command::Error)
-            .header("message", one_line(message))
-            .header("content-type", "text/plain");
-        if let Some(id) = receipt {
-            error = error.header("receipt-id", id);
-        }
-        if message == "unsupported STOMP version" {
-            error = error.header("version", "1.0,1.1,1.2");
-        }
-        let error = error.body(Bytes::from(detail.to_string()));
-        debug!(session = %self.id(), message, detail, "protocol error");
-        self.endpoint.outbox.finish(Some(self.encode(&error)));
+    fn fail(&mut self, fault: &Fault, receipt: Option<&str>) {
+        debug!(session = %self.id(), reason = fault.label(), message = %fault.message(), detail = %fault.detail(), "session error");
+        self.ctx.metrics.session_error(fault.label());
+        let error = self.encode(&error_frame(fault, receipt));
+        self.sequencer.finish(Some(error), &self.ctx.tasks);
         self.phase = Phase::Closed;
     }
 
-    /// Closes the session with an ERROR frame (bad input the codec rejected, a timeout, a
-    /// shutdown): the last frame the client gets.
-    pub fn close_with_error(&mut self, message: &str, detail: &str) {
+    /// Closes the session with an ERROR frame for a fault the driver found (bad input the
+    /// codec rejected, a timeout, a shutdown): the last frame the client gets.
+    pub fn close(&mut self, fault: Fault) {
         if self.phase != Phase::Closed {
-            self.fail(message, detail, None);
+            self.fail(&fault, None);
         }
     }
 
@@ -611,7 +593,7 @@ impl Session {
         }
         self.tenant = None;
         self.phase = Phase::Closed;
-        self.endpoint.outbox.finish(None);
+        self.sequencer.finish(None, &self.ctx.tasks);
     }
 }
 
@@ -630,6 +612,26 @@ fn dedup_first(headers: Vec<(String, String)>) -> Vec<(String, String)> {
         .into_iter()
         .filter(|(k, _)| seen.insert(k.clone()))
         .collect()
+}
+
+/// The ERROR frame for `fault`.
+fn error_frame(fault: &Fault, receipt: Option<&str>) -> Frame {
+    let mut error = Frame::new(Command::Error)
+        .header("message", one_line(&fault.message()))
+        .header("content-type", "text/plain");
+    if let Some(id) = receipt {
+        error = error.header("receipt-id", id);
+    }
+    for (name, value) in fault.extra_headers() {
+        error = error.header(*name, *value);
+    }
+    error.body(Bytes::from(fault.detail()))
+}
+
+fn encode_frame(frame: &Frame, version: Version) -> Bytes {
+    let mut out = BytesMut::new();
+    encode(frame, version, &mut out);
+    out.freeze()
 }
 
 fn one_line(text: &str) -> String {

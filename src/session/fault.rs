@@ -1,0 +1,237 @@
+//! Every way a session can end with an ERROR, as one enum: each value knows the ERROR frame's
+//! `message` header, its body, any extra headers the spec asks for, and its label in metrics
+//! and logs, so the three always agree.
+
+use crate::policy::{Operation, PolicyError};
+use crate::stomp::Command;
+
+/// Why a session ends with an ERROR frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The first frame was not CONNECT or STOMP.
+    ExpectedConnect(Command),
+    /// CONNECT twice on one connection.
+    AlreadyConnected,
+    /// No STOMP version in common; the client's `accept-version`.
+    UnsupportedVersion(String),
+    /// No tenant for the connection.
+    UnknownTenant,
+    /// A heart-beat header that does not parse.
+    InvalidHeartBeat(String),
+    /// The tenant's policy refused the CONNECT, or could not decide.
+    Authentication(PolicyError),
+    /// The tenant's policy refused an operation on a destination, or could not decide.
+    Access {
+        /// SUBSCRIBE or SEND.
+        op: Operation,
+        /// The destination.
+        dest: String,
+        /// The policy's answer.
+        error: PolicyError,
+    },
+    /// A frame lacks a header it needs.
+    MissingHeader {
+        /// The frame's command.
+        command: Command,
+        /// The header.
+        name: &'static str,
+    },
+    /// A destination of no known kind, or malformed.
+    InvalidDestination(String),
+    /// A transaction id that was not begun.
+    UnknownTransaction(String),
+    /// BEGIN of an id already open.
+    DuplicateTransaction(String),
+    /// More open transactions than allowed.
+    TooManyTransactions(usize),
+    /// More frames in one transaction than allowed.
+    TransactionTooLarge(usize),
+    /// SUBSCRIBE with an id already in use.
+    DuplicateSubscription(String),
+    /// More subscriptions than allowed.
+    TooManySubscriptions(usize),
+    /// An `ack` header of no known mode.
+    InvalidAckMode(String),
+    /// UNSUBSCRIBE of an id not in use.
+    UnknownSubscription(String),
+    /// ACK/NACK of an id this connection never sent.
+    UnknownMessage(String),
+    /// A frame only servers send.
+    ServerFrame(Command),
+    /// The broker refused a SEND (a full queue backlog).
+    NotAccepted(String),
+    /// The codec refused the bytes.
+    MalformedFrame(String),
+    /// Nothing arrived within the negotiated heart-beat.
+    HeartBeatTimeout,
+    /// No CONNECT within the limit (ms).
+    ConnectTimeout(u64),
+    /// The node is stopping.
+    ShuttingDown,
+    /// The transport failed.
+    Transport(String),
+}
+
+impl Fault {
+    /// The ERROR frame's `message` header.
+    pub fn message(&self) -> String {
+        match self {
+            Fault::ExpectedConnect(_) => "expected CONNECT".into(),
+            Fault::AlreadyConnected => "already connected".into(),
+            Fault::UnsupportedVersion(_) => "unsupported STOMP version".into(),
+            Fault::UnknownTenant => "unknown tenant".into(),
+            Fault::InvalidHeartBeat(_) => "invalid heart-beat header".into(),
+            Fault::Authentication(_) => "authentication failed".into(),
+            Fault::Access { .. } => "access denied".into(),
+            Fault::MissingHeader { name, .. } => format!("missing {name} header"),
+            Fault::InvalidDestination(_) => "invalid destination".into(),
+            Fault::UnknownTransaction(_) => "unknown transaction".into(),
+            Fault::DuplicateTransaction(_) => "duplicate transaction".into(),
+            Fault::TooManyTransactions(_) => "too many transactions".into(),
+            Fault::TransactionTooLarge(_) => "transaction too large".into(),
+            Fault::DuplicateSubscription(_) => "duplicate subscription id".into(),
+            Fault::TooManySubscriptions(_) => "too many subscriptions".into(),
+            Fault::InvalidAckMode(_) => "invalid ack mode".into(),
+            Fault::UnknownSubscription(_) => "unknown subscription".into(),
+            Fault::UnknownMessage(_) => "unknown message".into(),
+            Fault::ServerFrame(_) => "unexpected frame".into(),
+            Fault::NotAccepted(_) => "message not accepted".into(),
+            Fault::MalformedFrame(_) => "malformed frame".into(),
+            Fault::HeartBeatTimeout => "heart-beat timeout".into(),
+            Fault::ConnectTimeout(_) => "CONNECT timeout".into(),
+            Fault::ShuttingDown => "server shutting down".into(),
+            Fault::Transport(_) => "transport error".into(),
+        }
+    }
+
+    /// The ERROR frame's body: what went wrong, for a person.
+    pub fn detail(&self) -> String {
+        match self {
+            Fault::ExpectedConnect(command) => format!(
+                "the first frame must be CONNECT or STOMP, not {}",
+                command.as_str()
+            ),
+            Fault::AlreadyConnected => "CONNECT was sent twice on one connection".into(),
+            Fault::UnsupportedVersion(list) => {
+                format!("this server speaks STOMP 1.0, 1.1 and 1.2; the client accepts {list}")
+            }
+            Fault::UnknownTenant => {
+                "the CONNECT host header names no tenant and this node has no 'default' tenant"
+                    .into()
+            }
+            Fault::InvalidHeartBeat(value) => format!(
+                "heart-beat must be two non-negative integers like 10000,10000, got '{value}'"
+            ),
+            Fault::Authentication(e) => e.to_string(),
+            Fault::Access { op, dest, error } => {
+                let verb = match op {
+                    Operation::Subscribe => "subscribe to",
+                    Operation::Send => "send to",
+                };
+                format!("may not {verb} {dest}: {error}")
+            }
+            Fault::MissingHeader { command, name } => {
+                format!("{} requires a '{name}' header", command.as_str())
+            }
+            Fault::InvalidDestination(why) | Fault::NotAccepted(why) => why.clone(),
+            Fault::UnknownTransaction(id) => {
+                format!("no transaction '{id}' was begun on this connection")
+            }
+            Fault::DuplicateTransaction(id) => format!("transaction '{id}' is already open"),
+            Fault::TooManyTransactions(max) => {
+                format!("a connection may hold at most {max} open transactions")
+            }
+            Fault::TransactionTooLarge(max) => {
+                format!("a transaction may hold at most {max} frames")
+            }
+            Fault::DuplicateSubscription(id) => {
+                format!("subscription '{id}' already exists on this connection")
+            }
+            Fault::TooManySubscriptions(max) => {
+                format!("a connection may hold at most {max} subscriptions")
+            }
+            Fault::InvalidAckMode(mode) => {
+                format!("ack must be auto, client or client-individual, got '{mode}'")
+            }
+            Fault::UnknownSubscription(id) => {
+                format!("there is no subscription '{id}' on this connection")
+            }
+            Fault::UnknownMessage(id) => {
+                format!("'{id}' is not the id of a message sent on this connection")
+            }
+            Fault::ServerFrame(command) => {
+                format!("{} is a frame only the server sends", command.as_str())
+            }
+            Fault::MalformedFrame(why) | Fault::Transport(why) => why.clone(),
+            Fault::HeartBeatTimeout => {
+                "nothing was received from the client within its heart-beat interval".into()
+            }
+            Fault::ConnectTimeout(ms) => format!("no CONNECT frame within {ms} ms"),
+            Fault::ShuttingDown => {
+                "the server is shutting down; reconnect to another node or later".into()
+            }
+        }
+    }
+
+    /// Headers the spec asks for beyond `message` (the versions the server speaks, when none
+    /// was in common).
+    pub fn extra_headers(&self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Fault::UnsupportedVersion(_) => &[("version", "1.0,1.1,1.2")],
+            _ => &[],
+        }
+    }
+
+    /// Its label in metrics and logs (one of [`crate::metrics::SESSION_ERRORS`]).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Fault::Authentication(PolicyError::Denied(_)) => "authentication_denied",
+            Fault::Authentication(PolicyError::Unavailable(_)) => "policy_unavailable",
+            Fault::Access {
+                error: PolicyError::Denied(_),
+                ..
+            } => "access_denied",
+            Fault::Access {
+                error: PolicyError::Unavailable(_),
+                ..
+            } => "policy_unavailable",
+            Fault::MalformedFrame(_) => "malformed_frame",
+            Fault::HeartBeatTimeout => "heartbeat_timeout",
+            Fault::ConnectTimeout(_) => "connect_timeout",
+            Fault::ShuttingDown => "shutdown",
+            Fault::Transport(_) => "transport_error",
+            Fault::NotAccepted(_) => "not_accepted",
+            Fault::TooManySubscriptions(_)
+            | Fault::TooManyTransactions(_)
+            | Fault::TransactionTooLarge(_) => "limit",
+            _ => "protocol_error",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denied_and_unavailable_policies_read_alike_but_count_apart() {
+        let denied = Fault::Authentication(PolicyError::Denied("bad token".into()));
+        let down = Fault::Authentication(PolicyError::Unavailable("trap".into()));
+        assert_eq!(denied.message(), down.message());
+        assert_eq!(denied.detail(), "bad token");
+        assert!(down.detail().contains("unavailable"), "{}", down.detail());
+        assert_ne!(denied.label(), down.label());
+        for fault in [denied, down] {
+            assert!(crate::metrics::SESSION_ERRORS.contains(&fault.label()));
+        }
+    }
+
+    #[test]
+    fn only_a_version_mismatch_lists_the_versions() {
+        assert_eq!(
+            Fault::UnsupportedVersion("2.0".into()).extra_headers(),
+            &[("version", "1.0,1.1,1.2")]
+        );
+        assert!(Fault::AlreadyConnected.extra_headers().is_empty());
+    }
+}
