@@ -2,7 +2,7 @@
 //! hands them to the [`Session`], enforces the CONNECT timeout and the heart-beat deadline, and
 //! runs the writer task that drains the session's outbox in batches.
 //!
-//! Transports implement [`Inbound`] and [`Outbound`]; the driver knows nothing else of them.
+//! Transports implement [`TransportIn`] and [`TransportOut`]; the driver knows nothing else of them.
 
 use std::future::Future;
 use std::io;
@@ -23,13 +23,13 @@ use crate::session::{Fault, Flow, Session};
 use crate::stomp::{decode, Decoded};
 
 /// The read side of a transport.
-pub trait Inbound: Send {
+pub trait TransportIn: Send {
     /// Appends received bytes to `buf`; `Ok(0)` means the peer closed. Must be cancel-safe.
     fn fill(&mut self, buf: &mut BytesMut) -> impl Future<Output = io::Result<usize>> + Send;
 }
 
 /// The write side of a transport.
-pub trait Outbound: Send + 'static {
+pub trait TransportOut: Send + 'static {
     /// Writes whole frames, in order, in as few writes as the transport allows.
     fn write(&mut self, items: Vec<Item>) -> impl Future<Output = io::Result<()>> + Send;
     /// Closes the connection after what was written.
@@ -40,7 +40,7 @@ pub trait Outbound: Send + 'static {
 const SLOW_CONSUMER_GOODBYE: Duration = Duration::from_secs(1);
 
 /// Runs a connection to its end.
-pub async fn run<I: Inbound, O: Outbound>(
+pub async fn run<I: TransportIn, O: TransportOut>(
     node: Arc<Node>,
     mut session: Session,
     inbound: I,
@@ -62,7 +62,7 @@ pub async fn run<I: Inbound, O: Outbound>(
     }
 }
 
-async fn read_loop<I: Inbound>(
+async fn read_loop<I: TransportIn>(
     node: &Node,
     session: &mut Session,
     mut inbound: I,
@@ -135,7 +135,7 @@ async fn read_loop<I: Inbound>(
     }
 }
 
-async fn write_loop<O: Outbound>(
+async fn write_loop<O: TransportOut>(
     endpoint: Arc<Endpoint>,
     mut out: O,
     done: CancellationToken,

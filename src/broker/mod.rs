@@ -27,12 +27,27 @@ type SubList = Arc<Vec<Arc<Subscription>>>;
 /// local subscriber of a topic or queue, the first or last local session of a user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interest {
-    /// `/topic/...` gained its first (`true`) or lost its last (`false`) local subscriber.
-    Topic(String, bool),
+    /// `/topic/...` gained its first (`held: true`) or lost its last local subscriber.
+    Topic {
+        /// The topic.
+        dest: String,
+        /// Whether this node now has subscribers.
+        held: bool,
+    },
     /// `/queue/...` gained its first or lost its last local consumer.
-    Queue(String, bool),
+    Queue {
+        /// The queue.
+        dest: String,
+        /// Whether this node now has consumers.
+        held: bool,
+    },
     /// A user's first session connected or last session left.
-    User(String, bool),
+    User {
+        /// The user.
+        user: String,
+        /// Whether this node now has sessions of the user.
+        held: bool,
+    },
 }
 
 /// What happened to a published message.
@@ -110,7 +125,10 @@ impl Broker {
         let mut index = self.index();
         let entry = index.users.entry(user.to_string()).or_default();
         entry.sessions += 1;
-        (entry.sessions == 1).then(|| Interest::User(user.to_string(), true))
+        (entry.sessions == 1).then(|| Interest::User {
+            user: user.to_string(),
+            held: true,
+        })
     }
 
     /// Forgets a session of `user`; the last one is an interest change.
@@ -125,7 +143,10 @@ impl Broker {
         if last && entry.dests.is_empty() {
             index.users.remove(user);
         }
-        last.then(|| Interest::User(user.to_string(), false))
+        last.then(|| Interest::User {
+            user: user.to_string(),
+            held: false,
+        })
     }
 
     /// Users with sessions on this node (for re-announcing presence).
@@ -141,15 +162,18 @@ impl Broker {
     /// Topics and queues with local subscribers (for re-subscribing after a reconnect).
     pub fn interests(&self) -> Vec<Interest> {
         let index = self.index();
-        let topics = index
-            .topics
-            .keys()
-            .map(|t| Interest::Topic(t.clone(), true));
+        let topics = index.topics.keys().map(|t| Interest::Topic {
+            dest: t.clone(),
+            held: true,
+        });
         let queues = index
             .queues
             .iter()
             .filter(|(_, q)| !q.consumers.is_empty())
-            .map(|(name, _)| Interest::Queue(name.to_string(), true));
+            .map(|(name, _)| Interest::Queue {
+                dest: name.to_string(),
+                held: true,
+            });
         topics.chain(queues).collect()
     }
 
@@ -174,7 +198,10 @@ impl Broker {
             Target::Topic(dest) => {
                 let list = Arc::make_mut(index.topics.entry(dest.clone()).or_default());
                 list.push(sub.clone());
-                (list.len() == 1).then(|| Interest::Topic(dest.clone(), true))
+                (list.len() == 1).then(|| Interest::Topic {
+                    dest: dest.clone(),
+                    held: true,
+                })
             }
             Target::User { user, dest } => {
                 let entry = index.users.entry(user.clone()).or_default();
@@ -197,7 +224,10 @@ impl Broker {
                     }
                     index.backlog_total -= 1;
                 }
-                first.then(|| Interest::Queue(dest.clone(), true))
+                first.then(|| Interest::Queue {
+                    dest: dest.clone(),
+                    held: true,
+                })
             }
         }
     }
@@ -213,7 +243,10 @@ impl Broker {
                 Arc::make_mut(list).retain(|s| !Arc::ptr_eq(s, sub));
                 if list.is_empty() {
                     index.topics.remove(dest);
-                    return (before > 0).then(|| Interest::Topic(dest.clone(), false));
+                    return (before > 0).then(|| Interest::Topic {
+                        dest: dest.clone(),
+                        held: false,
+                    });
                 }
                 None
             }
@@ -239,7 +272,10 @@ impl Broker {
                 if queue.consumers.is_empty() && queue.backlog.is_empty() {
                     index.queues.remove(dest.as_str());
                 }
-                last.then(|| Interest::Queue(dest.clone(), false))
+                last.then(|| Interest::Queue {
+                    dest: dest.clone(),
+                    held: false,
+                })
             }
         }
     }

@@ -23,7 +23,7 @@ use crate::web::json_error;
 pub fn router(node: Arc<Node>) -> Router {
     // The API takes a message of at most a frame, plus room for JSON quoting.
     let body_limit = node.server.max_frame_bytes * 2 + 4096;
-    let endpoints = sockjs::Endpoints::new(&node);
+    let endpoints = sockjs::SockJsServices::new(&node);
     let sockjs_route = any(move |req: axum::extract::Request| endpoints.clone().serve(req));
     let router = if node.server.demo_page {
         demo::pages()

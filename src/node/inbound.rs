@@ -61,7 +61,7 @@ impl LocalNode for NodeInbound {
                     .broker
                     .connected_users()
                     .into_iter()
-                    .map(|u| Interest::User(u, true))
+                    .map(|user| Interest::User { user, held: true })
                     .collect();
                 interests.extend(t.broker.interests());
                 (t.id.clone(), interests)

@@ -23,7 +23,7 @@ use bytes::BytesMut;
 use tracing::{info_span, Instrument};
 
 use crate::broker::outbox::Item;
-use crate::connection::{self, Inbound, Outbound};
+use crate::connection::{self, TransportIn, TransportOut};
 use crate::node::Node;
 use crate::policy::TransportKind;
 use crate::session::{Peer, Session};
@@ -32,13 +32,13 @@ use crate::tenant::Tenant;
 use crate::web::json_error;
 
 /// The SockJS services of a node's tenants.
-pub struct Endpoints {
+pub struct SockJsServices {
     services: HashMap<String, (Arc<Tenant>, Arc<SockJs>)>,
 }
 
-impl Endpoints {
+impl SockJsServices {
     /// One service per tenant, with the node's `[sockjs]` settings.
-    pub fn new(node: &Arc<Node>) -> Arc<Endpoints> {
+    pub fn new(node: &Arc<Node>) -> Arc<SockJsServices> {
         let c = &node.sockjs;
         let options = Options {
             websocket: c.websocket,
@@ -62,7 +62,7 @@ impl Endpoints {
                 (tenant.id.clone(), (tenant.clone(), service))
             })
             .collect();
-        Arc::new(Endpoints { services })
+        Arc::new(SockJsServices { services })
     }
 
     /// Answers any request under `/sockjs`.
@@ -158,7 +158,7 @@ impl crate::sockjs::Handler for StompHandler {
 
 struct SockJsIn(Connection);
 
-impl Inbound for SockJsIn {
+impl TransportIn for SockJsIn {
     async fn fill(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         loop {
             match self.0.recv().await {
@@ -175,7 +175,7 @@ impl Inbound for SockJsIn {
 
 struct SockJsOut(Sender);
 
-impl Outbound for SockJsOut {
+impl TransportOut for SockJsOut {
     async fn write(&mut self, items: Vec<Item>) -> io::Result<()> {
         let messages = items
             .iter()

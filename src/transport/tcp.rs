@@ -12,7 +12,7 @@ use tracing::{debug, info_span, Instrument};
 
 use super::io::{accept, read_ready, write_all_vectored};
 use crate::broker::outbox::Item;
-use crate::connection::{self, Inbound, Outbound};
+use crate::connection::{self, TransportIn, TransportOut};
 use crate::node::Node;
 use crate::policy::TransportKind;
 use crate::session::{Peer, Session};
@@ -53,7 +53,7 @@ async fn refuse(mut stream: TcpStream) {
 
 struct TcpIn(OwnedReadHalf);
 
-impl Inbound for TcpIn {
+impl TransportIn for TcpIn {
     async fn fill(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         read_ready(&self.0, buf).await
     }
@@ -61,7 +61,7 @@ impl Inbound for TcpIn {
 
 struct TcpOut(OwnedWriteHalf);
 
-impl Outbound for TcpOut {
+impl TransportOut for TcpOut {
     async fn write(&mut self, items: Vec<Item>) -> io::Result<()> {
         // Everything queued in one gathered write, from the frames' own bytes.
         let mut slices: Vec<IoSlice<'_>> = items

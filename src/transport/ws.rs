@@ -26,7 +26,7 @@ use tracing::{debug, info_span, Instrument};
 
 use super::io::{read_ready, write_all_vectored};
 use crate::broker::outbox::Item;
-use crate::connection::{self, Inbound, Outbound};
+use crate::connection::{self, TransportIn, TransportOut};
 use crate::node::Node;
 use crate::policy::TransportKind;
 use crate::session::{Peer, Session};
@@ -410,7 +410,7 @@ impl WsIn {
     }
 }
 
-impl Inbound for WsIn {
+impl TransportIn for WsIn {
     async fn fill(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
         loop {
             let parsed = self.parse(buf).await.map_err(|e| self.violated(e))?;
@@ -432,7 +432,7 @@ impl Inbound for WsIn {
 /// Writes batches as WebSocket messages.
 struct WsOut(SharedWriter);
 
-impl Outbound for WsOut {
+impl TransportOut for WsOut {
     async fn write(&mut self, items: Vec<Item>) -> io::Result<()> {
         let mut out = self.0.writer.lock().await;
         let mut rest = &items[..];

@@ -62,7 +62,7 @@ impl Period<'_> {
         let mut topics = HashSet::new();
         for (tenant, interests) in &holdings {
             for interest in interests {
-                if let Interest::Topic(dest, true) = interest {
+                if let Interest::Topic { dest, held: true } = interest {
                     topics.insert(keys::topic_channel(tenant, dest));
                 }
             }
@@ -222,8 +222,8 @@ impl RedisBackplane {
         let node = &self.settings.node_id;
         let verb = |held: bool| if held { "SADD" } else { "SREM" };
         match interest {
-            Interest::User(user, online) => {
-                pipe.cmd(verb(*online))
+            Interest::User { user, held } => {
+                pipe.cmd(verb(*held))
                     .arg(keys::presence(tenant, user))
                     .arg(node)
                     .ignore();
@@ -233,14 +233,14 @@ impl RedisBackplane {
                     .ignore();
                 true
             }
-            Interest::Queue(dest, consuming) => {
-                pipe.cmd(verb(*consuming))
+            Interest::Queue { dest, held } => {
+                pipe.cmd(verb(*held))
                     .arg(keys::consumers(tenant, dest))
                     .arg(node)
                     .ignore();
                 true
             }
-            Interest::Topic(..) => false,
+            Interest::Topic { .. } => false,
         }
     }
 
@@ -251,7 +251,11 @@ impl RedisBackplane {
         tenant: &str,
         interest: &Interest,
     ) -> Result<(), RedisError> {
-        let Interest::Topic(dest, subscribed) = interest else {
+        let Interest::Topic {
+            dest,
+            held: subscribed,
+        } = interest
+        else {
             let mut pipe = redis::pipe();
             self.push_interest(&mut pipe, tenant, interest);
             return Ok(pipe.query_async::<()>(conn).await?);
@@ -290,9 +294,9 @@ impl RedisBackplane {
         for (tenant, interests) in local.holdings() {
             for interest in interests {
                 let withdrawn = match interest {
-                    Interest::User(user, _) => Interest::User(user, false),
-                    Interest::Queue(dest, _) => Interest::Queue(dest, false),
-                    Interest::Topic(..) => continue,
+                    Interest::User { user, .. } => Interest::User { user, held: false },
+                    Interest::Queue { dest, .. } => Interest::Queue { dest, held: false },
+                    Interest::Topic { .. } => continue,
                 };
                 self.push_interest(&mut pipe, &tenant, &withdrawn);
             }
