@@ -508,3 +508,45 @@ async fn a_node_stopped_with_sigterm_leaves_the_cluster_at_once() {
         .unwrap();
     assert_eq!(score, None, "node-a is no longer a live node");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_under_its_id_withdraws_what_its_last_run_held() {
+    let redis = Redis::start();
+    let toml = config("");
+    let mut a = NodeProcess::start("node-a", &redis.url(), &toml);
+    let b = NodeProcess::start("node-b", &redis.url(), &toml);
+    await_ready(&a).await;
+    await_ready(&b).await;
+    let mut carol = Client::tcp(a.stomp).await;
+    carol.connect_as("carol").await;
+    carol.subscribe("1", "/user/queue/notice", "auto").await;
+    let mut worker = ws_on(&a, "dave").await;
+    worker.subscribe("1", "/queue/jobs", "auto").await;
+    await_presence(&redis, "carol", &["node-a"]).await;
+
+    a.kill9();
+    let a = NodeProcess::start("node-a", &redis.url(), &toml);
+    await_ready(&a).await;
+    // Without the withdrawal, node-a (alive again) stays in carol's presence for ever.
+    await_presence(&redis, "carol", &[]).await;
+    let mut conn = redis.client().await;
+    let consumers: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("sb:default:consumers:/queue/jobs")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(consumers.is_empty(), "queue consumers: {consumers:?}");
+    let (status, answer) = publish_on(
+        &b,
+        json!({"receiver": "carol", "destination": "/queue/notice", "content": "lost?"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["online"], false, "{answer}");
+
+    // What the new run holds is announced as usual.
+    let mut carol = Client::tcp(a.stomp).await;
+    carol.connect_as("carol").await;
+    carol.subscribe("1", "/user/queue/notice", "auto").await;
+    await_presence(&redis, "carol", &["node-a"]).await;
+}

@@ -188,24 +188,56 @@ impl RedisBackplane {
         Ok(previous.is_none())
     }
 
+    /// Makes Redis show exactly what this node holds: withdraws what it announced before and
+    /// no longer holds (the users and queues of an earlier run under this node id, or changes
+    /// lost during an outage), then announces everything it holds now. Nothing it still holds
+    /// is withdrawn even for a moment, so other nodes keep routing to it throughout.
     async fn announce_all(
         &self,
         conn: &mut MultiplexedConnection,
         holdings: &[(String, Vec<Interest>)],
     ) -> Result<(), RedisError> {
+        let node = &self.settings.node_id;
+        let recorded: HashSet<String> = redis::cmd("SMEMBERS")
+            .arg(keys::holdings(node))
+            .query_async(conn)
+            .await?;
+        let held: HashSet<String> = holdings
+            .iter()
+            .flat_map(|(tenant, interests)| {
+                interests
+                    .iter()
+                    .filter_map(move |i| keys::holding(tenant, i))
+            })
+            .collect();
+        let stale: Vec<(String, Interest)> = recorded
+            .difference(&held)
+            .filter_map(|member| keys::parse_holding(member))
+            .collect();
+        if !stale.is_empty() {
+            info!(
+                count = stale.len(),
+                "withdrawing what this node announced and no longer holds"
+            );
+        }
         let mut pipe = redis::pipe();
         let mut count = 0;
+        // Gathered first: the loop awaits, and an iterator of borrowed closures across an
+        // await would make the connected loop's future not `Send`.
+        let mut changes: Vec<(&str, &Interest)> =
+            stale.iter().map(|(t, i)| (t.as_str(), i)).collect();
         for (tenant, interests) in holdings {
-            for interest in interests {
-                if !self.push_interest(&mut pipe, tenant, interest) {
-                    continue;
-                }
-                count += 1;
-                if count == ANNOUNCE_BATCH {
-                    pipe.query_async::<()>(conn).await?;
-                    pipe = redis::pipe();
-                    count = 0;
-                }
+            changes.extend(interests.iter().map(|i| (tenant.as_str(), i)));
+        }
+        for (tenant, interest) in changes {
+            if !self.push_interest(&mut pipe, tenant, interest) {
+                continue;
+            }
+            count += 1;
+            if count == ANNOUNCE_BATCH {
+                pipe.query_async::<()>(conn).await?;
+                pipe = redis::pipe();
+                count = 0;
             }
         }
         if count == 0 {
@@ -221,6 +253,16 @@ impl RedisBackplane {
     fn push_interest(&self, pipe: &mut redis::Pipeline, tenant: &str, interest: &Interest) -> bool {
         let node = &self.settings.node_id;
         let verb = |held: bool| if held { "SADD" } else { "SREM" };
+        if let Some(member) = keys::holding(tenant, interest) {
+            let held = matches!(
+                interest,
+                Interest::User { held: true, .. } | Interest::Queue { held: true, .. }
+            );
+            pipe.cmd(verb(held))
+                .arg(keys::holdings(node))
+                .arg(member)
+                .ignore();
+        }
         match interest {
             Interest::User { user, held } => {
                 pipe.cmd(verb(*held))
@@ -303,6 +345,7 @@ impl RedisBackplane {
         }
         pipe.cmd("ZREM").arg(keys::NODES).arg(node).ignore();
         pipe.cmd("DEL").arg(keys::alive(node)).ignore();
+        pipe.cmd("DEL").arg(keys::holdings(node)).ignore();
         self.ready.store(false, Ordering::Release);
         match tokio::time::timeout(REDIS_TIMEOUT, pipe.query_async::<()>(conn)).await {
             Ok(Ok(())) => info!(node = %node, "left the cluster"),

@@ -6,11 +6,16 @@
 //!   before it could expire means Redis lost its data, and the node announces everything again.
 //! - `sb:{tenant}:presence:{user}`: set of the nodes holding sessions of that user.
 //! - `sb:{tenant}:consumers:{queue}`: set of the nodes with consumers of that queue.
+//! - `sb:holdings:{node}`: set of what the node has announced (one member per user present and
+//!   queue consumed, see [`holding`]), so that a node that starts again under its id, or comes
+//!   back after an outage during which changes were lost, withdraws what it no longer holds.
 //! - `sb:{tenant}:ingress:{sha256}:{n}`: the claim on the n-th ingress message with those bytes.
 //! - channel `sb:inbox:{node}`: messages for one node (user and queue messages).
 //! - channel `sb:{tenant}:topic:{dest}`: a topic; subscribed only by nodes with subscribers.
 //! - channel `sb:presence`: "a user's presence changed" (`{tenant}\0{user}`), which drops that
 //!   entry from every node's presence cache.
+
+use crate::broker::Interest;
 
 /// The sorted set of live nodes and their last heartbeat.
 pub const NODES: &str = "sb:nodes";
@@ -21,6 +26,39 @@ pub const PRESENCE_CHANNEL: &str = "sb:presence";
 /// The key whose disappearance tells a node that Redis lost its data.
 pub fn alive(node: &str) -> String {
     format!("sb:alive:{node}")
+}
+
+/// The set of what `node` has announced.
+pub fn holdings(node: &str) -> String {
+    format!("sb:holdings:{node}")
+}
+
+/// A member of [`holdings`]: `u\0{tenant}\0{user}` or `q\0{tenant}\0{queue}`; `None` for a
+/// topic (a channel subscription, which ends with the connection).
+pub fn holding(tenant: &str, interest: &Interest) -> Option<String> {
+    match interest {
+        Interest::User { user, .. } => Some(format!("u\0{tenant}\0{user}")),
+        Interest::Queue { dest, .. } => Some(format!("q\0{tenant}\0{dest}")),
+        Interest::Topic { .. } => None,
+    }
+}
+
+/// The tenant and the interest (as given up) of a [`holding`].
+pub fn parse_holding(member: &str) -> Option<(String, Interest)> {
+    let mut parts = member.splitn(3, '\0');
+    let (kind, tenant, name) = (parts.next()?, parts.next()?, parts.next()?);
+    let interest = match kind {
+        "u" => Interest::User {
+            user: name.to_string(),
+            held: false,
+        },
+        "q" => Interest::Queue {
+            dest: name.to_string(),
+            held: false,
+        },
+        _ => return None,
+    };
+    Some((tenant.to_string(), interest))
 }
 
 /// The channel of messages for one node.
@@ -61,6 +99,40 @@ pub fn parse_presence_notice(payload: &[u8]) -> Option<(&str, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holdings_round_trip_and_skip_topics() {
+        let user = Interest::User {
+            user: "al:ice".into(),
+            held: true,
+        };
+        let member = holding("acme", &user).unwrap();
+        assert_eq!(
+            parse_holding(&member),
+            Some((
+                "acme".to_string(),
+                Interest::User {
+                    user: "al:ice".into(),
+                    held: false
+                }
+            ))
+        );
+        let queue = Interest::Queue {
+            dest: "/queue/a".into(),
+            held: true,
+        };
+        assert!(matches!(
+            parse_holding(&holding("t", &queue).unwrap()),
+            Some((_, Interest::Queue { held: false, .. }))
+        ));
+        let topic = Interest::Topic {
+            dest: "/topic/a".into(),
+            held: true,
+        };
+        assert_eq!(holding("t", &topic), None);
+        assert_eq!(parse_holding("x\0t\0y"), None);
+        assert_eq!(parse_holding("u\0only-tenant"), None);
+    }
 
     #[test]
     fn layout() {
