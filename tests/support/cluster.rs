@@ -91,6 +91,12 @@ impl NodeProcess {
         self.inner.kill();
     }
 
+    /// SIGTERM, then waits for the process to exit; true when it exited with success.
+    pub fn terminate(&mut self) -> bool {
+        let exited = self.inner.terminate(std::time::Duration::from_secs(30));
+        exited.is_some_and(|status| status.success())
+    }
+
     /// What the node logged so far.
     pub fn log(&self) -> String {
         self.inner.log()
