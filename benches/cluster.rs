@@ -8,87 +8,27 @@
 //! STOMP-over-TCP client on the sending node SENDs to `/user/u{i}/queue/bench`, each body the
 //! send time, so every delivery yields one latency sample.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
+use stompbox_testkit::{Node, Redis};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 use tokio_tungstenite::tungstenite::Message;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn redis() -> (Killed, String) {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server on the PATH");
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Killed(child), format!("redis://127.0.0.1:{port}/0"))
-}
-
-fn node(id: &str, redis: Option<&str>) -> (Killed, SocketAddr, SocketAddr) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_stompbox"));
-    cmd.args([
-        "serve",
-        "--http",
-        "127.0.0.1:0",
-        "--stomp",
-        "127.0.0.1:0",
-        "--node-id",
-        id,
-    ])
-    .env("RUST_LOG", "error")
-    .stdout(Stdio::piped());
+/// A node from the built binary, in the cluster of `redis` if given.
+fn node(id: &str, redis: Option<&str>) -> Node {
+    let mut builder = Node::builder(env!("CARGO_BIN_EXE_stompbox"))
+        .name(id)
+        .args(["--node-id", id])
+        .env("RUST_LOG", "error");
     if let Some(url) = redis {
-        cmd.args(["--redis", url]);
+        builder = builder.args(["--redis", url]);
     }
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = |key: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(key))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    let (http, stomp) = (addr("http="), addr("stomp="));
-    (Killed(child), http, stomp)
+    builder.start().unwrap_or_else(|e| panic!("{e}"))
 }
 
 struct Samples {
@@ -251,10 +191,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (_redis, url) = redis();
-    let (_a, a_http, _a_stomp) = node("bench-a", Some(&url));
-    let (_b, _b_http, b_stomp) = node("bench-b", Some(&url));
-    let (_s, s_http, s_stomp) = node("bench-single", None);
+    let redis = Redis::start().expect("redis-server on the PATH");
+    let url = redis.url();
+    let a = node("bench-a", Some(&url));
+    let b = node("bench-b", Some(&url));
+    let single = node("bench-single", None);
+    let (a_http, b_stomp) = (a.http(), b.stomp());
+    let (s_http, s_stomp) = (single.http(), single.stomp());
     std::thread::sleep(Duration::from_millis(500));
     let results = runtime.block_on(async {
         vec![

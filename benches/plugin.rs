@@ -29,22 +29,13 @@ fn plugin_wasm(name: &str) -> PathBuf {
 }
 
 fn token(user: &str) -> String {
-    use base64::Engine as _;
-    use hmac::{KeyInit, Mac};
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
         + 3600;
-    let input = format!(
-        "{}.{}",
-        b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
-        b64.encode(format!(r#"{{"sub":"{user}","exp":{exp}}}"#))
-    );
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(input.as_bytes());
-    format!("{input}.{}", b64.encode(mac.finalize().into_bytes()))
+    let claims = serde_json::json!({"sub": user, "exp": exp});
+    stompbox_testkit::jwt::hs256(SECRET, &claims)
 }
 
 fn settings() -> BTreeMap<String, String> {

@@ -14,8 +14,9 @@
 #
 # This script installs what is missing (RabbitMQ, Redis; as root or through sudo), builds the
 # two release binaries and the jwt-auth plugin, prepares a RabbitMQ node of its own and hands
-# the scenarios to scripts/bench/run.py, which starts every process a run needs. Everything
-# started is stopped on exit, however the run ends.
+# the scenarios to `stompbox-bench suite` (bench/src/suite/), which starts every process a run
+# needs, runs the systems A B A B and renders the table. Everything started is stopped on exit,
+# however the run ends.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -87,12 +88,7 @@ wants() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 # --- what the benchmark needs ---------------------------------------------------------------
 
 have cargo || die "cargo is not installed (the Rust toolchain comes from rustup)"
-have python3 || apt_install python3
-python3 -c 'import sys; sys.exit(sys.version_info < (3, 8))' ||
-    die "python3 is older than 3.8 (scripts/bench/run.py needs 3.8+)"
-for tool in ss pgrep; do
-    have "$tool" || die "'$tool' is missing (Debian: iproute2 / procps)"
-done
+have ss || die "'ss' is missing (Debian: iproute2)"
 if wants cluster && ! have redis-server; then
     apt_install redis-server
     have redis-server || die "redis-server is still missing after installing redis-server"
@@ -173,8 +169,8 @@ cleanup() {
     set +e
     trap - EXIT INT TERM
     if [ -n "$RUNNER_PID" ]; then stop_pid "$RUNNER_PID" 90; fi
-    # run.py registers every process it starts (file name = pid, content = its executable); a
-    # runner that died without cleaning up leaves them here. The executable check keeps a
+    # The suite records every process it starts (file name = pid, content = its executable); a
+    # suite that died without cleaning up leaves them here. The executable check keeps a
     # recycled pid from being hit.
     local f pid
     for f in "$WORK"/pids/*; do
@@ -199,24 +195,22 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# free_port: a port nothing listens on now (the kernel's choice for an ephemeral bind).
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-
 # --- RabbitMQ ---------------------------------------------------------------------------------
 
 # A node of our own rather than the machine's (if any): a pre-started service may lack
 # web_stomp and, started through su, has PAM's 1024 descriptors, which caps it below the
 # scenarios' 10,000 connections. Ours has its own name, ports, data and logs, and the hard
-# descriptor limit. This prepares it; run.py starts it, and restarts it where a measurement
+# descriptor limit. This prepares it; the suite starts it, and restarts it where a measurement
 # needs a fresh node (memory: Erlang keeps what an earlier run freed).
 prepare_rabbitmq() {
     local dir="$WORK/rabbitmq" node="stompbox-bench-$$@localhost"
-    local amqp_port web_port dist_port
-    amqp_port="$(free_port)"
-    web_port="$(free_port)"
-    dist_port="$(free_port)"
+    local amqp_port web_port dist_port ports=()
+    # Three different ports nothing listens on now (the kernel's choice for an ephemeral bind).
+    mapfile -t ports < <("$BENCH_BIN" free-port --count 3)
+    [ ${#ports[@]} -eq 3 ] || die "stompbox-bench free-port gave no ports"
+    amqp_port="${ports[0]}"
+    web_port="${ports[1]}"
+    dist_port="${ports[2]}"
     mkdir -p "$dir/mnesia" "$dir/log"
     # The idle timeouts: the load tool's clients send no heart-beats, and Cowboy's default
     # closes a WebSocket after 60 s without a frame from the client, which cut off the early
@@ -256,7 +250,7 @@ CONF
         RABBITMQ_CONF_ENV_FILE="$dir/rabbitmq-env.conf"
         RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS='-kernel inet_dist_use_interface {127,0,0,1}'
     )
-    # Two commands for run.py: the server (descriptors raised to the hard limit, then the
+    # Two commands for the suite: the server (descriptors raised to the hard limit, then the
     # rabbitmq user) and rabbitmqctl bound to this node.
     {
         echo '#!/usr/bin/env bash'
@@ -273,13 +267,13 @@ CONF
     } >"$WORK/rabbitmqctl"
     chmod 755 "$WORK/rabbitmq-server" "$WORK/rabbitmqctl"
     if ss -ltnH 'sport = :4369' | grep -q .; then EPMD_WAS_RUNNING=1; else EPMD_WAS_RUNNING=0; fi
-    RABBIT_ARGS=(--rabbit-server "$WORK/rabbitmq-server" --rabbitmqctl "$WORK/rabbitmqctl"
-        --rabbit-start-script "$RABBIT_HOME_DIR/rabbitmq-server"
-        --rabbit-url "ws://127.0.0.1:$web_port/ws" --rabbit-version "$RABBIT_VERSION")
+    RABBIT_ARGS=(--rabbitmq-server "$WORK/rabbitmq-server" --rabbitmqctl "$WORK/rabbitmqctl"
+        --rabbitmq-start-script "$RABBIT_HOME_DIR/rabbitmq-server"
+        --rabbitmq-url "ws://127.0.0.1:$web_port/ws" --rabbitmq-version "$RABBIT_VERSION")
     log "RabbitMQ $RABBIT_VERSION: node $node, Web-STOMP on 127.0.0.1:$web_port"
 }
 
-RABBIT_ARGS=()
+RABBIT_ARGS=(--skip-rabbitmq)
 if [ "$SKIP_RABBIT" -eq 0 ]; then
     prepare_rabbitmq
 fi
@@ -287,12 +281,9 @@ fi
 # --- the scenarios ----------------------------------------------------------------------------
 
 args=(
-    --root "$ROOT"
     --out "$OUT"
     --work "$WORK"
-    --bench-bin "$BENCH_BIN"
     --stompbox-bin "$STOMPBOX_BIN"
-    --nofile-hard "$(ulimit -Hn)"
     "${RABBIT_ARGS[@]}"
 )
 [ "$SMALL" -eq 1 ] && args+=(--small)
@@ -301,9 +292,8 @@ args=(
 [ -n "$JWT_WASM" ] && args+=(--jwt-wasm "$JWT_WASM")
 if wants cluster; then args+=(--redis-server "$(command -v redis-server)"); fi
 
-# The soft descriptor limit up to the hard one, for the load tool and the nodes run.py starts.
-ulimit -n "$(ulimit -Hn)"
-python3 "$ROOT/scripts/bench/run.py" "${args[@]}" &
+# The suite raises its descriptor limit to the hard one, for itself and what it starts.
+"$BENCH_BIN" suite "${args[@]}" &
 RUNNER_PID=$!
 rc=0
 wait "$RUNNER_PID" || rc=$?

@@ -3,25 +3,25 @@
 //! WebSocket (`tests/clients/stompjs_check.mjs`). Neither library was written by this project,
 //! so these catch misreadings of the protocol that our own test client would share.
 //!
-//! Each test starts its own node on port 0 with a random API key, runs one script with a
-//! timeout and asserts that it exits 0; the script's output is printed (see it with
-//! `--nocapture`), and on failure the node's log too. The clients' dependencies live in
+//! Each test starts its own node on port 0 with a random API key (processes come from the test
+//! kit, `testkit/`), runs one script with a timeout and asserts that it exits 0; the script's
+//! output is printed (see it with `--nocapture`), and on failure the node's log too. The clients' dependencies live in
 //! `tests/clients/.venv` and `tests/clients/node_modules`; `scripts/test.sh` installs both.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::thread;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use stompbox_testkit::{Log, Process};
 
 /// How long the node may take to print its listening line.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long one client script may run (each bounds its own waits much more tightly).
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
+/// How long the node may take to exit on SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
@@ -51,170 +51,37 @@ fn random_key() -> String {
     format!("ext-{a:016x}{:016x}", hasher.finish())
 }
 
-/// A child's output stream, collected on a thread.
-struct Output {
-    text: Arc<Mutex<String>>,
-    reader: Option<thread::JoinHandle<()>>,
-}
-
-impl Output {
-    fn collect(stream: impl Read + Send + 'static) -> Output {
-        let text = Arc::new(Mutex::new(String::new()));
-        let sink = text.clone();
-        let reader = thread::spawn(move || {
-            let mut reader = BufReader::new(stream);
-            let mut line = String::new();
-            while matches!(reader.read_line(&mut line), Ok(n) if n > 0) {
-                sink.lock().unwrap().push_str(&line);
-                line.clear();
-            }
-        });
-        Output {
-            text,
-            reader: Some(reader),
-        }
-    }
-
-    /// What has arrived so far.
-    fn now(&self) -> String {
-        self.text.lock().unwrap().clone()
-    }
-
-    /// Everything, once the child has exited (its end of the pipe closed).
-    fn all(&mut self) -> String {
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
-        self.now()
-    }
-}
-
-/// Ends `child` when dropped (a failing assertion included): SIGTERM first, then SIGKILL.
-struct Guard {
-    child: Child,
-    name: &'static str,
-}
-
-impl Guard {
-    fn wait_timeout(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-                _ => return None,
-            }
-        }
-    }
-
-    /// Sends SIGTERM (std has none; `kill` does it) and waits up to 10 s for the exit.
-    fn terminate(&mut self) -> Option<ExitStatus> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return Some(status);
-        }
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .stderr(Stdio::null())
-            .status();
-        self.wait_timeout(Duration::from_secs(10))
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if self.terminate().is_none() {
-            eprintln!("{} did not stop on SIGTERM; killing it", self.name);
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A `stompbox serve` process on ports chosen by the OS.
+/// A `stompbox serve` process on ports chosen by the OS, with a random API key; its log is
+/// kept for failure messages.
 struct Node {
-    guard: Guard,
+    node: stompbox_testkit::Node,
     http: String,
     stomp: String,
     api_key: String,
-    log: Output,
-    config: Option<PathBuf>,
 }
 
 impl Node {
     /// Starts a node; `config` is TOML for `--config`, if any.
     fn start(config: Option<&str>) -> Node {
         let api_key = random_key();
-        let config = config.map(|text| {
-            let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
-                "external-clients-{}-{}.toml",
-                std::process::id(),
-                &api_key[4..12]
-            ));
-            std::fs::write(&path, text).expect("write the node's config file");
-            path
-        });
-        let mut command = Command::new(env!("CARGO_BIN_EXE_stompbox"));
-        command
-            .args(["serve", "--http", "127.0.0.1:0", "--stomp", "127.0.0.1:0"])
+        let mut builder = stompbox_testkit::Node::builder(env!("CARGO_BIN_EXE_stompbox"))
             .args(["--api-key", &api_key])
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some(path) = &config {
-            command.arg("--config").arg(path);
+            .startup_timeout(STARTUP_TIMEOUT);
+        if let Some(text) = config {
+            builder = builder.config(text);
         }
-        let mut child = command.spawn().expect("start target/debug/stompbox");
-        let stdout = child.stdout.take().unwrap();
-        let log = Output::collect(child.stderr.take().unwrap());
-        let guard = Guard {
-            child,
-            name: "stompbox",
-        };
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(first)) = lines.next() {
-                let _ = tx.send(first);
-            }
-            // Keep draining, so the node never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = match rx.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(line) => line,
-            Err(_) => panic!(
-                "stompbox printed no listening line within {STARTUP_TIMEOUT:?}; its log:\n{}",
-                log.now()
-            ),
-        };
-        let field = |name: &str| {
-            line.strip_prefix("stompbox listening ")
-                .and_then(|rest| {
-                    rest.split_whitespace()
-                        .find_map(|kv| kv.strip_prefix(&format!("{name}=")[..]))
-                })
-                .unwrap_or_else(|| panic!("unexpected listening line {line:?}"))
-                .to_string()
-        };
+        let node = builder
+            .start()
+            .unwrap_or_else(|e| panic!("start target/debug/stompbox: {e}"));
         Node {
-            http: field("http"),
-            stomp: field("stomp"),
-            guard,
+            http: node.http().to_string(),
+            stomp: node.stomp().to_string(),
+            node,
             api_key,
-            log,
-            config,
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(path) = &self.config {
-            let _ = std::fs::remove_file(path);
         }
     }
 }
@@ -225,23 +92,18 @@ fn run_script(node: &mut Node, name: &'static str, mut command: Command, expect_
         .current_dir(clients_dir())
         .args(["--http", &node.http, "--stomp", &node.stomp])
         .args(["--api-key", &node.api_key])
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .env("PYTHONUNBUFFERED", "1");
     let started = Instant::now();
-    let mut child = command
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {name} ({command:?}): {e}; run scripts/test.sh"));
-    let mut stdout = Output::collect(child.stdout.take().unwrap());
-    let mut stderr = Output::collect(child.stderr.take().unwrap());
-    let mut guard = Guard { child, name };
-    let status = guard.wait_timeout(SCRIPT_TIMEOUT);
+    let (stdout, stderr) = (Log::memory(), Log::memory());
+    let description = format!("{command:?}");
+    let mut script = Process::spawn(name, command, stdout.clone(), stderr.clone())
+        .unwrap_or_else(|e| panic!("cannot start {name} ({description}): {e}; run scripts/test.sh"))
+        .stop_on_drop(STOP_TIMEOUT);
+    let status = script.wait_timeout(SCRIPT_TIMEOUT);
     if status.is_none() {
-        let _ = guard.child.kill();
-        let _ = guard.child.wait();
+        script.kill();
     }
-    let (out, err) = (stdout.all(), stderr.all());
+    let (out, err) = (stdout.text(), stderr.text());
     println!(
         "--- {name} ({:.1}s) ---\n{out}{}",
         started.elapsed().as_secs_f64(),
@@ -259,23 +121,19 @@ fn run_script(node: &mut Node, name: &'static str, mut command: Command, expect_
         )),
         Some(_) => None,
     };
-    drop(guard); // the script has exited (or was killed)
+    drop(script); // it has exited (or was killed)
     if let Some(failure) = failure {
         // The script's output was printed above.
-        panic!("{failure}\n--- stompbox log ---\n{}", node.log.now());
+        panic!("{failure}\n--- stompbox log ---\n{}", node.node.log());
     }
     // The node outlived every client, and shuts down cleanly on SIGTERM.
     assert!(
-        matches!(node.guard.child.try_wait(), Ok(None)),
+        node.node.exited().is_none(),
         "stompbox exited during {name}; its log:\n{}",
-        node.log.now()
+        node.node.log()
     );
-    let status = node.guard.terminate();
-    let log = if status.is_some() {
-        node.log.all()
-    } else {
-        node.log.now()
-    };
+    let status = node.node.terminate(STOP_TIMEOUT);
+    let log = node.node.log();
     assert!(
         !log.contains("panicked"),
         "stompbox panicked during {name}:\n{log}"

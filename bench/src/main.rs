@@ -1,6 +1,7 @@
-//! `stompbox-bench`: the load tool for STOMP-over-WebSocket brokers (`run`) and the null broker
-//! that shows the machine's ceiling beside every broker figure (`null-broker`). The README
-//! beside `src/` explains the options and every figure.
+//! `stompbox-bench`: the load tool for STOMP-over-WebSocket brokers (`run`), the null broker
+//! that shows the machine's ceiling beside every broker figure (`null-broker`), and the
+//! benchmark's scenarios that run them both against stompbox and RabbitMQ (`suite`). The
+//! README beside `src/` explains the options and every figure.
 //!
 //! Its WebSocket and STOMP code is its own rather than the broker's (`stompbox`'s codecs): a
 //! tool that measures several brokers must not share the framing of one of them, where a
@@ -16,6 +17,7 @@ mod run;
 mod stats;
 mod stomp;
 mod subscriber;
+mod suite;
 mod template;
 mod ws;
 
@@ -34,6 +36,14 @@ enum Command {
     Run(Box<run::RunOpts>),
     /// Serve STOMP over WebSocket as cheaply as possible, as the ceiling for comparison.
     NullBroker(null_broker::NullOpts),
+    /// Run the benchmark's scenarios (A B A B) and print one Markdown table.
+    Suite(Box<suite::SuiteOpts>),
+    /// Print free TCP ports on 127.0.0.1, one a line (for scripts that configure servers).
+    FreePort {
+        /// How many, all different.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
 }
 
 /// A runtime of `threads` workers; one thread is a current-thread runtime, which spares the
@@ -55,5 +65,16 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(opts) => run::main(*opts),
         Command::NullBroker(opts) => null_broker::main(opts),
+        Command::Suite(opts) => suite::main(*opts),
+        Command::FreePort { count } => {
+            // Held open together, so the kernel hands out different ones.
+            let listeners = (0..count)
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            for listener in listeners {
+                println!("{}", listener.local_addr()?.port());
+            }
+            Ok(())
+        }
     }
 }

@@ -1,72 +1,50 @@
 //! Real processes for cluster tests: `redis-server` on a free port, and `stompbox` nodes
-//! started from the built binary, each killed when the test ends (even on failure).
+//! started from the built binary, each killed when the test ends (even on failure). Both come
+//! from the test kit (`testkit/`); these wrappers add what the cluster tests ask of them.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[allow(unused_imports)] // kept for the test files that may want it
+pub use stompbox_testkit::free_port;
 
 /// A redis-server of this test's own.
 pub struct Redis {
     pub port: u16,
-    child: Option<Child>,
+    inner: stompbox_testkit::Redis,
 }
 
 impl Redis {
     pub fn start() -> Redis {
-        let mut redis = Redis {
-            port: free_port(),
-            child: None,
-        };
-        redis.restart();
-        redis
+        let inner = stompbox_testkit::Redis::start()
+            .unwrap_or_else(|e| panic!("{e} (scripts/test.sh installs redis-server)"));
+        Redis {
+            port: inner.port(),
+            inner,
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        self.inner.url()
     }
 
     /// Starts it (again, empty) on the same port.
     pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.inner.restart().expect("redis-server restarts");
     }
 
     /// Kills it (data and all).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.inner.kill();
+    }
+
+    /// Freezes it (SIGSTOP): connections stay open, nothing is answered.
+    pub fn pause(&mut self) {
+        self.inner.pause().expect("redis-server pauses");
+    }
+
+    /// Lets it carry on after [`Redis::pause`].
+    pub fn resume(&mut self) {
+        self.inner.resume().expect("redis-server resumes");
     }
 
     pub async fn client(&self) -> redis::aio::MultiplexedConnection {
@@ -78,65 +56,29 @@ impl Redis {
     }
 }
 
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// A `stompbox serve` process.
 pub struct NodeProcess {
     pub id: String,
     pub http: SocketAddr,
     pub stomp: SocketAddr,
-    child: Option<Child>,
-    _config: PathBuf,
+    inner: stompbox_testkit::Node,
 }
 
 impl NodeProcess {
     /// Starts node `id` in the cluster of `redis_url` with `toml` as its config file.
     pub fn start(id: &str, redis_url: &str, toml: &str) -> NodeProcess {
-        let config = std::env::temp_dir().join(format!(
-            "stompbox-{}-{id}-{}.toml",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::write(&config, toml).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_stompbox"))
-            .args([
-                "serve",
-                "--http",
-                "127.0.0.1:0",
-                "--stomp",
-                "127.0.0.1:0",
-                "--node-id",
-                id,
-                "--redis",
-                redis_url,
-                "--config",
-            ])
-            .arg(&config)
+        let inner = stompbox_testkit::Node::builder(env!("CARGO_BIN_EXE_stompbox"))
+            .name(id)
+            .args(["--node-id", id, "--redis", redis_url])
+            .config(toml)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
-        let addr = |key: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(key))
-                .unwrap_or_else(|| panic!("no {key} in '{line}'"))
-                .parse()
-                .unwrap()
-        };
+            .start()
+            .unwrap_or_else(|e| panic!("node {id}: {e}"));
         NodeProcess {
             id: id.to_string(),
-            http: addr("http="),
-            stomp: addr("stomp="),
-            child: Some(child),
-            _config: config,
+            http: inner.http(),
+            stomp: inner.stomp(),
+            inner,
         }
     }
 
@@ -146,10 +88,18 @@ impl NodeProcess {
 
     /// SIGKILL: no goodbye to the cluster.
     pub fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.inner.kill();
+    }
+
+    /// SIGTERM, then waits for the process to exit; true when it exited with success.
+    pub fn terminate(&mut self) -> bool {
+        let exited = self.inner.terminate(std::time::Duration::from_secs(30));
+        exited.is_some_and(|status| status.success())
+    }
+
+    /// What the node logged so far.
+    pub fn log(&self) -> String {
+        self.inner.log()
     }
 
     /// SIGTERM, then waits for the process to exit; true when it exited with success.
@@ -175,7 +125,9 @@ impl NodeProcess {
 
 impl Drop for NodeProcess {
     fn drop(&mut self) {
-        self.kill9();
-        let _ = std::fs::remove_file(&self._config);
+        // A failing test shows what the node said.
+        if std::thread::panicking() {
+            eprintln!("--- {} log ---\n{}", self.id, self.inner.log());
+        }
     }
 }

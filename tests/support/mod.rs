@@ -1,5 +1,6 @@
-//! Test support: a real node on port 0, STOMP clients over TCP and WebSocket built on the
-//! project's codec, and a plain HTTP client for the publish API.
+//! Test support: a real node on port 0 and STOMP clients over TCP and WebSocket built on the
+//! project's codec. What does not need the crate (processes, Redis, the HTTP client, JWTs)
+//! comes from the test kit, `testkit/`, which the benches and the load tool share.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use futures_util::{SinkExt, StreamExt};
 use stompbox::config::{Config, Overrides};
 use stompbox::node::Node;
 use stompbox::stomp::{decode, encode, Command, Decoded, Frame, Limits, Version};
+use stompbox_testkit::http;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -121,30 +123,19 @@ async fn exchange(
     content_type: &str,
     body: &[u8],
 ) -> (u16, serde_json::Value) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let auth = bearer
-        .map(|k| format!("Authorization: Bearer {k}\r\n"))
-        .unwrap_or_default();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: {content_type}\r\n{auth}Content-Length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    stream.write_all(body).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response))
+    let mut request = http::Request::new(method, path)
+        .header("Host", "test")
+        .header("Content-Type", content_type)
+        .body(body);
+    if let Some(token) = bearer {
+        request = request.bearer(token);
+    }
+    let response = tokio::time::timeout(Duration::from_secs(30), http::send(addr, &request))
         .await
         .expect("HTTP answer in time")
-        .unwrap();
-    let text = String::from_utf8_lossy(&response);
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad HTTP answer: {text}"));
-    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-    let json = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
-    (status, json)
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let json = response.json().unwrap_or(serde_json::Value::Null);
+    (response.status, json)
 }
 
 enum Wire {
@@ -507,16 +498,7 @@ pub fn plugin_wasm(name: &str) -> std::path::PathBuf {
 
 /// An HS256 JWT with `claims`, signed with `secret`.
 pub fn jwt(secret: &str, claims: serde_json::Value) -> String {
-    use base64::Engine as _;
-    use hmac::{KeyInit, Mac};
-    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let header = b64.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let payload = b64.encode(claims.to_string());
-    let signing_input = format!("{header}.{payload}");
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(signing_input.as_bytes());
-    let signature = b64.encode(mac.finalize().into_bytes());
-    format!("{signing_input}.{signature}")
+    stompbox_testkit::jwt::hs256(secret, &claims)
 }
 
 /// Seconds since the Unix epoch.
@@ -542,16 +524,10 @@ pub mod cluster;
 
 /// GET `path` and return the body as text.
 pub async fn http_text(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
+    let request = http::Request::get(path).header("Host", "test");
+    tokio::time::timeout(WAIT, http::send(addr, &request))
         .await
         .expect("HTTP answer in time")
-        .unwrap();
-    let text = String::from_utf8_lossy(&response).to_string();
-    text.split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default()
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+        .text()
 }

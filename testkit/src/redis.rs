@@ -1,0 +1,139 @@
+//! A `redis-server` of the caller's own: a free port on 127.0.0.1, no snapshots, no
+//! append-only file, so it starts empty every time, and faults to inject (kill, pause, restart).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{free_port, wait_for_port, Error, Log, Process, Signal};
+
+/// A running `redis-server`. Dropping it kills it.
+#[derive(Debug)]
+pub struct Redis {
+    bin: PathBuf,
+    port: u16,
+    log: Log,
+    process: Option<Process>,
+}
+
+impl Redis {
+    /// `redis-server` from the PATH, its output kept in memory.
+    pub fn start() -> Result<Redis, Error> {
+        Redis::start_with("redis-server", Log::memory())
+    }
+
+    /// The server at `bin`, its output to `log`.
+    pub fn start_with(bin: impl Into<PathBuf>, log: Log) -> Result<Redis, Error> {
+        let mut redis = Redis {
+            bin: bin.into(),
+            port: free_port(),
+            log,
+            process: None,
+        };
+        redis.launch()?;
+        Ok(redis)
+    }
+
+    fn launch(&mut self) -> Result<(), Error> {
+        let mut command = Command::new(&self.bin);
+        command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
+        command.args(["--save", "", "--appendonly", "no"]);
+        let mut process =
+            Process::spawn("redis-server", command, self.log.clone(), self.log.clone())?;
+        wait_for_port(self.addr(), &mut process, Duration::from_secs(10))?;
+        self.process = Some(process);
+        Ok(())
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its address.
+    pub fn addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// `redis://127.0.0.1:PORT/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Its process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Process::pid)
+    }
+
+    /// SIGKILL: gone, data and all.
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+
+    /// SIGSTOP: connections stay open but nothing is answered (a stall, not a crash).
+    pub fn pause(&mut self) -> std::io::Result<()> {
+        self.signal(Signal::Stop)
+    }
+
+    /// SIGCONT after [`Redis::pause`].
+    pub fn resume(&mut self) -> std::io::Result<()> {
+        self.signal(Signal::Cont)
+    }
+
+    fn signal(&mut self, signal: Signal) -> std::io::Result<()> {
+        match &mut self.process {
+            Some(process) => process.signal(signal),
+            None => Err(std::io::Error::other("redis-server is not running")),
+        }
+    }
+
+    /// Starts it again, empty, on the same port (killing it first if it still runs).
+    pub fn restart(&mut self) -> Result<(), Error> {
+        self.kill();
+        self.launch()
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    /// PING on a new connection; whether PONG came back within `wait`.
+    fn pong(redis: &Redis, wait: Duration) -> bool {
+        let Ok(mut socket) = TcpStream::connect(redis.addr()) else {
+            return false;
+        };
+        socket.set_read_timeout(Some(wait)).unwrap();
+        socket.write_all(b"PING\r\n").unwrap();
+        let mut answer = [0u8; 7];
+        socket.read_exact(&mut answer).is_ok() && &answer == b"+PONG\r\n"
+    }
+
+    // Needs redis-server on the PATH (scripts/test.sh installs it).
+    #[test]
+    fn pauses_resumes_and_restarts_on_the_same_port() {
+        let mut redis = Redis::start().unwrap();
+        assert!(pong(&redis, Duration::from_secs(5)));
+        redis.pause().unwrap();
+        assert!(!pong(&redis, Duration::from_millis(300)));
+        redis.resume().unwrap();
+        assert!(pong(&redis, Duration::from_secs(5)));
+        let port = redis.port();
+        redis.kill();
+        assert!(!pong(&redis, Duration::from_millis(300)));
+        redis.restart().unwrap();
+        assert_eq!(redis.port(), port);
+        assert!(pong(&redis, Duration::from_secs(5)));
+    }
+}
