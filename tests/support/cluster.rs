@@ -102,17 +102,6 @@ impl NodeProcess {
         self.inner.log()
     }
 
-    /// SIGTERM, then waits for the process to exit; true when it exited with success.
-    pub fn terminate(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return false;
-        };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status();
-        child.wait().map(|s| s.success()).unwrap_or(false)
-    }
-
     /// A counter or gauge from `/metrics`.
     pub async fn metric(&self, name: &str) -> u64 {
         let text = super::http_text(self.http, "/metrics").await;
