@@ -7,10 +7,10 @@ use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::broker::{Broker, Content, Interest, RouteError, Subscription, Target};
-use crate::cluster::Backplane;
+use crate::cluster::{Backplane, ClusterError};
 use crate::config::{ServerConfig, TenantConfig, DEFAULT_TENANT};
 use crate::metrics::{DropReason, Metrics};
 use crate::plugin::{PluginLimits, PluginSlot};
@@ -195,8 +195,10 @@ impl Delivery {
 
 impl Tenant {
     /// Routes `content` to `target`, here and across the cluster. With `confirm`, waits until
-    /// Redis took what was forwarded (the publish API does, to answer truthfully); without,
-    /// forwarding failures are logged and counted (STOMP SENDs, which no answer reports).
+    /// Redis took what was forwarded and counts only the nodes that received it (the publish
+    /// API does, to answer truthfully); without, forwarding failures are logged and counted
+    /// (STOMP SENDs, which no answer reports). Queue messages are always confirmed: one that
+    /// no other node took stays in this node's backlog instead of being lost.
     pub async fn route(
         &self,
         target: &Target,
@@ -208,49 +210,32 @@ impl Tenant {
         let remote = match target {
             Target::Topic(dest) => {
                 delivery.local = self.broker.publish(target, content.clone())?.delivered;
-                Some(self.cluster.to_topic(&self.id, dest, &content).await)
+                Some(self.forward_topic(dest, &content, confirm).await)
             }
             Target::User { user, dest } => {
                 delivery.local = self.broker.publish(target, content.clone())?.delivered;
-                Some(self.cluster.to_user(&self.id, user, dest, &content).await)
+                Some(self.forward_user(user, dest, &content, confirm).await)
             }
             Target::Queue(dest) => {
                 // Local consumers first: a queue message never crosses nodes needlessly.
-                if self.broker.has_consumers(dest) {
-                    let routed = self.broker.publish(target, content)?;
-                    delivery.local = routed.delivered;
-                    delivery.queued = routed.queued;
+                let forwarded = if self.broker.has_consumers(dest) {
                     None
                 } else {
-                    match self.cluster.to_queue(&self.id, dest, &content).await {
-                        Ok(f) if f.nodes > 0 => Some(Ok(f)),
-                        other => {
-                            let routed = self.broker.publish(target, content)?;
-                            delivery.local = routed.delivered;
-                            delivery.queued = routed.queued;
-                            other.err().map(Err)
-                        }
+                    Some(self.forward_queue(dest, &content).await)
+                };
+                match forwarded {
+                    Some(Ok(nodes)) if nodes > 0 => Some(Ok(nodes)),
+                    other => {
+                        let routed = self.broker.publish(target, content)?;
+                        delivery.local = routed.delivered;
+                        delivery.queued = routed.queued;
+                        other.and_then(|r| r.err()).map(Err)
                     }
                 }
             }
         };
-        let remote = match remote {
-            Some(Ok(f)) if confirm => {
-                let is_topic = matches!(target, Target::Topic(_));
-                let nodes = f.nodes;
-                Some(
-                    f.confirmed()
-                        .await
-                        .map(|receivers| crate::cluster::Forwarded {
-                            nodes: if is_topic { receivers } else { nodes },
-                            ..Default::default()
-                        }),
-                )
-            }
-            other => other,
-        };
         match remote {
-            Some(Ok(f)) => delivery.nodes = f.nodes,
+            Some(Ok(nodes)) => delivery.nodes = nodes,
             Some(Err(e)) => {
                 delivery.cluster_unreachable = true;
                 if !delivery.reached_anyone() {
@@ -273,5 +258,65 @@ impl Tenant {
             self.metrics.dropped(DropReason::UserOffline);
         }
         Ok(delivery)
+    }
+
+    /// Other nodes with subscribers of the topic that received it (confirmed), or that it was
+    /// queued for.
+    async fn forward_topic(
+        &self,
+        dest: &str,
+        content: &Content,
+        confirm: bool,
+    ) -> Result<usize, ClusterError> {
+        let forwarded = self.cluster.to_topic(&self.id, dest, content).await?;
+        if confirm {
+            forwarded.confirmed().await
+        } else {
+            Ok(forwarded.nodes)
+        }
+    }
+
+    /// Other nodes holding the user that received it (confirmed), or that it was queued for.
+    /// Redis says how many subscribers each node's inbox had: a node in the user's presence
+    /// whose inbox had none is gone (killed moments ago, or it lost its subscription), so the
+    /// presence is read again and the nodes that did not get it are tried once more; a
+    /// message that still reached nobody is answered as not delivered, never as sent.
+    async fn forward_user(
+        &self,
+        user: &str,
+        dest: &str,
+        content: &Content,
+        confirm: bool,
+    ) -> Result<usize, ClusterError> {
+        let forwarded = self
+            .cluster
+            .to_user(&self.id, user, dest, content, None)
+            .await?;
+        if !confirm {
+            return Ok(forwarded.nodes);
+        }
+        let (mut reached, missed) = forwarded.confirmed_by_node().await?;
+        if missed.is_empty() {
+            return Ok(reached.len());
+        }
+        debug!(tenant = %self.id, user, ?missed, "nodes in the presence took nothing; reading it again");
+        let retry = self
+            .cluster
+            .to_user(&self.id, user, dest, content, Some(&reached))
+            .await?;
+        let (again, _) = retry.confirmed_by_node().await?;
+        reached.extend(again);
+        Ok(reached.len())
+    }
+
+    /// Hands a queue message to another node with consumers; the number that received it
+    /// (0 when there is none, or the chosen node's inbox had no subscriber).
+    async fn forward_queue(&self, dest: &str, content: &Content) -> Result<usize, ClusterError> {
+        let forwarded = self.cluster.to_queue(&self.id, dest, content).await?;
+        if forwarded.nodes == 0 {
+            return Ok(0);
+        }
+        let (reached, _) = forwarded.confirmed_by_node().await?;
+        Ok(reached.len())
     }
 }

@@ -40,6 +40,8 @@ pub struct Forwarded {
     pub nodes: usize,
     /// One per message queued for Redis.
     pub confirmations: Vec<Confirmation>,
+    /// For user and queue messages, the node each confirmation is for (topics: empty).
+    pub addressed: Vec<String>,
     /// For topics: this node is among the channel's receivers and must not be counted.
     pub counts_self: bool,
 }
@@ -55,6 +57,24 @@ impl Forwarded {
         }
         Ok(receivers.saturating_sub(usize::from(self.counts_self)))
     }
+
+    /// Waits until Redis took every message of a user or queue message; gives the nodes whose
+    /// inbox had a subscriber (they received it) and those whose inbox had none (the node is
+    /// gone or lost its subscription: it did not).
+    pub async fn confirmed_by_node(self) -> Result<(Vec<String>, Vec<String>), ClusterError> {
+        let (mut reached, mut missed) = (Vec::new(), Vec::new());
+        for (node, confirmation) in self.addressed.into_iter().zip(self.confirmations) {
+            let receivers = confirmation.await.map_err(|_| {
+                ClusterError::Unavailable("the cluster connection was lost".into())
+            })??;
+            if receivers > 0 {
+                reached.push(node);
+            } else {
+                missed.push(node);
+            }
+        }
+        Ok((reached, missed))
+    }
 }
 
 /// The cluster, as the node sees it.
@@ -69,13 +89,16 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     /// Mirrors a change of what this node holds for `tenant`. Never blocks: the cluster
     /// applies it in the background, and re-applies everything after a reconnect.
     fn interest(&self, tenant: &str, change: &Interest);
-    /// Sends a user message to the other nodes where `user` has sessions.
+    /// Sends a user message to the other nodes where `user` has sessions. A `retry` names the
+    /// nodes that already received it: the user's presence is then read again from the
+    /// cluster (not from a cache) and those nodes are skipped.
     async fn to_user(
         &self,
         tenant: &str,
         user: &str,
         dest: &str,
         content: &Content,
+        retry: Option<&[String]>,
     ) -> Result<Forwarded, ClusterError>;
     /// Sends a topic message to the other nodes with subscribers of `dest`.
     async fn to_topic(

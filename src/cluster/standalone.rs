@@ -31,6 +31,7 @@ impl Backplane for Standalone {
         _: &str,
         _: &str,
         _: &Content,
+        _: Option<&[String]>,
     ) -> Result<Forwarded, ClusterError> {
         Ok(Forwarded::default())
     }

@@ -792,6 +792,7 @@ impl Backplane for Held {
         _: &str,
         _: &str,
         _: &Content,
+        _: Option<&[String]>,
     ) -> Result<Forwarded, ClusterError> {
         while !self.released.load(Ordering::SeqCst) {
             let opened = self.open.notified();

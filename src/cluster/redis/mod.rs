@@ -259,9 +259,16 @@ impl Backplane for RedisBackplane {
         user: &str,
         dest: &str,
         content: &Content,
+        retry: Option<&[String]>,
     ) -> Result<Forwarded, ClusterError> {
         let mut conn = self.connection()?;
-        let nodes = self.presence(&mut conn, tenant, user).await?;
+        if retry.is_some() {
+            self.presence_changed(&(tenant.to_string(), user.to_string()));
+        }
+        let mut nodes = self.presence(&mut conn, tenant, user).await?;
+        if let Some(already) = retry {
+            nodes.retain(|n| !already.contains(n));
+        }
         if nodes.is_empty() {
             return Ok(Forwarded::default());
         }
@@ -273,6 +280,7 @@ impl Backplane for RedisBackplane {
         Ok(Forwarded {
             nodes: nodes.len(),
             confirmations,
+            addressed: nodes,
             counts_self: false,
         })
     }
@@ -294,6 +302,7 @@ impl Backplane for RedisBackplane {
         Ok(Forwarded {
             nodes: 0,
             confirmations: vec![self.enqueue(channel, &envelope)?],
+            addressed: Vec::new(),
             counts_self: here,
         })
     }
@@ -321,6 +330,7 @@ impl Backplane for RedisBackplane {
         Ok(Forwarded {
             nodes: 1,
             confirmations: vec![self.enqueue(keys::inbox(pick), &envelope)?],
+            addressed: vec![pick.clone()],
             counts_self: false,
         })
     }
