@@ -576,11 +576,8 @@ async fn a_message_no_node_took_is_not_answered_as_sent() {
         assert_eq!(answer["online"], false, "{answer}");
     }
     // A queue message for the dead node's consumer stays here until a consumer comes.
-    let (status, answer) = publish_on(
-        &b,
-        json!({"destination": "/queue/jobs", "content": "job"}),
-    )
-    .await;
+    let (status, answer) =
+        publish_on(&b, json!({"destination": "/queue/jobs", "content": "job"})).await;
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["queued"], true, "{answer}");
     let mut next = ws_on(&b, "erin").await;

@@ -281,3 +281,16 @@ async fn tenants_are_separate_namespaces() {
     .await;
     assert_eq!(status, 401);
 }
+
+#[tokio::test]
+async fn a_send_carries_its_senders_user_whatever_the_sender_claims() {
+    let node = TestNode::default().await;
+    let mut bob = tcp_user(&node, "bob").await;
+    bob.subscribe("1", "/user/queue/notice", "auto").await;
+    let mut alice = tcp_user(&node, "alice").await;
+    alice
+        .send_raw(b"SEND\ndestination:/user/bob/queue/notice\nuser-id:admin\nuser-name:admin\n\nfrom alice\0")
+        .await;
+    let message = bob.expect_message("from alice").await;
+    assert_eq!(message.get("user-id"), Some("alice"), "{message:?}");
+}

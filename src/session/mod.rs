@@ -52,6 +52,10 @@ enum Phase {
     Closed,
 }
 
+/// The header that carries the authenticated user of a SEND's sender to its receivers
+/// (RabbitMQ's name for it); whatever a client puts there itself is dropped.
+pub const SENDER_HEADER: &str = "user-id";
+
 /// The server name in CONNECTED frames.
 pub const SERVER: &str = concat!("stompbox/", env!("CARGO_PKG_VERSION"));
 
@@ -396,10 +400,17 @@ impl Session {
         let headers = frame
             .headers
             .into_iter()
-            .filter(|(k, _)| k != "transaction" && !RESERVED_HEADERS.contains(&k.as_str()))
+            .filter(|(k, _)| {
+                k != "transaction" && k != SENDER_HEADER && !RESERVED_HEADERS.contains(&k.as_str())
+            })
             .collect();
+        let mut headers = dedup_first(headers);
+        // Whoever the client claims to be in its headers, receivers learn who sent it.
+        if let Some(user) = &self.principal.user {
+            headers.push((SENDER_HEADER.to_string(), user.clone()));
+        }
         let content = Content {
-            headers: dedup_first(headers),
+            headers,
             body: frame.body,
         };
         // A cluster outage is not the client's fault: the message went to this node's

@@ -920,3 +920,40 @@ async fn routing_to_a_target_works_from_outside_a_session() {
     assert_eq!(d.local, 1);
     assert_eq!(out(&s).await[0].body.as_ref(), b"from the api");
 }
+
+#[tokio::test]
+async fn receivers_learn_the_authenticated_sender_whatever_it_claims() {
+    let h = harness();
+    let mut bob = h.connected("bob").await;
+    bob.handle(frame(
+        Command::Subscribe,
+        &[("id", "1"), ("destination", "/user/queue/notice")],
+    ))
+    .await;
+    let mut alice = h.connected("alice").await;
+    alice
+        .handle(send(
+            "/user/bob/queue/notice",
+            "hi",
+            &[("user-id", "admin"), ("user-name", "admin")],
+        ))
+        .await;
+    let m = out(&bob).await.remove(0);
+    assert_eq!(m.get("user-id"), Some("alice"));
+    assert_eq!(
+        m.headers.iter().filter(|(k, _)| k == "user-id").count(),
+        1,
+        "{m:?}"
+    );
+
+    let mut anonymous = h.session();
+    anonymous
+        .handle(frame(Command::Connect, &[("accept-version", "1.2")]))
+        .await;
+    out(&anonymous).await;
+    anonymous
+        .handle(send("/user/bob/queue/notice", "x", &[("user-id", "alice")]))
+        .await;
+    let m = out(&bob).await.remove(0);
+    assert_eq!(m.get("user-id"), None, "an anonymous sender claims nobody");
+}
