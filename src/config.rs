@@ -146,6 +146,10 @@ pub struct ServerConfig {
     /// Bytes a connection may have queued for writing before it is a slow consumer and closed.
     pub outbound_queue_bytes: usize,
     /// The server's heart-beat offer `[can send every ms, wants to receive every ms]`; 0 = none.
+    /// By the spec's rule each direction runs at the larger of this and the client's own
+    /// offer, so this is a floor: the smallest interval the node keeps. A low floor lets a
+    /// client behind a proxy with a short idle timeout get the 1 s heart-beats it asks for,
+    /// while a client asking for 10 s still gets 10 s.
     pub heartbeat_ms: [u64; 2],
     /// A peer is dead when nothing arrived for its heart-beat interval times this factor: the
     /// spec leaves room for network delay.
@@ -179,7 +183,7 @@ impl Default for ServerConfig {
             connect_timeout_ms: 10_000,
             max_subscriptions: 1_000,
             outbound_queue_bytes: 4 << 20,
-            heartbeat_ms: [10_000, 10_000],
+            heartbeat_ms: [1_000, 1_000],
             heartbeat_tolerance: 2.0,
             max_queue_backlog: 10_000,
             max_transactions: 16,

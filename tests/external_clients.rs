@@ -152,7 +152,7 @@ fn stomp_py_over_tcp_and_websocket() {
     let mut command = Command::new(python);
     command
         .arg("stomp_py_check.py")
-        .args(["--expect-heartbeat", "10000,10000"]);
+        .args(["--expect-heartbeat", "1000,1000"]);
     run_script(&mut node, "stomp_py_check.py", command, "stomp.py 9.0.0");
 }
 

@@ -17,7 +17,7 @@ async fn connected_names_version_server_session_and_user() {
     assert_eq!(connected.get("user-name"), Some("alice"));
     assert!(connected.get("server").unwrap().starts_with("stompbox/"));
     assert!(!connected.get("session").unwrap().is_empty());
-    assert_eq!(connected.get("heart-beat"), Some("10000,10000"));
+    assert_eq!(connected.get("heart-beat"), Some("1000,1000"));
 
     let mut anon = Client::tcp(node.stomp).await;
     let connected = anon.connect(&[]).await;
@@ -248,6 +248,32 @@ async fn heart_beats_flow_both_ways_and_a_silent_peer_is_closed() {
     );
     // Go silent: closed with an ERROR once 200 ms pass without a byte.
     c.expect_error("heart-beat timeout").await;
+}
+
+#[tokio::test]
+async fn a_client_gets_the_heart_beats_it_asks_for_with_the_default_configuration() {
+    let node = TestNode::default().await;
+    // Asks for a beat every second (a proxy with a short idle timeout): it gets them.
+    let mut fast = Client::tcp(node.stomp).await;
+    fast.send_raw(b"CONNECT\naccept-version:1.2\nheart-beat:1000,1000\n\n\0")
+        .await;
+    fast.expect(Command::Connected).await;
+    // Asks for one every 10 s: it gets no more than that.
+    let mut slow = Client::tcp(node.stomp).await;
+    slow.send_raw(b"CONNECT\naccept-version:1.2\nheart-beat:10000,10000\n\n\0")
+        .await;
+    slow.expect(Command::Connected).await;
+    for _ in 0..5 {
+        fast.send_raw(b"\n").await;
+        assert!(fast.recv_within(Duration::from_millis(500)).await.is_none());
+    }
+    assert!(
+        fast.heartbeats >= 2,
+        "server heart-beats in 2.5 s: {}",
+        fast.heartbeats
+    );
+    slow.expect_nothing(Duration::from_millis(300)).await;
+    assert_eq!(slow.heartbeats, 0);
 }
 
 #[tokio::test]
