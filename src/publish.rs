@@ -13,6 +13,7 @@ use crate::broker::destination::{self, Target};
 use crate::broker::message::RESERVED_HEADERS;
 use crate::broker::{Content, RouteError};
 use crate::metrics::DropReason;
+use crate::stomp::Limits;
 use crate::tenant::{Delivery, Tenant};
 
 /// Why a publish was refused.
@@ -62,6 +63,11 @@ pub struct PublishRequest {
     pub headers: BTreeMap<String, String>,
 }
 
+/// Headers the broker adds to every MESSAGE (destination, subscription, message-id, ack).
+const BROKER_HEADERS: usize = 4;
+/// Bytes those take at most, with the command line and the frame's end, for the size check.
+const BROKER_HEADER_BYTES: usize = 512;
+
 fn bad(message: impl Into<String>) -> PublishError {
     PublishError::Invalid(message.into())
 }
@@ -70,7 +76,7 @@ fn bad(message: impl Into<String>) -> PublishError {
 pub async fn prepare(
     tenant: &Tenant,
     body: &[u8],
-    max_frame_bytes: usize,
+    limits: &Limits,
 ) -> Result<(Target, Content), PublishError> {
     let request: PublishRequest =
         serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))?;
@@ -137,10 +143,33 @@ pub async fn prepare(
     } else {
         ("application/json", Bytes::copy_from_slice(raw.as_bytes()))
     };
-    if body.len() > max_frame_bytes {
+    // The frame subscribers get obeys the limits clients' frames do: at most as many headers as
+    // a frame may hold beside the ones the broker adds, no line longer than a header line may
+    // be, and no more bytes in all than a frame may have.
+    let most_headers = limits.max_headers.saturating_sub(BROKER_HEADERS);
+    let given = request.headers.len() + usize::from(!request.headers.contains_key("content-type"));
+    if given > most_headers {
+        return Err(bad(format!(
+            "{given} headers (content-type included); a message may carry at most {most_headers} (server.max_headers = {} less the {BROKER_HEADERS} the broker adds)",
+            limits.max_headers
+        )));
+    }
+    let mut frame_bytes = body.len() + BROKER_HEADER_BYTES;
+    for (name, value) in &request.headers {
+        let line = name.len() + 1 + value.len();
+        if line > limits.max_header_line {
+            return Err(bad(format!(
+                "header '{name}' is {line} bytes as a line; the limit is server.max_header_line = {}",
+                limits.max_header_line
+            )));
+        }
+        frame_bytes += line + 1;
+    }
+    if frame_bytes > limits.max_frame_bytes {
         return Err(PublishError::TooLarge(format!(
-            "content is {} bytes; the limit is server.max_frame_bytes = {max_frame_bytes}",
-            body.len()
+            "the message would be a {frame_bytes}-byte frame (content {} bytes plus headers); the limit is server.max_frame_bytes = {}",
+            body.len(),
+            limits.max_frame_bytes
         )));
     }
     let mut headers: Vec<(String, String)> = Vec::with_capacity(request.headers.len() + 1);
@@ -157,9 +186,9 @@ pub async fn prepare(
 pub async fn publish(
     tenant: &Tenant,
     body: &[u8],
-    max_frame_bytes: usize,
+    limits: &Limits,
 ) -> Result<(Target, Delivery), PublishError> {
-    let (target, content) = prepare(tenant, body, max_frame_bytes).await?;
+    let (target, content) = prepare(tenant, body, limits).await?;
     match tenant.route(&target, content, true).await {
         Ok(d) if d.cluster_unreachable && !d.reached_anyone() => {
             Err(PublishError::ClusterUnavailable)

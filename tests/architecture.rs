@@ -25,7 +25,7 @@ const RULES: &[(&str, &[&str])] = &[
             "broker", "cluster", "config", "metrics", "plugin", "policy", "web", "util",
         ],
     ),
-    ("publish", &["broker", "metrics", "tenant", "util"]),
+    ("publish", &["broker", "metrics", "stomp", "tenant", "util"]),
     (
         "node",
         &[

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -12,7 +13,7 @@ use axum::Json;
 use crate::node::Node;
 use crate::plugin::Installed;
 use crate::tenant::Tenant;
-use crate::web::json_error;
+use crate::web::{body_error, json_error};
 
 /// Largest plugin upload.
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
@@ -68,8 +69,12 @@ pub async fn plugin_upload(
     State(node): State<Arc<Node>>,
     Path(tenant_id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_error(rejection, MAX_PLUGIN_BYTES),
+    };
     let tenant = match authorize(&node, &headers, &tenant_id) {
         Ok(t) => t,
         Err(r) => return r.into_response(),

@@ -19,10 +19,14 @@ use crate::node::Node;
 use crate::transport::{sockjs, ws};
 use crate::web::json_error;
 
+/// The largest publish body read: a message of at most a frame, plus room for JSON quoting.
+fn publish_body_limit(node: &Node) -> usize {
+    node.server.max_frame_bytes * 2 + 4096
+}
+
 /// The node's HTTP routes.
 pub fn router(node: Arc<Node>) -> Router {
-    // The API takes a message of at most a frame, plus room for JSON quoting.
-    let body_limit = node.server.max_frame_bytes * 2 + 4096;
+    let body_limit = publish_body_limit(&node);
     let endpoints = sockjs::SockJsServices::new(&node);
     let sockjs_route = any(move |req: axum::extract::Request| endpoints.clone().serve(req));
     let router = if node.server.demo_page {

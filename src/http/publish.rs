@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,7 +15,7 @@ use serde_json::json;
 use crate::broker::destination::Target;
 use crate::node::Node;
 use crate::publish::{self, PublishError};
-use crate::web::json_error;
+use crate::web::{body_error, json_error};
 
 /// The status code for a refused publish.
 fn status(error: &PublishError) -> StatusCode {
@@ -33,8 +34,12 @@ pub async fn publish(
     State(node): State<Arc<Node>>,
     Path(tenant_id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_error(rejection, super::publish_body_limit(&node)),
+    };
     let Some(tenant) = node.tenant(&tenant_id).cloned() else {
         return json_error(
             StatusCode::NOT_FOUND,
@@ -59,7 +64,7 @@ pub async fn publish(
         return response;
     }
     let id = node.next_id();
-    match publish::publish(&tenant, &body, node.server.max_frame_bytes).await {
+    match publish::publish(&tenant, &body, &node.server.limits()).await {
         Err(e) => json_error(status(&e), &e.to_string()),
         Ok((target, d)) => {
             let mut answer = json!({ "id": id, "delivered": d.local, "nodes": d.nodes });

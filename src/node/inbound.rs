@@ -75,10 +75,10 @@ impl LocalNode for NodeInbound {
             return;
         };
         let payload = payload.to_vec();
-        let max_frame_bytes = node.server.max_frame_bytes;
+        let limits = node.server.limits();
         let metrics = node.metrics.clone();
         node.tasks.spawn(async move {
-            match publish::publish(&tenant, &payload, max_frame_bytes).await {
+            match publish::publish(&tenant, &payload, &limits).await {
                 Ok((_, d)) if d.reached_anyone() => {}
                 Ok(_) => warn!(tenant = %tenant.id, "ingress message reached no session"),
                 Err(e @ (PublishError::Refused(_) | PublishError::ClusterUnavailable)) => {

@@ -33,6 +33,26 @@ pub fn has_token(
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// The JSON answer for a request body that could not be read: too large for `limit`, or
+/// broken off.
+pub fn body_error(rejection: axum::extract::rejection::BytesRejection, limit: usize) -> Response {
+    let status = rejection.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        json_error(
+            status,
+            &format!("the request body is larger than this endpoint's limit of {limit} bytes"),
+        )
+    } else {
+        json_error(
+            status,
+            &format!(
+                "the request body could not be read: {}",
+                rejection.body_text()
+            ),
+        )
+    }
+}
+
 /// A JSON error answer.
 pub fn json_error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
