@@ -141,6 +141,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// How long a new connection may take to send CONNECT, in ms: idle sockets cost memory.
     pub connect_timeout_ms: u64,
+    /// Time a frame may take to arrive once its first byte has, in ms: a frame that stalls
+    /// halfway (a `content-length` promising more than comes) is not held for ever.
+    pub frame_timeout_ms: u64,
     /// Most subscriptions one connection may hold.
     pub max_subscriptions: usize,
     /// Bytes a connection may have queued for writing before it is a slow consumer and closed.
@@ -181,6 +184,7 @@ impl Default for ServerConfig {
             max_header_line: limits.max_header_line,
             max_connections: 100_000,
             connect_timeout_ms: 10_000,
+            frame_timeout_ms: 30_000,
             max_subscriptions: 1_000,
             outbound_queue_bytes: 4 << 20,
             heartbeat_ms: [1_000, 1_000],
@@ -379,6 +383,9 @@ impl Config {
         at_least("max_transaction_frames", s.max_transaction_frames, 1)?;
         if s.connect_timeout_ms == 0 {
             return Err(invalid("server.connect_timeout_ms", "must be more than 0"));
+        }
+        if s.frame_timeout_ms == 0 {
+            return Err(invalid("server.frame_timeout_ms", "must be more than 0"));
         }
         if !(s.heartbeat_tolerance >= 1.0 && s.heartbeat_tolerance <= 100.0) {
             return Err(invalid(

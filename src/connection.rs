@@ -20,7 +20,7 @@ use crate::broker::Endpoint;
 use crate::metrics::{DropReason, Metrics};
 use crate::node::Node;
 use crate::session::{Fault, Flow, Session};
-use crate::stomp::{decode, Decoded};
+use crate::stomp::{Decoded, Decoder};
 
 /// The read side of a transport.
 pub trait TransportIn: Send {
@@ -69,12 +69,16 @@ async fn read_loop<I: TransportIn>(
     writer_done: &CancellationToken,
 ) {
     let limits = node.server.limits();
+    let frame_timeout = Duration::from_millis(node.server.frame_timeout_ms);
     let mut buf = BytesMut::new();
+    let mut decoder = Decoder::default();
     let connect_deadline = Instant::now() + node.server.connect_timeout();
     let mut last_read = Instant::now();
+    // When the frame now arriving must be complete.
+    let mut frame_deadline: Option<Instant> = None;
     loop {
         loop {
-            match decode(&mut buf, session.version(), &limits) {
+            match decoder.decode(&mut buf, session.version(), &limits) {
                 Ok(Some(Decoded::Frame(frame))) => {
                     if session.handle(frame).await == Flow::Close {
                         return;
@@ -93,10 +97,19 @@ async fn read_loop<I: TransportIn>(
         if buf.is_empty() && buf.capacity() > 0 {
             buf = BytesMut::new();
         }
-        let deadline = if session.is_connected() {
+        frame_deadline = match (decoder.in_frame(), frame_deadline) {
+            (true, Some(at)) => Some(at),
+            (true, None) => Some(Instant::now() + frame_timeout),
+            (false, _) => None,
+        };
+        let idle_deadline = if session.is_connected() {
             session.read_timeout().map(|t| last_read + t)
         } else {
             Some(connect_deadline)
+        };
+        let deadline = match (idle_deadline, frame_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         let expired = async {
             match deadline {
@@ -124,7 +137,9 @@ async fn read_loop<I: TransportIn>(
                 }
             },
             () = expired => {
-                if session.is_connected() {
+                if frame_deadline.is_some_and(|at| at <= Instant::now()) {
+                    session.close(Fault::FrameTimeout(node.server.frame_timeout_ms));
+                } else if session.is_connected() {
                     session.close(Fault::HeartBeatTimeout);
                 } else {
                     session.close(Fault::ConnectTimeout(node.server.connect_timeout_ms));

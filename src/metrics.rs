@@ -40,13 +40,14 @@ impl DropReason {
 }
 
 /// Why sessions ended with an ERROR, as labels of `stompbox_session_errors_total`.
-pub const SESSION_ERRORS: [&str; 11] = [
+pub const SESSION_ERRORS: [&str; 12] = [
     "authentication_denied",
     "access_denied",
     "policy_unavailable",
     "malformed_frame",
     "heartbeat_timeout",
     "connect_timeout",
+    "frame_timeout",
     "shutdown",
     "transport_error",
     "not_accepted",

@@ -229,20 +229,28 @@ async fn a_publish_obeys_the_limits_of_a_clients_frame() {
     let node = TestNode::default().await;
     let mut c = tcp_user(&node, "alice").await;
     c.subscribe("1", "/topic/t", "auto").await;
-    let many: serde_json::Map<String, serde_json::Value> = (0..10_000)
-        .map(|i| (format!("h{i}"), json!("")))
-        .collect();
+    let many: serde_json::Map<String, serde_json::Value> =
+        (0..10_000).map(|i| (format!("h{i}"), json!(""))).collect();
     let (status, answer) = node
         .publish(json!({"destination": "/topic/t", "content": "x", "headers": many}))
         .await;
     assert_eq!(status, 400, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("max_headers"), "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("max_headers"),
+        "{answer}"
+    );
 
     let (status, answer) = node
         .publish(json!({"destination": "/topic/t", "content": "x", "headers": {"x-big": "v".repeat(60_000)}}))
         .await;
     assert_eq!(status, 400, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("max_header_line"), "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_header_line"),
+        "{answer}"
+    );
 
     // Headers count toward the frame's size, as they do in a client's frame.
     let headers: serde_json::Map<String, serde_json::Value> = (0..17)
@@ -252,8 +260,15 @@ async fn a_publish_obeys_the_limits_of_a_clients_frame() {
         .publish(json!({"destination": "/topic/t", "content": "x", "headers": headers}))
         .await;
     assert_eq!(status, 413, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("max_frame_bytes"), "{answer}");
-    c.expect_nothing(std::time::Duration::from_millis(200)).await;
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("max_frame_bytes"),
+        "{answer}"
+    );
+    c.expect_nothing(std::time::Duration::from_millis(200))
+        .await;
 
     // Within the limits it goes through.
     let (status, answer) = node
@@ -270,7 +285,9 @@ async fn an_oversized_request_body_gets_a_json_error() {
     let (status, answer) = post(&node, "default", Some(API_KEY), &body).await;
     assert_eq!(status, 413, "{answer}");
     assert!(
-        answer["error"].as_str().is_some_and(|e| e.contains("limit")),
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("limit")),
         "a JSON error body: {answer}"
     );
 }

@@ -468,3 +468,31 @@ async fn duplicate_subscription_id_and_too_many_subscriptions_are_errors() {
     .await;
     c.expect_error("too many subscriptions").await;
 }
+
+#[tokio::test]
+async fn a_frame_that_stalls_halfway_is_not_held_for_ever() {
+    let node = TestNode::start("[server]\nframe_timeout_ms = 300\n").await;
+    let mut c = Client::tcp(node.stomp).await;
+    c.send_raw(b"CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
+        .await;
+    c.expect(Command::Connected).await;
+    // content-length promises 100 bytes; 3 arrive, then nothing.
+    c.send_raw(b"SEND\ndestination:/topic/a\ncontent-length:100\n\nabc")
+        .await;
+    let started = std::time::Instant::now();
+    c.expect_error("frame timeout").await;
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // A slow but steady frame within the limit is fine, and the limit is per frame.
+    let mut slow = Client::tcp(node.stomp).await;
+    slow.send_raw(b"CONNECT\naccept-version:1.2\nheart-beat:0,0\n\n\0")
+        .await;
+    slow.expect(Command::Connected).await;
+    for _ in 0..3 {
+        for piece in [&b"SEND\ndestination:/topic/a\n"[..], b"receipt:r\n\n", b"x\0"] {
+            slow.send_raw(piece).await;
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        slow.expect(Command::Receipt).await;
+    }
+}

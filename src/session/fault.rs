@@ -66,6 +66,8 @@ pub enum Fault {
     HeartBeatTimeout,
     /// No CONNECT within the limit (ms).
     ConnectTimeout(u64),
+    /// A frame began and did not end within the limit (ms).
+    FrameTimeout(u64),
     /// The node is stopping.
     ShuttingDown,
     /// The transport failed.
@@ -99,6 +101,7 @@ impl Fault {
             Fault::MalformedFrame(_) => "malformed frame".into(),
             Fault::HeartBeatTimeout => "heart-beat timeout".into(),
             Fault::ConnectTimeout(_) => "CONNECT timeout".into(),
+            Fault::FrameTimeout(_) => "frame timeout".into(),
             Fault::ShuttingDown => "server shutting down".into(),
             Fault::Transport(_) => "transport error".into(),
         }
@@ -167,6 +170,9 @@ impl Fault {
                 "nothing was received from the client within its heart-beat interval".into()
             }
             Fault::ConnectTimeout(ms) => format!("no CONNECT frame within {ms} ms"),
+            Fault::FrameTimeout(ms) => {
+                format!("a frame began and did not end within {ms} ms (server.frame_timeout_ms)")
+            }
             Fault::ShuttingDown => {
                 "the server is shutting down; reconnect to another node or later".into()
             }
@@ -198,6 +204,7 @@ impl Fault {
             Fault::MalformedFrame(_) => "malformed_frame",
             Fault::HeartBeatTimeout => "heartbeat_timeout",
             Fault::ConnectTimeout(_) => "connect_timeout",
+            Fault::FrameTimeout(_) => "frame_timeout",
             Fault::ShuttingDown => "shutdown",
             Fault::Transport(_) => "transport_error",
             Fault::NotAccepted(_) => "not_accepted",

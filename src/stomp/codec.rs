@@ -149,8 +149,9 @@ fn echo(raw: &[u8]) -> String {
 /// [`Decoded::HeartBeat`]. A complete frame is split off the front of `buf`; its body shares
 /// that allocation rather than being copied.
 ///
-/// Decoding is stateless, so an incomplete frame is re-scanned on each call; the limits are
-/// what bound that cost.
+/// This function keeps nothing between calls, so a frame that arrives in many pieces is
+/// scanned again from its start each time; a connection uses a [`Decoder`], which resumes
+/// where the last call stopped, so that decoding is linear in the bytes received.
 ///
 /// # Errors
 ///
@@ -162,27 +163,84 @@ pub fn decode(
     version: Version,
     limits: &Limits,
 ) -> Result<Option<Decoded>, FrameError> {
-    let eols = leading_eols(buf);
-    if eols > 0 {
-        buf.advance(eols);
-        return Ok(Some(Decoded::HeartBeat));
+    Decoder::default().decode(buf, version, limits)
+}
+
+/// An incremental decoder for one connection: [`decode`] that remembers how far it scanned a
+/// partial frame, so each byte of a frame is looked at a bounded number of times however the
+/// frame is cut into reads (a 60 KB frame sent one byte per write used to cost a full re-scan
+/// per byte). Between frames it holds nothing.
+#[derive(Debug, Default)]
+pub struct Decoder {
+    progress: Option<Progress>,
+}
+
+impl Decoder {
+    /// True while a frame has begun and not ended (its first bytes are buffered).
+    pub fn in_frame(&self) -> bool {
+        self.progress.is_some()
     }
-    if buf.is_empty() || buf[..] == b"\r"[..] {
-        return Ok(None);
+
+    /// As [`decode`], resuming the scan of a partial frame where the last call stopped. `buf`
+    /// must hold what the last call left, with new bytes appended.
+    ///
+    /// # Errors
+    ///
+    /// As [`decode`]; after an `Err` the decoder must not be used again.
+    pub fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        version: Version,
+        limits: &Limits,
+    ) -> Result<Option<Decoded>, FrameError> {
+        if self.progress.is_none() {
+            let eols = leading_eols(buf);
+            if eols > 0 {
+                buf.advance(eols);
+                return Ok(Some(Decoded::HeartBeat));
+            }
+            if buf.is_empty() || buf[..] == b"\r"[..] {
+                return Ok(None);
+            }
+        }
+        let progress = self.progress.get_or_insert_with(Progress::default);
+        let layout = match scan(buf, limits, progress) {
+            Ok(Some(layout)) => layout,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.progress = None;
+                return Err(e);
+            }
+        };
+        self.progress = None;
+        let headers = parse_headers(buf, &layout, version)?;
+        // `scan` found the NUL at `body.end`, so this is in bounds; taking the NUL too leaves
+        // `buf` at whatever follows the frame.
+        let frame_bytes = buf.split_to(layout.body.end + 1).freeze();
+        let body = frame_bytes.slice(layout.body);
+        Ok(Some(Decoded::Frame(Frame {
+            command: layout.command,
+            headers,
+            body,
+        })))
     }
-    let Some(layout) = scan(buf, limits)? else {
-        return Ok(None);
-    };
-    let headers = parse_headers(buf, &layout, version)?;
-    // `scan` found the NUL at `body.end`, so this is in bounds; taking the NUL too leaves `buf`
-    // at whatever follows the frame.
-    let frame_bytes = buf.split_to(layout.body.end + 1).freeze();
-    let body = frame_bytes.slice(layout.body);
-    Ok(Some(Decoded::Frame(Frame {
-        command: layout.command,
-        headers,
-        body,
-    })))
+}
+
+/// How far the scan of a partial frame got: enough to go on from there.
+#[derive(Debug, Default, Clone)]
+struct Progress {
+    /// The command, once its line is complete, and where the header lines start.
+    command: Option<(Command, usize)>,
+    /// Where the line being scanned starts.
+    line_start: usize,
+    /// How much of that line was already searched for its end.
+    line_searched: usize,
+    header_count: usize,
+    content_length: Option<usize>,
+    /// Once the blank line was found: where the headers end and the body starts.
+    body: Option<(usize, usize)>,
+    /// Without content-length: how far the body was searched for its NUL.
+    nul_searched: usize,
 }
 
 /// Number of bytes at the front of `data` made of complete `\n` / `\r\n` sequences.
@@ -211,12 +269,19 @@ enum LineScan {
     /// A complete line: `content` excludes the LF and one CR before it; `next` follows the LF.
     Complete { content: Range<usize>, next: usize },
     /// No LF yet; `content_len` bytes of the line so far, not counting a trailing CR that may
-    /// belong to a CRLF.
-    Partial { content_len: usize },
+    /// belong to a CRLF; `searched` of them hold no LF (the next search starts there).
+    Partial { content_len: usize, searched: usize },
 }
 
 /// Locates the line starting at `start`, rejecting it as soon as it is known to be too long.
-fn next_line(data: &[u8], start: usize, limits: &Limits) -> Result<LineScan, FrameError> {
+/// The first `searched` bytes of the line are known to hold no LF or NUL (an earlier call
+/// looked at them), so the search starts after them.
+fn next_line(
+    data: &[u8],
+    start: usize,
+    searched: usize,
+    limits: &Limits,
+) -> Result<LineScan, FrameError> {
     let rest = data.get(start..).unwrap_or_default();
     // Content, optional CR and LF: anything longer without an LF is already too long, so the
     // search never runs past the limit.
@@ -226,7 +291,14 @@ fn next_line(data: &[u8], start: usize, limits: &Limits) -> Result<LineScan, Fra
     let too_long = FrameError::HeaderLineTooLong {
         limit: limits.max_header_line,
     };
-    match window.iter().position(|&b| b == b'\n' || b == 0) {
+    let from = searched.min(window.len());
+    let found = window
+        .get(from..)
+        .unwrap_or_default()
+        .iter()
+        .position(|&b| b == b'\n' || b == 0)
+        .map(|i| from + i);
+    match found {
         Some(i) => {
             if window.get(i) == Some(&0) {
                 return Err(FrameError::NulInHeaders);
@@ -245,7 +317,10 @@ fn next_line(data: &[u8], start: usize, limits: &Limits) -> Result<LineScan, Fra
             if content_len > limits.max_header_line {
                 return Err(too_long);
             }
-            Ok(LineScan::Partial { content_len })
+            Ok(LineScan::Partial {
+                content_len,
+                searched: window.len(),
+            })
         }
     }
 }
@@ -263,69 +338,88 @@ fn need_more(buffered: usize, limits: &Limits) -> Result<Option<Layout>, FrameEr
 }
 
 /// Finds the boundaries of the frame at the front of `data` and validates its structure and
-/// limits without allocating, so that a partial frame costs nothing but the scan.
-fn scan(data: &[u8], limits: &Limits) -> Result<Option<Layout>, FrameError> {
+/// limits without allocating, so that a partial frame costs nothing but the scan. It starts
+/// where `p` says an earlier call on the same frame stopped, and records where it stops.
+fn scan(data: &[u8], limits: &Limits, p: &mut Progress) -> Result<Option<Layout>, FrameError> {
     let too_large = FrameError::FrameTooLarge {
         limit: limits.max_frame_bytes,
     };
-    let (command, headers_start) = match next_line(data, 0, limits)? {
-        LineScan::Complete { content, next } => {
-            (parse_command(data.get(content).unwrap_or_default())?, next)
-        }
-        LineScan::Partial { .. } => return need_more(data.len(), limits),
-    };
-    if headers_start >= limits.max_frame_bytes {
-        return Err(too_large);
-    }
-
-    let mut pos = headers_start;
-    let mut header_count = 0;
-    let mut content_length = None;
-    let (headers_end, body_start) = loop {
-        let (content, next) = match next_line(data, pos, limits)? {
-            LineScan::Complete { content, next } => (content, next),
-            LineScan::Partial { content_len } => {
-                // Any content means another header line is under way, not the blank line.
-                if content_len > 0 && header_count >= limits.max_headers {
-                    return Err(FrameError::TooManyHeaders {
-                        limit: limits.max_headers,
-                    });
+    let (command, headers_start) = match p.command {
+        Some(known) => known,
+        None => match next_line(data, 0, p.line_searched, limits)? {
+            LineScan::Complete { content, next } => {
+                let command = parse_command(data.get(content).unwrap_or_default())?;
+                if next >= limits.max_frame_bytes {
+                    return Err(too_large);
                 }
+                p.command = Some((command, next));
+                p.line_start = next;
+                p.line_searched = 0;
+                (command, next)
+            }
+            LineScan::Partial { searched, .. } => {
+                p.line_searched = searched;
                 return need_more(data.len(), limits);
             }
-        };
-        if next >= limits.max_frame_bytes {
-            return Err(too_large);
-        }
-        if content.is_empty() {
-            break (pos, next);
-        }
-        header_count += 1;
-        if header_count > limits.max_headers {
-            return Err(FrameError::TooManyHeaders {
-                limit: limits.max_headers,
-            });
-        }
-        let line = data.get(content).unwrap_or_default();
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            return Err(FrameError::MissingColon { line: echo(line) });
-        };
-        if content_length.is_none() {
-            let (name, value) = line.split_at(colon);
-            // Escapes only ever produce `\r \n : \`, so a raw name equal to
-            // `content-length` is exactly the names that unescape to it, in every version.
-            if name == b"content-length" {
-                let value = value.get(1..).unwrap_or_default();
-                content_length = Some(
-                    parse_content_length(value)
-                        .ok_or_else(|| FrameError::InvalidContentLength { value: echo(value) })?,
-                );
-            }
-        }
-        pos = next;
+        },
     };
 
-    let body_end = match content_length {
+    let (headers_end, body_start) = match p.body {
+        Some(known) => known,
+        None => loop {
+            let pos = p.line_start;
+            let (content, next) = match next_line(data, pos, p.line_searched, limits)? {
+                LineScan::Complete { content, next } => (content, next),
+                LineScan::Partial {
+                    content_len,
+                    searched,
+                } => {
+                    // Any content means another header line is under way, not the blank line.
+                    if content_len > 0 && p.header_count >= limits.max_headers {
+                        return Err(FrameError::TooManyHeaders {
+                            limit: limits.max_headers,
+                        });
+                    }
+                    p.line_searched = searched;
+                    return need_more(data.len(), limits);
+                }
+            };
+            if next >= limits.max_frame_bytes {
+                return Err(too_large);
+            }
+            p.line_start = next;
+            p.line_searched = 0;
+            if content.is_empty() {
+                p.body = Some((pos, next));
+                p.nul_searched = next;
+                break (pos, next);
+            }
+            p.header_count += 1;
+            if p.header_count > limits.max_headers {
+                return Err(FrameError::TooManyHeaders {
+                    limit: limits.max_headers,
+                });
+            }
+            let line = data.get(content).unwrap_or_default();
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                return Err(FrameError::MissingColon { line: echo(line) });
+            };
+            if p.content_length.is_none() {
+                let (name, value) = line.split_at(colon);
+                // Escapes only ever produce `\r \n : \`, so a raw name equal to
+                // `content-length` is exactly the names that unescape to it, in every version.
+                if name == b"content-length" {
+                    let value = value.get(1..).unwrap_or_default();
+                    p.content_length =
+                        Some(parse_content_length(value).ok_or_else(|| {
+                            FrameError::InvalidContentLength { value: echo(value) }
+                        })?);
+                }
+            }
+        },
+    };
+
+    let body_end = match p.content_length {
         Some(len) => {
             let frame_len = body_start.checked_add(len).and_then(|n| n.checked_add(1));
             if frame_len.is_none_or(|n| n > limits.max_frame_bytes) {
@@ -344,19 +438,22 @@ fn scan(data: &[u8], limits: &Limits) -> Result<Option<Layout>, FrameError> {
         }
         None => {
             // A NUL past the limit would make the frame too large anyway, so stop looking there.
-            let searchable = data
-                .get(body_start..limits.max_frame_bytes.min(data.len()))
-                .unwrap_or_default();
+            let end = limits.max_frame_bytes.min(data.len());
+            let from = p.nul_searched.max(body_start).min(end);
+            let searchable = data.get(from..end).unwrap_or_default();
             match searchable.iter().position(|&b| b == 0) {
-                Some(i) => body_start + i,
-                None => return need_more(data.len(), limits),
+                Some(i) => from + i,
+                None => {
+                    p.nul_searched = end;
+                    return need_more(data.len(), limits);
+                }
             }
         }
     };
     Ok(Some(Layout {
         command,
         headers: headers_start..headers_end,
-        header_count,
+        header_count: p.header_count,
         body: body_start..body_end,
     }))
 }
@@ -541,6 +638,92 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    /// Feeds `wire` to a decoder `step` bytes at a time; the frames it decoded (heart-beats,
+    /// which a cut may split in two, left out).
+    fn trickle(wire: &[u8], step: usize, limits: &Limits) -> Vec<Frame> {
+        let mut decoder = Decoder::default();
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for piece in wire.chunks(step) {
+            buf.extend_from_slice(piece);
+            while let Some(item) = decoder.decode(&mut buf, Version::V1_2, limits).unwrap() {
+                if let Decoded::Frame(frame) = item {
+                    out.push(frame);
+                }
+            }
+        }
+        assert!(!decoder.in_frame(), "every frame ended");
+        out
+    }
+
+    #[test]
+    fn a_resumed_scan_finds_the_same_frames_however_the_bytes_are_cut() {
+        let wire: &[u8] = b"SEND\r\ndestination:/a\r\ncontent-length:3\r\n\r\na\0b\0\n\nMESSAGE\nx:y\n\nbody\0\r\n";
+        let whole = trickle(wire, wire.len(), &Limits::default());
+        for step in 1..wire.len() {
+            assert_eq!(
+                trickle(wire, step, &Limits::default()),
+                whole,
+                "cut every {step} bytes"
+            );
+        }
+        let frames = whole;
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[0].body.as_ref(), b"a\0b");
+        assert_eq!(frames[1].get("x"), Some("y"));
+    }
+
+    #[test]
+    fn limits_hold_when_a_frame_trickles_in() {
+        let limits = Limits {
+            max_frame_bytes: 256,
+            max_headers: 2,
+            max_header_line: 32,
+        };
+        let mut too_large = b"SEND\n\n".to_vec();
+        too_large.extend(std::iter::repeat_n(b'x', 300));
+        let cases: [(Vec<u8>, &str); 3] = [
+            (b"SEND\na:1\nb:2\nc:3\n\n\0".to_vec(), "too many headers"),
+            (
+                b"SEND\nlong:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n\n\0".to_vec(),
+                "a long line",
+            ),
+            (too_large, "a large frame"),
+        ];
+        for (wire, what) in cases {
+            let mut decoder = Decoder::default();
+            let mut buf = BytesMut::new();
+            let failed = wire.iter().any(|b| {
+                buf.extend_from_slice(&[*b]);
+                decoder.decode(&mut buf, Version::V1_2, &limits).is_err()
+            });
+            assert!(failed, "{what}: refused while trickling in");
+        }
+    }
+
+    #[test]
+    fn decoding_a_frame_that_arrives_a_byte_at_a_time_is_linear() {
+        // 60 KB of body, no content-length, one byte per read: each read used to scan the
+        // whole partial frame again (quadratic: seconds even optimized).
+        let mut wire = b"SEND\ndestination:/topic/a\n\n".to_vec();
+        wire.extend(std::iter::repeat_n(b'x', 60_000));
+        wire.push(0);
+        let limits = Limits::default();
+        let started = std::time::Instant::now();
+        assert_eq!(trickle(&wire, 1, &limits).len(), 1);
+        let mut headers = b"SEND\ndestination:/topic/a\n".to_vec();
+        for i in 0..60 {
+            headers.extend_from_slice(format!("h{i}:{}\n", "v".repeat(900)).as_bytes());
+        }
+        headers.extend_from_slice(b"\n\0");
+        assert_eq!(trickle(&headers, 1, &limits).len(), 1);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
 
     const ALL_COMMANDS: [Command; 15] = Command::ALL;
 
