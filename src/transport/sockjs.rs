@@ -50,6 +50,10 @@ impl SockJsServices {
             // A client message may carry a whole frame, JSON-escaped (up to 6 bytes a byte).
             max_payload_bytes: node.server.max_frame_bytes * 6 + 4096,
             max_queue_bytes: 256 * 1024,
+            // The same subprotocols as `/ws`, so strict clients accept the raw websocket too.
+            subprotocols: super::ws::SUBPROTOCOLS.map(String::from).to_vec(),
+            tasks: node.tasks.clone(),
+            shutdown: node.shutdown.clone(),
         };
         let services = node
             .tenants()
