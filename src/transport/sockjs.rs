@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::BytesMut;
 use tracing::{info_span, Instrument};
@@ -119,7 +119,10 @@ struct StompHandler {
 }
 
 impl crate::sockjs::Handler for StompHandler {
-    fn open(&self, connection: Connection) -> Result<(), Refusal> {
+    fn open(&self, mut connection: Connection) -> Result<(), Refusal> {
+        // The origin was checked before the service was asked; STOMP needs no other header,
+        // and a session that kept them would hold them for as long as it lives.
+        connection.info.headers = HeaderMap::new();
         if self.node.shutdown.is_cancelled() {
             return Err(Refusal {
                 status: StatusCode::SERVICE_UNAVAILABLE,
