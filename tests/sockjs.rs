@@ -967,6 +967,177 @@ async fn websocket_handshake_with_keep_alive_upgrade_connection_header() {
     );
 }
 
+/// A websocket over raw TCP, for what a WebSocket library will not send: fragments with a ping
+/// between them, unmasked frames, invalid text.
+async fn raw_ws(addr: SocketAddr, path: &str) -> Conn {
+    let headers = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Version", "13"),
+        ("Sec-WebSocket-Key", "x3JJHMbDL1EzLkh9GBhXDw=="),
+    ];
+    let (conn, r) = stream(addr, "GET", path, &headers).await;
+    assert_eq!(r.status, 101, "expected 101 Switching Protocols at {path}");
+    conn
+}
+
+/// A client frame, masked unless `mask` is false.
+fn ws_frame(fin: bool, opcode: u8, payload: &[u8], mask: bool) -> Vec<u8> {
+    let key = [0x37, 0xfa, 0x21, 0x3d];
+    let mut f = vec![(u8::from(fin) << 7) | opcode];
+    let bit = if mask { 0x80 } else { 0 };
+    assert!(payload.len() < 126, "short frames only");
+    f.push(bit | payload.len() as u8);
+    if mask {
+        f.extend_from_slice(&key);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        f.extend_from_slice(payload);
+    }
+    f
+}
+
+async fn ws_write(conn: &mut Conn, frames: &[Vec<u8>]) {
+    conn.tcp.write_all(&frames.concat()).await.unwrap();
+}
+
+/// The next server frame (opcode, payload); `None` when the connection ends.
+async fn ws_read(conn: &mut Conn) -> Option<(u8, Vec<u8>)> {
+    timeout(WAIT, async {
+        loop {
+            if conn.buf.len() >= 2 {
+                let (len, at) = match conn.buf[1] & 0x7f {
+                    126 if conn.buf.len() >= 4 => (
+                        usize::from(u16::from_be_bytes([conn.buf[2], conn.buf[3]])),
+                        4,
+                    ),
+                    126 | 127 => (usize::MAX, 0),
+                    n => (usize::from(n), 2),
+                };
+                if len != usize::MAX && conn.buf.len() >= at + len {
+                    let opcode = conn.buf[0] & 0x0f;
+                    let frame: Vec<u8> = conn.buf.drain(..at + len).collect();
+                    return Some((opcode, frame[at..].to_vec()));
+                }
+            }
+            if !conn.fill().await {
+                return None;
+            }
+        }
+    })
+    .await
+    .expect("expected a websocket frame or the end within 2 s")
+}
+
+/// Reads up to the server's close frame and returns its code.
+async fn ws_close_code(conn: &mut Conn) -> Option<u16> {
+    while let Some((opcode, payload)) = ws_read(conn).await {
+        if opcode == 0x8 {
+            return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+        }
+    }
+    None
+}
+
+#[tokio::test]
+async fn websocket_fragmented_message_with_a_ping_between() {
+    let addr = server().await;
+    let mut ws = raw_ws(addr, &format!("{}/websocket", session("echo"))).await;
+    assert_eq!(ws_read(&mut ws).await, Some((0x1, b"o".to_vec())));
+    ws_write(
+        &mut ws,
+        &[
+            ws_frame(false, 0x1, b"[\"a", true),
+            ws_frame(true, 0x9, b"ping!", true),
+            ws_frame(false, 0x0, b"b", true),
+            ws_frame(true, 0x0, b"c\"]", true),
+        ],
+    )
+    .await;
+    assert_eq!(
+        ws_read(&mut ws).await,
+        Some((0xA, b"ping!".to_vec())),
+        "expected the ping answered with its payload"
+    );
+    assert_eq!(
+        ws_read(&mut ws).await,
+        Some((0x1, b"a[\"abc\"]".to_vec())),
+        "expected the three fragments echoed as one message"
+    );
+}
+
+#[tokio::test]
+async fn websocket_protocol_violations_close_with_their_codes() {
+    let addr = server().await;
+    let cases: [(&str, Vec<u8>, u16); 4] = [
+        (
+            "unmasked frame",
+            ws_frame(true, 0x1, b"[\"a\"]", false),
+            1002,
+        ),
+        (
+            "text that is not UTF-8",
+            ws_frame(true, 0x1, &[b'"', 0xff, b'"'], true),
+            1007,
+        ),
+        (
+            "continuation without a message",
+            ws_frame(true, 0x0, b"[]", true),
+            1002,
+        ),
+        // A header announcing 2 MiB, over the 1 MiB limit: refused before the payload.
+        (
+            "message over the size limit",
+            vec![0x81, 0xff, 0, 0, 0, 0, 0, 0x20, 0, 0, 1, 2, 3, 4],
+            1009,
+        ),
+    ];
+    for (what, frame, code) in cases {
+        let mut ws = raw_ws(addr, &format!("{}/websocket", session("echo"))).await;
+        assert_eq!(ws_read(&mut ws).await, Some((0x1, b"o".to_vec())), "{what}");
+        ws_write(&mut ws, &[frame]).await;
+        assert_eq!(ws_close_code(&mut ws).await, Some(code), "{what}");
+        assert_eq!(
+            ws_read(&mut ws).await,
+            None,
+            "{what}: expected the connection to end"
+        );
+    }
+}
+
+#[tokio::test]
+async fn websocket_client_close_is_answered() {
+    let addr = server().await;
+    let mut ws = raw_ws(addr, "/echo/websocket").await;
+    ws_write(&mut ws, &[ws_frame(true, 0x8, &[3, 232], true)]).await;
+    assert_eq!(ws_close_code(&mut ws).await, Some(1000));
+    assert_eq!(ws_read(&mut ws).await, None);
+}
+
+#[tokio::test]
+async fn websocket_answers_no_subprotocol_unless_configured() {
+    // The echo services negotiate none: an offered subprotocol is not echoed back.
+    let addr = server().await;
+    for path in [
+        "/echo/websocket".to_string(),
+        format!("{}/websocket", session("echo")),
+    ] {
+        let headers = [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "x3JJHMbDL1EzLkh9GBhXDw=="),
+            ("Sec-WebSocket-Protocol", "v12.stomp"),
+        ];
+        let (_conn, r) = stream(addr, "GET", &path, &headers).await;
+        assert_eq!(r.status, 101, "{path}: expected 101");
+        assert!(
+            r.lacks("sec-websocket-protocol"),
+            "{path}: expected no subprotocol"
+        );
+    }
+}
+
 #[tokio::test]
 async fn disabled_websocket_is_404() {
     let addr = server().await;

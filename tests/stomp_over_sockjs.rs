@@ -109,6 +109,53 @@ async fn stomp_over_sockjs_websocket_with_several_frames_per_message() {
 }
 
 #[tokio::test]
+async fn raw_sockjs_websocket_answers_the_stomp_subprotocol() {
+    let node = TestNode::default().await;
+    // Strict clients refuse an upgrade that does not name the subprotocol they offered.
+    let (mut client, chosen) =
+        Client::ws_with_protocol(&node.ws_url("/sockjs/websocket"), "v12.stomp").await;
+    assert_eq!(chosen.as_deref(), Some("v12.stomp"));
+    client.connect_as("alice").await;
+    client.subscribe("1", "/topic/raw", "auto").await;
+    client.send_to("/topic/raw", "over the raw websocket").await;
+    client.expect_message("over the raw websocket").await;
+    // The most preferred of those offered, as on `/ws`.
+    let (_, chosen) =
+        Client::ws_with_protocol(&node.ws_url("/sockjs/websocket"), "v10.stomp, v11.stomp").await;
+    assert_eq!(chosen.as_deref(), Some("v11.stomp"));
+    let (_, chosen) = Client::ws_with_protocol(&node.ws_url("/sockjs/websocket"), "").await;
+    assert_eq!(chosen, None);
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn framed_sockjs_websocket_answers_the_stomp_subprotocol() {
+    let node = TestNode::default().await;
+    let url = node.ws_url("/sockjs/000/protocol-session/websocket");
+    let (mut client, chosen) = Client::sockjs_with_protocol(&url, "v12.stomp").await;
+    assert_eq!(chosen.as_deref(), Some("v12.stomp"));
+    client.connect_as("alice").await;
+    client.subscribe("1", "/topic/framed", "auto").await;
+    client.send_to("/topic/framed", "over SockJS framing").await;
+    client.expect_message("over SockJS framing").await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn sockjs_websocket_sessions_end_when_the_node_stops() {
+    let node = TestNode::default().await;
+    let url = node.ws_url("/sockjs/000/stopping/websocket");
+    let mut framed = Client::sockjs(&url).await;
+    framed.connect_as("alice").await;
+    let mut raw = Client::ws(&node.ws_url("/sockjs/websocket"), "v12.stomp").await;
+    raw.connect_as("bob").await;
+    // `stop` waits for every task on the node's tracker, the WebSocket tasks included.
+    node.stop().await;
+    framed.expect_closed().await;
+    raw.expect_closed().await;
+}
+
+#[tokio::test]
 async fn stomp_over_xhr_polling_and_a_frame_split_over_messages() {
     let node = TestNode::default().await;
     let addr = node.http;

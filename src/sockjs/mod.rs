@@ -8,7 +8,8 @@
 //! suite; stompbox mounts one per tenant (the STOMP-over-SockJS transport).
 //!
 //! Sessions live in a map of this service; a sweeper task forgets those without a receiver for
-//! the disconnect delay. The session id alone names a session: the server id in the URL is for
+//! the disconnect delay. The sweeper and the WebSocket tasks run on the task tracker of
+//! [`Options::tasks`] and end at [`Options::shutdown`]. The session id alone names a session: the server id in the URL is for
 //! load balancers and is ignored.
 
 mod frame;
@@ -26,6 +27,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use frame::{close as close_frame, json_string, messages as messages_frame};
 pub use session::{Closed, Connection, OpenInfo, Sender, Transport};
@@ -50,6 +53,15 @@ pub struct Options {
     pub max_payload_bytes: usize,
     /// Queued outgoing bytes beyond which [`Sender::send`] waits for the client.
     pub max_queue_bytes: usize,
+    /// The WebSocket subprotocols the websocket transports negotiate, most preferred first
+    /// (none by default: no `Sec-WebSocket-Protocol` is answered).
+    pub subprotocols: Vec<String>,
+    /// Where the service's tasks run (the session sweeper and one task per WebSocket), so the
+    /// owner can wait for them at shutdown.
+    pub tasks: TaskTracker,
+    /// Cancelled at shutdown: the sweeper stops, and WebSocket sessions the application has
+    /// not closed within a grace period are closed with `3000 Go away!`.
+    pub shutdown: CancellationToken,
 }
 
 impl Default for Options {
@@ -63,6 +75,9 @@ impl Default for Options {
             client_url: "https://cdn.jsdelivr.net/npm/sockjs-client@1/dist/sockjs.min.js".into(),
             max_payload_bytes: 1024 * 1024,
             max_queue_bytes: 256 * 1024,
+            subprotocols: Vec::new(),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
         }
     }
 }
@@ -101,7 +116,8 @@ pub struct SockJs {
 }
 
 impl SockJs {
-    /// A service; it starts its session sweeper on first use (inside a Tokio runtime).
+    /// A service; it starts its session sweeper on first use (inside a Tokio runtime), on
+    /// [`Options::tasks`], until [`Options::shutdown`].
     pub fn new(options: Options, handler: impl Handler) -> Arc<Self> {
         Arc::new(SockJs {
             options,
@@ -209,7 +225,13 @@ impl SockJs {
             let service = Arc::downgrade(self);
             let every = (self.options.disconnect_delay / 4)
                 .clamp(Duration::from_millis(50), Duration::from_secs(1));
-            tokio::spawn(sweep(service, every));
+            let shutdown = self.options.shutdown.clone();
+            self.options.tasks.spawn(async move {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    () = sweep(service, every) => {}
+                }
+            });
         });
     }
 }

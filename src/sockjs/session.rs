@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -80,9 +80,22 @@ impl OpenInfo {
                 .extensions()
                 .get::<axum::extract::ConnectInfo<SocketAddr>>()
                 .map(|c| c.0),
-            headers: req.headers().clone(),
+            headers: owned(req.headers()),
         }
     }
+}
+
+/// A copy of `headers` that owns its values. The server's header values are views of the
+/// connection's whole read buffer (8 KiB or more), which a session that kept them would keep
+/// alive for as long as it lives: on an idle WebSocket session, more than everything else.
+fn owned(headers: &HeaderMap) -> HeaderMap {
+    let mut copy = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let mut own = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        own.set_sensitive(value.is_sensitive());
+        copy.append(name.clone(), own);
+    }
+    copy
 }
 
 /// What a receiver sends next.

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use bytes::BytesMut;
 use tracing::{info_span, Instrument};
@@ -50,6 +50,10 @@ impl SockJsServices {
             // A client message may carry a whole frame, JSON-escaped (up to 6 bytes a byte).
             max_payload_bytes: node.server.max_frame_bytes * 6 + 4096,
             max_queue_bytes: 256 * 1024,
+            // The same subprotocols as `/ws`, so strict clients accept the raw websocket too.
+            subprotocols: super::ws::SUBPROTOCOLS.map(String::from).to_vec(),
+            tasks: node.tasks.clone(),
+            shutdown: node.shutdown.clone(),
         };
         let services = node
             .tenants()
@@ -115,7 +119,10 @@ struct StompHandler {
 }
 
 impl crate::sockjs::Handler for StompHandler {
-    fn open(&self, connection: Connection) -> Result<(), Refusal> {
+    fn open(&self, mut connection: Connection) -> Result<(), Refusal> {
+        // The origin was checked before the service was asked; STOMP needs no other header,
+        // and a session that kept them would hold them for as long as it lives.
+        connection.info.headers = HeaderMap::new();
         if self.node.shutdown.is_cancelled() {
             return Err(Refusal {
                 status: StatusCode::SERVICE_UNAVAILABLE,

@@ -10,12 +10,13 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info_span, Instrument};
 
-use super::io::{accept, read_ready, write_all_vectored};
+use super::io::accept;
 use crate::broker::outbox::Item;
 use crate::connection::{self, TransportIn, TransportOut};
 use crate::node::Node;
 use crate::policy::TransportKind;
 use crate::session::{Peer, Session};
+use crate::web::socket::{read_ready, write_all_vectored};
 
 /// Accepts STOMP connections until shutdown.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {

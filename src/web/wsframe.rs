@@ -1,10 +1,25 @@
-//! WebSocket framing (RFC 6455) for the `/ws` transport, as pure functions: the handshake's
-//! accept key, parsing client frames (which must be masked) and writing server frame headers.
+//! WebSocket framing (RFC 6455) for every WebSocket endpoint (`/ws` and SockJS's websocket
+//! transports, through [`super::websocket`]), as pure functions: the handshake's accept key,
+//! parsing client frames (which must be masked) and writing server frame headers.
 //!
 //! stompbox frames WebSocket itself rather than through a general WebSocket library so that a
 //! batch of STOMP frames leaves as one WebSocket message straight from the shared message bytes
 //! (a frame header plus a vectored write, no copy per subscriber) and an idle connection holds
-//! no buffers at all.
+//! no buffers at all. A general library keeps a read and a write buffer per connection for its
+//! whole life; that is what the SockJS websocket transport cost while it went through axum's
+//! WebSocket (tungstenite), measured as resident memory of a release node per idle connection,
+//! 2,000 connections each CONNECTed and SUBSCRIBEd, on a 2-core machine:
+//!
+//! | endpoint | through tungstenite | on this framing |
+//! | --- | --- | --- |
+//! | `/ws` | (already in-house) 7.07 KiB | 6.97 KiB |
+//! | `/sockjs/<server>/<session>/websocket` | 147.7 KiB | 10.4 KiB |
+//!
+//! The rest of the SockJS figure is the SockJS session itself (its queue, the channel to the
+//! application and one more task), not framing. Measured with
+//! `cargo build --release --bin stompbox --example idle_memory`, then
+//! `target/release/stompbox serve &` and
+//! `target/release/examples/idle_memory ws|sockjs 127.0.0.1:8080 2000 $!` (see BENCHMARKS.md).
 
 use base64::Engine;
 use sha1::{Digest, Sha1};

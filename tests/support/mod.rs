@@ -186,6 +186,14 @@ impl Client {
         client
     }
 
+    /// A STOMP client over SockJS's WebSocket transport offering `protocols`, and the
+    /// subprotocol the server chose.
+    pub async fn sockjs_with_protocol(url: &str, protocols: &str) -> (Client, Option<String>) {
+        let (mut client, chosen) = Client::ws_with_protocol(url, protocols).await;
+        client.sockjs = true;
+        (client, chosen)
+    }
+
     /// Upgrades and returns the subprotocol the server chose.
     pub async fn ws_with_protocol(url: &str, protocols: &str) -> (Client, Option<String>) {
         let (ws, response) = Client::ws_handshake(url, protocols).await.unwrap();
