@@ -270,7 +270,10 @@ pub fn main(opts: SuiteOpts) -> anyhow::Result<()> {
     if let Some(bin) = &opts.baseline_bin {
         out.push(String::new());
         out.push(format!(
-            "stompbox (before) is the earlier build `{}`, run in turn with the current one              (before, after, before, after), configured alike; the cluster row's is two nodes of              it. stompbox ÷ before above 1 is better for rates, below 1 for latency and memory.",
+            "stompbox (before) is the earlier build `{}` (both nodes in its 2 nodes + Redis \
+             cells), configured alike and run in turn with the current build: before, after, \
+             before, after. stompbox ÷ before is the current build ÷ the earlier one, read like \
+             the other ratios.",
             bin.display()
         ));
     }
