@@ -8,6 +8,8 @@
 #   scripts/bench.sh --small            every scenario once at a small size (CI; ~2 minutes)
 #   scripts/bench.sh --only fanout,idle scenarios by name (see --help)
 #   scripts/bench.sh --skip-rabbitmq    no RabbitMQ: stompbox and the null broker only
+#   scripts/bench.sh --baseline OLD/target/release/stompbox
+#                                       an earlier build beside this one, A B A B
 #
 # Raw figures, one JSON line per run: target/bench/results.jsonl; the table also goes to
 # target/bench/results.md; the logs of every process to target/bench/logs/.
@@ -31,6 +33,7 @@ SCRIPT=scripts/bench.sh
 usage() {
     cat <<EOF
 usage: scripts/bench.sh [--small] [--only SCENARIO[,SCENARIO...]] [--skip-rabbitmq] [--rounds N]
+                       [--baseline PATH]
 
 scenarios: $SCENARIOS
   fanout    1 topic, 1,000 and 10,000 subscribers: bursts and a steady rate (deliveries/s)
@@ -42,6 +45,11 @@ scenarios: $SCENARIOS
 
 --small     every scenario once (one round), 50-200 connections, a second or two each
 --rounds N  runs per case and system, alternating systems (default 2; 1 with --small)
+--baseline PATH
+            an earlier stompbox release binary, run as "stompbox (before)" in turn with this
+            build in every case that runs stompbox (both cluster nodes too); the table gains
+            its column and "stompbox ÷ before". To build one:
+              git worktree add OLD <commit> && (cd OLD && cargo build --release --bin stompbox)
 EOF
 }
 
@@ -49,6 +57,7 @@ SMALL=0
 ONLY=""
 SKIP_RABBIT=0
 ROUNDS=""
+BASELINE=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --small) SMALL=1 ;;
@@ -64,6 +73,12 @@ while [ $# -gt 0 ]; do
         ROUNDS="$2"
         shift
         ;;
+    --baseline)
+        [ $# -ge 2 ] || die "--baseline needs the path of an earlier stompbox binary"
+        BASELINE="$2"
+        shift
+        ;;
+    --baseline=*) BASELINE="${1#--baseline=}" ;;
     -h | --help)
         usage
         exit 0
@@ -82,6 +97,12 @@ if [ -n "$ONLY" ]; then
 fi
 if [ -n "$ROUNDS" ] && ! [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]]; then
     die "--rounds needs a positive number, got '$ROUNDS'"
+fi
+if [ -n "$BASELINE" ]; then
+    [ -f "$BASELINE" ] && [ -x "$BASELINE" ] ||
+        die "--baseline $BASELINE: not an executable file (an earlier stompbox release binary)"
+    # Absolute: the script changes directory before the suite runs.
+    BASELINE="$(cd "$(dirname "$BASELINE")" && pwd)/$(basename "$BASELINE")"
 fi
 wants() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 
@@ -289,6 +310,7 @@ args=(
 [ "$SMALL" -eq 1 ] && args+=(--small)
 [ -n "$ONLY" ] && args+=(--only "$ONLY")
 [ -n "$ROUNDS" ] && args+=(--rounds "$ROUNDS")
+[ -n "$BASELINE" ] && args+=(--baseline-bin "$BASELINE")
 [ -n "$JWT_WASM" ] && args+=(--jwt-wasm "$JWT_WASM")
 if wants cluster; then args+=(--redis-server "$(command -v redis-server)"); fi
 

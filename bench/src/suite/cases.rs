@@ -16,10 +16,14 @@ pub const JWT_SECRET: &str = "bench-jwt-secret-0123456789abcdef0123456789";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum System {
     Stompbox,
+    /// Stompbox from the earlier build (`--baseline-bin`), beside the current one.
+    StompboxBefore,
     Rabbit,
     Null,
     /// Two stompbox nodes and Redis; shown in the stompbox column of a row of its own.
     Cluster,
+    /// The same from the earlier build, both nodes.
+    ClusterBefore,
 }
 
 impl System {
@@ -27,10 +31,35 @@ impl System {
     pub fn name(self) -> &'static str {
         match self {
             System::Stompbox => "stompbox",
+            System::StompboxBefore => "stompbox-before",
             System::Rabbit => "rabbitmq",
             System::Null => "null",
             System::Cluster => "stompbox-2",
+            System::ClusterBefore => "stompbox-2-before",
         }
+    }
+
+    /// The earlier build's counterpart of a stompbox system.
+    pub fn before(self) -> Option<System> {
+        match self {
+            System::Stompbox => Some(System::StompboxBefore),
+            System::Cluster => Some(System::ClusterBefore),
+            _ => None,
+        }
+    }
+
+    /// The current build's system this one is run as: itself, unless it is an earlier build's.
+    pub fn current(self) -> System {
+        match self {
+            System::StompboxBefore => System::Stompbox,
+            System::ClusterBefore => System::Cluster,
+            other => other,
+        }
+    }
+
+    /// It runs the earlier build.
+    pub fn is_before(self) -> bool {
+        self.current() != self
     }
 }
 
@@ -190,6 +219,8 @@ pub struct Machine {
     pub rabbit_sockets: Option<u64>,
     /// Every process's hard descriptor limit.
     pub nofile_hard: u64,
+    /// An earlier stompbox build is given (`--baseline-bin`): it runs beside the current one.
+    pub baseline: bool,
 }
 
 impl Machine {
@@ -451,7 +482,21 @@ pub fn plan(small: bool, machine: &Machine) -> Vec<Case> {
         },
         RATE,
     ));
+    if machine.baseline {
+        for c in &mut cases {
+            c.systems = with_before(&c.systems);
+        }
+    }
     cases
+}
+
+/// `systems` with the earlier build's counterpart just before each stompbox system, so that a
+/// round runs before, after, before, after.
+pub fn with_before(systems: &[System]) -> Vec<System> {
+    systems
+        .iter()
+        .flat_map(|&s| s.before().into_iter().chain([s]))
+        .collect()
 }
 
 /// Where and how one system under test is reached in one run.
@@ -625,7 +670,7 @@ pub fn args(load: &Load, system: System, ep: &Endpoint, tokens: Option<&Path>) -
         }
         Load::Auth { n } => {
             let mut a = common(ep, n, "/topic/auth", "/topic/auth", &[], None);
-            if let (System::Stompbox, Some(path)) = (system, tokens) {
+            if let (System::Stompbox, Some(path)) = (system.current(), tokens) {
                 a.extend(flags(&[(
                     "--connect-header-file",
                     format!("passcode={}", path.display()),
@@ -672,6 +717,7 @@ mod tests {
             rabbit,
             rabbit_sockets: Some(18_000),
             nofile_hard: 20_000,
+            baseline: false,
         }
     }
 
@@ -715,6 +761,41 @@ mod tests {
         assert!(cases[6].fresh_rabbit && cases[6].note.is_empty());
         let without = plan(true, &machine(false));
         assert_eq!(without[0].systems, [System::Stompbox, System::Null]);
+    }
+
+    #[test]
+    fn a_baseline_runs_before_every_stompbox_system() {
+        use System::*;
+        let plain = plan(true, &machine(true));
+        let cases = plan(
+            true,
+            &Machine {
+                baseline: true,
+                ..machine(true)
+            },
+        );
+        let keys = |cases: &[Case]| cases.iter().map(|c| c.key.clone()).collect::<Vec<_>>();
+        assert_eq!(keys(&cases), keys(&plain));
+        assert_eq!(cases[0].systems, [StompboxBefore, Stompbox, Rabbit, Null]);
+        assert_eq!(cases[4].systems, [StompboxBefore, Stompbox]);
+        assert_eq!(cases[6].systems, [StompboxBefore, Stompbox, Rabbit]);
+        assert_eq!(
+            cases[9].systems,
+            [
+                ClusterBefore,
+                Cluster,
+                StompboxBefore,
+                Stompbox,
+                Rabbit,
+                Null
+            ]
+        );
+        assert_eq!(with_before(&[Rabbit, Null]), [Rabbit, Null]);
+        for s in [StompboxBefore, ClusterBefore] {
+            assert!(s.is_before() && !s.current().is_before());
+            assert_eq!(s.current().before(), Some(s));
+        }
+        assert!(!Rabbit.is_before() && Rabbit.before().is_none());
     }
 
     #[test]
@@ -766,5 +847,12 @@ mod tests {
         assert!(auth
             .join(" ")
             .contains("--connect-header-file passcode=/w/t.txt --publish none"));
+        let before = args(
+            &Load::Auth { n: 2 },
+            System::StompboxBefore,
+            &ep,
+            Some(Path::new("/w/t.txt")),
+        );
+        assert_eq!(before, auth);
     }
 }

@@ -8,6 +8,8 @@
 //!
 //! Each case runs its systems in turn, round after round (A B A B), so that a slow spell of
 //! this shared machine hits every system alike; the table shows each system's better round.
+//! With `--baseline-bin`, an earlier stompbox build runs in the same rotation, just before the
+//! current one, in every case that runs stompbox: a refactoring shows beside what it replaced.
 
 mod cases;
 mod systems;
@@ -31,6 +33,10 @@ pub struct SuiteOpts {
     /// The stompbox binary to start nodes from (a release build).
     #[arg(long)]
     pub stompbox_bin: PathBuf,
+    /// An earlier stompbox build (a release binary) to run beside the current one as
+    /// "stompbox (before)", both nodes of the cluster included.
+    #[arg(long)]
+    pub baseline_bin: Option<PathBuf>,
     /// Where results.jsonl, results.md and logs/ go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
@@ -131,6 +137,11 @@ pub fn main(opts: SuiteOpts) -> anyhow::Result<()> {
     if rounds == 0 {
         bail!("--rounds must be at least 1");
     }
+    if let Some(bin) = &opts.baseline_bin {
+        if !bin.is_file() {
+            bail!("--baseline-bin {}: no such file", bin.display());
+        }
+    }
     let work = match &opts.work {
         Some(path) => Work {
             path: path.clone(),
@@ -178,6 +189,7 @@ pub fn main(opts: SuiteOpts) -> anyhow::Result<()> {
     };
     let systems = Systems {
         stompbox_bin: opts.stompbox_bin.clone(),
+        baseline_bin: opts.baseline_bin.clone(),
         bench_bin: std::env::current_exe().context("the suite's own binary")?,
         redis_server: opts.redis_server.clone(),
         jwt_wasm: opts.jwt_wasm.clone(),
@@ -202,6 +214,7 @@ pub fn main(opts: SuiteOpts) -> anyhow::Result<()> {
             rabbit: rabbit.is_some(),
             rabbit_sockets: rabbit.as_ref().and_then(|r| r.sockets),
             nofile_hard,
+            baseline: opts.baseline_bin.is_some(),
         };
         let cases: Vec<Case> = cases::plan(opts.small, &machine)
             .into_iter()
@@ -219,7 +232,7 @@ pub fn main(opts: SuiteOpts) -> anyhow::Result<()> {
     }
     let cases = outcome?;
 
-    let table = table::render(&suite.runs, &cases);
+    let table = table::render(&suite.runs, &cases, opts.baseline_bin.is_some());
     let size = if opts.small {
         "small sizes"
     } else {
@@ -236,6 +249,7 @@ pub fn main(opts: SuiteOpts) -> anyhow::Result<()> {
         machine_line(
             nofile_hard,
             rabbit.as_ref().map(|_| opts.rabbitmq_version.as_str()),
+            opts.baseline_bin.as_deref(),
         ),
         String::new(),
     ];
@@ -253,6 +267,16 @@ pub fn main(opts: SuiteOpts) -> anyhow::Result<()> {
         table::TOOL_BOUND_PCT,
         table::OTHER_LOAD_PCT
     ));
+    if let Some(bin) = &opts.baseline_bin {
+        out.push(String::new());
+        out.push(format!(
+            "stompbox (before) is the earlier build `{}` (both nodes in its 2 nodes + Redis \
+             cells), configured alike and run in turn with the current build: before, after, \
+             before, after. stompbox ÷ before is the current build ÷ the earlier one, read like \
+             the other ratios.",
+            bin.display()
+        ));
+    }
     for (i, note) in table.notes.iter().enumerate() {
         out.push(String::new());
         out.push(format!("[{}] {note}", i + 1));
@@ -362,7 +386,7 @@ impl Suite {
             .endpoint(system, auth, rabbit.as_deref_mut(), started)?;
         let mut tokens = None;
         if let Load::Auth { n } = case.load {
-            match system {
+            match system.current() {
                 System::Stompbox => tokens = Some(self.tokens(n)?),
                 System::Rabbit => {
                     if let Some(rabbit) = rabbit {
@@ -489,7 +513,7 @@ fn summary(figures: &serde_json::Value) -> String {
 }
 
 /// Cores, CPU, memory, the descriptor limit and the revisions measured.
-fn machine_line(nofile_hard: u64, rabbit_version: Option<&str>) -> String {
+fn machine_line(nofile_hard: u64, rabbit_version: Option<&str>, baseline: Option<&Path>) -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
@@ -504,25 +528,38 @@ fn machine_line(nofile_hard: u64, rabbit_version: Option<&str>) -> String {
         .map_or(String::new(), |kib| {
             format!(", {:.0} GiB", kib / 1024.0 / 1024.0)
         });
-    let revision = Command::new("git")
-        .args(["describe", "--always", "--dirty"])
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|r| !r.is_empty())
-        .unwrap_or_else(|| "unknown revision".into());
+    let revision = describe(Path::new(".")).unwrap_or_else(|| "unknown revision".into());
     let cores = cpuinfo
         .lines()
         .filter(|l| l.starts_with("processor"))
         .count();
+    // The earlier build's revision, where its binary is still in its checkout.
+    let before = baseline.map_or(String::new(), |bin| {
+        let dir = bin.parent().unwrap_or(Path::new("."));
+        let described = describe(dir).unwrap_or_else(|| bin.display().to_string());
+        format!("; stompbox (before) {described}")
+    });
     let rabbit = match rabbit_version {
         Some(version) => format!("; RabbitMQ {version} Web-STOMP"),
         None => "; no RabbitMQ".into(),
     };
     format!(
         "{cores} cores ({model}){memory}; descriptors per process {} (hard); stompbox \
-         {revision}{rabbit}",
+         {revision}{before}{rabbit}",
         table::grouped(nofile_hard as f64, 0)
     )
+}
+
+/// `git describe` of the checkout `dir` is in (`.`: the current build's).
+fn describe(dir: &Path) -> Option<String> {
+    Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["describe", "--always", "--dirty"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|r| !r.is_empty())
 }

@@ -1,5 +1,5 @@
 //! The systems under test, started for one run and stopped after it: stompbox nodes (one, or
-//! two with Redis), the null broker, and the RabbitMQ node that scripts/bench.sh prepared,
+//! two with Redis; of the current build or of an earlier one), the null broker, and the RabbitMQ node that scripts/bench.sh prepared,
 //! which lives across runs and is restarted where a measurement needs a fresh one.
 
 use std::io::Write as _;
@@ -61,6 +61,8 @@ impl Started {
 /// Where the suite finds its programs and keeps its files.
 pub struct Systems {
     pub stompbox_bin: PathBuf,
+    /// The earlier build's binary, for the "before" systems.
+    pub baseline_bin: Option<PathBuf>,
     pub bench_bin: PathBuf,
     pub redis_server: PathBuf,
     pub jwt_wasm: Option<PathBuf>,
@@ -78,8 +80,14 @@ impl Systems {
         rabbit: Option<&mut Rabbit>,
         started: &mut Vec<Started>,
     ) -> Result<Endpoint, Failure> {
+        let bin = self.bin(system)?;
+        let prefix = if system.is_before() {
+            "stompbox-before"
+        } else {
+            "stompbox"
+        };
         match system {
-            System::Stompbox => {
+            System::Stompbox | System::StompboxBefore => {
                 let tenant = if auth {
                     let wasm = self.jwt_wasm.as_ref().ok_or_else(|| {
                         Failure("the auth scenario needs --jwt-wasm (the jwt-auth plugin)".into())
@@ -91,7 +99,7 @@ impl Systems {
                 } else {
                     String::new()
                 };
-                let (pid, http) = self.stompbox("stompbox", &tenant, "", started)?;
+                let (pid, http) = self.stompbox(bin, prefix, &tenant, "", started)?;
                 Ok(Endpoint {
                     url: format!("ws://{http}/ws"),
                     publish_url: format!("ws://{http}/ws"),
@@ -100,7 +108,7 @@ impl Systems {
                     pids: vec![pid],
                 })
             }
-            System::Cluster => {
+            System::Cluster | System::ClusterBefore => {
                 let redis = Redis::start_with(&self.redis_server, self.log("redis")?)?;
                 let url = redis.url();
                 let pid = redis
@@ -113,7 +121,8 @@ impl Systems {
                     let cluster =
                         format!("\n[cluster]\nredis = \"{url}\"\nnode_id = \"bench-node-{n}\"\n");
                     nodes.push(self.stompbox(
-                        &format!("stompbox-node{n}"),
+                        bin,
+                        &format!("{prefix}-node{n}"),
                         "",
                         &cluster,
                         started,
@@ -173,6 +182,17 @@ impl Systems {
         }
     }
 
+    /// The stompbox binary `system` starts its nodes from.
+    fn bin(&self, system: System) -> Result<&Path, Failure> {
+        if system.is_before() {
+            self.baseline_bin
+                .as_deref()
+                .ok_or_else(|| Failure(format!("{} needs --baseline-bin", system.name())))
+        } else {
+            Ok(&self.stompbox_bin)
+        }
+    }
+
     /// A log file of `name` in the logs directory, appended to across runs.
     pub fn log(&self, name: &str) -> std::io::Result<Log> {
         Log::file(self.logs.join(format!("{name}.log")))
@@ -182,6 +202,7 @@ impl Systems {
     /// answering `/healthz`; its pid and HTTP address.
     fn stompbox(
         &self,
+        bin: &Path,
         name: &str,
         tenant_toml: &str,
         cluster_toml: &str,
@@ -192,7 +213,7 @@ impl Systems {
             "[server]\nmax_connections = 100000\nmax_subscriptions = 1000\n\n[[tenants]]\n\
              id = \"default\"\napi_keys = [\"{API_KEY}\"]\n{tenant_toml}{cluster_toml}"
         );
-        let mut node = Node::builder(&self.stompbox_bin)
+        let mut node = Node::builder(bin)
             .name(name)
             .config(&config)
             .env(

@@ -1,5 +1,6 @@
 //! The suite's Markdown table, without I/O: each system's better round of a case, its cells
-//! (with what went wrong in the run marked), and the ratios between systems.
+//! (with what went wrong in the run marked), and the ratios between systems. With a baseline,
+//! the earlier build's column and the ratio to it stand beside stompbox's.
 
 use serde_json::Value;
 
@@ -151,14 +152,24 @@ pub struct Table {
     pub failures: Vec<String>,
 }
 
-/// Renders the cases that have runs, in order.
-pub fn render(runs: &[Run], cases: &[Case]) -> Table {
-    let mut rows = vec![
-        "| scenario | case | figure | stompbox | RabbitMQ | null broker | stompbox ÷ RabbitMQ \
-         | stompbox ÷ null |"
-            .to_string(),
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |".to_string(),
-    ];
+/// Renders the cases that have runs, in order; `baseline` adds the columns of the earlier
+/// build ("stompbox (before)" and "stompbox ÷ before").
+pub fn render(runs: &[Run], cases: &[Case], baseline: bool) -> Table {
+    let mut rows = if baseline {
+        vec![
+            "| scenario | case | figure | stompbox | stompbox (before) | RabbitMQ | null broker \
+             | stompbox ÷ before | stompbox ÷ RabbitMQ | stompbox ÷ null |"
+                .to_string(),
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |".to_string(),
+        ]
+    } else {
+        vec![
+            "| scenario | case | figure | stompbox | RabbitMQ | null broker | stompbox ÷ RabbitMQ \
+             | stompbox ÷ null |"
+                .to_string(),
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |".to_string(),
+        ]
+    };
     let (mut notes, mut failures) = (Vec::new(), Vec::new());
     let mut shown_group: Option<&str> = None;
     for case in cases {
@@ -201,15 +212,29 @@ pub fn render(runs: &[Run], cases: &[Case]) -> Table {
         };
         let val = |s: System, field: &str| chosen(s).and_then(|f| fig(f, field));
         let one_node = |title: String, label: &str, field: &str| {
-            vec![
-                title,
-                label.to_string(),
-                text(System::Stompbox, field),
-                text(System::Rabbit, field),
-                text(System::Null, field),
+            let mut line = vec![title, label.to_string(), text(System::Stompbox, field)];
+            if baseline {
+                line.push(text(System::StompboxBefore, field));
+            }
+            line.extend([text(System::Rabbit, field), text(System::Null, field)]);
+            if baseline {
+                let before = val(System::StompboxBefore, field);
+                line.push(ratio(val(System::Stompbox, field), before));
+            }
+            line.extend([
                 ratio(val(System::Stompbox, field), val(System::Rabbit, field)),
                 ratio(val(System::Stompbox, field), val(System::Null, field)),
-            ]
+            ]);
+            line
+        };
+        // Two nodes, and their ratio to one node of the same build.
+        let two_nodes = |cluster: System, one: System, field: &str| {
+            let r = ratio(val(cluster, field), val(one, field));
+            let mut text = text(cluster, field);
+            if r != "—" {
+                text += &format!(" ({r} of 1 node)");
+            }
+            text
         };
         let mut lines = Vec::new();
         if ran(System::Cluster) {
@@ -217,16 +242,24 @@ pub fn render(runs: &[Run], cases: &[Case]) -> Table {
                 lines.push(one_node(format!("{title}: 1 node"), f.label, f.field));
             }
             for f in case.figures {
-                let r = ratio(
-                    val(System::Cluster, f.field),
-                    val(System::Stompbox, f.field),
-                );
-                let mut cluster = text(System::Cluster, f.field);
-                if r != "—" {
-                    cluster += &format!(" ({r} of 1 node)");
+                let mut line = vec![
+                    "2 nodes + Redis".to_string(),
+                    f.label.to_string(),
+                    two_nodes(System::Cluster, System::Stompbox, f.field),
+                ];
+                if baseline {
+                    line.push(two_nodes(
+                        System::ClusterBefore,
+                        System::StompboxBefore,
+                        f.field,
+                    ));
                 }
-                let mut line = vec!["2 nodes + Redis".to_string(), f.label.to_string(), cluster];
-                line.extend(std::iter::repeat_n(String::new(), 4));
+                line.extend(std::iter::repeat_n(String::new(), 2));
+                if baseline {
+                    let before = val(System::ClusterBefore, f.field);
+                    line.push(ratio(val(System::Cluster, f.field), before));
+                }
+                line.extend(std::iter::repeat_n(String::new(), 2));
                 lines.push(line);
             }
         } else {
@@ -368,7 +401,7 @@ mod tests {
                 Some(json!({"deliveries_per_sec": 10.0, "latency_ms": {"p99": 2.5}})),
             ),
         ];
-        let table = render(&runs, &[fanout, steady, latency]);
+        let table = render(&runs, &[fanout, steady, latency], false);
         assert_eq!(
             table.rows[2..],
             [
@@ -390,7 +423,7 @@ mod tests {
             run("cluster-max", System::Stompbox, 1, rate(1000.0)),
             run("cluster-max", System::Null, 1, rate(4000.0)),
         ];
-        let table = render(&runs, &[cluster]);
+        let table = render(&runs, &[cluster], false);
         assert_eq!(
             table.rows[2..],
             [
@@ -398,5 +431,47 @@ mod tests {
                 "|  | 2 nodes + Redis | deliveries/s | 500 (×0.50 of 1 node) |  |  |  |  |",
             ]
         );
+    }
+
+    #[test]
+    fn renders_the_earlier_build_beside_the_current_one() {
+        let fanout = case(Scenario::Fanout, "fanout-100-burst", RATE);
+        let latency = case(Scenario::Latency, "latency-50", LATENCY);
+        let cluster = case(Scenario::Cluster, "cluster-max", RATE);
+        let rate = |r: f64| Some(json!({"deliveries_per_sec": r}));
+        let p = |p99: f64, p50: f64, p999: f64| {
+            Some(json!({"latency_ms": {"p50": p50, "p99": p99, "p999": p999}}))
+        };
+        let runs = vec![
+            run("fanout-100-burst", System::StompboxBefore, 1, rate(100.0)),
+            run("fanout-100-burst", System::Stompbox, 1, rate(300.0)),
+            run("fanout-100-burst", System::Null, 1, rate(600.0)),
+            run("fanout-100-burst", System::StompboxBefore, 2, rate(200.0)),
+            run("fanout-100-burst", System::Stompbox, 2, rate(250.0)),
+            run("latency-50", System::StompboxBefore, 1, p(4.0, 1.0, 8.0)),
+            run("latency-50", System::Stompbox, 1, None),
+            run("latency-50", System::StompboxBefore, 2, p(3.0, 2.0, 9.0)),
+            run("latency-50", System::Stompbox, 2, p(2.0, 1.0, 5.0)),
+            run("cluster-max", System::ClusterBefore, 1, rate(400.0)),
+            run("cluster-max", System::Cluster, 1, rate(500.0)),
+            run("cluster-max", System::StompboxBefore, 1, rate(800.0)),
+            run("cluster-max", System::Stompbox, 1, rate(1000.0)),
+        ];
+        let table = render(&runs, &[fanout, latency, cluster], true);
+        assert_eq!(
+            table.rows,
+            [
+                "| scenario | case | figure | stompbox | stompbox (before) | RabbitMQ | null broker \
+                 | stompbox ÷ before | stompbox ÷ RabbitMQ | stompbox ÷ null |",
+                "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+                "| 1. fan-out | title of fanout-100-burst | deliveries/s | 300 | 200 | — | 600 | ×1.50 | — | ×0.50 |",
+                "| 3. steady-rate latency | title of latency-50 | p99 ms | 2.00 | 3.00 | — | — | ×0.67 | — | — |",
+                "|  |  | p50 ms | 1.00 | 2.00 | — | — | ×0.50 | — | — |",
+                "|  |  | p99.9 ms | 5.00 | 9.00 | — | — | ×0.56 | — | — |",
+                "| 6. cluster | title of cluster-max: 1 node | deliveries/s | 1,000 | 800 | — | — | ×1.25 | — | — |",
+                "|  | 2 nodes + Redis | deliveries/s | 500 (×0.50 of 1 node) | 400 (×0.50 of 1 node) |  |  | ×1.25 |  |  |",
+            ]
+        );
+        assert_eq!(table.failures, ["latency-50 stompbox round 1: it broke"]);
     }
 }
