@@ -489,7 +489,11 @@ async fn a_frame_that_stalls_halfway_is_not_held_for_ever() {
         .await;
     slow.expect(Command::Connected).await;
     for _ in 0..3 {
-        for piece in [&b"SEND\ndestination:/topic/a\n"[..], b"receipt:r\n\n", b"x\0"] {
+        for piece in [
+            &b"SEND\ndestination:/topic/a\n"[..],
+            b"receipt:r\n\n",
+            b"x\0",
+        ] {
             slow.send_raw(piece).await;
             tokio::time::sleep(Duration::from_millis(60)).await;
         }
