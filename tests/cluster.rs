@@ -96,6 +96,29 @@ async fn await_ready(node: &NodeProcess) {
     }
 }
 
+/// Nodes A and B (with `node_ttl_ms`), carol on A over TCP subscribed to her notices, and dave
+/// on A consuming `/queue/jobs`, with carol's presence in Redis.
+async fn carol_and_a_worker_on_a(
+    redis: &Redis,
+    node_ttl_ms: u64,
+) -> (NodeProcess, NodeProcess, Client, Client) {
+    let toml = config("").replace(
+        "node_ttl_ms = 2000",
+        &format!("node_ttl_ms = {node_ttl_ms}"),
+    );
+    let a = NodeProcess::start("node-a", &redis.url(), &toml);
+    let b = NodeProcess::start("node-b", &redis.url(), &toml);
+    await_ready(&a).await;
+    await_ready(&b).await;
+    let mut carol = Client::tcp(a.stomp).await;
+    carol.connect_as("carol").await;
+    carol.subscribe("1", "/user/queue/notice", "auto").await;
+    let mut worker = ws_on(&a, "dave").await;
+    worker.subscribe("1", "/queue/jobs", "auto").await;
+    await_presence(redis, "carol", &["node-a"]).await;
+    (a, b, carol, worker)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_on_node_a_receives_what_a_backend_sends_through_node_b() {
     let redis = Redis::start();
@@ -460,17 +483,7 @@ async fn an_old_presence_entry_routes_while_it_is_read_again() {
 async fn a_node_stopped_with_sigterm_leaves_the_cluster_at_once() {
     let redis = Redis::start();
     // A long node_ttl_ms: an answer that waited for A's heartbeat to expire would take 30 s.
-    let toml = config("").replace("node_ttl_ms = 2000", "node_ttl_ms = 30000");
-    let mut a = NodeProcess::start("node-a", &redis.url(), &toml);
-    let b = NodeProcess::start("node-b", &redis.url(), &toml);
-    await_ready(&a).await;
-    await_ready(&b).await;
-    let mut carol = Client::tcp(a.stomp).await;
-    carol.connect_as("carol").await;
-    carol.subscribe("1", "/user/queue/notice", "auto").await;
-    let mut queue_consumer = ws_on(&a, "dave").await;
-    queue_consumer.subscribe("1", "/queue/jobs", "auto").await;
-    await_presence(&redis, "carol", &["node-a"]).await;
+    let (mut a, b, mut carol, _worker) = carol_and_a_worker_on_a(&redis, 30_000).await;
 
     let notice = json!({"receiver": "carol", "destination": "/queue/notice", "content": "before"});
     let (status, answer) = publish_on(&b, notice.clone()).await;
@@ -509,20 +522,10 @@ async fn a_node_stopped_with_sigterm_leaves_the_cluster_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_restarted_under_its_id_withdraws_what_its_last_run_held() {
     let redis = Redis::start();
-    let toml = config("");
-    let mut a = NodeProcess::start("node-a", &redis.url(), &toml);
-    let b = NodeProcess::start("node-b", &redis.url(), &toml);
-    await_ready(&a).await;
-    await_ready(&b).await;
-    let mut carol = Client::tcp(a.stomp).await;
-    carol.connect_as("carol").await;
-    carol.subscribe("1", "/user/queue/notice", "auto").await;
-    let mut worker = ws_on(&a, "dave").await;
-    worker.subscribe("1", "/queue/jobs", "auto").await;
-    await_presence(&redis, "carol", &["node-a"]).await;
+    let (mut a, b, _carol, _worker) = carol_and_a_worker_on_a(&redis, 2_000).await;
 
     a.kill9();
-    let a = NodeProcess::start("node-a", &redis.url(), &toml);
+    let a = NodeProcess::start("node-a", &redis.url(), &config(""));
     await_ready(&a).await;
     // Without the withdrawal, node-a (alive again) stays in carol's presence for ever.
     await_presence(&redis, "carol", &[]).await;
@@ -552,17 +555,7 @@ async fn a_node_restarted_under_its_id_withdraws_what_its_last_run_held() {
 async fn a_message_no_node_took_is_not_answered_as_sent() {
     let redis = Redis::start();
     // A long node_ttl_ms: A stays "live" by its heartbeat long after it was killed.
-    let toml = config("").replace("node_ttl_ms = 2000", "node_ttl_ms = 30000");
-    let mut a = NodeProcess::start("node-a", &redis.url(), &toml);
-    let b = NodeProcess::start("node-b", &redis.url(), &toml);
-    await_ready(&a).await;
-    await_ready(&b).await;
-    let mut carol = Client::tcp(a.stomp).await;
-    carol.connect_as("carol").await;
-    carol.subscribe("1", "/user/queue/notice", "auto").await;
-    let mut worker = ws_on(&a, "dave").await;
-    worker.subscribe("1", "/queue/jobs", "auto").await;
-    await_presence(&redis, "carol", &["node-a"]).await;
+    let (mut a, b, _carol, _worker) = carol_and_a_worker_on_a(&redis, 30_000).await;
     let notice = json!({"receiver": "carol", "destination": "/queue/notice", "content": "n"});
     let (status, answer) = publish_on(&b, notice.clone()).await;
     assert_eq!((status, &answer["nodes"]), (202, &json!(1)), "{answer}");

@@ -76,16 +76,8 @@ impl Node {
         ));
         let ids = Arc::new(Ids::new(node_id.clone()));
         let tasks = TaskTracker::new();
-        let s = &config.server;
         let sessions = Arc::new(session::Context {
-            limits: session::Limits {
-                outbound_queue_bytes: s.outbound_queue_bytes,
-                max_subscriptions: s.max_subscriptions,
-                max_transactions: s.max_transactions,
-                max_transaction_frames: s.max_transaction_frames,
-                heartbeat_ms: s.heartbeat_ms,
-                heartbeat_tolerance: s.heartbeat_tolerance,
-            },
+            limits: session_limits(&config.server),
             tenants: tenants.clone(),
             ids: ids.clone(),
             tasks: tasks.clone(),
@@ -142,5 +134,17 @@ impl Node {
     pub fn start_cluster(self: &Arc<Self>) {
         let local: Arc<dyn LocalNode> = Arc::new(inbound::NodeInbound(Arc::downgrade(self)));
         self.cluster.clone().start(local);
+    }
+}
+
+/// What the `[server]` settings allow each session.
+pub fn session_limits(s: &ServerConfig) -> session::Limits {
+    session::Limits {
+        outbound_queue_bytes: s.outbound_queue_bytes,
+        max_subscriptions: s.max_subscriptions,
+        max_transactions: s.max_transactions,
+        max_transaction_frames: s.max_transaction_frames,
+        heartbeat_ms: s.heartbeat_ms,
+        heartbeat_tolerance: s.heartbeat_tolerance,
     }
 }

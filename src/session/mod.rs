@@ -5,7 +5,7 @@
 //! tenants, where hand-off work runs) and owns no socket, so the tests below drive it frame by
 //! frame.
 //!
-//! Routing a SEND is handed to the session's [`sequencer::Sequencer`], which completes it at
+//! Routing a SEND is handed to the session's [`sequencer::Handoff`], which completes it at
 //! once when it need not wait on the cluster and otherwise queues it, with the replies after
 //! it, in order. Every ERROR is a [`Fault`].
 
@@ -25,7 +25,7 @@ use tracing::debug;
 use tokio_util::task::TaskTracker;
 
 pub use fault::Fault;
-use sequencer::{Route, Sequencer};
+use sequencer::{Handoff, Route};
 
 use crate::broker::destination::{self, Target};
 use crate::broker::message::RESERVED_HEADERS;
@@ -117,7 +117,7 @@ pub struct Session {
     ctx: Arc<Context>,
     peer: Peer,
     endpoint: Arc<Endpoint>,
-    sequencer: Arc<Sequencer>,
+    handoff: Handoff,
     phase: Phase,
     version: Version,
     tenant: Option<Arc<Tenant>>,
@@ -138,7 +138,7 @@ impl Session {
             ctx.limits.outbound_queue_bytes,
         ));
         Session {
-            sequencer: Sequencer::new(endpoint.clone()),
+            handoff: Handoff::default(),
             ctx,
             peer,
             endpoint,
@@ -211,7 +211,7 @@ impl Session {
             Ok(()) => {
                 if let Some(id) = receipt {
                     let frame = self.receipt(&id);
-                    self.sequencer.reply(frame, &self.ctx.tasks);
+                    self.handoff.reply(&self.endpoint, frame, &self.ctx.tasks);
                 }
                 Flow::Continue
             }
@@ -236,7 +236,7 @@ impl Session {
             Command::Disconnect => {
                 // Its receipt is the last frame, after everything handed off before it.
                 let last = receipt.take().map(|id| self.receipt(&id));
-                self.sequencer.finish(last, &self.ctx.tasks);
+                self.handoff.finish(&self.endpoint, last, &self.ctx.tasks);
                 self.phase = Phase::Closed;
                 Ok(())
             }
@@ -322,12 +322,9 @@ impl Session {
         self.tenant = Some(tenant);
         self.principal = principal;
         self.phase = Phase::Connected;
-        self.sequencer
-            .set_error_frame(Box::new(move |fault: &Fault| {
-                encode_frame(&error_frame(fault, None), version)
-            }));
         let connected = self.encode(&connected);
-        self.sequencer.reply(connected, &self.ctx.tasks);
+        self.handoff
+            .reply(&self.endpoint, connected, &self.ctx.tasks);
         Ok(())
     }
 
@@ -396,7 +393,7 @@ impl Session {
 
     /// Hands a SEND's message to the sequencer for routing; `receipt` is written once it is
     /// routed.
-    async fn publish(&self, target: Target, frame: Frame, receipt: Option<Bytes>) -> Outcome {
+    async fn publish(&mut self, target: Target, frame: Frame, receipt: Option<Bytes>) -> Outcome {
         let headers = frame
             .headers
             .into_iter()
@@ -423,7 +420,15 @@ impl Session {
                 .map(|_| ())
                 .map_err(|e| Fault::NotAccepted(e.to_string()))
         });
-        self.sequencer.route(route, receipt, &self.ctx.tasks).await
+        self.handoff
+            .route(
+                &self.endpoint,
+                self.version,
+                route,
+                receipt,
+                &self.ctx.tasks,
+            )
+            .await
     }
 
     async fn subscribe(&mut self, frame: &Frame) -> Outcome {
@@ -579,7 +584,8 @@ impl Session {
         debug!(session = %self.id(), reason = fault.label(), message = %fault.message(), detail = %fault.detail(), "session error");
         self.ctx.metrics.session_error(fault.label());
         let error = self.encode(&error_frame(fault, receipt));
-        self.sequencer.finish(Some(error), &self.ctx.tasks);
+        self.handoff
+            .finish(&self.endpoint, Some(error), &self.ctx.tasks);
         self.phase = Phase::Closed;
     }
 
@@ -604,7 +610,7 @@ impl Session {
         }
         self.tenant = None;
         self.phase = Phase::Closed;
-        self.sequencer.finish(None, &self.ctx.tasks);
+        self.handoff.finish(&self.endpoint, None, &self.ctx.tasks);
     }
 }
 

@@ -22,7 +22,9 @@ use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
 use super::fault::Fault;
+use super::{encode_frame, error_frame};
 use crate::broker::Endpoint;
+use crate::stomp::Version;
 
 /// A route that may still be waiting for the cluster; `Err` ends the session with that fault.
 pub type Route = Pin<Box<dyn Future<Output = Result<(), Fault>> + Send>>;
@@ -47,18 +49,79 @@ struct Queue {
     running: bool,
 }
 
-/// The ordered hand-off of one session.
+/// A session's hand-off: nothing at all until a route must wait (most sessions never need
+/// one: subscribers, and publishers whose routes complete at once), then a [`Sequencer`].
+#[derive(Debug, Default)]
+pub struct Handoff {
+    queue: Option<Arc<Sequencer>>,
+}
+
+impl Handoff {
+    fn busy(&self) -> Option<&Arc<Sequencer>> {
+        self.queue.as_ref().filter(|q| q.is_busy())
+    }
+
+    /// True while something handed off is not done.
+    pub fn is_busy(&self) -> bool {
+        self.busy().is_some()
+    }
+
+    /// Routes: at once when nothing is pending and the route completes without waiting (the
+    /// receipt is then written here too), else after what is pending. `Err` is the fault of a
+    /// route that completed at once; a deferred route's fault ends the session from the task
+    /// (with an ERROR in `version`).
+    pub async fn route(
+        &mut self,
+        endpoint: &Arc<Endpoint>,
+        version: Version,
+        mut route: Route,
+        receipt: Option<Bytes>,
+        tasks: &TaskTracker,
+    ) -> Result<(), Fault> {
+        if self.busy().is_none() {
+            let mut cx = Context::from_waker(Waker::noop());
+            if let Poll::Ready(result) = route.as_mut().poll(&mut cx) {
+                result?;
+                if let Some(receipt) = receipt {
+                    let _ = endpoint.outbox.push_control(receipt);
+                }
+                return Ok(());
+            }
+        }
+        let queue = self
+            .queue
+            .get_or_insert_with(|| Sequencer::new(endpoint.clone(), version));
+        queue.defer(route, receipt, tasks).await;
+        Ok(())
+    }
+
+    /// Writes a reply after whatever is pending.
+    pub fn reply(&self, endpoint: &Endpoint, frame: Bytes, tasks: &TaskTracker) {
+        match self.busy() {
+            Some(queue) => queue.push(Job::Reply(frame), tasks),
+            // A refusal means the connection is already closing; the reply has nowhere to go.
+            None => drop(endpoint.outbox.push_control(frame)),
+        }
+    }
+
+    /// Ends the outbox (with `last` as its final frame) after whatever is pending.
+    pub fn finish(&self, endpoint: &Endpoint, last: Option<Bytes>, tasks: &TaskTracker) {
+        match self.busy() {
+            Some(queue) => queue.push(Job::Finish(last), tasks),
+            None => endpoint.outbox.finish(last),
+        }
+    }
+}
+
+/// The ordered queue of one session's deferred work.
 pub struct Sequencer {
     endpoint: Arc<Endpoint>,
+    /// The session's version, for the ERROR of a deferred route that fails.
+    version: Version,
     queue: Mutex<Queue>,
     /// Signalled when a queued route finished (a waiting session may go on).
     progressed: Notify,
-    /// How a failed deferred route's ERROR is written (it needs the session's version).
-    error_frame: Mutex<Option<ErrorFrame>>,
 }
-
-/// Encodes the ERROR that ends a session.
-pub type ErrorFrame = Box<dyn Fn(&Fault) -> Bytes + Send + Sync>;
 
 impl std::fmt::Debug for Sequencer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -69,13 +132,13 @@ impl std::fmt::Debug for Sequencer {
 }
 
 impl Sequencer {
-    /// A sequencer writing to `endpoint`.
-    pub fn new(endpoint: Arc<Endpoint>) -> Arc<Sequencer> {
+    /// A sequencer writing to `endpoint`, in `version`.
+    pub fn new(endpoint: Arc<Endpoint>, version: Version) -> Arc<Sequencer> {
         Arc::new(Sequencer {
             endpoint,
+            version,
             queue: Mutex::new(Queue::default()),
             progressed: Notify::new(),
-            error_frame: Mutex::new(None),
         })
     }
 
@@ -83,75 +146,36 @@ impl Sequencer {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Sets how an ERROR from a deferred route is encoded (at CONNECT, once the version is
-    /// known).
-    pub fn set_error_frame(&self, encode: ErrorFrame) {
-        *self.error_frame.lock().unwrap_or_else(|e| e.into_inner()) = Some(encode);
-    }
-
-    /// True while something handed off is not done.
+    /// True while something queued is not done.
     pub fn is_busy(&self) -> bool {
         let queue = self.lock();
         queue.running || !queue.jobs.is_empty()
     }
 
-    /// Routes: at once when nothing is pending and the route completes without waiting (the
-    /// receipt is then written here too), else after what is pending. `Err` is a fault of a
-    /// route that completed at once; a deferred route's fault ends the session from the task.
-    pub async fn route(
-        self: &Arc<Self>,
-        mut route: Route,
-        receipt: Option<Bytes>,
-        tasks: &TaskTracker,
-    ) -> Result<(), Fault> {
-        if !self.is_busy() {
-            let mut cx = Context::from_waker(Waker::noop());
-            if let Poll::Ready(result) = route.as_mut().poll(&mut cx) {
-                result?;
-                if let Some(receipt) = receipt {
-                    let _ = self.endpoint.outbox.push_control(receipt);
-                }
-                return Ok(());
-            }
-        }
+    /// Queues a route (and its receipt) after what is pending; waits only while
+    /// [`MAX_PENDING`] routes are queued.
+    async fn defer(self: &Arc<Self>, route: Route, receipt: Option<Bytes>, tasks: &TaskTracker) {
+        let mut job = Some(Job::Route(route, receipt));
         loop {
             let progressed = self.progressed.notified();
             {
                 let mut queue = self.lock();
                 if queue.routes < MAX_PENDING {
                     queue.routes += 1;
-                    queue.jobs.push_back(Job::Route(route, receipt));
+                    queue.jobs.extend(job.take());
                     self.kick(queue, tasks);
-                    return Ok(());
+                    return;
                 }
             }
             progressed.await;
         }
     }
 
-    /// Writes a reply after whatever is pending.
-    pub fn reply(self: &Arc<Self>, frame: Bytes, tasks: &TaskTracker) {
+    /// Queues a reply or the end after what is pending.
+    fn push(self: &Arc<Self>, job: Job, tasks: &TaskTracker) {
         let mut queue = self.lock();
-        if queue.running || !queue.jobs.is_empty() {
-            queue.jobs.push_back(Job::Reply(frame));
-            self.kick(queue, tasks);
-        } else {
-            drop(queue);
-            // A refusal means the connection is already closing; the reply has nowhere to go.
-            let _ = self.endpoint.outbox.push_control(frame);
-        }
-    }
-
-    /// Ends the outbox (with `last` as its final frame) after whatever is pending.
-    pub fn finish(self: &Arc<Self>, last: Option<Bytes>, tasks: &TaskTracker) {
-        let mut queue = self.lock();
-        if queue.running || !queue.jobs.is_empty() {
-            queue.jobs.push_back(Job::Finish(last));
-            self.kick(queue, tasks);
-        } else {
-            drop(queue);
-            self.endpoint.outbox.finish(last);
-        }
+        queue.jobs.push_back(job);
+        self.kick(queue, tasks);
     }
 
     /// Starts the draining task if none runs.
@@ -188,13 +212,8 @@ impl Sequencer {
                             }
                         }
                         Err(fault) => {
-                            let error = self
-                                .error_frame
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .as_ref()
-                                .map(|encode| encode(&fault));
-                            self.endpoint.outbox.finish(error);
+                            let error = encode_frame(&error_frame(&fault, None), self.version);
+                            self.endpoint.outbox.finish(Some(error));
                             let mut queue = self.lock();
                             queue.jobs.clear();
                             queue.routes = 0;
@@ -216,30 +235,60 @@ impl Sequencer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::stomp::{decode, Decoded, Limits};
+    use bytes::BytesMut;
     use tokio::sync::oneshot;
 
     fn endpoint() -> Arc<Endpoint> {
         Arc::new(Endpoint::new(Arc::from("s-1"), 1 << 20))
     }
 
+    /// Everything written until the outbox closes (or nothing more is queued).
     async fn written(endpoint: &Endpoint) -> Vec<Bytes> {
-        let batch = endpoint.outbox.next_batch().await;
-        batch
-            .items
-            .into_iter()
-            .map(|i| [i.head, i.tail].concat().into())
-            .collect()
+        let mut all = Vec::new();
+        loop {
+            let Ok(batch) =
+                tokio::time::timeout(std::time::Duration::ZERO, endpoint.outbox.next_batch()).await
+            else {
+                return all;
+            };
+            all.extend(
+                batch
+                    .items
+                    .into_iter()
+                    .map(|i| Bytes::from([i.head, i.tail].concat())),
+            );
+            if batch.then_close.is_some() {
+                return all;
+            }
+        }
+    }
+
+    fn slow(result: Result<(), Fault>) -> (Route, oneshot::Sender<()>) {
+        let (go, wait) = oneshot::channel::<()>();
+        let route: Route = Box::pin(async move {
+            let _ = wait.await;
+            result
+        });
+        (route, go)
     }
 
     #[tokio::test]
-    async fn a_route_that_completes_at_once_writes_its_receipt_at_once() {
+    async fn a_route_that_completes_at_once_needs_no_queue() {
         let endpoint = endpoint();
-        let seq = Sequencer::new(endpoint.clone());
+        let mut handoff = Handoff::default();
         let tasks = TaskTracker::new();
-        seq.route(Box::pin(async { Ok(()) }), Some(Bytes::from("R1")), &tasks)
+        handoff
+            .route(
+                &endpoint,
+                Version::V1_2,
+                Box::pin(async { Ok(()) }),
+                Some(Bytes::from("R1")),
+                &tasks,
+            )
             .await
             .unwrap();
-        assert!(!seq.is_busy());
+        assert!(handoff.queue.is_none(), "nothing allocated");
         assert_eq!(written(&endpoint).await, [Bytes::from("R1")]);
         assert!(tasks.is_empty(), "no task for a route that did not wait");
     }
@@ -247,22 +296,32 @@ mod tests {
     #[tokio::test]
     async fn what_follows_a_waiting_route_waits_for_it() {
         let endpoint = endpoint();
-        let seq = Sequencer::new(endpoint.clone());
+        let mut handoff = Handoff::default();
         let tasks = TaskTracker::new();
-        let (go, wait) = oneshot::channel::<()>();
-        let slow: Route = Box::pin(async move {
-            let _ = wait.await;
-            Ok(())
-        });
-        seq.route(slow, Some(Bytes::from("R1")), &tasks)
+        let (route, go) = slow(Ok(()));
+        handoff
+            .route(
+                &endpoint,
+                Version::V1_2,
+                route,
+                Some(Bytes::from("R1")),
+                &tasks,
+            )
             .await
             .unwrap();
-        seq.route(Box::pin(async { Ok(()) }), Some(Bytes::from("R2")), &tasks)
+        handoff
+            .route(
+                &endpoint,
+                Version::V1_2,
+                Box::pin(async { Ok(()) }),
+                Some(Bytes::from("R2")),
+                &tasks,
+            )
             .await
             .unwrap();
-        seq.reply(Bytes::from("R3"), &tasks);
-        seq.finish(Some(Bytes::from("LAST")), &tasks);
-        assert!(seq.is_busy());
+        handoff.reply(&endpoint, Bytes::from("R3"), &tasks);
+        handoff.finish(&endpoint, Some(Bytes::from("LAST")), &tasks);
+        assert!(handoff.is_busy());
         assert_eq!(
             endpoint.outbox.queued_bytes(),
             0,
@@ -271,54 +330,48 @@ mod tests {
         go.send(()).unwrap();
         tasks.close();
         tasks.wait().await;
-        let mut all = Vec::new();
-        loop {
-            let batch = endpoint.outbox.next_batch().await;
-            all.extend(
-                batch
-                    .items
-                    .into_iter()
-                    .map(|i| Bytes::from([i.head, i.tail].concat())),
-            );
-            if batch.then_close.is_some() {
-                break;
-            }
-        }
-        assert_eq!(all, ["R1", "R2", "R3", "LAST"].map(Bytes::from));
+        assert_eq!(
+            written(&endpoint).await,
+            ["R1", "R2", "R3", "LAST"].map(Bytes::from)
+        );
+        assert!(!handoff.is_busy());
     }
 
     #[tokio::test]
     async fn a_deferred_fault_ends_the_session_with_its_error() {
         let endpoint = endpoint();
-        let seq = Sequencer::new(endpoint.clone());
-        seq.set_error_frame(Box::new(|f: &Fault| Bytes::from(f.message())));
+        let mut handoff = Handoff::default();
         let tasks = TaskTracker::new();
-        let (go, wait) = oneshot::channel::<()>();
-        let failing: Route = Box::pin(async move {
-            let _ = wait.await;
-            Err(Fault::NotAccepted("full".into()))
-        });
-        seq.route(failing, None, &tasks).await.unwrap();
-        seq.reply(Bytes::from("never"), &tasks);
+        let (route, go) = slow(Err(Fault::NotAccepted("full".into())));
+        handoff
+            .route(&endpoint, Version::V1_2, route, None, &tasks)
+            .await
+            .unwrap();
+        handoff.reply(&endpoint, Bytes::from("never"), &tasks);
         go.send(()).unwrap();
         tasks.close();
         tasks.wait().await;
-        let batch = endpoint.outbox.next_batch().await;
-        let frames: Vec<Bytes> = batch
-            .items
-            .into_iter()
-            .map(|i| Bytes::from([i.head, i.tail].concat()))
-            .collect();
-        assert_eq!(frames, [Bytes::from("message not accepted")]);
-        assert!(!seq.is_busy());
+        let frames = written(&endpoint).await;
+        assert_eq!(frames.len(), 1);
+        let mut buf = BytesMut::from(&frames[0][..]);
+        let Some(Decoded::Frame(error)) =
+            decode(&mut buf, Version::V1_2, &Limits::default()).unwrap()
+        else {
+            panic!("an ERROR frame");
+        };
+        assert_eq!(error.get("message"), Some("message not accepted"));
+        assert!(endpoint.outbox.is_closing());
+        assert!(!handoff.is_busy());
     }
 
     #[tokio::test]
     async fn a_route_that_fails_at_once_is_the_callers_fault() {
-        let seq = Sequencer::new(endpoint());
+        let mut handoff = Handoff::default();
         let tasks = TaskTracker::new();
-        let result = seq
+        let result = handoff
             .route(
+                &endpoint(),
+                Version::V1_2,
                 Box::pin(async { Err(Fault::NotAccepted("x".into())) }),
                 None,
                 &tasks,

@@ -44,17 +44,9 @@ fn harness_with(
             None => tenant,
         }
     }));
-    let s = &config.server;
     Harness {
         ctx: Arc::new(Context {
-            limits: Limits {
-                outbound_queue_bytes: s.outbound_queue_bytes,
-                max_subscriptions: s.max_subscriptions,
-                max_transactions: s.max_transactions,
-                max_transaction_frames: s.max_transaction_frames,
-                heartbeat_ms: s.heartbeat_ms,
-                heartbeat_tolerance: s.heartbeat_tolerance,
-            },
+            limits: crate::node::session_limits(&config.server),
             tenants: Arc::new(tenants),
             ids: Arc::new(Ids::new("n1".into())),
             tasks: TaskTracker::new(),
@@ -336,9 +328,8 @@ async fn user_destinations_reach_every_session_of_the_user() {
 #[tokio::test]
 async fn subscription_errors() {
     let h = harness();
-    let mut s = h.connected("alice").await;
     let error = expect_error(
-        &mut s,
+        &mut h.connected("alice").await,
         frame(
             Command::Subscribe,
             &[("destination", "/topic/a"), ("receipt", "r9")],
@@ -352,55 +343,34 @@ async fn subscription_errors() {
         "an ERROR answers the frame's receipt"
     );
 
-    let mut s = h.connected("alice").await;
-    s.handle(frame(
-        Command::Subscribe,
-        &[("id", "1"), ("destination", "/topic/a")],
-    ))
-    .await;
-    expect_error(
-        &mut s,
-        frame(
-            Command::Subscribe,
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        (
             &[("id", "1"), ("destination", "/topic/b")],
+            "duplicate subscription id",
         ),
-        "duplicate subscription id",
-    )
-    .await;
-
-    let mut s = h.connected("alice").await;
-    expect_error(
-        &mut s,
-        frame(
-            Command::Subscribe,
-            &[("id", "1"), ("destination", "/elsewhere/a")],
+        (
+            &[("id", "2"), ("destination", "/elsewhere/a")],
+            "invalid destination",
         ),
-        "invalid destination",
-    )
-    .await;
-
-    let mut s = h.connected("alice").await;
-    expect_error(
-        &mut s,
-        frame(
-            Command::Subscribe,
+        (
             &[
-                ("id", "1"),
+                ("id", "2"),
                 ("destination", "/topic/a"),
                 ("ack", "sometimes"),
             ],
+            "invalid ack mode",
         ),
-        "invalid ack mode",
-    )
-    .await;
-
-    let mut s = h.connected("alice").await;
-    expect_error(
-        &mut s,
-        frame(Command::Subscribe, &[("id", "1")]),
-        "missing destination header",
-    )
-    .await;
+        (&[("id", "2")], "missing destination header"),
+    ];
+    for (headers, message) in cases {
+        let mut s = h.connected("alice").await;
+        s.handle(frame(
+            Command::Subscribe,
+            &[("id", "1"), ("destination", "/topic/a")],
+        ))
+        .await;
+        expect_error(&mut s, frame(Command::Subscribe, headers), message).await;
+    }
 
     let mut s = h.connected("alice").await;
     expect_error(&mut s, frame(Command::Message, &[]), "unexpected frame").await;
