@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// How long any single read may take before the test fails.
 const WAIT: Duration = Duration::from_secs(2);
-const NOT_CACHED: &str = "no-store, no-cache, must-revalidate, max-age=0";
+const NOT_CACHED: &str = "no-store, no-cache, no-transform, must-revalidate, max-age=0";
 const GO_AWAY: &str = "c[3000,\"Go away!\"]\n";
 const ANOTHER_CONNECTION: &str = "c[2010,\"Another connection still open\"]\n";
 const INTERRUPTED: &str = "c[1002,\"Connection interrupted\"]\n";
@@ -1230,6 +1230,9 @@ async fn xhr_send_invalid_payloads() {
     assert_error(&r, "Broken JSON encoding.", "broken JSON");
     let r = post(addr, &format!("{base}/xhr_send"), "").await;
     assert_error(&r, "Payload expected.", "empty payload");
+    // The protocol wants an array; a bare string is not a message.
+    let r = post(addr, &format!("{base}/xhr_send"), "\"x\"").await;
+    assert_error(&r, "Broken JSON encoding.", "a bare string");
     xhr_send(addr, &base, "[\"a\"]").await;
     assert_reply(
         &poll(addr, &base).await,
@@ -1471,7 +1474,7 @@ async fn jsonp_transport() {
     let addr = server().await;
     let base = session("echo");
     let r = get(addr, &format!("{base}/jsonp?c=%63allback")).await;
-    assert_reply(&r, 200, "callback(\"o\");\r\n", "jsonp");
+    assert_reply(&r, 200, "/**/callback(\"o\");\r\n", "jsonp");
     assert_content_type(&r, "application/javascript;charset=UTF-8", "jsonp");
     assert_not_cached(&r, "jsonp");
 
@@ -1484,7 +1487,7 @@ async fn jsonp_transport() {
     assert_reply(
         &r,
         200,
-        "callback(\"a[\\\"x\\\"]\");\r\n",
+        "/**/callback(\"a[\\\"x\\\"]\");\r\n",
         "jsonp after jsonp_send",
     );
 }
@@ -1503,7 +1506,7 @@ async fn jsonp_send_invalid_payloads() {
     assert_reply(
         &get(addr, &format!("{base}/jsonp?c=x")).await,
         200,
-        "x(\"o\");\r\n",
+        "/**/x(\"o\");\r\n",
         "jsonp open",
     );
     let r = jsonp_send(addr, &base, FORM, "d=%5B%22x").await;
@@ -1521,7 +1524,7 @@ async fn jsonp_send_invalid_payloads() {
     assert_reply(
         &get(addr, &format!("{base}/jsonp?c=x")).await,
         200,
-        "x(\"a[\\\"b\\\"]\");\r\n",
+        "/**/x(\"a[\\\"b\\\"]\");\r\n",
         "jsonp after the errors",
     );
 }
@@ -1533,7 +1536,7 @@ async fn jsonp_send_content_types() {
     assert_reply(
         &get(addr, &format!("{base}/jsonp?c=x")).await,
         200,
-        "x(\"o\");\r\n",
+        "/**/x(\"o\");\r\n",
         "jsonp open",
     );
     assert_reply(
@@ -1553,7 +1556,7 @@ async fn jsonp_send_content_types() {
     assert_reply(
         &r,
         200,
-        "x(\"a[\\\"abc\\\",\\\"%61bc\\\"]\");\r\n",
+        "/**/x(\"a[\\\"abc\\\",\\\"%61bc\\\"]\");\r\n",
         "jsonp after both sends",
     );
 }
@@ -1565,7 +1568,7 @@ async fn jsonp_close_service() {
     assert_reply(
         &get(addr, &format!("{base}/jsonp?c=x")).await,
         200,
-        "x(\"o\");\r\n",
+        "/**/x(\"o\");\r\n",
         "jsonp open",
     );
     for i in 1..=2 {
@@ -1573,7 +1576,7 @@ async fn jsonp_close_service() {
         assert_reply(
             &r,
             200,
-            "x(\"c[3000,\\\"Go away!\\\"]\");\r\n",
+            "/**/x(\"c[3000,\\\"Go away!\\\"]\");\r\n",
             &format!("jsonp #{i} after open"),
         );
     }
@@ -1620,7 +1623,7 @@ async fn jsessionid_cookie() {
 
     let base = session("cookie_needed_echo");
     let r = get(addr, &format!("{base}/jsonp?c=%63allback")).await;
-    assert_reply(&r, 200, "callback(\"o\");\r\n", "jsonp");
+    assert_reply(&r, 200, "/**/callback(\"o\");\r\n", "jsonp");
     assert_cookie(&r, "dummy", "jsonp");
     let r = jsonp_send(addr, &base, FORM, "d=%5B%22x%22%5D").await;
     assert_reply(&r, 200, "ok", "jsonp_send");

@@ -273,6 +273,29 @@ async fn allowed_origins_guard_websocket_and_sockjs() {
 }
 
 #[tokio::test]
+async fn pages_with_a_null_origin_get_credentialed_cors_where_the_tenant_allows_them() {
+    let node = TestNode::start(
+        "[[tenants]]\nid = \"default\"\nallowed_origins = [\"null\"]\n[[tenants]]\nid = \"strict\"\nallowed_origins = [\"https://app.example\"]\n",
+    )
+    .await;
+    let null = [("Origin", "null")];
+    let (status, head, _) = request(node.http, "GET", "/sockjs/info", &null, "").await;
+    assert_eq!(status, 200, "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("access-control-allow-origin: null"), "{head}");
+    assert!(
+        head.contains("access-control-allow-credentials: true"),
+        "{head}"
+    );
+    let (status, _, _) = request(node.http, "GET", "/sockjs/strict/info", &null, "").await;
+    assert_eq!(
+        status, 403,
+        "a tenant that does not list null refuses such pages"
+    );
+    node.stop().await;
+}
+
+#[tokio::test]
 async fn origins_config_errors_name_the_key() {
     let err = stompbox::config::Config::from_toml(
         "[[tenants]]\nid = \"default\"\nallowed_origins = [\"app.example\"]\n",

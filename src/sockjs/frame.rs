@@ -110,6 +110,16 @@ pub fn decode(payload: &[u8]) -> Result<Vec<String>, PayloadError> {
     }
 }
 
+/// The messages of an `xhr_send` or `jsonp_send` body, which the protocol wants as a JSON array
+/// of strings (a bare string is broken JSON encoding there; only the websocket transport
+/// takes one).
+pub fn decode_array(payload: &[u8]) -> Result<Vec<String>, PayloadError> {
+    match decode(payload)? {
+        messages if payload.trim_ascii_start().first() == Some(&b'[') => Ok(messages),
+        _ => Err(PayloadError::Broken),
+    }
+}
+
 /// Decodes `application/x-www-form-urlencoded` text (`+` is a space, `%XX` a byte).
 pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
@@ -187,6 +197,9 @@ mod tests {
     fn decodes_arrays_and_single_strings() {
         assert_eq!(decode(br#"["a","b"]"#), Ok(vec!["a".into(), "b".into()]));
         assert_eq!(decode(br#""a""#), Ok(vec!["a".into()]));
+        assert_eq!(decode_array(br#""a""#), Err(PayloadError::Broken));
+        assert_eq!(decode_array(br#" ["a"]"#), Ok(vec!["a".into()]));
+        assert_eq!(decode_array(b""), Err(PayloadError::Missing));
         assert_eq!(decode(b""), Err(PayloadError::Missing));
         assert_eq!(decode(br#"["a"#), Err(PayloadError::Broken));
         assert_eq!(decode(b"[1]"), Err(PayloadError::Broken));

@@ -16,7 +16,7 @@ use super::frame::{self, PayloadError};
 use super::session::{Next, OpenInfo, Receiver, Transport, ANOTHER_CONNECTION};
 use super::{entropy, method_not_allowed, not_found, plain, SockJs};
 
-const NOT_CACHED: &str = "no-store, no-cache, must-revalidate, max-age=0";
+const NOT_CACHED: &str = "no-store, no-cache, no-transform, must-revalidate, max-age=0";
 const ONE_YEAR: Duration = Duration::from_secs(31_536_000);
 const CACHED_A_YEAR: &str = "public, max-age=31536000";
 const JAVASCRIPT: &str = "application/javascript; charset=UTF-8";
@@ -33,7 +33,7 @@ pub fn greeting(req: &Request) -> Response {
 pub fn info(service: &SockJs, req: &Request) -> Response {
     match *req.method() {
         Method::GET => {}
-        Method::OPTIONS => return options(req, "OPTIONS, GET"),
+        Method::OPTIONS => return options(service, req, "OPTIONS, GET"),
         _ => return method_not_allowed("OPTIONS, GET"),
     }
     let body = json!({
@@ -49,7 +49,11 @@ pub fn info(service: &SockJs, req: &Request) -> Response {
         HeaderValue::from_static("application/json; charset=UTF-8"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(NOT_CACHED));
-    cors(req.headers(), headers);
+    cors(
+        req.headers(),
+        headers,
+        service.options.null_origin_credentials,
+    );
     response
 }
 
@@ -130,7 +134,7 @@ pub async fn receive(
         _ => ("GET", false),
     };
     match *req.method() {
-        Method::OPTIONS if post => return options(&req, allowed),
+        Method::OPTIONS if post => return options(&service, &req, allowed),
         Method::POST if post => {}
         Method::GET if !post => {}
         _ => return method_not_allowed(allowed),
@@ -167,7 +171,11 @@ pub async fn receive(
                 Ok(session) => session,
                 Err(refusal) => {
                     let mut response = plain(refusal.status, refusal.message + "\n");
-                    cors(req.headers(), response.headers_mut());
+                    cors(
+                        req.headers(),
+                        response.headers_mut(),
+                        service.options.null_origin_credentials,
+                    );
                     return response;
                 }
             }
@@ -201,7 +209,11 @@ pub async fn receive(
         HeaderValue::from_static(format.content_type()),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(NOT_CACHED));
-    cors(req.headers(), headers);
+    cors(
+        req.headers(),
+        headers,
+        service.options.null_origin_credentials,
+    );
     cookie(&service, req.headers(), headers);
     response
 }
@@ -209,7 +221,7 @@ pub async fn receive(
 /// `xhr_send` and `jsonp_send`: messages from the client to an existing session.
 pub async fn send(service: Arc<SockJs>, req: Request, id: String, jsonp: bool) -> Response {
     match *req.method() {
-        Method::OPTIONS if !jsonp => return options(&req, "OPTIONS, POST"),
+        Method::OPTIONS if !jsonp => return options(&service, &req, "OPTIONS, POST"),
         Method::POST => {}
         _ => return method_not_allowed(if jsonp { "POST" } else { "OPTIONS, POST" }),
     }
@@ -230,11 +242,11 @@ pub async fn send(service: Arc<SockJs>, req: Request, id: String, jsonp: bool) -
             .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     let decoded = if form {
         match frame::form_value(&String::from_utf8_lossy(&body), "d") {
-            Some(d) => frame::decode(d.as_bytes()),
+            Some(d) => frame::decode_array(d.as_bytes()),
             None => Err(PayloadError::Missing),
         }
     } else {
-        frame::decode(&body)
+        frame::decode_array(&body)
     };
     let messages = match decoded {
         Ok(messages) => messages,
@@ -254,7 +266,11 @@ pub async fn send(service: Arc<SockJs>, req: Request, id: String, jsonp: bool) -
         HeaderValue::from_static("text/plain; charset=UTF-8"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(NOT_CACHED));
-    cors(&req_headers, headers);
+    cors(
+        &req_headers,
+        headers,
+        service.options.null_origin_credentials,
+    );
     cookie(&service, &req_headers, headers);
     response
 }
@@ -262,7 +278,11 @@ pub async fn send(service: Arc<SockJs>, req: Request, id: String, jsonp: bool) -
 /// A protocol error answer, with the CORS and cookie headers of its request.
 fn error(req: &HeaderMap, service: &SockJs, status: StatusCode, message: &'static str) -> Response {
     let mut response = plain(status, message);
-    cors(req, response.headers_mut());
+    cors(
+        req,
+        response.headers_mut(),
+        service.options.null_origin_credentials,
+    );
     cookie(service, req, response.headers_mut());
     response
 }
@@ -339,7 +359,10 @@ impl Format {
                 out
             }
             Transport::JsonpPolling => {
-                let mut out = String::with_capacity(frame.len() + self.callback.len() + 8);
+                let mut out = String::with_capacity(frame.len() + self.callback.len() + 12);
+                // An empty comment first: a response that starts with the callback name can be
+                // read as a Flash file by old plugins (CVE-2014-4671, "Rosetta Flash").
+                out.push_str("/**/");
                 out.push_str(&self.callback);
                 out.push('(');
                 frame::push_json_string(&mut out, frame, false);
@@ -395,7 +418,7 @@ fn stream(format: Format, receiver: Option<Receiver>, service: &SockJs) -> Body 
 }
 
 /// The answer to a CORS preflight: cacheable for a year.
-fn options(req: &Request, allowed: &'static str) -> Response {
+fn options(service: &SockJs, req: &Request, allowed: &'static str) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::NO_CONTENT;
     let headers = response.headers_mut();
@@ -408,7 +431,11 @@ fn options(req: &Request, allowed: &'static str) -> Response {
         "access-control-allow-methods",
         HeaderValue::from_static(allowed),
     );
-    cors(req.headers(), headers);
+    cors(
+        req.headers(),
+        headers,
+        service.options.null_origin_credentials,
+    );
     response
 }
 
@@ -425,11 +452,13 @@ fn cached_a_year(headers: &mut HeaderMap) {
 }
 
 /// CORS for any origin: the page's origin echoed with credentials allowed (cookies must flow
-/// for sticky sessions), or `*` for no origin and for `null` (pages from `file://`), which a
-/// browser would read as a refusal if echoed.
-fn cors(req: &HeaderMap, headers: &mut HeaderMap) {
+/// for sticky sessions), or `*` for no origin. `Origin: null` (pages from `file://`,
+/// sandboxed frames) gets `*` as the protocol's tests expect, unless the service is told that
+/// such pages may connect ([`super::Options::null_origin_credentials`]): browsers refuse `*`
+/// for sockjs-client's credentialed requests, so it is then echoed with credentials too.
+fn cors(req: &HeaderMap, headers: &mut HeaderMap, null_credentials: bool) {
     match req.get(header::ORIGIN) {
-        Some(origin) if origin.as_bytes() != b"null" => {
+        Some(origin) if origin.as_bytes() != b"null" || null_credentials => {
             headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
             headers.insert(
                 header::ACCESS_CONTROL_ALLOW_CREDENTIALS,

@@ -56,6 +56,10 @@ pub struct Options {
     /// The WebSocket subprotocols the websocket transports negotiate, most preferred first
     /// (none by default: no `Sec-WebSocket-Protocol` is answered).
     pub subprotocols: Vec<String>,
+    /// Whether pages that send `Origin: null` (`file://` pages, sandboxed frames) get that
+    /// origin echoed with credentials allowed, which sockjs-client's credentialed requests
+    /// need; off, they get `*` as the protocol's own tests expect.
+    pub null_origin_credentials: bool,
     /// Where the service's tasks run (the session sweeper and one task per WebSocket), so the
     /// owner can wait for them at shutdown.
     pub tasks: TaskTracker,
@@ -76,6 +80,7 @@ impl Default for Options {
             max_payload_bytes: 1024 * 1024,
             max_queue_bytes: 256 * 1024,
             subprotocols: Vec::new(),
+            null_origin_credentials: false,
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         }

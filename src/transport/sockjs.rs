@@ -54,6 +54,8 @@ impl SockJsServices {
             subprotocols: super::ws::SUBPROTOCOLS.map(String::from).to_vec(),
             tasks: node.tasks.clone(),
             shutdown: node.shutdown.clone(),
+            // Set per tenant below, from its allowed origins.
+            null_origin_credentials: false,
         };
         let services = node
             .tenants()
@@ -62,7 +64,11 @@ impl SockJsServices {
                     node: node.clone(),
                     tenant: tenant.clone(),
                 };
-                let service = SockJs::new(options.clone(), handler);
+                let options = Options {
+                    null_origin_credentials: tenant.allowed_origins.allows_null_origin(),
+                    ..options.clone()
+                };
+                let service = SockJs::new(options, handler);
                 (tenant.id.clone(), (tenant.clone(), service))
             })
             .collect();

@@ -26,6 +26,11 @@ impl AllowedOrigins {
         }
     }
 
+    /// Whether pages that send `Origin: null` may connect (`*`, or `null` listed).
+    pub fn allows_null_origin(&self) -> bool {
+        self.any || self.origins.iter().any(|o| o == "null")
+    }
+
     /// Whether a request with these headers may connect.
     pub fn permits(&self, headers: &HeaderMap) -> bool {
         let Some(origin) = headers.get(header::ORIGIN) else {
@@ -51,9 +56,10 @@ impl AllowedOrigins {
     }
 }
 
-/// Checks one configured entry: `*`, or `scheme://host[:port]` without a path.
+/// Checks one configured entry: `*`, `null` (pages from `file://` and sandboxed frames, whose
+/// browsers send `Origin: null`), or `scheme://host[:port]` without a path.
 pub fn check_pattern(origin: &str) -> Result<(), String> {
-    if origin == "*" {
+    if origin == "*" || origin == "null" {
         return Ok(());
     }
     let Some((scheme, rest)) = origin.split_once("://") else {
@@ -100,6 +106,12 @@ mod tests {
         assert!(!list.permits(&headers(Some("http://app.example.com"), "node:8080")));
         let any = AllowedOrigins::new(&["*".into()]);
         assert!(any.permits(&headers(Some("null"), "node:8080")));
+        assert!(any.allows_null_origin());
+        assert!(!list.allows_null_origin());
+        let null = AllowedOrigins::new(&["null".into()]);
+        assert!(null.permits(&headers(Some("null"), "node:8080")));
+        assert!(null.allows_null_origin());
+        assert!(check_pattern("null").is_ok());
     }
 
     #[test]
