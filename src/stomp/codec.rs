@@ -172,7 +172,8 @@ pub fn decode(
 /// per byte). Between frames it holds nothing.
 #[derive(Debug, Default)]
 pub struct Decoder {
-    progress: Option<Progress>,
+    /// Boxed: an idle connection (no partial frame) keeps only the pointer's worth.
+    progress: Option<Box<Progress>>,
 }
 
 impl Decoder {
@@ -203,7 +204,7 @@ impl Decoder {
                 return Ok(None);
             }
         }
-        let progress = self.progress.get_or_insert_with(Progress::default);
+        let progress = self.progress.get_or_insert_with(Box::default);
         let layout = match scan(buf, limits, progress) {
             Ok(Some(layout)) => layout,
             Ok(None) => return Ok(None),
