@@ -216,9 +216,9 @@ impl SockJs {
         info: OpenInfo,
         open_sent: bool,
     ) -> Result<Arc<session::Session>, Refusal> {
-        let (session, incoming) = session::Session::new(self.options.max_queue_bytes, open_sent);
+        let session = session::Session::new(self.options.max_queue_bytes, open_sent);
         self.handler
-            .open(Connection::new(info, session.clone(), incoming))?;
+            .open(Connection::new(info, session.clone()))?;
         if let Some(id) = id {
             self.sessions().insert(id.to_string(), session.clone());
         }

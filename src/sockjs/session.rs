@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -113,6 +113,10 @@ pub enum Next {
 
 struct State {
     queue: VecDeque<String>,
+    /// Client messages the application has not read yet (at most [`INCOMING_MESSAGES`]).
+    /// Kept here rather than in a channel, which would allocate a block of slots for every
+    /// session up front, idle or not.
+    incoming: VecDeque<String>,
     queued_bytes: usize,
     open_sent: bool,
     closed: Option<(u16, String)>,
@@ -130,17 +134,20 @@ pub(crate) struct Session {
     room: Notify,
     /// Cancelled once the session is closed, ending the application's reads.
     closed: CancellationToken,
-    incoming: mpsc::Sender<String>,
+    /// Woken when a client message arrived for the application.
+    arrived: Notify,
+    /// Woken when the application took a client message.
+    taken: Notify,
     max_queue_bytes: usize,
 }
 
 impl Session {
-    /// A new session and the receiving end of its incoming messages.
-    pub fn new(max_queue_bytes: usize, open_sent: bool) -> (Arc<Self>, mpsc::Receiver<String>) {
-        let (incoming, rx) = mpsc::channel(INCOMING_MESSAGES);
-        let session = Arc::new(Session {
+    /// A new session.
+    pub fn new(max_queue_bytes: usize, open_sent: bool) -> Arc<Self> {
+        Arc::new(Session {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
+                incoming: VecDeque::new(),
                 queued_bytes: 0,
                 open_sent,
                 closed: None,
@@ -150,10 +157,10 @@ impl Session {
             wake: Notify::new(),
             room: Notify::new(),
             closed: CancellationToken::new(),
-            incoming,
+            arrived: Notify::new(),
+            taken: Notify::new(),
             max_queue_bytes,
-        });
-        (session, rx)
+        })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -179,9 +186,55 @@ impl Session {
     /// closed session are dropped: the client learns of the close from its next receiver.
     pub async fn deliver(&self, messages: Vec<String>) {
         for message in messages {
+            loop {
+                let taken = self.taken.notified();
+                tokio::pin!(taken);
+                // Registered before looking, so a take between the look and the wait wakes us.
+                taken.as_mut().enable();
+                {
+                    let mut state = self.state();
+                    if state.closed.is_some() {
+                        return;
+                    }
+                    if state.incoming.len() < INCOMING_MESSAGES {
+                        state.incoming.push_back(message);
+                        break;
+                    }
+                }
+                tokio::select! {
+                    _ = self.closed.cancelled() => return,
+                    () = taken => {}
+                }
+            }
+            self.arrived.notify_one();
+        }
+    }
+
+    /// The next client message for the application; `None` once the session is closed and
+    /// what arrived before was read.
+    async fn next_incoming(&self) -> Option<String> {
+        loop {
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            {
+                let mut state = self.state();
+                if let Some(message) = state.incoming.pop_front() {
+                    if state.incoming.is_empty() {
+                        // Given back: an idle session keeps no buffer.
+                        state.incoming = VecDeque::new();
+                    }
+                    drop(state);
+                    self.taken.notify_one();
+                    return Some(message);
+                }
+                if state.closed.is_some() {
+                    return None;
+                }
+            }
             tokio::select! {
-                _ = self.closed.cancelled() => return,
-                sent = self.incoming.send(message) => if sent.is_err() { return },
+                _ = self.closed.cancelled() => {}
+                () = arrived => {}
             }
         }
     }
@@ -329,31 +382,20 @@ pub struct Connection {
     /// About the opening request.
     pub info: OpenInfo,
     handle: Arc<AppHandle>,
-    incoming: mpsc::Receiver<String>,
 }
 
 impl Connection {
-    pub(crate) fn new(
-        info: OpenInfo,
-        session: Arc<Session>,
-        incoming: mpsc::Receiver<String>,
-    ) -> Self {
+    pub(crate) fn new(info: OpenInfo, session: Arc<Session>) -> Self {
         Connection {
             info,
             handle: Arc::new(AppHandle(session)),
-            incoming,
         }
     }
 
     /// The next message from the client; `None` once the session is closed (by either side,
     /// by an interrupted receiver, or by expiry).
     pub async fn recv(&mut self) -> Option<String> {
-        let session = &self.handle.0;
-        tokio::select! {
-            biased;
-            message = self.incoming.recv() => message,
-            _ = session.closed.cancelled() => None,
-        }
+        self.handle.0.next_incoming().await
     }
 
     /// A handle to send with, usable from another task.
@@ -394,7 +436,7 @@ mod tests {
 
     #[tokio::test]
     async fn open_then_messages_then_close() {
-        let (session, _rx) = Session::new(1 << 20, false);
+        let session = Session::new(1 << 20, false);
         let receiver = session.attach().unwrap();
         assert!(session.attach().is_none(), "one receiver at a time");
         assert_eq!(receiver.next(None).await, Next::Open);
@@ -418,7 +460,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn heartbeat_when_idle() {
-        let (session, _rx) = Session::new(1 << 20, true);
+        let session = Session::new(1 << 20, true);
         let receiver = session.attach().unwrap();
         assert_eq!(
             receiver.next(Some(Duration::from_secs(25))).await,
@@ -428,7 +470,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_receiver_interrupts() {
-        let (session, _rx) = Session::new(1 << 20, true);
+        let session = Session::new(1 << 20, true);
         drop(session.attach().unwrap());
         let receiver = session.attach().unwrap();
         assert_eq!(
@@ -439,13 +481,13 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_the_application_closes() {
-        let (session, rx) = Session::new(1 << 20, true);
+        let session = Session::new(1 << 20, true);
         let info = OpenInfo {
             transport: Transport::XhrPolling,
             peer: None,
             headers: HeaderMap::new(),
         };
-        let connection = Connection::new(info, session.clone(), rx);
+        let connection = Connection::new(info, session.clone());
         let sender = connection.sender();
         drop(connection);
         assert!(!session.is_closed(), "the sender still holds it open");

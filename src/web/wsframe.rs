@@ -12,11 +12,11 @@
 //!
 //! | endpoint | through tungstenite | on this framing |
 //! | --- | --- | --- |
-//! | `/ws` | (already in-house) 7.07 KiB | 6.97 KiB |
-//! | `/sockjs/<server>/<session>/websocket` | 147.7 KiB | 10.4 KiB |
+//! | `/ws` | (already in-house) 7.07 KiB | 7.10 KiB |
+//! | `/sockjs/<server>/<session>/websocket` | 147.7 KiB | 9.30 KiB |
 //!
-//! The rest of the SockJS figure is the SockJS session itself (its queue, the channel to the
-//! application and one more task), not framing. Measured with
+//! The rest of the SockJS figure is the SockJS session itself and the one more task that
+//! carries it over the socket, not framing. Measured with
 //! `cargo build --release --bin stompbox --example idle_memory`, then
 //! `target/release/stompbox serve &` and
 //! `target/release/examples/idle_memory ws|sockjs 127.0.0.1:8080 2000 $!` (see BENCHMARKS.md).
