@@ -83,6 +83,10 @@ pub struct SockJsConfig {
     /// The sockjs-client script the iframe transports load; it must be the version the
     /// page uses. The default is the copy the node serves from the repository's npm packages.
     pub client_url: String,
+    /// Addresses of the proxies in front of the node (load balancers). A SockJS session is
+    /// bound to the address of the client that opened it; behind one of these, that is the
+    /// client address the proxy put in `X-Forwarded-For` rather than the proxy's own.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for SockJsConfig {
@@ -94,6 +98,7 @@ impl Default for SockJsConfig {
             disconnect_delay_ms: 5_000,
             response_limit_bytes: 128 * 1024,
             client_url: "/vendor/sockjs-client/sockjs.min.js".into(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::frame::{self, PayloadError};
 use super::session::{Next, OpenInfo, Receiver, Transport, ANOTHER_CONNECTION};
-use super::{entropy, method_not_allowed, not_found, plain, SockJs};
+use super::{entropy, method_not_allowed, not_found, plain, Lookup, SockJs};
 
 const NOT_CACHED: &str = "no-store, no-cache, no-transform, must-revalidate, max-age=0";
 const ONE_YEAR: Duration = Duration::from_secs(31_536_000);
@@ -163,9 +163,10 @@ pub async fn receive(
         }
         _ => String::new(),
     };
-    let session = match service.session(&id) {
-        Some(session) => session,
-        None => {
+    let session = match service.session(&id, &req) {
+        Lookup::Found(session) => session,
+        Lookup::Foreign => return not_found(),
+        Lookup::Missing => {
             let info = OpenInfo::of(transport, &req);
             match service.open(Some(&id), info, false) {
                 Ok(session) => session,
@@ -225,7 +226,7 @@ pub async fn send(service: Arc<SockJs>, req: Request, id: String, jsonp: bool) -
         Method::POST => {}
         _ => return method_not_allowed(if jsonp { "POST" } else { "OPTIONS, POST" }),
     }
-    let Some(session) = service.session(&id) else {
+    let Lookup::Found(session) = service.session(&id, &req) else {
         return not_found();
     };
     let (parts, body) = req.into_parts();
@@ -482,12 +483,9 @@ fn cors(req: &HeaderMap, headers: &mut HeaderMap, null_credentials: bool) {
 
 /// `JSESSIONID`, echoed when the client has one, else `dummy`: its only use is to make a load
 /// balancer keep the client on this server.
-fn cookie(service: &SockJs, req: &HeaderMap, headers: &mut HeaderMap) {
-    if !service.options.cookie_needed {
-        return;
-    }
-    let value = req
-        .get_all(header::COOKIE)
+/// The request's `JSESSIONID` cookie, when it has a well-formed one.
+pub(super) fn jsessionid(req: &HeaderMap) -> Option<&str> {
+    req.get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
@@ -496,7 +494,13 @@ fn cookie(service: &SockJs, req: &HeaderMap, headers: &mut HeaderMap) {
             v.bytes()
                 .all(|b| b.is_ascii_graphic() && b != b';' && b != b',')
         })
-        .unwrap_or("dummy");
+}
+
+fn cookie(service: &SockJs, req: &HeaderMap, headers: &mut HeaderMap) {
+    if !service.options.cookie_needed {
+        return;
+    }
+    let value = jsessionid(req).unwrap_or("dummy");
     if let Ok(cookie) = HeaderValue::from_str(&format!("JSESSIONID={value}; path=/")) {
         headers.insert(header::SET_COOKIE, cookie);
     }

@@ -60,6 +60,8 @@ pub struct Options {
     /// origin echoed with credentials allowed, which sockjs-client's credentialed requests
     /// need; off, they get `*` as the protocol's own tests expect.
     pub null_origin_credentials: bool,
+    /// Proxies whose `X-Forwarded-For` names the client a session is bound to.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// Where the service's tasks run (the session sweeper and one task per WebSocket), so the
     /// owner can wait for them at shutdown.
     pub tasks: TaskTracker,
@@ -81,6 +83,7 @@ impl Default for Options {
             max_queue_bytes: 256 * 1024,
             subprotocols: Vec::new(),
             null_origin_credentials: false,
+            trusted_proxies: Vec::new(),
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
         }
@@ -116,7 +119,8 @@ where
 pub struct SockJs {
     options: Options,
     handler: Box<dyn Handler>,
-    sessions: Mutex<HashMap<String, Arc<session::Session>>>,
+    /// Sessions carried by HTTP requests, with the client each is bound to.
+    sessions: Mutex<HashMap<String, (Arc<session::Session>, Owner)>>,
     sweeper_started: std::sync::Once,
 }
 
@@ -199,12 +203,29 @@ impl SockJs {
         }
     }
 
-    /// The session with this id, if it lives.
-    fn session(&self, id: &str) -> Option<Arc<session::Session>> {
-        self.sessions().get(id).cloned()
+    /// The session with this id, if it lives and `req` comes from the client that opened it.
+    /// A session id is not a secret to rely on (it travels in URLs), so a request for a session
+    /// from another client address (or without the session's `JSESSIONID` where cookies are
+    /// needed) is answered as if the session did not exist.
+    fn session(&self, id: &str, req: &Request) -> Lookup {
+        let Some((session, owner)) = self.sessions().get(id).cloned() else {
+            return Lookup::Missing;
+        };
+        let asking = Owner::of(
+            session::OpenInfo::peer_of(req),
+            req.headers(),
+            &self.options,
+        );
+        if owner.admits(&asking) {
+            Lookup::Found(session)
+        } else {
+            Lookup::Foreign
+        }
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<session::Session>>> {
+    fn sessions(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<session::Session>, Owner)>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -217,10 +238,11 @@ impl SockJs {
         open_sent: bool,
     ) -> Result<Arc<session::Session>, Refusal> {
         let session = session::Session::new(self.options.max_queue_bytes, open_sent);
-        self.handler
-            .open(Connection::new(info, session.clone()))?;
+        let owner = Owner::of(info.peer, &info.headers, &self.options);
+        self.handler.open(Connection::new(info, session.clone()))?;
         if let Some(id) = id {
-            self.sessions().insert(id.to_string(), session.clone());
+            self.sessions()
+                .insert(id.to_string(), (session.clone(), owner));
         }
         Ok(session)
     }
@@ -253,7 +275,7 @@ async fn sweep(service: Weak<SockJs>, every: Duration) {
         let now = tokio::time::Instant::now();
         let delay = service.options.disconnect_delay;
         let mut expired = Vec::new();
-        service.sessions().retain(|_, session| {
+        service.sessions().retain(|_, (session, _)| {
             let keep = !session.expired(delay, now);
             if !keep {
                 expired.push(session.clone());
@@ -296,4 +318,141 @@ fn method_not_allowed(allow: &'static str) -> Response {
 /// A number in `0..2^32` for the client's random generator; not for secrets.
 fn entropy() -> u32 {
     crate::util::random_u64() as u32
+}
+
+/// What a session lookup found.
+enum Lookup {
+    /// The session, asked for by its own client.
+    Found(Arc<session::Session>),
+    /// No such session.
+    Missing,
+    /// A session of another client.
+    Foreign,
+}
+
+/// The client a session is bound to: its address (behind a trusted proxy, the address the
+/// proxy forwarded) and, where cookies are needed, its `JSESSIONID`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Owner {
+    ip: Option<std::net::IpAddr>,
+    cookie: Option<String>,
+}
+
+impl Owner {
+    fn of(
+        peer: Option<std::net::SocketAddr>,
+        headers: &axum::http::HeaderMap,
+        options: &Options,
+    ) -> Owner {
+        let peer_ip = peer.map(|p| p.ip());
+        let ip = match peer_ip {
+            Some(ip) if options.trusted_proxies.contains(&ip) => {
+                forwarded_client(headers, &options.trusted_proxies).or(Some(ip))
+            }
+            other => other,
+        };
+        let cookie = options
+            .cookie_needed
+            .then(|| http::jsessionid(headers).map(str::to_string))
+            .flatten();
+        Owner { ip, cookie }
+    }
+
+    /// Whether a request from `asking` may use a session bound to `self`.
+    fn admits(&self, asking: &Owner) -> bool {
+        let same_ip = match (self.ip, asking.ip) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        let same_cookie = self.cookie.is_none() || self.cookie == asking.cookie;
+        same_ip && same_cookie
+    }
+}
+
+/// The client address in `X-Forwarded-For`: the last one not itself a trusted proxy.
+fn forwarded_client(
+    headers: &axum::http::HeaderMap,
+    trusted: &[std::net::IpAddr],
+) -> Option<std::net::IpAddr> {
+    let hops: Vec<std::net::IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|hop| hop.trim().parse().ok())
+        .collect();
+    hops.into_iter().rev().find(|ip| !trusted.contains(ip))
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+    use axum::http::{HeaderMap, HeaderValue};
+
+    fn options(trusted: &[&str], cookie_needed: bool) -> Options {
+        Options {
+            trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
+            cookie_needed,
+            ..Options::default()
+        }
+    }
+
+    #[test]
+    fn a_session_admits_its_own_client_only() {
+        let o = options(&[], false);
+        let alice = Owner::of(
+            Some("10.0.0.5:4000".parse().unwrap()),
+            &HeaderMap::new(),
+            &o,
+        );
+        let again = Owner::of(
+            Some("10.0.0.5:4100".parse().unwrap()),
+            &HeaderMap::new(),
+            &o,
+        );
+        let mallory = Owner::of(
+            Some("10.0.0.6:4000".parse().unwrap()),
+            &HeaderMap::new(),
+            &o,
+        );
+        assert!(
+            alice.admits(&again),
+            "another connection of the same client"
+        );
+        assert!(!alice.admits(&mallory));
+    }
+
+    #[test]
+    fn behind_a_trusted_proxy_the_forwarded_address_counts() {
+        let o = options(&["10.0.0.1"], false);
+        let via = |client: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-forwarded-for", HeaderValue::from_str(client).unwrap());
+            Owner::of(Some("10.0.0.1:9000".parse().unwrap()), &h, &o)
+        };
+        assert!(via("203.0.113.7").admits(&via("203.0.113.7, 10.0.0.1")));
+        assert!(!via("203.0.113.7").admits(&via("203.0.113.8")));
+        // An untrusted peer's X-Forwarded-For is ignored.
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        let direct = Owner::of(Some("198.51.100.1:1".parse().unwrap()), &h, &o);
+        assert_eq!(direct.ip, Some("198.51.100.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn with_cookies_needed_the_jsessionid_must_match() {
+        let o = options(&[], true);
+        let with = |cookie: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("cookie", HeaderValue::from_str(cookie).unwrap());
+            Owner::of(Some("10.0.0.5:1".parse().unwrap()), &h, &o)
+        };
+        assert!(with("JSESSIONID=abc").admits(&with("a=1; JSESSIONID=abc")));
+        assert!(!with("JSESSIONID=abc").admits(&with("JSESSIONID=xyz")));
+        assert!(!with("JSESSIONID=abc").admits(&Owner::of(
+            Some("10.0.0.5:1".parse().unwrap()),
+            &HeaderMap::new(),
+            &o
+        )));
+    }
 }

@@ -72,6 +72,13 @@ pub struct OpenInfo {
 }
 
 impl OpenInfo {
+    /// The client's address of `req`, when the server was started with connect info.
+    pub(crate) fn peer_of(req: &axum::extract::Request) -> Option<SocketAddr> {
+        req.extensions()
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|c| c.0)
+    }
+
     /// What `req` tells of its client.
     pub(crate) fn of(transport: Transport, req: &axum::extract::Request) -> OpenInfo {
         OpenInfo {

@@ -56,6 +56,7 @@ impl SockJsServices {
             shutdown: node.shutdown.clone(),
             // Set per tenant below, from its allowed origins.
             null_origin_credentials: false,
+            trusted_proxies: c.trusted_proxies.clone(),
         };
         let services = node
             .tenants()
