@@ -372,9 +372,7 @@ async fn request_from(
     body: &str,
 ) -> (u16, String) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(format!("{source}:0").parse().unwrap())
-        .unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
@@ -401,21 +399,35 @@ async fn a_session_id_alone_does_not_let_another_client_in() {
     let node = TestNode::default().await;
     let addr = node.http;
     let session = "/sockjs/000/alice-session";
-    let (status, body) = request_from("127.0.0.1", addr, "POST", &format!("{session}/xhr"), "").await;
+    let (status, body) =
+        request_from("127.0.0.1", addr, "POST", &format!("{session}/xhr"), "").await;
     assert_eq!((status, body.as_str()), (200, "o\n"));
     let connect = r#"["CONNECT\naccept-version:1.2\nuserid:alice\n\n\u0000"]"#;
-    let (status, _) =
-        request_from("127.0.0.1", addr, "POST", &format!("{session}/xhr_send"), connect).await;
+    let (status, _) = request_from(
+        "127.0.0.1",
+        addr,
+        "POST",
+        &format!("{session}/xhr_send"),
+        connect,
+    )
+    .await;
     assert_eq!(status, 204);
     // Someone else who learned the id can neither read nor send.
     let (status, _) = request_from("127.0.0.2", addr, "POST", &format!("{session}/xhr"), "").await;
     assert_eq!(status, 404, "reading another client's session");
     let send = r#"["SEND\ndestination:/topic/x\n\nas alice\u0000"]"#;
-    let (status, _) =
-        request_from("127.0.0.2", addr, "POST", &format!("{session}/xhr_send"), send).await;
+    let (status, _) = request_from(
+        "127.0.0.2",
+        addr,
+        "POST",
+        &format!("{session}/xhr_send"),
+        send,
+    )
+    .await;
     assert_eq!(status, 404, "sending into another client's session");
     // Its own client still can.
-    let (status, body) = request_from("127.0.0.1", addr, "POST", &format!("{session}/xhr"), "").await;
+    let (status, body) =
+        request_from("127.0.0.1", addr, "POST", &format!("{session}/xhr"), "").await;
     assert_eq!(status, 200);
     assert!(body.contains("CONNECTED"), "{body}");
     node.stop().await;

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::aio::{MultiplexedConnection, PubSubSink};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -87,7 +87,7 @@ impl Period<'_> {
         let mut beat = tokio::time::interval(bp.settings.node_ttl / 4);
         beat.tick().await;
         let mut claims = Claims::default();
-        loop {
+        let lost = loop {
             tokio::select! {
                 _ = self.stop.cancelled() => {
                     bp.leave(&mut conn, control, self.local).await;
@@ -95,25 +95,61 @@ impl Period<'_> {
                 }
                 message = stream.next() => {
                     let Some(message) = message else {
-                        return Err(RedisError::Closed);
+                        break RedisError::Closed;
                     };
                     self.on_message(&mut conn, message, &mut claims).await;
                 }
                 change = control.recv() => {
                     let Some(Control::Interest(tenant, interest)) = change else { return Ok(()) };
-                    bp.apply(&mut conn, &mut sink, &tenant, &interest).await?;
+                    if let Err(e) = bp.apply(&mut conn, &mut sink, &tenant, &interest).await {
+                        break e;
+                    }
                 }
                 _ = beat.tick() => {
-                    if bp.heartbeat(&mut conn).await? {
-                        warn!("Redis lost this node's keys (restarted empty?); announcing everything again");
-                        bp.stats.resyncs.fetch_add(1, Ordering::Relaxed);
-                        bp.forget_presence();
-                        bp.announce_all(&mut conn, &self.local.holdings()).await?;
+                    match bp.heartbeat(&mut conn).await {
+                        Ok(false) => {}
+                        Ok(true) => {
+                            warn!("Redis lost this node's keys (restarted empty?); announcing everything again");
+                            bp.stats.resyncs.fetch_add(1, Ordering::Relaxed);
+                            bp.forget_presence();
+                            if let Err(e) = bp.announce_all(&mut conn, &self.local.holdings()).await {
+                                break e;
+                            }
+                        }
+                        Err(e) => break e,
                     }
                     claims.expire(Instant::now());
                 }
             }
+        };
+        // Messages Redis delivered before the connection was given up may still sit unread in
+        // it (the loop was waiting on a command meanwhile); the nodes that sent them were told
+        // they arrived, so they are delivered before the connection is dropped.
+        let mut drained = 0;
+        while let Some(Some(message)) = stream.next().now_or_never() {
+            drained += self.deliver_buffered(message);
         }
+        if drained > 0 {
+            info!(
+                drained,
+                "delivered what arrived before the Redis connection was lost"
+            );
+        }
+        Err(lost)
+    }
+
+    /// Delivers an envelope message read after the connection was lost (presence notices and
+    /// ingress are left: the cache is cleared on reconnect, and ingress is claimed by a node
+    /// that can still reach Redis). The number of envelopes delivered.
+    fn deliver_buffered(&self, message: redis::Msg) -> usize {
+        let bp = self.backplane;
+        let channel = message.get_channel_name();
+        if channel == keys::PRESENCE_CHANNEL
+            || bp.settings.ingress.iter().any(|(_, c)| c == channel)
+        {
+            return 0;
+        }
+        self.deliver_envelopes(channel, message.get_payload_bytes())
     }
 
     async fn on_message(
@@ -148,6 +184,13 @@ impl Period<'_> {
             }
             return;
         }
+        self.deliver_envelopes(channel, payload);
+    }
+
+    /// Delivers the envelopes of a message on an inbox or topic channel (one, or a JSON array);
+    /// the number delivered.
+    fn deliver_envelopes(&self, channel: &str, payload: &[u8]) -> usize {
+        let bp = self.backplane;
         let envelopes = if payload.first() == Some(&b'[') {
             serde_json::from_slice::<Vec<Envelope>>(payload)
         } else {
@@ -155,14 +198,20 @@ impl Period<'_> {
         };
         match envelopes {
             Ok(envelopes) => {
+                let mut delivered = 0;
                 for envelope in envelopes {
                     if envelope.origin != bp.settings.node_id {
                         bp.stats.received.fetch_add(1, Ordering::Relaxed);
                         self.local.deliver(envelope);
+                        delivered += 1;
                     }
                 }
+                delivered
             }
-            Err(e) => warn!(channel, error = %e, "unreadable message on a cluster channel"),
+            Err(e) => {
+                warn!(channel, error = %e, "unreadable message on a cluster channel");
+                0
+            }
         }
     }
 }
