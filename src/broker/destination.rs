@@ -31,12 +31,28 @@ pub enum DestinationError {
         "'{0}' belongs to another user: subscribe to /user/queue/... to receive your own messages"
     )]
     OtherUser(String),
+    /// Longer than [`MAX_DESTINATION_BYTES`].
+    #[error("a destination is {0} bytes; at most {MAX_DESTINATION_BYTES} are allowed")]
+    TooLong(usize),
     /// `/user/{name}/...` sent without a name or a destination after it.
     #[error("'{0}' is not a user destination: send to /user/{{name}}/queue/... or /user/{{name}}/topic/...")]
     BadUserDestination(String),
 }
 
 const USER: &str = "/user/";
+
+/// The longest destination name, in bytes. Names are kept per subscription and per cached
+/// authorization verdict, so their size is bounded like everything else a client can make
+/// the node hold.
+pub const MAX_DESTINATION_BYTES: usize = 1024;
+
+/// Refuses a destination name longer than [`MAX_DESTINATION_BYTES`].
+pub fn check_length(dest: &str) -> Result<(), DestinationError> {
+    if dest.len() > MAX_DESTINATION_BYTES {
+        return Err(DestinationError::TooLong(dest.len()));
+    }
+    Ok(())
+}
 
 fn plain(dest: &str) -> Option<Target> {
     if let Some(rest) = dest.strip_prefix("/topic/") {
@@ -52,6 +68,7 @@ fn plain(dest: &str) -> Option<Target> {
 /// `/user/queue/x` means "my own `/queue/x`", as in Spring; `/user/{me}/queue/x` is accepted
 /// as the same, and naming another user is refused.
 pub fn for_subscribe(dest: &str, user: Option<&str>) -> Result<Target, DestinationError> {
+    check_length(dest)?;
     if let Some(rest) = dest.strip_prefix(USER) {
         let mut inner = format!("/{rest}");
         if plain(&inner).is_none() {
@@ -85,6 +102,7 @@ pub fn for_subscribe(dest: &str, user: Option<&str>) -> Result<Target, Destinati
 /// Where a message sent to `dest` goes: `/user/{name}/queue/x` reaches user `name`'s
 /// subscriptions to `/user/queue/x`.
 pub fn for_send(dest: &str) -> Result<Target, DestinationError> {
+    check_length(dest)?;
     if let Some(rest) = dest.strip_prefix(USER) {
         let bad = || DestinationError::BadUserDestination(dest.to_string());
         let (user, inner) = rest.split_once('/').ok_or_else(bad)?;

@@ -379,6 +379,8 @@ impl Session {
 
     async fn send(&mut self, frame: Frame, receipt: &mut Option<String>) -> Outcome {
         let dest = self.required(&frame, "destination")?.to_string();
+        // A name too long to keep is refused before the policy sees it (and caches a verdict).
+        destination::check_length(&dest).map_err(|e| Fault::InvalidDestination(e.to_string()))?;
         // The policy's verdict comes first, so a denied destination reads "access denied"
         // whatever its shape.
         self.authorize(Operation::Send, &dest).await?;
@@ -457,6 +459,7 @@ impl Session {
                 AckMode::parse(mode).ok_or_else(|| Fault::InvalidAckMode(mode.to_string()))?
             }
         };
+        destination::check_length(&dest).map_err(|e| Fault::InvalidDestination(e.to_string()))?;
         self.authorize(Operation::Subscribe, &dest).await?;
         let target = destination::for_subscribe(&dest, self.user())
             .map_err(|e| Fault::InvalidDestination(e.to_string()))?;

@@ -924,3 +924,19 @@ async fn receivers_learn_the_authenticated_sender_whatever_it_claims() {
     let m = out(&bob).await.remove(0);
     assert_eq!(m.get("user-id"), None, "an anonymous sender claims nobody");
 }
+
+#[tokio::test]
+async fn a_destination_name_has_a_length_limit() {
+    let h = harness();
+    let long = format!("/topic/{}", "x".repeat(2000));
+    let mut s = h.connected("alice").await;
+    let error = expect_error(
+        &mut s,
+        frame(Command::Subscribe, &[("id", "1"), ("destination", &long)]),
+        "invalid destination",
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&error.body).contains("at most 1024"));
+    let mut s = h.connected("alice").await;
+    expect_error(&mut s, send(&long, "x", &[]), "invalid destination").await;
+}
