@@ -40,6 +40,16 @@ async fn ws_on(node: &NodeProcess, user: &str) -> Client {
     c
 }
 
+/// The members of a set in Redis.
+async fn members(redis: &Redis, key: &str) -> Vec<String> {
+    let mut conn = redis.client().await;
+    redis::cmd("SMEMBERS")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap()
+}
+
 /// Waits until Redis shows `user` present on exactly `nodes`.
 async fn await_presence(redis: &Redis, user: &str, nodes: &[&str]) {
     let mut conn = redis.client().await;
@@ -497,19 +507,11 @@ async fn a_node_stopped_with_sigterm_leaves_the_cluster_at_once() {
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["online"], false, "{answer}");
     assert_eq!(answer["nodes"], 0, "{answer}");
-    let mut conn = redis.client().await;
-    let presence: Vec<String> = redis::cmd("SMEMBERS")
-        .arg("sb:default:presence:carol")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let presence = members(&redis, "sb:default:presence:carol").await;
     assert!(presence.is_empty(), "carol's presence: {presence:?}");
-    let consumers: Vec<String> = redis::cmd("SMEMBERS")
-        .arg("sb:default:consumers:/queue/jobs")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let consumers = members(&redis, "sb:default:consumers:/queue/jobs").await;
     assert!(consumers.is_empty(), "queue consumers: {consumers:?}");
+    let mut conn = redis.client().await;
     let score: Option<f64> = redis::cmd("ZSCORE")
         .arg("sb:nodes")
         .arg("node-a")
@@ -529,12 +531,7 @@ async fn a_node_restarted_under_its_id_withdraws_what_its_last_run_held() {
     await_ready(&a).await;
     // Without the withdrawal, node-a (alive again) stays in carol's presence for ever.
     await_presence(&redis, "carol", &[]).await;
-    let mut conn = redis.client().await;
-    let consumers: Vec<String> = redis::cmd("SMEMBERS")
-        .arg("sb:default:consumers:/queue/jobs")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let consumers = members(&redis, "sb:default:consumers:/queue/jobs").await;
     assert!(consumers.is_empty(), "queue consumers: {consumers:?}");
     let (status, answer) = publish_on(
         &b,

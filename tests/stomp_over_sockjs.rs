@@ -21,7 +21,22 @@ async fn request(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (u16, String, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+    request_from("127.0.0.1", addr, method, path, headers, body).await
+}
+
+/// `request`, sent from the loopback address `source` (127.0.0.x): the status, the head and
+/// the body.
+async fn request_from(
+    source: &str,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String, String) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
     let extra: String = headers
         .iter()
         .map(|(k, v)| format!("{k}: {v}\r\n"))
@@ -363,71 +378,64 @@ async fn the_demo_page_and_switching_it_off() {
     node.stop().await;
 }
 
-/// `request`, sent from the loopback address `source` (127.0.0.x).
-async fn request_from(
-    source: &str,
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &str,
-) -> (u16, String) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
-        .await
-        .expect("an answer in time")
-        .unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, body.to_string())
-}
-
 #[tokio::test]
 async fn a_session_id_alone_does_not_let_another_client_in() {
     let node = TestNode::default().await;
     let addr = node.http;
     let session = "/sockjs/000/alice-session";
-    let (status, body) =
-        request_from("127.0.0.1", addr, "POST", &format!("{session}/xhr"), "").await;
+    let (status, _, body) = request_from(
+        "127.0.0.1",
+        addr,
+        "POST",
+        &format!("{session}/xhr"),
+        &[],
+        "",
+    )
+    .await;
     assert_eq!((status, body.as_str()), (200, "o\n"));
     let connect = r#"["CONNECT\naccept-version:1.2\nuserid:alice\n\n\u0000"]"#;
-    let (status, _) = request_from(
+    let (status, _, _) = request_from(
         "127.0.0.1",
         addr,
         "POST",
         &format!("{session}/xhr_send"),
+        &[],
         connect,
     )
     .await;
     assert_eq!(status, 204);
     // Someone else who learned the id can neither read nor send.
-    let (status, _) = request_from("127.0.0.2", addr, "POST", &format!("{session}/xhr"), "").await;
+    let (status, _, _) = request_from(
+        "127.0.0.2",
+        addr,
+        "POST",
+        &format!("{session}/xhr"),
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(status, 404, "reading another client's session");
     let send = r#"["SEND\ndestination:/topic/x\n\nas alice\u0000"]"#;
-    let (status, _) = request_from(
+    let (status, _, _) = request_from(
         "127.0.0.2",
         addr,
         "POST",
         &format!("{session}/xhr_send"),
+        &[],
         send,
     )
     .await;
     assert_eq!(status, 404, "sending into another client's session");
     // Its own client still can.
-    let (status, body) =
-        request_from("127.0.0.1", addr, "POST", &format!("{session}/xhr"), "").await;
+    let (status, _, body) = request_from(
+        "127.0.0.1",
+        addr,
+        "POST",
+        &format!("{session}/xhr"),
+        &[],
+        "",
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(body.contains("CONNECTED"), "{body}");
     node.stop().await;
