@@ -17,7 +17,7 @@ use tracing::debug;
 
 use crate::broker::outbox::{Closing, Item};
 use crate::broker::Endpoint;
-use crate::metrics::{DropReason, Metrics};
+use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::session::{Fault, Flow, Session};
 use crate::stomp::{Decoded, Decoder};
@@ -181,13 +181,15 @@ async fn write_loop<O: TransportOut>(
                         Err(io::Error::other("slow consumer did not read its ERROR"))
                     })
             } else {
+                let in_write = batch.items.len();
                 tokio::select! {
                     biased;
                     written = out.write(batch.items) => written,
                     // The peer stopped reading and the queue overflowed behind this write: no
                     // ERROR frame could reach it, so the connection is dropped.
                     () = endpoint.outbox.overflowed() => {
-                        metrics.dropped(DropReason::SlowConsumer);
+                        // What was being written is not known to have arrived either.
+                        metrics.slow_consumer_closed(in_write + endpoint.outbox.dropped_frames());
                         debug!(session = %endpoint.session_id, "slow consumer dropped mid-write");
                         break;
                     }
@@ -200,7 +202,7 @@ async fn write_loop<O: TransportOut>(
         }
         if let Some(closing) = batch.then_close {
             if closing == Closing::SlowConsumer {
-                metrics.dropped(DropReason::SlowConsumer);
+                metrics.slow_consumer_closed(endpoint.outbox.dropped_frames());
                 debug!(session = %endpoint.session_id, "slow consumer closed");
             }
             out.close().await;

@@ -104,6 +104,7 @@ pub struct Metrics {
     pub received_remote: AtomicU64,
     dropped: [AtomicU64; 5],
     session_errors: [AtomicU64; SESSION_ERRORS.len()],
+    slow_consumers_closed: AtomicU64,
 }
 
 impl Metrics {
@@ -111,6 +112,21 @@ impl Metrics {
     pub fn dropped(&self, why: DropReason) {
         let at = DropReason::ALL.iter().position(|d| *d == why).unwrap_or(0);
         self.dropped[at].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a connection closed as a slow consumer and the `frames` it was not given.
+    pub fn slow_consumer_closed(&self, frames: usize) {
+        self.slow_consumers_closed.fetch_add(1, Ordering::Relaxed);
+        let at = DropReason::ALL
+            .iter()
+            .position(|d| *d == DropReason::SlowConsumer)
+            .unwrap_or(0);
+        self.dropped[at].fetch_add(frames as u64, Ordering::Relaxed);
+    }
+
+    /// Connections closed as slow consumers.
+    pub fn slow_consumers_closed(&self) -> u64 {
+        self.slow_consumers_closed.load(Ordering::Relaxed)
     }
 
     /// Counts a session ended by an ERROR with `label` (one of [`SESSION_ERRORS`]).
@@ -168,6 +184,12 @@ impl Metrics {
                 self.dropped_count(why)
             );
         }
+        counter(
+            &mut out,
+            "stompbox_slow_consumers_closed_total",
+            "Connections closed because they fell too far behind.",
+            self.slow_consumers_closed(),
+        );
         let _ = writeln!(out, "# HELP stompbox_session_errors_total Sessions ended with an ERROR frame, by reason.\n# TYPE stompbox_session_errors_total counter");
         for (label, count) in SESSION_ERRORS.iter().zip(&self.session_errors) {
             let _ = writeln!(

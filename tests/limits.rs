@@ -46,6 +46,14 @@ async fn a_slow_consumer_is_closed_and_the_others_keep_receiving() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // One connection closed; the messages it was not given are counted one by one.
+    let metrics = &node.node.metrics;
+    assert_eq!(metrics.slow_consumers_closed(), 1);
+    let dropped = metrics.dropped_count(stompbox::metrics::DropReason::SlowConsumer);
+    assert!(
+        dropped >= 2,
+        "messages dropped for the slow consumer: {dropped}"
+    );
 }
 
 #[tokio::test]

@@ -96,6 +96,9 @@ pub struct Outbox {
     /// that stopped reading gives up at once instead of holding the connection open.
     overflow: CancellationToken,
     limit: usize,
+    /// Frames thrown away when the consumer was declared slow (those queued and the one that
+    /// did not fit), for the drop counter.
+    dropped: std::sync::atomic::AtomicUsize,
 }
 
 impl Outbox {
@@ -106,6 +109,7 @@ impl Outbox {
             wake: Notify::new(),
             overflow: CancellationToken::new(),
             limit,
+            dropped: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -124,6 +128,8 @@ impl Outbox {
         }
         let len = item.len();
         if state.bytes + len > self.limit {
+            self.dropped
+                .store(state.items.len() + 1, std::sync::atomic::Ordering::Relaxed);
             state.items.clear();
             state
                 .items
@@ -173,6 +179,11 @@ impl Outbox {
         state.closing = Some(Closing::Drain);
         drop(state);
         self.wake.notify_one();
+    }
+
+    /// Frames thrown away when the consumer was declared slow (0 if it never was).
+    pub fn dropped_frames(&self) -> usize {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Completes once the consumer has been declared slow.
