@@ -382,60 +382,24 @@ async fn the_demo_page_and_switching_it_off() {
 async fn a_session_id_alone_does_not_let_another_client_in() {
     let node = TestNode::default().await;
     let addr = node.http;
-    let session = "/sockjs/000/alice-session";
-    let (status, _, body) = request_from(
-        "127.0.0.1",
-        addr,
-        "POST",
-        &format!("{session}/xhr"),
-        &[],
-        "",
-    )
-    .await;
+    // POST to alice's session at `path` from `source`: the status and the body.
+    let post = |source: &'static str, path: &'static str, body: &'static str| async move {
+        let path = format!("/sockjs/000/alice-session/{path}");
+        let (status, _, body) = request_from(source, addr, "POST", &path, &[], body).await;
+        (status, body)
+    };
+    let (status, body) = post("127.0.0.1", "xhr", "").await;
     assert_eq!((status, body.as_str()), (200, "o\n"));
     let connect = r#"["CONNECT\naccept-version:1.2\nuserid:alice\n\n\u0000"]"#;
-    let (status, _, _) = request_from(
-        "127.0.0.1",
-        addr,
-        "POST",
-        &format!("{session}/xhr_send"),
-        &[],
-        connect,
-    )
-    .await;
-    assert_eq!(status, 204);
+    assert_eq!(post("127.0.0.1", "xhr_send", connect).await.0, 204);
     // Someone else who learned the id can neither read nor send.
-    let (status, _, _) = request_from(
-        "127.0.0.2",
-        addr,
-        "POST",
-        &format!("{session}/xhr"),
-        &[],
-        "",
-    )
-    .await;
+    let (status, _) = post("127.0.0.2", "xhr", "").await;
     assert_eq!(status, 404, "reading another client's session");
     let send = r#"["SEND\ndestination:/topic/x\n\nas alice\u0000"]"#;
-    let (status, _, _) = request_from(
-        "127.0.0.2",
-        addr,
-        "POST",
-        &format!("{session}/xhr_send"),
-        &[],
-        send,
-    )
-    .await;
+    let (status, _) = post("127.0.0.2", "xhr_send", send).await;
     assert_eq!(status, 404, "sending into another client's session");
     // Its own client still can.
-    let (status, _, body) = request_from(
-        "127.0.0.1",
-        addr,
-        "POST",
-        &format!("{session}/xhr"),
-        &[],
-        "",
-    )
-    .await;
+    let (status, body) = post("127.0.0.1", "xhr", "").await;
     assert_eq!(status, 200);
     assert!(body.contains("CONNECTED"), "{body}");
     node.stop().await;
