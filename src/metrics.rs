@@ -110,18 +110,19 @@ pub struct Metrics {
 impl Metrics {
     /// Counts a message not delivered.
     pub fn dropped(&self, why: DropReason) {
+        self.dropped_many(why, 1);
+    }
+
+    /// Counts `n` messages not delivered.
+    fn dropped_many(&self, why: DropReason, n: u64) {
         let at = DropReason::ALL.iter().position(|d| *d == why).unwrap_or(0);
-        self.dropped[at].fetch_add(1, Ordering::Relaxed);
+        self.dropped[at].fetch_add(n, Ordering::Relaxed);
     }
 
     /// Counts a connection closed as a slow consumer and the `frames` it was not given.
     pub fn slow_consumer_closed(&self, frames: usize) {
         self.slow_consumers_closed.fetch_add(1, Ordering::Relaxed);
-        let at = DropReason::ALL
-            .iter()
-            .position(|d| *d == DropReason::SlowConsumer)
-            .unwrap_or(0);
-        self.dropped[at].fetch_add(frames as u64, Ordering::Relaxed);
+        self.dropped_many(DropReason::SlowConsumer, frames as u64);
     }
 
     /// Connections closed as slow consumers.

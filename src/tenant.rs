@@ -272,7 +272,7 @@ impl Tenant {
         if confirm {
             forwarded.confirmed().await
         } else {
-            Ok(forwarded.nodes)
+            Ok(forwarded.nodes())
         }
     }
 
@@ -293,7 +293,7 @@ impl Tenant {
             .to_user(&self.id, user, dest, content, None)
             .await?;
         if !confirm {
-            return Ok(forwarded.nodes);
+            return Ok(forwarded.nodes());
         }
         let (mut reached, missed) = forwarded.confirmed_by_node().await?;
         if missed.is_empty() {
@@ -313,7 +313,7 @@ impl Tenant {
     /// (0 when there is none, or the chosen node's inbox had no subscriber).
     async fn forward_queue(&self, dest: &str, content: &Content) -> Result<usize, ClusterError> {
         let forwarded = self.cluster.to_queue(&self.id, dest, content).await?;
-        if forwarded.nodes == 0 {
+        if forwarded.nodes() == 0 {
             return Ok(0);
         }
         let (reached, _) = forwarded.confirmed_by_node().await?;

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use serde_json::json;
-use support::cluster::{NodeProcess, Redis};
+use support::cluster::{await_ready, NodeProcess, Redis};
 use support::*;
 
 /// Messages published before the fault and after the recovery (more go out during it), and
@@ -57,16 +57,6 @@ fn collect(mut carol: Client) -> tokio::task::JoinHandle<Vec<String>> {
         }
         bodies
     })
-}
-
-async fn await_ready(node: &NodeProcess) {
-    for _ in 0..400 {
-        if http_request(node.http, "GET", "/readyz", None, "").await.0 == 200 {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} never became ready", node.id);
 }
 
 /// Waits until node B routes to carol again (after a fault that took her away).

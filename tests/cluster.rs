@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::cluster::{NodeProcess, Redis};
+use support::cluster::{await_ready, NodeProcess, Redis};
 use support::*;
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -91,18 +91,6 @@ async fn await_subscribers(redis: &Redis, channel: &str, count: usize) {
             "{channel} has {n} subscribers, expected {count}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn await_ready(node: &NodeProcess) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = http_request(node.http, "GET", "/readyz", None, "").await;
-        if status == 200 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{} not ready: {body}", node.id);
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

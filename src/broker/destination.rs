@@ -68,7 +68,6 @@ fn plain(dest: &str) -> Option<Target> {
 /// `/user/queue/x` means "my own `/queue/x`", as in Spring; `/user/{me}/queue/x` is accepted
 /// as the same, and naming another user is refused.
 pub fn for_subscribe(dest: &str, user: Option<&str>) -> Result<Target, DestinationError> {
-    check_length(dest)?;
     if let Some(rest) = dest.strip_prefix(USER) {
         let mut inner = format!("/{rest}");
         if plain(&inner).is_none() {

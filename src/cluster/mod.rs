@@ -36,26 +36,35 @@ pub type Confirmation = tokio::sync::oneshot::Receiver<Result<usize, ClusterErro
 /// SENDs do not, so one client's stream of SENDs is not paced by Redis round trips.
 #[derive(Debug, Default)]
 pub struct Forwarded {
-    /// Other nodes it was addressed to (for topics: unknown until confirmed).
-    pub nodes: usize,
     /// One per message queued for Redis.
     pub confirmations: Vec<Confirmation>,
-    /// For user and queue messages, the node each confirmation is for (topics: empty).
+    /// For user and queue messages, the node each confirmation is for (topics: empty, the
+    /// receivers are known only once confirmed).
     pub addressed: Vec<String>,
     /// For topics: this node is among the channel's receivers and must not be counted.
     pub counts_self: bool,
 }
 
+/// How many subscribers Redis handed one forwarded message to.
+async fn receivers(confirmation: Confirmation) -> Result<usize, ClusterError> {
+    confirmation
+        .await
+        .map_err(|_| ClusterError::Unavailable("the cluster connection was lost".into()))?
+}
+
 impl Forwarded {
+    /// Other nodes it was addressed to (for topics: 0, unknown until confirmed).
+    pub fn nodes(&self) -> usize {
+        self.addressed.len()
+    }
+
     /// Waits until Redis took every message; gives the nodes that received them.
     pub async fn confirmed(self) -> Result<usize, ClusterError> {
-        let mut receivers = 0;
+        let mut total = 0;
         for confirmation in self.confirmations {
-            receivers += confirmation.await.map_err(|_| {
-                ClusterError::Unavailable("the cluster connection was lost".into())
-            })??;
+            total += receivers(confirmation).await?;
         }
-        Ok(receivers.saturating_sub(usize::from(self.counts_self)))
+        Ok(total.saturating_sub(usize::from(self.counts_self)))
     }
 
     /// Waits until Redis took every message of a user or queue message; gives the nodes whose
@@ -64,10 +73,7 @@ impl Forwarded {
     pub async fn confirmed_by_node(self) -> Result<(Vec<String>, Vec<String>), ClusterError> {
         let (mut reached, mut missed) = (Vec::new(), Vec::new());
         for (node, confirmation) in self.addressed.into_iter().zip(self.confirmations) {
-            let receivers = confirmation.await.map_err(|_| {
-                ClusterError::Unavailable("the cluster connection was lost".into())
-            })??;
-            if receivers > 0 {
+            if receivers(confirmation).await? > 0 {
                 reached.push(node);
             } else {
                 missed.push(node);

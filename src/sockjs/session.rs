@@ -83,10 +83,7 @@ impl OpenInfo {
     pub(crate) fn of(transport: Transport, req: &axum::extract::Request) -> OpenInfo {
         OpenInfo {
             transport,
-            peer: req
-                .extensions()
-                .get::<axum::extract::ConnectInfo<SocketAddr>>()
-                .map(|c| c.0),
+            peer: OpenInfo::peer_of(req),
             headers: owned(req.headers()),
         }
     }

@@ -204,10 +204,22 @@ impl Decoder {
                 return Ok(None);
             }
         }
-        let progress = self.progress.get_or_insert_with(Box::default);
-        let layout = match scan(buf, limits, progress) {
+        // A frame that is whole in the buffer is scanned with progress on the stack; only one
+        // that is left partial keeps its progress (boxed) for the next call.
+        let mut fresh = Progress::default();
+        let progress = match self.progress.as_deref_mut() {
+            Some(progress) => progress,
+            None => &mut fresh,
+        };
+        let scanned = scan(buf, limits, progress);
+        let layout = match scanned {
             Ok(Some(layout)) => layout,
-            Ok(None) => return Ok(None),
+            Ok(None) => {
+                if self.progress.is_none() {
+                    self.progress = Some(Box::new(fresh));
+                }
+                return Ok(None);
+            }
             Err(e) => {
                 self.progress = None;
                 return Err(e);

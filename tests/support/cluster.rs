@@ -120,3 +120,20 @@ impl Drop for NodeProcess {
         }
     }
 }
+
+/// Waits until `node` answers `/readyz` with 200 (it reached Redis); panics after 20 s.
+pub async fn await_ready(node: &NodeProcess) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, body) = super::http_request(node.http, "GET", "/readyz", None, "").await;
+        if status == 200 {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} not ready: {body}",
+            node.id
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -278,7 +278,6 @@ impl Backplane for RedisBackplane {
             .map(|node| self.enqueue(keys::inbox(node), &envelope))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Forwarded {
-            nodes: nodes.len(),
             confirmations,
             addressed: nodes,
             counts_self: false,
@@ -300,7 +299,6 @@ impl Backplane for RedisBackplane {
             .unwrap_or_else(|e| e.into_inner())
             .contains(&channel);
         Ok(Forwarded {
-            nodes: 0,
             confirmations: vec![self.enqueue(channel, &envelope)?],
             addressed: Vec::new(),
             counts_self: here,
@@ -328,7 +326,6 @@ impl Backplane for RedisBackplane {
         let pick = &nodes[self.queue_cursor.fetch_add(1, Ordering::Relaxed) % nodes.len()];
         let envelope = self.envelope(tenant, Kind::Queue, None, dest, content);
         Ok(Forwarded {
-            nodes: 1,
             confirmations: vec![self.enqueue(keys::inbox(pick), &envelope)?],
             addressed: vec![pick.clone()],
             counts_self: false,
