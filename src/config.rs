@@ -162,8 +162,18 @@ pub struct ServerConfig {
     /// A peer is dead when nothing arrived for its heart-beat interval times this factor: the
     /// spec leaves room for network delay.
     pub heartbeat_tolerance: f64,
-    /// Messages queues may keep, in all, while they have no consumer (per tenant).
+    /// Messages queues may keep, in all, while no consumer has room for them (per tenant).
     pub max_queue_backlog: usize,
+    /// Bytes those waiting messages may take, per tenant (content, headers and destination
+    /// plus a fixed cost per message).
+    pub max_queue_backlog_bytes: usize,
+    /// Bytes waiting queue messages may take on this node, all tenants together.
+    pub node_backlog_bytes: usize,
+    /// What one connection may hold besides its outbound queue, in bytes: open transactions,
+    /// subscriptions, cached authorization verdicts, a partial frame, and queue messages it
+    /// holds unacknowledged. Past it the connection gets an ERROR naming this key (queue
+    /// messages just wait for room instead).
+    pub connection_memory_bytes: usize,
     /// Open transactions per connection, and frames buffered per transaction.
     pub max_transactions: usize,
     /// Frames one transaction may buffer before COMMIT.
@@ -195,6 +205,9 @@ impl Default for ServerConfig {
             heartbeat_ms: [1_000, 1_000],
             heartbeat_tolerance: 2.0,
             max_queue_backlog: 10_000,
+            max_queue_backlog_bytes: 64 << 20,
+            node_backlog_bytes: 256 << 20,
+            connection_memory_bytes: 16 << 20,
             max_transactions: 16,
             max_transaction_frames: 1_000,
             shutdown_grace_ms: 5_000,
@@ -386,6 +399,23 @@ impl Config {
                 )
             })?;
         at_least("max_transaction_frames", s.max_transaction_frames, 1)?;
+        // Each must hold at least one frame of the largest size, or a single message could
+        // never be queued, buffered in a transaction or held for its ACK.
+        for (key, value) in [
+            ("max_queue_backlog_bytes", s.max_queue_backlog_bytes),
+            ("node_backlog_bytes", s.node_backlog_bytes),
+            ("connection_memory_bytes", s.connection_memory_bytes),
+        ] {
+            if value < 4 * s.max_frame_bytes {
+                return Err(invalid(
+                    format!("server.{key}"),
+                    format!(
+                        "must be at least 4 × server.max_frame_bytes ({}), got {value}",
+                        4 * s.max_frame_bytes
+                    ),
+                ));
+            }
+        }
         if s.connect_timeout_ms == 0 {
             return Err(invalid("server.connect_timeout_ms", "must be more than 0"));
         }

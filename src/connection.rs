@@ -1,6 +1,7 @@
 //! Drives one connection, whatever its transport: reads bytes into a buffer, decodes frames,
-//! hands them to the [`Session`], enforces the CONNECT timeout and the heart-beat deadline, and
-//! runs the writer task that drains the session's outbox in batches.
+//! hands them to the [`Session`], enforces the CONNECT timeout, the heart-beat deadline and
+//! the memory budget for a partial frame, tells the session when its writer has made room for
+//! queue messages, and runs the writer task that drains the session's outbox in batches.
 //!
 //! Transports implement [`TransportIn`] and [`TransportOut`]; the driver knows nothing else of them.
 
@@ -69,6 +70,7 @@ async fn read_loop<I: TransportIn>(
     writer_done: &CancellationToken,
 ) {
     let limits = node.server.limits();
+    let endpoint = session.endpoint().clone();
     let frame_timeout = Duration::from_millis(node.server.frame_timeout_ms);
     let mut buf = BytesMut::new();
     let mut decoder = Decoder::default();
@@ -91,6 +93,9 @@ async fn read_loop<I: TransportIn>(
                     return;
                 }
             }
+        }
+        if decoder.in_frame() && session.check_partial_frame(buf.len()) == Flow::Close {
+            return;
         }
         // An emptied buffer is given back, so an idle connection holds none; transports
         // allocate again only when data arrives.
@@ -124,6 +129,8 @@ async fn read_loop<I: TransportIn>(
                 session.close(Fault::ShuttingDown);
                 return;
             }
+            // The writer took what was queued: a queue backlog may flow on.
+            () = endpoint.outbox.room() => session.pump_queues(),
             read = inbound.fill(&mut buf) => match read {
                 Ok(0) => {
                     debug!("peer closed the connection");

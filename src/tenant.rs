@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 use tracing::{debug, warn};
 
-use crate::broker::{Broker, Content, Interest, RouteError, Subscription, Target};
+use crate::broker::{
+    BacklogLimits, Broker, Budget, Content, Interest, RouteError, Subscription, Target,
+};
 use crate::cluster::{Backplane, ClusterError};
 use crate::config::{ServerConfig, TenantConfig, DEFAULT_TENANT};
 use crate::metrics::{DropReason, Metrics};
@@ -38,6 +40,7 @@ impl Tenant {
     pub(crate) fn new(
         config: &TenantConfig,
         server: &ServerConfig,
+        node_backlog: &Arc<Budget>,
         cluster: Arc<dyn Backplane>,
         metrics: Arc<Metrics>,
     ) -> Tenant {
@@ -56,7 +59,11 @@ impl Tenant {
             cluster,
             metrics,
             id: config.id.clone(),
-            broker: Broker::new(server.max_queue_backlog),
+            broker: Broker::new(BacklogLimits::new(
+                server.max_queue_backlog,
+                server.max_queue_backlog_bytes,
+                node_backlog.clone(),
+            )),
             api_keys: config.api_keys.clone(),
             allowed_origins: AllowedOrigins::new(&config.allowed_origins),
         }
@@ -135,10 +142,14 @@ impl Tenants {
         cluster: &Arc<dyn Backplane>,
         metrics: &Arc<Metrics>,
     ) -> Tenants {
+        // One ceiling for the queues of every tenant, so that together they cannot take the
+        // node's memory either.
+        let node_backlog = Arc::new(Budget::new(server.node_backlog_bytes));
         let by_id = configs
             .iter()
             .map(|t| {
-                let tenant = Tenant::new(t, server, cluster.clone(), metrics.clone());
+                let tenant =
+                    Tenant::new(t, server, &node_backlog, cluster.clone(), metrics.clone());
                 (t.id.clone(), Arc::new(tenant))
             })
             .collect();

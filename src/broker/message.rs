@@ -30,6 +30,13 @@ pub struct Message {
     tails: [OnceLock<(Bytes, bool)>; 3],
 }
 
+/// What a message costs beyond its bytes: the `Message` and its `Arc`, the body's shared
+/// buffer header, a backlog slot (measured sizes, rounded up).
+const MESSAGE_OVERHEAD: usize = 192;
+
+/// What one header costs beyond its bytes: two `String`s and a slot in the list.
+const HEADER_OVERHEAD: usize = 56;
+
 /// Numbers messages on this node.
 static NEXT_MESSAGE: AtomicU64 = AtomicU64::new(1);
 
@@ -67,6 +74,27 @@ impl Message {
     /// This node's number for the message.
     pub fn seq(&self) -> u64 {
         self.seq
+    }
+
+    /// The bytes this message holds while it waits in a backlog or unacknowledged: its
+    /// destination, headers and body, plus what its structure costs. Once it has been
+    /// delivered, its encoded tail costs about as much again (see [`Message::held_weight`]).
+    pub fn weight(&self) -> usize {
+        MESSAGE_OVERHEAD
+            + self.destination.len()
+            + self
+                .content
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + HEADER_OVERHEAD)
+                .sum::<usize>()
+            + self.content.body.len()
+    }
+
+    /// What a delivered message costs while a subscription holds it unacknowledged: the
+    /// message and one encoded tail.
+    pub fn held_weight(&self) -> usize {
+        2 * self.weight()
     }
 
     /// The shared tail of this message's MESSAGE frame for a subscriber speaking `version`.
@@ -168,6 +196,21 @@ mod tests {
         assert_eq!(itoa(0).as_bytes(), b"0");
         assert_eq!(itoa(42).as_bytes(), b"42");
         assert_eq!(itoa(u64::MAX).as_bytes(), u64::MAX.to_string().as_bytes());
+    }
+
+    #[test]
+    fn weight_counts_every_byte_held() {
+        let message = Message::new(
+            "/queue/q".into(),
+            Content {
+                headers: vec![("k".into(), "vv".into())],
+                body: Bytes::from(vec![0u8; 1000]),
+            },
+        );
+        assert_eq!(
+            message.weight(),
+            MESSAGE_OVERHEAD + 8 + (3 + HEADER_OVERHEAD) + 1000
+        );
     }
 
     #[test]

@@ -8,7 +8,14 @@
 //! destination but keeps the per-message path free of allocation and locking per subscriber.
 //! Queue delivery happens under the lock, because choosing the consumer and advancing the
 //! round-robin cursor must be one step.
+//!
+//! A queue message goes to a consumer with room for it (see [`subscription`]); when none has,
+//! it waits in the queue's backlog, in order, and [`Broker::pump`] hands the backlog on as room
+//! appears (the consumer's session calls it when its writer has taken what was queued and
+//! after an ACK). So a backlog of any size flows at the pace its consumers take it, and what
+//! waits is bounded by message count per tenant and by bytes per tenant and per node.
 
+pub mod budget;
 pub mod destination;
 pub mod message;
 pub mod outbox;
@@ -17,6 +24,7 @@ pub mod subscription;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use budget::Budget;
 pub use destination::Target;
 pub use message::{Content, Message};
 pub use subscription::{AckMode, Endpoint, SharedHead, Subscription, Unacked};
@@ -62,9 +70,72 @@ pub struct Routed {
 /// Why a message could not be routed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
-    /// Queues with no consumer hold at most this many messages per tenant.
-    #[error("queue '{0}' has no consumer and the tenant's queue backlog is full ({1} messages)")]
-    BacklogFull(String, usize),
+    /// The queue's message had to wait, and waiting messages are at a limit.
+    #[error("queue '{queue}' has no consumer with room and {limit} is reached")]
+    BacklogFull {
+        /// The queue.
+        queue: String,
+        /// The limit reached, with its configuration key.
+        limit: String,
+    },
+}
+
+/// How much queue messages may wait for a consumer with room.
+#[derive(Debug)]
+pub struct BacklogLimits {
+    /// Messages, in all of the tenant's queues on this node.
+    pub max_messages: usize,
+    /// Bytes (see [`Message::weight`]), in all of the tenant's queues on this node.
+    pub tenant: Budget,
+    /// Bytes, in all queues of every tenant on this node.
+    pub node: Arc<Budget>,
+}
+
+impl BacklogLimits {
+    /// At most `max_messages` and `max_bytes` for one tenant, within a node-wide `node`.
+    pub fn new(max_messages: usize, max_bytes: usize, node: Arc<Budget>) -> BacklogLimits {
+        BacklogLimits {
+            max_messages,
+            tenant: Budget::new(max_bytes),
+            node,
+        }
+    }
+
+    /// Charges a message about to wait, or says which limit refuses it.
+    fn take(&self, waiting: usize, weight: usize) -> Result<(), String> {
+        if waiting >= self.max_messages {
+            return Err(format!(
+                "the tenant's queue backlog limit of {} messages (server.max_queue_backlog)",
+                self.max_messages
+            ));
+        }
+        if !self.tenant.try_take(weight) {
+            return Err(format!(
+                "the tenant's queue backlog limit of {} bytes (server.max_queue_backlog_bytes)",
+                self.tenant.limit()
+            ));
+        }
+        if !self.node.try_take(weight) {
+            self.tenant.give_back(weight);
+            return Err(format!(
+                "the node's queue backlog limit of {} bytes (server.node_backlog_bytes)",
+                self.node.limit()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Charges a message that must wait whatever the limits (one given back by a consumer:
+    /// it was accepted once).
+    fn force(&self, weight: usize) {
+        self.tenant.take_anyway(weight);
+        self.node.take_anyway(weight);
+    }
+
+    fn give_back(&self, weight: usize) {
+        self.tenant.give_back(weight);
+        self.node.give_back(weight);
+    }
 }
 
 #[derive(Debug)]
@@ -72,7 +143,9 @@ struct Queue {
     name: Arc<str>,
     consumers: Vec<Arc<Subscription>>,
     cursor: usize,
-    backlog: VecDeque<Arc<Message>>,
+    /// Messages waiting for a consumer with room, oldest first, with the weight each was
+    /// charged to the backlog limits.
+    backlog: VecDeque<(Arc<Message>, usize)>,
 }
 
 impl Queue {
@@ -104,15 +177,15 @@ struct Index {
 #[derive(Debug)]
 pub struct Broker {
     index: Mutex<Index>,
-    max_backlog: usize,
+    backlog: BacklogLimits,
 }
 
 impl Broker {
-    /// A broker whose queues keep at most `max_backlog` messages in all while nobody consumes.
-    pub fn new(max_backlog: usize) -> Broker {
+    /// A broker whose queues keep what waits for a consumer within `backlog`.
+    pub fn new(backlog: BacklogLimits) -> Broker {
         Broker {
             index: Mutex::new(Index::default()),
-            max_backlog,
+            backlog,
         }
     }
 
@@ -217,13 +290,7 @@ impl Broker {
                     .or_insert_with(|| Queue::named(name.clone()));
                 queue.consumers.push(sub.clone());
                 let first = queue.consumers.len() == 1;
-                while let Some(message) = queue.backlog.pop_front() {
-                    if Self::hand_to_consumer(queue, &name, &message, None).is_none() {
-                        queue.backlog.push_front(message);
-                        break;
-                    }
-                    index.backlog_total -= 1;
-                }
+                Self::drain_backlog(queue, &mut index.backlog_total, &self.backlog);
                 first.then(|| Interest::Queue {
                     dest: dest.clone(),
                     held: true,
@@ -303,9 +370,9 @@ impl Broker {
                 let mut index = self.index();
                 let index = &mut *index;
                 if let Some(queue) = index.queues.get_mut(dest.as_str()) {
-                    let name = queue.name.clone();
+                    // Behind a backlog it waits its turn, so the queue stays in order.
                     if queue.backlog.is_empty()
-                        && Self::hand_to_consumer(queue, &name, &message, None).is_some()
+                        && Self::hand_to_consumer(queue, &message, None).is_some()
                     {
                         return Ok(Routed {
                             delivered: 1,
@@ -313,9 +380,13 @@ impl Broker {
                         });
                     }
                 }
-                if index.backlog_total >= self.max_backlog {
-                    return Err(RouteError::BacklogFull(dest.clone(), self.max_backlog));
-                }
+                let weight = message.weight();
+                self.backlog
+                    .take(index.backlog_total, weight)
+                    .map_err(|limit| RouteError::BacklogFull {
+                        queue: dest.clone(),
+                        limit,
+                    })?;
                 index.backlog_total += 1;
                 let name: Arc<str> = Arc::from(dest.as_str());
                 index
@@ -323,7 +394,7 @@ impl Broker {
                     .entry(name.clone())
                     .or_insert_with(|| Queue::named(name))
                     .backlog
-                    .push_back(message);
+                    .push_back((message, weight));
                 Ok(Routed {
                     delivered: 0,
                     queued: true,
@@ -332,9 +403,36 @@ impl Broker {
         }
     }
 
-    /// Gives a queue message back: to another consumer when there is one, else to `from_session`
-    /// again if it still consumes the queue (a NACK with no one else to take it), else to the
-    /// backlog. Requeued messages are never refused for a full backlog: they were accepted once.
+    /// Hands `queue`'s backlog to its consumers for as long as one has room: called when a
+    /// consumer of it may have gained room (its writer took what was queued, it ACKed).
+    pub fn pump(&self, queue: &str) {
+        let mut index = self.index();
+        let index = &mut *index;
+        if let Some(queue) = index.queues.get_mut(queue) {
+            Self::drain_backlog(queue, &mut index.backlog_total, &self.backlog);
+        }
+    }
+
+    /// Messages and bytes waiting in this tenant's queues (for metrics and tests).
+    pub fn backlog(&self) -> (usize, usize) {
+        (self.index().backlog_total, self.backlog.tenant.used())
+    }
+
+    fn drain_backlog(queue: &mut Queue, waiting: &mut usize, limits: &BacklogLimits) {
+        while let Some((message, weight)) = queue.backlog.pop_front() {
+            if Self::hand_to_consumer(queue, &message, None).is_none() {
+                queue.backlog.push_front((message, weight));
+                return;
+            }
+            *waiting -= 1;
+            limits.give_back(weight);
+        }
+    }
+
+    /// Gives a queue message back: to another consumer with room when there is one, else to
+    /// `from_session` again if it still consumes the queue (a NACK with no one else to take
+    /// it), else to the front of the backlog, since it was first in line. Requeued messages are
+    /// never refused for a full backlog: they were accepted once.
     pub fn requeue(&self, queue_name: &Arc<str>, message: Arc<Message>, from_session: &str) {
         let mut index = self.index();
         let index = &mut *index;
@@ -343,22 +441,24 @@ impl Broker {
             .entry(queue_name.clone())
             .or_insert_with(|| Queue::named(queue_name.clone()));
         if queue.backlog.is_empty() {
-            if Self::hand_to_consumer(queue, queue_name, &message, Some(from_session)).is_some() {
+            if Self::hand_to_consumer(queue, &message, Some(from_session)).is_some() {
                 return;
             }
-            if Self::hand_to_consumer(queue, queue_name, &message, None).is_some() {
+            if Self::hand_to_consumer(queue, &message, None).is_some() {
                 return;
             }
         }
+        let weight = message.weight();
+        self.backlog.force(weight);
         index.backlog_total += 1;
-        queue.backlog.push_back(message);
+        queue.backlog.push_front((message, weight));
     }
 
     fn fan_out(list: Option<SubList>, message: &Arc<Message>) -> Routed {
         let mut heads = SharedHead::default();
         let delivered = list.map_or(0, |subs| {
             subs.iter()
-                .filter(|s| s.deliver(message, None, &mut heads).is_ok())
+                .filter(|s| s.deliver(message, &mut heads).is_ok())
                 .count()
         });
         Routed {
@@ -368,10 +468,9 @@ impl Broker {
     }
 
     /// Round-robin over the queue's consumers, skipping `avoid_session` and those that refuse
-    /// (closing or slow). Returns the index of the consumer that took it.
+    /// (no room, closing). Returns the index of the consumer that took it.
     fn hand_to_consumer(
         queue: &mut Queue,
-        name: &Arc<str>,
         message: &Arc<Message>,
         avoid_session: Option<&str>,
     ) -> Option<usize> {
@@ -383,10 +482,7 @@ impl Broker {
             if avoid_session.is_some_and(|s| *consumer.endpoint.session_id == *s) {
                 continue;
             }
-            if consumer
-                .deliver(message, Some(name), &mut SharedHead::default())
-                .is_ok()
-            {
+            if consumer.offer(message, &queue.name).is_ok() {
                 return Some(at);
             }
         }
@@ -406,7 +502,16 @@ mod tests {
     use crate::stomp::Version;
 
     fn endpoint(id: &str) -> Arc<Endpoint> {
-        Arc::new(Endpoint::new(Arc::from(id), 1 << 20))
+        Arc::new(Endpoint::new(Arc::from(id), 1 << 20, 16 << 20))
+    }
+
+    /// A broker whose backlog is limited in messages only.
+    fn broker(max_messages: usize) -> Broker {
+        Broker::new(BacklogLimits::new(
+            max_messages,
+            usize::MAX,
+            Arc::new(Budget::new(usize::MAX)),
+        ))
     }
 
     fn sub(ep: &Arc<Endpoint>, target: Target, ack: AckMode) -> Arc<Subscription> {
@@ -445,7 +550,7 @@ mod tests {
 
     #[tokio::test]
     async fn topic_reaches_every_subscriber() {
-        let broker = Broker::new(10);
+        let broker = broker(10);
         let (a, b) = (endpoint("a"), endpoint("b"));
         let topic = Target::Topic("/topic/t".into());
         broker.subscribe(sub(&a, topic.clone(), AckMode::Auto));
@@ -465,13 +570,13 @@ mod tests {
 
     #[tokio::test]
     async fn queue_round_robins_and_keeps_a_backlog() {
-        let broker = Broker::new(2);
+        let broker = broker(2);
         let queue = Target::Queue("/queue/q".into());
         assert!(broker.publish(&queue, text("1")).unwrap().queued);
         assert!(broker.publish(&queue, text("2")).unwrap().queued);
         assert!(matches!(
             broker.publish(&queue, text("3")),
-            Err(RouteError::BacklogFull(..))
+            Err(RouteError::BacklogFull { .. })
         ));
         let (a, b) = (endpoint("a"), endpoint("b"));
         broker.subscribe(sub(&a, queue.clone(), AckMode::Auto));
@@ -494,9 +599,151 @@ mod tests {
         assert_eq!(drained(&b).await.len(), 2);
     }
 
+    fn sized(n: usize, i: usize) -> Content {
+        let mut body = vec![b'.'; n];
+        body[..8].copy_from_slice(format!("{i:08}").as_bytes());
+        Content {
+            headers: vec![],
+            body: bytes::Bytes::from(body),
+        }
+    }
+
+    /// The numbers of the messages in a batch of `sized` deliveries, in order.
+    fn numbers(frames: &[String]) -> Vec<usize> {
+        frames
+            .iter()
+            .map(|f| f.split_once("\n\n").unwrap().1[..8].parse().unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_backlog_larger_than_the_outbox_flows_as_the_writer_takes_it() {
+        let broker = broker(10_000);
+        let queue = Target::Queue("/queue/bl".into());
+        for i in 0..1_000 {
+            assert!(broker.publish(&queue, sized(10_000, i)).unwrap().queued);
+        }
+        // 10 MB waiting for a consumer whose outbox holds 1 MiB.
+        let ep = endpoint("a");
+        broker.subscribe(sub(&ep, queue.clone(), AckMode::Auto));
+        let mut got = Vec::new();
+        while got.len() < 1_000 {
+            let batch = drained(&ep).await;
+            assert!(!batch.is_empty(), "stalled after {} messages", got.len());
+            assert!(
+                batch.len() * 10_000 <= 600_000,
+                "at most half the outbox at once"
+            );
+            got.extend(numbers(&batch));
+            // What the driver does when the writer took the batch.
+            broker.pump("/queue/bl");
+        }
+        assert!(!ep.outbox.is_closing(), "never a slow consumer");
+        assert_eq!(got, (0..1_000).collect::<Vec<_>>(), "all, once, in order");
+        assert_eq!(broker.backlog(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn prefetch_bounds_what_a_client_ack_consumer_holds() {
+        let broker = broker(100);
+        let queue = Target::Queue("/queue/p".into());
+        for i in 0..5 {
+            broker.publish(&queue, sized(10, i)).unwrap();
+        }
+        let ep = endpoint("a");
+        let consumer = Arc::new(
+            Subscription::new(
+                "0".into(),
+                queue.clone(),
+                AckMode::ClientIndividual,
+                ep.clone(),
+                Version::V1_2,
+            )
+            .with_prefetch(2),
+        );
+        broker.subscribe(consumer.clone());
+        assert_eq!(numbers(&drained(&ep).await), [0, 1]);
+        assert_eq!(broker.backlog().0, 3);
+        let held = ep.budget.used();
+        assert!(held > 0, "held messages are charged to the connection");
+        consumer.settle(1);
+        broker.pump("/queue/p");
+        assert_eq!(numbers(&drained(&ep).await), [2]);
+        assert_eq!(ep.issued(), 3, "a refused offer numbers no delivery");
+        consumer.settle(2);
+        assert_eq!(
+            ep.budget.used(),
+            held / 2,
+            "settled messages are given back"
+        );
+        consumer.settle(3);
+        assert_eq!(ep.budget.used(), 0);
+    }
+
+    #[tokio::test]
+    async fn backlogs_are_bounded_in_bytes_per_tenant_and_per_node() {
+        let node = Arc::new(Budget::new(50_000));
+        let a = Broker::new(BacklogLimits::new(1_000, 30_000, node.clone()));
+        let b = Broker::new(BacklogLimits::new(1_000, 30_000, node.clone()));
+        let queue = Target::Queue("/queue/q".into());
+        let mut kept = 0;
+        let err = loop {
+            match a.publish(&queue, sized(5_000, kept)) {
+                Ok(_) => kept += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(
+            kept, 5,
+            "30,000 bytes hold five 5,000-byte messages and their overhead"
+        );
+        assert!(
+            err.to_string().contains("server.max_queue_backlog_bytes"),
+            "{err}"
+        );
+        let mut in_b = 0;
+        let err = loop {
+            match b.publish(&queue, sized(5_000, in_b)) {
+                Ok(_) => in_b += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(in_b, 4, "the node's 50,000 bytes are shared");
+        assert!(
+            err.to_string().contains("server.node_backlog_bytes"),
+            "{err}"
+        );
+        // Consuming gives the bytes back.
+        let ep = endpoint("c");
+        a.subscribe(sub(&ep, queue.clone(), AckMode::Auto));
+        assert_eq!(drained(&ep).await.len(), 5);
+        assert_eq!(a.backlog(), (0, 0));
+        assert!(b.publish(&queue, sized(5_000, 9)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_requeued_message_goes_first() {
+        let broker = broker(100);
+        let queue = Target::Queue("/queue/r".into());
+        let ep = endpoint("a");
+        let consumer = sub(&ep, queue.clone(), AckMode::Client);
+        broker.subscribe(consumer.clone());
+        broker.publish(&queue, sized(10, 0)).unwrap();
+        drained(&ep).await;
+        broker.unsubscribe(&consumer);
+        broker.publish(&queue, sized(10, 1)).unwrap();
+        for held in consumer.close() {
+            let (q, m) = held.requeue.unwrap();
+            broker.requeue(&q, m, "a");
+        }
+        let next = endpoint("b");
+        broker.subscribe(sub(&next, queue.clone(), AckMode::Auto));
+        assert_eq!(numbers(&drained(&next).await), [0, 1]);
+    }
+
     #[tokio::test]
     async fn unacked_queue_message_goes_to_another_consumer() {
-        let broker = Broker::new(10);
+        let broker = broker(10);
         let queue = Target::Queue("/queue/q".into());
         let (a, b) = (endpoint("a"), endpoint("b"));
         let sa = sub(&a, queue.clone(), AckMode::ClientIndividual);
@@ -516,7 +763,7 @@ mod tests {
 
     #[tokio::test]
     async fn user_messages_reach_only_that_user() {
-        let broker = Broker::new(10);
+        let broker = broker(10);
         let (a1, a2, b) = (endpoint("a1"), endpoint("a2"), endpoint("b"));
         let mine = |u: &str| Target::User {
             user: u.into(),

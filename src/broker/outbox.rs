@@ -1,11 +1,18 @@
 //! The bounded outbound queue of one connection: what the broker and the session hand to the
 //! transport's writer, with the slow-consumer policy that keeps a node's memory flat.
 //!
+//! Queue deliveries use the lower half of the bound only ([`Outbox::push_if_room`]): a queue
+//! message that does not fit stays in the queue's backlog, and the outbox signals
+//! [`Outbox::room`] when its writer has taken what was queued, so a backlog flows at the pace
+//! the connection takes it instead of overflowing it. Topic deliveries, which have nowhere to
+//! wait, use the whole bound and close a consumer that stays over it.
+//!
 //! Each item is one complete STOMP frame, kept as two shared pieces (a small per-delivery head
 //! and a tail shared by every subscriber of the same message), so fan-out copies no body bytes
 //! until the writer batches them into a socket write.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -30,6 +37,10 @@ pub enum Refused {
     /// This frame pushed the consumer over its bound; the connection is now being closed.
     #[error("slow consumer")]
     SlowConsumer,
+    /// No room for a queue delivery now; nothing changed, and [`Outbox::room`] will tell when
+    /// there is.
+    #[error("no room")]
+    Full,
 }
 
 /// One frame waiting to be written: `head` then `tail` (either may be empty).
@@ -99,6 +110,10 @@ pub struct Outbox {
     /// Frames thrown away when the consumer was declared slow (those queued and the one that
     /// did not fit), for the drop counter.
     dropped: std::sync::atomic::AtomicUsize,
+    /// Set when a queue delivery was refused for room: the next batch the writer takes
+    /// signals `room`.
+    room_wanted: AtomicBool,
+    room: Notify,
 }
 
 impl Outbox {
@@ -110,6 +125,8 @@ impl Outbox {
             overflow: CancellationToken::new(),
             limit,
             dropped: std::sync::atomic::AtomicUsize::new(0),
+            room_wanted: AtomicBool::new(false),
+            room: Notify::new(),
         }
     }
 
@@ -150,6 +167,45 @@ impl Outbox {
             self.wake.notify_one();
         }
         Ok(())
+    }
+
+    /// Queues a queue delivery if the outbox is below half its bound (and the frame fits in
+    /// the whole of it); otherwise refuses with [`Refused::Full`], changing nothing, and
+    /// remembers to signal [`Outbox::room`] once the writer has taken what is queued.
+    pub fn push_if_room(&self, item: Item) -> Result<(), Refused> {
+        let mut state = self.lock();
+        if state.closing.is_some() {
+            return Err(Refused::Closing);
+        }
+        if state.bytes >= self.limit / 2 || state.bytes + item.len() > self.limit {
+            self.room_wanted.store(true, Ordering::Release);
+            return Err(Refused::Full);
+        }
+        state.bytes += item.len();
+        state.items.push_back(item);
+        let first = state.items.len() == 1;
+        drop(state);
+        if first {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// True while a queue delivery would be taken (the outbox is open and below half its
+    /// bound); when not, the next batch the writer takes signals [`Outbox::room`].
+    pub fn has_room(&self) -> bool {
+        let state = self.lock();
+        let room = state.closing.is_none() && state.bytes < self.limit / 2;
+        if !room {
+            self.room_wanted.store(true, Ordering::Release);
+        }
+        room
+    }
+
+    /// Completes when a queue delivery refused for room may now fit: the writer took the
+    /// queued frames. Cancel-safe; a signal given while nobody waits is kept for the next wait.
+    pub async fn room(&self) {
+        self.room.notified().await
     }
 
     /// Queues a frame whatever the bound (the session's own replies: CONNECTED, RECEIPT).
@@ -213,10 +269,15 @@ impl Outbox {
                 let mut state = self.lock();
                 if !state.items.is_empty() || state.closing.is_some() {
                     state.bytes = 0;
-                    return Batch {
+                    let batch = Batch {
                         items: state.items.drain(..).collect(),
                         then_close: state.closing,
                     };
+                    drop(state);
+                    if self.room_wanted.swap(false, Ordering::AcqRel) {
+                        self.room.notify_one();
+                    }
+                    return batch;
                 }
             }
             notified.await;
@@ -283,6 +344,25 @@ mod tests {
         let batch = outbox.next_batch().await;
         assert_eq!(batch.items.len(), 2);
         assert_eq!(batch.then_close, Some(Closing::Drain));
+    }
+
+    #[tokio::test]
+    async fn a_queue_delivery_waits_for_room_instead_of_overflowing() {
+        let outbox = Outbox::new(100);
+        outbox.push_if_room(item(50)).unwrap();
+        assert_eq!(outbox.push_if_room(item(10)), Err(Refused::Full));
+        assert!(!outbox.is_closing(), "refusing for room closes nothing");
+        assert_eq!(outbox.queued_bytes(), 50);
+        let soon = std::time::Duration::from_millis(20);
+        assert!(
+            tokio::time::timeout(soon, outbox.room()).await.is_err(),
+            "no room until the writer takes the batch"
+        );
+        assert_eq!(outbox.next_batch().await.items.len(), 1);
+        tokio::time::timeout(soon, outbox.room())
+            .await
+            .expect("the batch taken signals room");
+        outbox.push_if_room(item(10)).unwrap();
     }
 
     #[tokio::test]

@@ -1,5 +1,10 @@
-//! One connection as the broker sees it (its outbox and delivery counter) and its subscriptions,
-//! including the messages they hold unacknowledged in client ack modes.
+//! One connection as the broker sees it (its outbox, delivery counter and memory budget) and
+//! its subscriptions, including the messages they hold unacknowledged in client ack modes.
+//!
+//! A queue consumer takes a message only when it has room for it: space in the outbox (see
+//! [`Outbox::push_if_room`]), fewer unacknowledged messages than its `prefetch-count`, and, for
+//! a message it will hold until ACK, room in its connection's memory budget. Otherwise the
+//! message waits in the queue, and the broker offers it again when room appears.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::budget::Budget;
 use super::destination::Target;
 use super::message::{itoa, Message};
 use super::outbox::{Item, Outbox, Refused};
@@ -22,16 +28,22 @@ pub struct Endpoint {
     /// How often the writer must send something (a heart-beat EOL when idle), in ms; 0 = never.
     /// Set by the session once CONNECT has negotiated it.
     pub heartbeat_out_ms: AtomicU64,
+    /// What the connection may hold besides its outbox: its session charges subscriptions,
+    /// transactions, cached verdicts and partial frames; its subscriptions charge the queue
+    /// messages they hold unacknowledged.
+    pub budget: Budget,
     next_seq: AtomicU64,
 }
 
 impl Endpoint {
-    /// An endpoint whose outbox holds at most `outbound_bytes`.
-    pub fn new(session_id: Arc<str>, outbound_bytes: usize) -> Endpoint {
+    /// An endpoint whose outbox holds at most `outbound_bytes` and which may hold
+    /// `memory_bytes` besides.
+    pub fn new(session_id: Arc<str>, outbound_bytes: usize, memory_bytes: usize) -> Endpoint {
         Endpoint {
             session_id,
             outbox: Outbox::new(outbound_bytes),
             heartbeat_out_ms: AtomicU64::new(0),
+            budget: Budget::new(memory_bytes),
             next_seq: AtomicU64::new(1),
         }
     }
@@ -127,6 +139,8 @@ pub struct Unacked {
     /// For queue messages: the queue and the message, to hand to another consumer if this one
     /// NACKs it or goes away.
     pub requeue: Option<(Arc<str>, Arc<Message>)>,
+    /// Bytes charged to the connection's budget while it is held (given back when settled).
+    charged: usize,
 }
 
 #[derive(Debug, Default)]
@@ -144,6 +158,9 @@ pub struct Subscription {
     pub target: Target,
     /// How it acknowledges.
     pub ack: AckMode,
+    /// Most queue messages held unacknowledged at once in client ack modes (RabbitMQ's
+    /// `prefetch-count`); 0 = no count limit (the memory budget still bounds them).
+    pub prefetch: usize,
     /// The connection it delivers to.
     pub endpoint: Arc<Endpoint>,
     version: Version,
@@ -180,12 +197,20 @@ impl Subscription {
             id,
             target,
             ack,
+            prefetch: 0,
             endpoint,
             version,
             subscription_line: line.freeze(),
             ack_prefix,
             pending: Mutex::new(Pending::default()),
         }
+    }
+
+    /// This subscription holding at most `prefetch` unacknowledged queue messages (0 = no
+    /// count limit). Auto-acknowledged subscriptions hold none, so for them it changes nothing.
+    pub fn with_prefetch(mut self, prefetch: usize) -> Subscription {
+        self.prefetch = prefetch;
+        self
     }
 
     fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
@@ -195,21 +220,79 @@ impl Subscription {
     /// Hands `message` to this subscription's connection. `queue` names the queue it came from,
     /// so that in client ack modes it can be redelivered elsewhere. `heads` carries the frame
     /// head between the deliveries of one message.
-    pub fn deliver(
-        &self,
-        message: &Arc<Message>,
-        queue: Option<&Arc<str>>,
-        heads: &mut SharedHead,
-    ) -> Result<(), Refused> {
+    pub fn deliver(&self, message: &Arc<Message>, heads: &mut SharedHead) -> Result<(), Refused> {
         if self.ack == AckMode::Auto {
             // Nothing will acknowledge this delivery, so its `message-id` is the message's
             // own number and every subscriber with the same subscription id shares one frame.
             let frame = heads.get(&self.subscription_line, self.version, message);
             return self.endpoint.outbox.push(frame);
         }
-        let tail = message.tail(self.version).clone();
-        let text = message.tail_is_text(self.version);
+        self.deliver_held(message, None)
+    }
+
+    /// Offers this consumer a message of `queue`: it takes it only if it has room (see the
+    /// module notes), else refuses with [`Refused::Full`] and nothing changes.
+    pub fn offer(&self, message: &Arc<Message>, queue: &Arc<str>) -> Result<(), Refused> {
+        if self.ack == AckMode::Auto {
+            // Looked at first, so that a backlog offered to consumers without room costs no
+            // frame building.
+            if !self.endpoint.outbox.has_room() {
+                return Err(Refused::Full);
+            }
+            let frame = SharedHead::default().get(&self.subscription_line, self.version, message);
+            return self.endpoint.outbox.push_if_room(frame);
+        }
+        self.deliver_held(message, Some(queue))
+    }
+
+    /// A delivery in a client ack mode, held until ACK; from a queue only if there is room.
+    fn deliver_held(
+        &self,
+        message: &Arc<Message>,
+        queue: Option<&Arc<str>>,
+    ) -> Result<(), Refused> {
+        // Held across the delivery, the same lock `close` takes: a message is either requeued
+        // by `close` or refused here, never lost between the two.
+        let mut pending = self.pending();
+        if pending.closed {
+            return Err(Refused::Closing);
+        }
+        let charged = match queue {
+            None => 0,
+            Some(_) => {
+                if self.prefetch > 0 && pending.unacked.len() >= self.prefetch {
+                    return Err(Refused::Full);
+                }
+                if !self.endpoint.outbox.has_room() {
+                    return Err(Refused::Full);
+                }
+                let charged = message.held_weight();
+                if !self.endpoint.budget.try_take(charged) {
+                    return Err(Refused::Full);
+                }
+                charged
+            }
+        };
         let seq = self.endpoint.next_seq.fetch_add(1, Ordering::Relaxed);
+        let item = self.held_frame(message, seq);
+        let pushed = match queue {
+            None => self.endpoint.outbox.push(item),
+            Some(_) => self.endpoint.outbox.push_if_room(item),
+        };
+        if let Err(refused) = pushed {
+            self.endpoint.budget.give_back(charged);
+            return Err(refused);
+        }
+        pending.unacked.push_back(Unacked {
+            seq,
+            requeue: queue.map(|q| (q.clone(), message.clone())),
+            charged,
+        });
+        Ok(())
+    }
+
+    /// The MESSAGE frame of delivery `seq`, with its own `message-id` (and `ack` in 1.2).
+    fn held_frame(&self, message: &Message, seq: u64) -> Item {
         let digits = itoa(seq);
         let session = self.endpoint.session_id.as_bytes();
         let mut head = BytesMut::with_capacity(
@@ -226,23 +309,11 @@ impl Subscription {
             head.put_slice(digits.as_bytes());
             head.put_u8(b'\n');
         }
-        let item = Item {
+        Item {
             head: head.freeze(),
-            tail,
-            text,
-        };
-        // Recorded under the same lock that `close` takes, so a message is either requeued by
-        // `close` or refused here: never lost between the two.
-        let mut pending = self.pending();
-        if pending.closed {
-            return Err(Refused::Closing);
+            tail: message.tail(self.version).clone(),
+            text: message.tail_is_text(self.version),
         }
-        self.endpoint.outbox.push(item)?;
-        pending.unacked.push_back(Unacked {
-            seq,
-            requeue: queue.map(|q| (q.clone(), message.clone())),
-        });
-        Ok(())
     }
 
     /// True when this subscription holds delivery `seq` unacknowledged.
@@ -254,7 +325,7 @@ impl Subscription {
     /// every earlier one, else just that one.
     pub fn settle(&self, seq: u64) -> Vec<Unacked> {
         let mut pending = self.pending();
-        match self.ack {
+        let settled: Vec<Unacked> = match self.ack {
             AckMode::Auto => Vec::new(),
             AckMode::Client => {
                 let upto = pending.unacked.iter().take_while(|u| u.seq <= seq).count();
@@ -264,14 +335,28 @@ impl Subscription {
                 Some(at) => pending.unacked.remove(at).into_iter().collect(),
                 None => Vec::new(),
             },
-        }
+        };
+        self.release(&settled);
+        settled
     }
 
     /// Stops deliveries and gives back what was held unacknowledged.
     pub fn close(&self) -> Vec<Unacked> {
         let mut pending = self.pending();
         pending.closed = true;
-        pending.unacked.drain(..).collect()
+        let held: Vec<Unacked> = pending.unacked.drain(..).collect();
+        self.release(&held);
+        held
+    }
+
+    fn release(&self, settled: &[Unacked]) {
+        let charged: usize = settled.iter().map(|u| u.charged).sum();
+        self.endpoint.budget.give_back(charged);
+    }
+
+    /// True for a consumer of a queue (whose backlog it may be offered when it has room).
+    pub fn is_queue_consumer(&self) -> bool {
+        matches!(self.target, Target::Queue(_))
     }
 
     /// Messages this subscription holds unacknowledged.

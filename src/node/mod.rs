@@ -141,6 +141,7 @@ impl Node {
 pub fn session_limits(s: &ServerConfig) -> session::Limits {
     session::Limits {
         outbound_queue_bytes: s.outbound_queue_bytes,
+        connection_memory_bytes: s.connection_memory_bytes,
         max_subscriptions: s.max_subscriptions,
         max_transactions: s.max_transactions,
         max_transaction_frames: s.max_transaction_frames,

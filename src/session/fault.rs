@@ -52,6 +52,15 @@ pub enum Fault {
     TooManySubscriptions(usize),
     /// An `ack` header of no known mode.
     InvalidAckMode(String),
+    /// A `prefetch-count` header that is not a non-negative integer.
+    InvalidPrefetch(String),
+    /// What the connection holds would pass its memory budget.
+    MemoryBudget {
+        /// What was being added.
+        what: &'static str,
+        /// The budget, in bytes.
+        limit: usize,
+    },
     /// UNSUBSCRIBE of an id not in use.
     UnknownSubscription(String),
     /// ACK/NACK of an id this connection never sent.
@@ -94,6 +103,8 @@ impl Fault {
             Fault::DuplicateSubscription(_) => "duplicate subscription id".into(),
             Fault::TooManySubscriptions(_) => "too many subscriptions".into(),
             Fault::InvalidAckMode(_) => "invalid ack mode".into(),
+            Fault::InvalidPrefetch(_) => "invalid prefetch-count".into(),
+            Fault::MemoryBudget { .. } => "connection memory budget exceeded".into(),
             Fault::UnknownSubscription(_) => "unknown subscription".into(),
             Fault::UnknownMessage(_) => "unknown message".into(),
             Fault::ServerFrame(_) => "unexpected frame".into(),
@@ -156,6 +167,15 @@ impl Fault {
             Fault::InvalidAckMode(mode) => {
                 format!("ack must be auto, client or client-individual, got '{mode}'")
             }
+            Fault::InvalidPrefetch(value) => format!(
+                "prefetch-count must be a non-negative integer (0 = no limit), got '{value}'"
+            ),
+            Fault::MemoryBudget { what, limit } => format!(
+                "{what} would take this connection past its memory budget of {limit} bytes \
+                 (server.connection_memory_bytes), which covers open transactions, \
+                 subscriptions, cached authorization verdicts, a partial frame and \
+                 unacknowledged queue messages"
+            ),
             Fault::UnknownSubscription(id) => {
                 format!("there is no subscription '{id}' on this connection")
             }
@@ -210,7 +230,8 @@ impl Fault {
             Fault::NotAccepted(_) => "not_accepted",
             Fault::TooManySubscriptions(_)
             | Fault::TooManyTransactions(_)
-            | Fault::TransactionTooLarge(_) => "limit",
+            | Fault::TransactionTooLarge(_)
+            | Fault::MemoryBudget { .. } => "limit",
             _ => "protocol_error",
         }
     }

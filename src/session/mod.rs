@@ -59,11 +59,26 @@ pub const SENDER_HEADER: &str = "user-id";
 /// The server name in CONNECTED frames.
 pub const SERVER: &str = concat!("stompbox/", env!("CARGO_PKG_VERSION"));
 
-/// How many authorization verdicts a session remembers; a session that sends to more distinct
-/// destinations than this starts over. Sized for a backend that sends to every user of a large
-/// tenant over one connection (a plugin call per SEND once the set cycles past the cache), at
-/// about 1 MiB for a session that fills it; browsers' sessions hold a handful.
-const VERDICT_CACHE: usize = 16_384;
+/// How many bytes of authorization verdicts a session remembers (within its memory budget); a
+/// session that sends to more distinct destinations than fit starts over. Sized for a backend
+/// that sends to every user of a large tenant over one connection (about 16,000 verdicts on
+/// typical destination names: a plugin call per SEND only once the set cycles past it);
+/// browsers' sessions hold a handful.
+const VERDICT_CACHE_BYTES: usize = 2 << 20;
+
+/// What one cached verdict costs beyond its destination's bytes (the set's slot and the key's
+/// `String`).
+const VERDICT_OVERHEAD: usize = 64;
+
+/// What a subscription costs beyond its id and destination: the `Subscription`, its slots in
+/// the session's map and the broker's index, its encoded header line.
+const SUBSCRIPTION_OVERHEAD: usize = 384;
+
+/// What a frame buffered in a transaction costs beyond its bytes.
+const FRAME_OVERHEAD: usize = 128;
+
+/// What a header costs beyond its bytes (two `String`s and a slot).
+const HEADER_OVERHEAD: usize = 56;
 
 /// The longest heart-beat interval honoured (a day); longer offers are treated as this.
 const MAX_HEARTBEAT_MS: u64 = 24 * 60 * 60 * 1000;
@@ -73,6 +88,8 @@ const MAX_HEARTBEAT_MS: u64 = 24 * 60 * 60 * 1000;
 pub struct Limits {
     /// Queued outbound bytes before the connection is a slow consumer.
     pub outbound_queue_bytes: usize,
+    /// What the connection may hold besides its outbound queue.
+    pub connection_memory_bytes: usize,
     /// Subscriptions per connection.
     pub max_subscriptions: usize,
     /// Open transactions per connection.
@@ -123,9 +140,18 @@ pub struct Session {
     tenant: Option<Arc<Tenant>>,
     principal: Principal,
     subs: HashMap<String, Arc<Subscription>>,
-    transactions: HashMap<String, Vec<Frame>>,
+    transactions: HashMap<String, Transaction>,
     verdicts: HashSet<(Operation, String)>,
+    /// Bytes the verdicts are charged to the budget.
+    verdict_bytes: usize,
     heartbeat_in: Option<Duration>,
+}
+
+/// An open transaction: the frames it buffers and what they are charged to the budget.
+#[derive(Debug, Default)]
+struct Transaction {
+    frames: Vec<Frame>,
+    charged: usize,
 }
 
 type Outcome = Result<(), Fault>;
@@ -136,6 +162,7 @@ impl Session {
         let endpoint = Arc::new(Endpoint::new(
             Arc::from(ctx.ids.next()),
             ctx.limits.outbound_queue_bytes,
+            ctx.limits.connection_memory_bytes,
         ));
         Session {
             handoff: Handoff::default(),
@@ -149,7 +176,48 @@ impl Session {
             subs: HashMap::new(),
             transactions: HashMap::new(),
             verdicts: HashSet::new(),
+            verdict_bytes: 0,
             heartbeat_in: None,
+        }
+    }
+
+    /// Charges `bytes` for `what` to the connection's memory budget, or refuses with the fault
+    /// that names the limit.
+    fn charge(&self, what: &'static str, bytes: usize) -> Outcome {
+        if self.endpoint.budget.try_take(bytes) {
+            Ok(())
+        } else {
+            Err(self.over_budget(what))
+        }
+    }
+
+    fn over_budget(&self, what: &'static str) -> Fault {
+        Fault::MemoryBudget {
+            what,
+            limit: self.endpoint.budget.limit(),
+        }
+    }
+
+    /// Checks that a frame still arriving, `partial_bytes` so far, fits in what the memory
+    /// budget has left; the driver calls it while a frame is incomplete.
+    pub fn check_partial_frame(&mut self, partial_bytes: usize) -> Flow {
+        if partial_bytes <= self.endpoint.budget.room() {
+            return Flow::Continue;
+        }
+        let fault = self.over_budget("a partial frame");
+        self.close(fault);
+        Flow::Close
+    }
+
+    /// Offers the backlogs of the queues this session consumes to its subscriptions again:
+    /// the driver calls it when the writer has taken what was queued, and the session after
+    /// whatever gives back room (an ACK, a NACK, the end of a transaction).
+    pub fn pump_queues(&self) {
+        let Some(tenant) = &self.tenant else { return };
+        for sub in self.subs.values() {
+            if let Target::Queue(dest) = &sub.target {
+                tenant.broker.pump(dest);
+            }
         }
     }
 
@@ -230,7 +298,9 @@ impl Session {
             Command::Commit => self.commit(&frame).await,
             Command::Abort => {
                 let id = self.transaction_id(&frame)?;
-                self.transactions.remove(&id);
+                self.close_transaction(&id);
+                // What the transaction held is room for queue messages now.
+                self.pump_queues();
                 Ok(())
             }
             Command::Disconnect => {
@@ -348,11 +418,24 @@ impl Session {
                 dest: dest.to_string(),
                 error,
             })?;
-        if self.verdicts.len() >= VERDICT_CACHE {
-            self.verdicts.clear();
+        // A cache: when it is full, or the budget has no room for one more, it starts over
+        // rather than refusing the SEND.
+        let cost = VERDICT_OVERHEAD + key.1.len();
+        if self.verdict_bytes + cost > VERDICT_CACHE_BYTES || !self.endpoint.budget.try_take(cost) {
+            self.clear_verdicts();
+            if !self.endpoint.budget.try_take(cost) {
+                return Ok(());
+            }
         }
+        self.verdict_bytes += cost;
         self.verdicts.insert(key);
         Ok(())
+    }
+
+    fn clear_verdicts(&mut self) {
+        self.verdicts.clear();
+        self.endpoint.budget.give_back(self.verdict_bytes);
+        self.verdict_bytes = 0;
     }
 
     fn required<'f>(&self, frame: &'f Frame, name: &'static str) -> Result<&'f str, Fault> {
@@ -367,13 +450,18 @@ impl Session {
             return Ok(Some(frame));
         };
         let limit = self.ctx.limits.max_transaction_frames;
-        let Some(frames) = self.transactions.get_mut(id) else {
+        let Some(transaction) = self.transactions.get(id) else {
             return Err(Fault::UnknownTransaction(id.to_string()));
         };
-        if frames.len() >= limit {
+        if transaction.frames.len() >= limit {
             return Err(Fault::TransactionTooLarge(limit));
         }
-        frames.push(frame);
+        let cost = frame_weight(&frame);
+        self.charge("a frame buffered in a transaction", cost)?;
+        let id = id.to_string();
+        let transaction = self.transactions.get_mut(&id).expect("looked up above");
+        transaction.charged += cost;
+        transaction.frames.push(frame);
         Ok(None)
     }
 
@@ -459,17 +547,23 @@ impl Session {
                 AckMode::parse(mode).ok_or_else(|| Fault::InvalidAckMode(mode.to_string()))?
             }
         };
+        let prefetch = match frame.get(PREFETCH_HEADER) {
+            None => 0,
+            Some(value) => value
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| Fault::InvalidPrefetch(value.to_string()))?
+                as usize,
+        };
         destination::check_length(&dest).map_err(|e| Fault::InvalidDestination(e.to_string()))?;
         self.authorize(Operation::Subscribe, &dest).await?;
         let target = destination::for_subscribe(&dest, self.user())
             .map_err(|e| Fault::InvalidDestination(e.to_string()))?;
-        let sub = Arc::new(Subscription::new(
-            id.clone(),
-            target,
-            ack,
-            self.endpoint.clone(),
-            self.version,
-        ));
+        self.charge("a subscription", subscription_weight(&id, &target))?;
+        let sub = Arc::new(
+            Subscription::new(id.clone(), target, ack, self.endpoint.clone(), self.version)
+                .with_prefetch(prefetch),
+        );
         self.tenant().subscribe(sub.clone());
         self.subs.insert(id, sub);
         Ok(())
@@ -496,6 +590,9 @@ impl Session {
 
     fn drop_subscription(&self, sub: &Arc<Subscription>) {
         let Some(tenant) = &self.tenant else { return };
+        self.endpoint
+            .budget
+            .give_back(subscription_weight(&sub.id, &sub.target));
         tenant.unsubscribe(sub);
         for unacked in sub.close() {
             if let Some((queue, message)) = unacked.requeue {
@@ -524,15 +621,28 @@ impl Session {
             return Ok(());
         };
         let settled = sub.settle(seq);
+        let tenant = self.tenant();
         if frame.command == Command::Nack {
-            let tenant = self.tenant();
             for unacked in settled {
                 if let Some((queue, message)) = unacked.requeue {
                     tenant.broker.requeue(&queue, message, self.id());
                 }
             }
         }
+        // Settling made room under the prefetch count and the budget.
+        if let Target::Queue(dest) = &sub.target {
+            tenant.broker.pump(dest);
+        }
         Ok(())
+    }
+
+    /// Removes a transaction, giving back what it was charged, and returns its frames.
+    fn close_transaction(&mut self, id: &str) -> Vec<Frame> {
+        let Some(transaction) = self.transactions.remove(id) else {
+            return Vec::new();
+        };
+        self.endpoint.budget.give_back(transaction.charged);
+        transaction.frames
     }
 
     fn transaction_id(&self, frame: &Frame) -> Result<String, Fault> {
@@ -552,13 +662,15 @@ impl Session {
         if self.transactions.len() >= max {
             return Err(Fault::TooManyTransactions(max));
         }
-        self.transactions.insert(id.to_string(), Vec::new());
+        self.transactions
+            .insert(id.to_string(), Transaction::default());
         Ok(())
     }
 
     async fn commit(&mut self, frame: &Frame) -> Outcome {
         let id = self.transaction_id(frame)?;
-        let frames = self.transactions.remove(&id).unwrap_or_default();
+        let frames = self.close_transaction(&id);
+        self.pump_queues();
         for mut frame in frames {
             frame.headers.retain(|(k, _)| k != "transaction");
             match frame.command {
@@ -603,7 +715,11 @@ impl Session {
     /// Releases everything the session holds in the broker: subscriptions (requeueing
     /// unacknowledged queue messages), its user registration, open transactions (aborted).
     pub fn end(&mut self) {
-        self.transactions.clear();
+        let open: Vec<String> = self.transactions.keys().cloned().collect();
+        for id in open {
+            self.close_transaction(&id);
+        }
+        self.clear_verdicts();
         let subs: Vec<_> = self.subs.drain().map(|(_, s)| s).collect();
         for sub in &subs {
             self.drop_subscription(sub);
@@ -623,6 +739,31 @@ impl Drop for Session {
             self.end();
         }
     }
+}
+
+/// The SUBSCRIBE header that bounds how many messages a client-ack queue consumer holds
+/// unacknowledged (RabbitMQ's name and meaning; 0 or absent = no count limit).
+pub const PREFETCH_HEADER: &str = "prefetch-count";
+
+/// What a subscription is charged to the connection's budget: its id and destination are kept
+/// about three times over (the session's map, the subscription, the broker's index).
+fn subscription_weight(id: &str, target: &Target) -> usize {
+    let names = match target {
+        Target::Topic(dest) | Target::Queue(dest) => dest.len(),
+        Target::User { user, dest } => user.len() + dest.len(),
+    };
+    SUBSCRIPTION_OVERHEAD + 2 * id.len() + 3 * names
+}
+
+/// What a frame buffered in a transaction is charged.
+fn frame_weight(frame: &Frame) -> usize {
+    FRAME_OVERHEAD
+        + frame.body.len()
+        + frame
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + HEADER_OVERHEAD)
+            .sum::<usize>()
 }
 
 /// Keeps the first of repeated headers, as the spec says receivers read them.

@@ -240,7 +240,7 @@ mod tests {
     use tokio::sync::oneshot;
 
     fn endpoint() -> Arc<Endpoint> {
-        Arc::new(Endpoint::new(Arc::from("s-1"), 1 << 20))
+        Arc::new(Endpoint::new(Arc::from("s-1"), 1 << 20, 1 << 20))
     }
 
     /// Everything written until the outbox closes (or nothing more is queued).

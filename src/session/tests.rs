@@ -38,7 +38,14 @@ fn harness_with(
         .unwrap();
     let metrics = Arc::new(Metrics::default());
     let tenants = Tenants::from_iter(config.tenants.iter().map(|t| {
-        let tenant = Tenant::new(t, &config.server, cluster.clone(), metrics.clone());
+        let node_backlog = Arc::new(crate::broker::Budget::new(config.server.node_backlog_bytes));
+        let tenant = Tenant::new(
+            t,
+            &config.server,
+            &node_backlog,
+            cluster.clone(),
+            metrics.clone(),
+        );
         match &policy {
             Some(p) => tenant.with_policy(p.clone()),
             None => tenant,
@@ -939,4 +946,155 @@ async fn a_destination_name_has_a_length_limit() {
     assert!(String::from_utf8_lossy(&error.body).contains("at most 1024"));
     let mut s = h.connected("alice").await;
     expect_error(&mut s, send(&long, "x", &[]), "invalid destination").await;
+}
+
+/// The smallest budget the configuration allows: four frames of the default largest size.
+const SMALL_BUDGET: &str = "[server]\nconnection_memory_bytes = 262144\n";
+
+#[tokio::test]
+async fn transactions_are_bounded_by_the_memory_budget_in_bytes() {
+    let h = harness_with(Arc::new(Standalone), None, SMALL_BUDGET);
+    let mut s = h.connected("alice").await;
+    let body = "x".repeat(60_000);
+    let mut buffered = 0;
+    let error = loop {
+        let tx = format!("t{}", buffered % 16);
+        if buffered < 16 {
+            s.handle(frame(Command::Begin, &[("transaction", &tx)]))
+                .await;
+        }
+        let flow = s
+            .handle(send("/topic/t", &body, &[("transaction", &tx)]))
+            .await;
+        if flow == Flow::Close {
+            break out(&s).await.pop().unwrap();
+        }
+        buffered += 1;
+    };
+    assert_eq!(
+        buffered, 4,
+        "four 60 KB frames fit in 256 KiB, the fifth does not"
+    );
+    assert_eq!(
+        error.get("message"),
+        Some("connection memory budget exceeded")
+    );
+    let detail = String::from_utf8_lossy(&error.body);
+    assert!(
+        detail.contains("server.connection_memory_bytes"),
+        "{detail}"
+    );
+    assert!(detail.contains("262144"), "{detail}");
+    s.end();
+    assert_eq!(s.endpoint().budget.used(), 0, "everything given back");
+}
+
+#[tokio::test]
+async fn what_a_transaction_held_is_given_back_at_commit_and_abort() {
+    let h = harness_with(Arc::new(Standalone), None, SMALL_BUDGET);
+    let mut s = h.connected("alice").await;
+    let body = "x".repeat(60_000);
+    // Far more than the budget over the session's life, never more than it at once.
+    for round in 0..20 {
+        let tx = format!("t{round}");
+        s.handle(frame(Command::Begin, &[("transaction", &tx)]))
+            .await;
+        for _ in 0..3 {
+            let flow = s
+                .handle(send("/topic/t", &body, &[("transaction", &tx)]))
+                .await;
+            assert_eq!(flow, Flow::Continue, "round {round}");
+        }
+        let end = if round % 2 == 0 {
+            Command::Commit
+        } else {
+            Command::Abort
+        };
+        assert_eq!(
+            s.handle(frame(end, &[("transaction", &tx)])).await,
+            Flow::Continue
+        );
+    }
+    assert!(
+        s.endpoint().budget.used() < 10_000,
+        "only the verdict cache remains"
+    );
+}
+
+#[tokio::test]
+async fn subscriptions_are_bounded_by_the_memory_budget() {
+    let h = harness_with(Arc::new(Standalone), None, SMALL_BUDGET);
+    let mut s = h.connected("alice").await;
+    let mut held = 0;
+    let error = loop {
+        let dest = format!("/topic/{held:04}{}", "n".repeat(1000));
+        let flow = s
+            .handle(frame(
+                Command::Subscribe,
+                &[("id", &held.to_string()), ("destination", &dest)],
+            ))
+            .await;
+        if flow == Flow::Close {
+            break out(&s).await.pop().unwrap();
+        }
+        held += 1;
+    };
+    // Each costs about 3 KB of the budget and 1 KB of cached verdict.
+    assert!((40..100).contains(&held), "{held} subscriptions");
+    assert_eq!(
+        error.get("message"),
+        Some("connection memory budget exceeded")
+    );
+}
+
+#[tokio::test]
+async fn the_verdict_cache_is_bounded_in_bytes_and_starts_over() {
+    let h = harness();
+    let mut s = h.connected("alice").await;
+    // 16,000 distinct 1,000-byte destinations: 16 MB of names if all were kept.
+    for i in 0..16_000 {
+        let dest = format!("/topic/{i:05}{}", "d".repeat(990));
+        assert_eq!(s.handle(send(&dest, "x", &[])).await, Flow::Continue);
+        assert!(
+            s.verdict_bytes <= VERDICT_CACHE_BYTES,
+            "{} bytes",
+            s.verdict_bytes
+        );
+    }
+    assert!(s.endpoint().budget.used() <= VERDICT_CACHE_BYTES);
+    assert!(!s.verdicts.is_empty());
+}
+
+#[tokio::test]
+async fn prefetch_count_must_be_a_number() {
+    let h = harness();
+    let mut s = h.connected("alice").await;
+    let error = expect_error(
+        &mut s,
+        frame(
+            Command::Subscribe,
+            &[
+                ("id", "1"),
+                ("destination", "/queue/q"),
+                ("ack", "client"),
+                ("prefetch-count", "many"),
+            ],
+        ),
+        "invalid prefetch-count",
+    )
+    .await;
+    assert!(String::from_utf8_lossy(&error.body).contains("'many'"));
+}
+
+#[tokio::test]
+async fn a_partial_frame_must_fit_in_what_the_budget_has_left() {
+    let h = harness_with(Arc::new(Standalone), None, SMALL_BUDGET);
+    let mut s = h.connected("alice").await;
+    assert_eq!(s.check_partial_frame(60_000), Flow::Continue);
+    assert_eq!(s.check_partial_frame(300_000), Flow::Close);
+    let error = out(&s).await.pop().unwrap();
+    assert_eq!(
+        error.get("message"),
+        Some("connection memory budget exceeded")
+    );
 }
