@@ -88,6 +88,10 @@ async fn metrics(axum::extract::State(node): axum::extract::State<Arc<Node>>) ->
         .tenants()
         .map(|t| t.broker.connected_users().len())
         .sum();
+    let (waiting, waiting_bytes) = node.tenants().fold((0, 0), |(m, b), t| {
+        let (tm, tb) = t.broker.backlog();
+        (m + tm, b + tb)
+    });
     let mut extra = vec![
         Sample::gauge(
             "stompbox_connections",
@@ -98,6 +102,16 @@ async fn metrics(axum::extract::State(node): axum::extract::State<Arc<Node>>) ->
             "stompbox_presence_users",
             "Users with a session on this node.",
             presence as u64,
+        ),
+        Sample::gauge(
+            "stompbox_queue_backlog_messages",
+            "Queue messages waiting for a consumer with room, all tenants.",
+            waiting as u64,
+        ),
+        Sample::gauge(
+            "stompbox_queue_backlog_bytes",
+            "Bytes those messages hold (the node's backlog budget counts these).",
+            waiting_bytes as u64,
         ),
         Sample::gauge(
             "stompbox_cluster_ready",
