@@ -23,7 +23,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="$ROOT/target/bench"
-SCENARIOS="fanout targeted latency idle auth cluster"
+SCENARIOS="fanout targeted latency idle auth cluster attack"
 RABBIT_HOME_DIR=/usr/lib/rabbitmq/bin
 
 SCRIPT=scripts/bench.sh
@@ -42,6 +42,8 @@ scenarios: $SCENARIOS
   idle      RSS per connected, subscribed client at 10,000 and at the most the fd limit allows
   auth      connect rate: stompbox with the jwt-auth plugin, RabbitMQ with per-user login
   cluster   2 stompbox nodes + Redis against 1 node (throughput, p99 at 10,000 msgs/s)
+  attack    one hostile connection (transactions, destinations, subscriptions, a queue
+            backlog): what the node's RSS grew by, and a bystander's p99 meanwhile
 
 --small     every scenario once (one round), 50-200 connections, a second or two each
 --rounds N  runs per case and system, alternating systems (default 2; 1 with --small)

@@ -1,4 +1,5 @@
-//! `stompbox-bench`: the load tool for STOMP-over-WebSocket brokers (`run`), the null broker
+//! `stompbox-bench`: the load tool for STOMP-over-WebSocket brokers (`run`), one hostile
+//! connection beside a bystander (`attack`), the null broker
 //! that shows the machine's ceiling beside every broker figure (`null-broker`), and the
 //! benchmark's scenarios that run them both against stompbox and RabbitMQ (`suite`). The
 //! README beside `src/` explains the options and every figure.
@@ -8,6 +9,7 @@
 //! common bug would go unseen, and it needs the client's side (masking, the handshake's
 //! request) that the broker's codecs do not have.
 
+mod attack;
 mod http;
 mod net;
 mod null_broker;
@@ -34,6 +36,8 @@ struct Cli {
 enum Command {
     /// Open subscriber connections, publish, and measure deliveries, latency and memory.
     Run(Box<run::RunOpts>),
+    /// One hostile connection against a broker while a bystander measures its round trip.
+    Attack(attack::AttackOpts),
     /// Serve STOMP over WebSocket as cheaply as possible, as the ceiling for comparison.
     NullBroker(null_broker::NullOpts),
     /// Run the benchmark's scenarios (A B A B) and print one Markdown table.
@@ -64,6 +68,7 @@ pub fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(opts) => run::main(*opts),
+        Command::Attack(opts) => attack::main(opts),
         Command::NullBroker(opts) => null_broker::main(opts),
         Command::Suite(opts) => suite::main(*opts),
         Command::FreePort { count } => {

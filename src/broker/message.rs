@@ -61,6 +61,22 @@ impl Message {
         }
     }
 
+    /// The same message, numbered alike, in buffers of its own: a body cut from a connection's
+    /// read buffer keeps that whole buffer alive, so what waits for long (a queue backlog) is
+    /// copied out, and the memory it holds is the weight it is charged. Encoded tails are not
+    /// carried over; they are made again on delivery.
+    pub fn compacted(&self) -> Message {
+        Message {
+            destination: self.destination.clone(),
+            content: Content {
+                headers: self.content.headers.clone(),
+                body: Bytes::copy_from_slice(&self.content.body),
+            },
+            seq: self.seq,
+            tails: Default::default(),
+        }
+    }
+
     /// The destination header of its MESSAGE frames.
     pub fn destination(&self) -> &str {
         &self.destination

@@ -380,6 +380,7 @@ impl Broker {
                         });
                     }
                 }
+                let message = Arc::new(message.compacted());
                 let weight = message.weight();
                 self.backlog
                     .take(index.backlog_total, weight)
@@ -448,6 +449,7 @@ impl Broker {
                 return;
             }
         }
+        let message = Arc::new(message.compacted());
         let weight = message.weight();
         self.backlog.force(weight);
         index.backlog_total += 1;

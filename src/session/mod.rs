@@ -459,6 +459,10 @@ impl Session {
         let cost = frame_weight(&frame);
         self.charge("a frame buffered in a transaction", cost)?;
         let id = id.to_string();
+        // Kept until COMMIT: copied out of the read buffer it was cut from, so that it holds
+        // what it is charged and not the whole buffer.
+        let mut frame = frame;
+        frame.body = Bytes::copy_from_slice(&frame.body);
         let transaction = self.transactions.get_mut(&id).expect("looked up above");
         transaction.charged += cost;
         transaction.frames.push(frame);

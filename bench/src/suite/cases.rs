@@ -5,7 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::table::grouped;
-use super::table::{F_CONNECT_RATE, F_P50, F_P99, F_P999, F_RATE, F_RSS_PER_CONN};
+use super::table::{
+    F_BYSTANDER_P99, F_CONNECT_RATE, F_P50, F_P99, F_P999, F_RATE, F_RSS_ADDED, F_RSS_PER_CONN,
+};
 
 /// The publish API's key in every stompbox node the suite starts.
 pub const API_KEY: &str = "bench-api-key-0123456789abcdef";
@@ -72,16 +74,18 @@ pub enum Scenario {
     Idle,
     Auth,
     Cluster,
+    Attack,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Fanout,
         Scenario::Targeted,
         Scenario::Latency,
         Scenario::Idle,
         Scenario::Auth,
         Scenario::Cluster,
+        Scenario::Attack,
     ];
 
     /// Its name for `--only`.
@@ -93,6 +97,7 @@ impl Scenario {
             Scenario::Idle => "idle",
             Scenario::Auth => "auth",
             Scenario::Cluster => "cluster",
+            Scenario::Attack => "attack",
         }
     }
 
@@ -109,6 +114,7 @@ impl Scenario {
             Scenario::Idle => "4. idle memory",
             Scenario::Auth => "5. connect with auth",
             Scenario::Cluster => "6. cluster",
+            Scenario::Attack => "7. one hostile connection",
         }
     }
 }
@@ -153,6 +159,10 @@ pub const MEMORY: &[Figure] = &[
     figure("connects/s, no auth", F_CONNECT_RATE, Better::Max),
 ];
 pub const CONNECT: &[Figure] = &[figure("connects/s", F_CONNECT_RATE, Better::Max)];
+pub const ATTACK: &[Figure] = &[
+    figure("MiB the node grew", F_RSS_ADDED, Better::Min),
+    figure("bystander p99 ms", F_BYSTANDER_P99, Better::Min),
+];
 
 /// What one run of a case asks of the load tool.
 #[derive(Debug, Clone, PartialEq)]
@@ -191,6 +201,17 @@ pub enum Load {
         rate: Option<(usize, u64)>,
         messages: usize,
     },
+    /// One hostile connection of `kind` (an `attack --kind` value) sending `count` frames at
+    /// most, beside a bystander (`stompbox-bench attack`).
+    Attack { kind: &'static str, count: usize },
+}
+
+/// The load tool's subcommand for `load`.
+pub fn subcommand(load: &Load) -> &'static str {
+    match load {
+        Load::Attack { .. } => "attack",
+        _ => "run",
+    }
 }
 
 /// One case: a row group of the table, run on each of `systems`, round after round.
@@ -482,6 +503,37 @@ pub fn plan(small: bool, machine: &Machine) -> Vec<Case> {
         },
         RATE,
     ));
+    // 7. one hostile connection, each as the hardening review found it, beside a bystander.
+    let attacks = [
+        ("transactions", pick(200, 16_000)),
+        ("destinations", pick(200, 16_000)),
+        ("subscriptions", pick(200, 1_000)),
+        ("backlog", pick(200, 12_000)),
+    ];
+    for (kind, count) in attacks {
+        let title = match kind {
+            "transactions" => format!("16 transactions filled with {} SENDs of 60 KB", n(count)),
+            "destinations" => format!("SENDs to {} distinct 1,000-byte destinations", n(count)),
+            "subscriptions" => format!("{} subscriptions with 1,000-byte names", n(count)),
+            _ => format!("{} SENDs of 60 KB to a queue nobody consumes", n(count)),
+        };
+        let mut c = case(
+            Scenario::Attack,
+            format!("attack-{kind}"),
+            title,
+            &[Stompbox],
+            Load::Attack { kind, count },
+            ATTACK,
+        );
+        if kind == "transactions" {
+            c.note = "one connection sends the frames as fast as the node reads them while a \
+                      bystander sends itself a message every 2 ms; the node's growth is its \
+                      peak RSS during the attack over its RSS before. How each attack ended \
+                      (the ERROR that refused it, or its receipt) is in results.jsonl (`ended`)"
+                .into();
+        }
+        cases.push(c);
+    }
     if machine.baseline {
         for c in &mut cases {
             c.systems = with_before(&c.systems);
@@ -682,6 +734,11 @@ pub fn args(load: &Load, system: System, ep: &Endpoint, tokens: Option<&Path>) -
             ]));
             a
         }
+        Load::Attack { kind, count } => flags(&[
+            ("--url", ep.url.clone()),
+            ("--kind", kind.into()),
+            ("--count", count.to_string()),
+        ]),
         Load::Cluster {
             users,
             rate,
@@ -738,7 +795,11 @@ mod tests {
                 "idle-200",
                 "auth",
                 "cluster-steady",
-                "cluster-max"
+                "cluster-max",
+                "attack-transactions",
+                "attack-destinations",
+                "attack-subscriptions",
+                "attack-backlog"
             ]
         );
         assert_eq!(

@@ -48,7 +48,8 @@ pub struct SuiteOpts {
     /// each.
     #[arg(long)]
     pub small: bool,
-    /// Only these scenarios (comma list): fanout, targeted, latency, idle, auth, cluster.
+    /// Only these scenarios (comma list): fanout, targeted, latency, idle, auth, cluster,
+    /// attack.
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Runs per case and system, alternating systems (default 2; 1 with --small).
@@ -400,7 +401,7 @@ impl Suite {
         for pid in &ep.pids {
             args.extend(["--node-pid".to_string(), pid.to_string()]);
         }
-        self.run_tool(label, args, case.timeout)
+        self.run_tool(label, cases::subcommand(&case.load), args, case.timeout)
     }
 
     /// One HS256 JWT per user u0..u{n-1}, a line each, valid for an hour (it outlasts any
@@ -422,10 +423,11 @@ impl Suite {
         Ok(path)
     }
 
-    /// `stompbox-bench run ARGS --label LABEL --json`: its JSON line, and the command.
+    /// `stompbox-bench SUBCOMMAND ARGS --label LABEL --json`: its JSON line, and the command.
     fn run_tool(
         &mut self,
         label: &str,
+        subcommand: &str,
         args: Vec<String>,
         timeout: Duration,
     ) -> Result<(serde_json::Value, Vec<String>), Failure> {
@@ -435,7 +437,7 @@ impl Suite {
             .logs
             .join(format!("run-{:03}.log", self.serial));
         let bin = &self.systems.bench_bin;
-        let mut argv = vec![bin.to_string_lossy().into_owned(), "run".into()];
+        let mut argv = vec![bin.to_string_lossy().into_owned(), subcommand.into()];
         argv.extend(args);
         argv.extend(["--label".into(), label.into(), "--json".into()]);
         std::fs::write(&err_path, format!("{}\n", argv.join(" ")))?;
@@ -498,6 +500,9 @@ fn summary(figures: &serde_json::Value) -> String {
         F_P50,
         F_P99,
         F_RSS_PER_CONN,
+        F_FRAMES_SENT,
+        F_RSS_ADDED,
+        F_BYSTANDER_P99,
     ]
     .iter()
     .filter_map(|name| {

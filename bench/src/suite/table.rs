@@ -20,6 +20,10 @@ pub const F_P99: &str = "latency_ms.p99";
 pub const F_P999: &str = "latency_ms.p999";
 pub const F_RSS_PER_CONN: &str = "rss_per_conn_kib";
 pub const F_TOOL_CPU: &str = "tool_cpu_pct";
+// The names `stompbox-bench attack --json` prints (attack.rs).
+pub const F_RSS_ADDED: &str = "rss_added_mib";
+pub const F_BYSTANDER_P99: &str = "bystander_ms.p99";
+pub const F_FRAMES_SENT: &str = "frames_sent";
 pub const F_OTHER_CPU: &str = "other_cpu_pct";
 
 /// Past this (percent of one core) a figure is marked: the tool, not the broker, may be the
