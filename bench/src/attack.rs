@@ -5,7 +5,9 @@
 //!
 //! The attacker writes as fast as the broker reads; a broker that refuses ends the attack with
 //! an ERROR, which is reported as how it ended. Every attack finishes with a frame asking for
-//! a receipt, so what was sent has been handled before the memory is read.
+//! a receipt, so what was sent has been handled before the next begins. One attacker follows
+//! another, one at a time, for `--secs`: the bystander's figure rests on seconds of probes,
+//! not on the fraction of a second a refused attacker lasts.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -61,6 +63,10 @@ pub struct AttackOpts {
     /// The broker processes whose memory is measured, repeatable.
     #[arg(long = "node-pid")]
     pub node_pids: Vec<u32>,
+    /// How long to go on: each attacker that ends (refused, or its frames all sent and
+    /// answered) is followed by another until this many seconds have passed.
+    #[arg(long, default_value_t = 5.0)]
+    pub secs: f64,
     /// How often the bystander sends itself a message, in ms.
     #[arg(long, default_value_t = 2)]
     pub probe_ms: u64,
@@ -195,9 +201,11 @@ fn first_line(frame: &[u8]) -> String {
     }
 }
 
-/// The bystander's round trips, in ms, gathered while the attack runs.
+/// The bystander's round trips, in ms, gathered while the attack runs (it probes from its
+/// start, but keeps only the round trips that began while `measuring`).
 struct Bystander {
     samples: Arc<Mutex<Vec<f64>>>,
+    measuring: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -215,14 +223,16 @@ impl Bystander {
             );
         }
         let samples = Arc::new(Mutex::new(Vec::new()));
+        let measuring = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn({
-            let (samples, stop) = (samples.clone(), stop.clone());
+            let (samples, measuring, stop) = (samples.clone(), measuring.clone(), stop.clone());
             async move {
                 let mut head = stomp::send_head(&topic);
                 head.extend_from_slice(b"probe\0");
                 while !stop.load(Ordering::Relaxed) {
                     let sent = Instant::now();
+                    let counted = measuring.load(Ordering::Relaxed);
                     conn.send(&head).await?;
                     loop {
                         let frame = conn.next(Duration::from_secs(30)).await?;
@@ -230,8 +240,10 @@ impl Bystander {
                             break;
                         }
                     }
-                    let ms = sent.elapsed().as_secs_f64() * 1e3;
-                    samples.lock().unwrap_or_else(|e| e.into_inner()).push(ms);
+                    if counted {
+                        let ms = sent.elapsed().as_secs_f64() * 1e3;
+                        samples.lock().unwrap_or_else(|e| e.into_inner()).push(ms);
+                    }
                     tokio::time::sleep(every).await;
                 }
                 Ok(())
@@ -239,13 +251,20 @@ impl Bystander {
         });
         Ok(Bystander {
             samples,
+            measuring,
             stop,
             task,
         })
     }
 
-    /// Stops probing; the round trips measured, in ms.
+    /// From now on, round trips count.
+    fn measure(&self) {
+        self.measuring.store(true, Ordering::Relaxed);
+    }
+
+    /// Stops counting and probing; the round trips counted, in ms.
     async fn finish(self) -> anyhow::Result<Vec<f64>> {
+        self.measuring.store(false, Ordering::Relaxed);
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.context("the bystander's task")??;
         let samples = self
@@ -336,41 +355,50 @@ fn frames(kind: Kind, count: usize) -> Vec<Vec<u8>> {
 async fn attack(opts: AttackOpts) -> anyhow::Result<()> {
     let url = Url::parse(&opts.url, "ws")?;
     let bystander = Bystander::start(&url, Duration::from_millis(opts.probe_ms)).await?;
-    let mut attacker = Conn::open(&url, 11, "mallory").await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss(&opts.node_pids);
     let stop_watch = Arc::new(AtomicBool::new(false));
     let peak = watch_peak(opts.node_pids.clone(), stop_watch.clone());
     let started = Instant::now();
+    let deadline = started + Duration::from_secs_f64(opts.secs);
+    bystander.measure();
 
     let plan = frames(opts.kind, opts.count);
-    let mut sent = 0usize;
-    let mut sent_bytes = 0usize;
+    let (mut rounds, mut sent, mut sent_bytes) = (0u64, 0usize, 0usize);
     let mut ended = None;
-    for frame in &plan {
-        if let Some(reply) = attacker.arrived() {
-            ended = Some(first_line(&reply));
+    // One attacker at a time, again as soon as the last one ended, until the time is up.
+    loop {
+        let mut attacker = Conn::open(&url, 11 + rounds, "mallory").await?;
+        let mut this_end = None;
+        for frame in &plan {
+            if let Some(reply) = attacker.arrived() {
+                this_end = Some(first_line(&reply));
+                break;
+            }
+            if attacker.send(frame).await.is_err() {
+                break;
+            }
+            sent += 1;
+            sent_bytes += frame.len();
+        }
+        if this_end.is_none() {
+            // The receipt, or the ERROR the broker ended the attack with.
+            this_end = Some(match attacker.next(Duration::from_secs(120)).await {
+                Ok(reply) => first_line(&reply),
+                Err(e) => e.to_string(),
+            });
+        }
+        rounds += 1;
+        ended = ended.or(this_end);
+        if Instant::now() >= deadline {
             break;
         }
-        if attacker.send(frame).await.is_err() {
-            break;
-        }
-        sent += 1;
-        sent_bytes += frame.len();
-    }
-    if ended.is_none() {
-        // The receipt, or the ERROR the broker ended the attack with.
-        ended = Some(match attacker.next(Duration::from_secs(120)).await {
-            Ok(reply) => first_line(&reply),
-            Err(e) => e.to_string(),
-        });
     }
     let attack_secs = started.elapsed().as_secs_f64();
+    let mut samples = bystander.finish().await?;
     stop_watch.store(true, Ordering::Relaxed);
     let rss_peak = peak.await.context("the memory watcher")?;
     let rss_after = rss(&opts.node_pids);
-    let mut samples = bystander.finish().await?;
-    drop(attacker);
     samples.sort_by(f64::total_cmp);
 
     let ended = ended.unwrap_or_default();
@@ -378,6 +406,7 @@ async fn attack(opts: AttackOpts) -> anyhow::Result<()> {
     let report = json!({
         "label": opts.label,
         "kind": opts.kind.name(),
+        "attackers": rounds,
         "frames_sent": sent,
         "bytes_sent": sent_bytes,
         "ended": ended,
@@ -398,7 +427,7 @@ async fn attack(opts: AttackOpts) -> anyhow::Result<()> {
         println!("{report}");
     } else {
         println!(
-            "{}: {} frames ({:.1} MB) in {attack_secs:.1}s, ended: {ended}\n\
+            "{}: {rounds} attackers, {} frames ({:.1} MB) in {attack_secs:.1}s; the first ended: {ended}\n\
              broker RSS {rss_before} KiB before, {rss_peak} KiB at the peak: +{added_mib:.1} MiB\n\
              bystander round trip over {} probes: p50 {} ms, p99 {} ms",
             opts.kind.name(),

@@ -203,7 +203,11 @@ pub enum Load {
     },
     /// One hostile connection of `kind` (an `attack --kind` value) sending `count` frames at
     /// most, beside a bystander (`stompbox-bench attack`).
-    Attack { kind: &'static str, count: usize },
+    Attack {
+        kind: &'static str,
+        count: usize,
+        secs: u64,
+    },
 }
 
 /// The load tool's subcommand for `load`.
@@ -522,14 +526,21 @@ pub fn plan(small: bool, machine: &Machine) -> Vec<Case> {
             format!("attack-{kind}"),
             title,
             &[Stompbox],
-            Load::Attack { kind, count },
+            Load::Attack {
+                kind,
+                count,
+                secs: pick(1, 5) as u64,
+            },
             ATTACK,
         );
         if kind == "transactions" {
-            c.note = "one connection sends the frames as fast as the node reads them while a \
-                      bystander sends itself a message every 2 ms; the node's growth is its \
-                      peak RSS during the attack over its RSS before. How each attack ended \
-                      (the ERROR that refused it, or its receipt) is in results.jsonl (`ended`)"
+            c.note = "one connection sends the frames as fast as the node reads them, and when it \
+                      has ended (refused with an ERROR, or all sent and answered) the next \
+                      attacker starts, for 5 s (1 s small); meanwhile a bystander sends itself \
+                      a message every 2 ms. The node's growth is its peak RSS during the attack \
+                      over its RSS before; the bystander's p99 is over its round trips during \
+                      the attack. How the first attacker ended (the ERROR that refused it, or \
+                      its receipt) is in results.jsonl (`ended`)"
                 .into();
         }
         cases.push(c);
@@ -734,10 +745,11 @@ pub fn args(load: &Load, system: System, ep: &Endpoint, tokens: Option<&Path>) -
             ]));
             a
         }
-        Load::Attack { kind, count } => flags(&[
+        Load::Attack { kind, count, secs } => flags(&[
             ("--url", ep.url.clone()),
             ("--kind", kind.into()),
             ("--count", count.to_string()),
+            ("--secs", secs.to_string()),
         ]),
         Load::Cluster {
             users,
