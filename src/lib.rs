@@ -10,6 +10,7 @@ pub mod broker;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod node;

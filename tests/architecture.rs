@@ -18,6 +18,7 @@ const RULES: &[(&str, &[&str])] = &[
     ("policy", &["util"]),
     ("plugin", &["policy", "util"]),
     ("broker", &["stomp", "util"]),
+    ("history", &["broker", "util"]),
     ("cluster", &["broker", "metrics", "util"]),
     (
         "tenant",
