@@ -59,6 +59,9 @@ pub struct Config {
     /// The SockJS endpoint.
     #[serde(default)]
     pub sockjs: SockJsConfig,
+    /// What is kept of user messages for sessions that are not there yet.
+    #[serde(default)]
+    pub history: HistoryConfig,
     /// The tenants this node serves.
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
@@ -99,6 +102,34 @@ impl Default for SockJsConfig {
             response_limit_bytes: 128 * 1024,
             client_url: "/vendor/sockjs-client/sockjs.min.js".into(),
             trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// `[history]`: user messages are stored before they are answered or delivered, and a
+/// session that subscribes gets what it missed. Tenants may change the retention or opt out.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HistoryConfig {
+    /// Store user messages (tenants may opt out with `history = false`).
+    pub enabled: bool,
+    /// Messages kept per user, oldest dropped first (a tenant's `history_max_messages`
+    /// overrides it).
+    pub max_messages: usize,
+    /// How long a message is kept, in ms (a tenant's `history_max_age_ms` overrides it).
+    pub max_age_ms: u64,
+    /// Bytes the node's stores may hold, all tenants together; past it a user message is
+    /// refused (503) rather than kept.
+    pub max_bytes: usize,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> HistoryConfig {
+        HistoryConfig {
+            enabled: true,
+            max_messages: 1_000,
+            max_age_ms: 24 * 60 * 60 * 1000,
+            max_bytes: 256 << 20,
         }
     }
 }
@@ -258,11 +289,23 @@ pub struct TenantConfig {
     /// A Redis channel where backends of the replaced system PUBLISH seed-format JSON
     /// (`{"receiver", "channelCode", "content"}`); one node of the cluster handles each.
     pub redis_ingress_channel: Option<String>,
+    /// Store this tenant's user messages (when `[history] enabled`); `false` keeps today's
+    /// at-most-once delivery and its speed.
+    #[serde(default = "default_true")]
+    pub history: bool,
+    /// Messages kept per user for this tenant (default: `[history] max_messages`).
+    pub history_max_messages: Option<usize>,
+    /// How long this tenant's messages are kept, in ms (default: `[history] max_age_ms`).
+    pub history_max_age_ms: Option<u64>,
     /// Origins (`https://app.example.com`) whose pages may open WebSocket and SockJS
     /// connections; `"*"` allows any. Same-origin pages and clients that send no `Origin`
     /// (backends, command-line tools) are always allowed.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_plugin_deadline_ms() -> u64 {
@@ -284,7 +327,18 @@ impl TenantConfig {
             plugin_deadline_ms: default_plugin_deadline_ms(),
             plugin_memory_bytes: default_plugin_memory_bytes(),
             redis_ingress_channel: None,
+            history: true,
+            history_max_messages: None,
+            history_max_age_ms: None,
             allowed_origins: Vec::new(),
+        }
+    }
+
+    /// This tenant's retention under `defaults`.
+    pub fn retention(&self, defaults: &HistoryConfig) -> crate::history::Retention {
+        crate::history::Retention {
+            max_messages: self.history_max_messages.unwrap_or(defaults.max_messages),
+            max_age_ms: self.history_max_age_ms.unwrap_or(defaults.max_age_ms),
         }
     }
 }
@@ -433,6 +487,36 @@ impl Config {
                 "server.admin_token",
                 "an admin token must have at least 16 characters",
             ));
+        }
+        let h = &self.history;
+        if h.max_messages == 0 {
+            return Err(invalid("history.max_messages", "must be at least 1"));
+        }
+        if h.max_age_ms < 1_000 {
+            return Err(invalid("history.max_age_ms", "must be at least 1000"));
+        }
+        if h.max_bytes < 4 * s.max_frame_bytes {
+            return Err(invalid(
+                "history.max_bytes",
+                format!(
+                    "must be at least 4 × server.max_frame_bytes ({})",
+                    4 * s.max_frame_bytes
+                ),
+            ));
+        }
+        for (i, t) in self.tenants.iter().enumerate() {
+            if t.history_max_messages == Some(0) {
+                return Err(invalid(
+                    format!("tenants[{i}].history_max_messages"),
+                    "must be at least 1",
+                ));
+            }
+            if t.history_max_age_ms.is_some_and(|ms| ms < 1_000) {
+                return Err(invalid(
+                    format!("tenants[{i}].history_max_age_ms"),
+                    "must be at least 1000",
+                ));
+            }
         }
         let j = &self.sockjs;
         if j.heartbeat_ms < 100 {
@@ -591,6 +675,25 @@ mod tests {
             .finish(Overrides::default())
             .unwrap_err();
         assert!(err.to_string().contains("tenants[1].id"), "{err}");
+        for (toml, key) in [
+            ("[history]\nmax_messages = 0\n", "history.max_messages"),
+            ("[history]\nmax_age_ms = 5\n", "history.max_age_ms"),
+            ("[history]\nmax_bytes = 1000\n", "history.max_bytes"),
+            (
+                "[[tenants]]\nid = \"a\"\nhistory_max_messages = 0\n",
+                "tenants[0].history_max_messages",
+            ),
+            (
+                "[[tenants]]\nid = \"a\"\nhistory_max_age_ms = 10\n",
+                "tenants[0].history_max_age_ms",
+            ),
+        ] {
+            let err = Config::from_toml(toml)
+                .unwrap()
+                .finish(Overrides::default())
+                .unwrap_err();
+            assert!(err.to_string().contains(key), "{toml}: {err}");
+        }
     }
 
     #[test]

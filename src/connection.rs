@@ -16,7 +16,7 @@ use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::broker::outbox::{Closing, Item};
+use crate::broker::outbox::{Closing, Item, Written};
 use crate::broker::Endpoint;
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -180,6 +180,13 @@ async fn write_loop<O: TransportOut>(
             }
         };
         if !batch.items.is_empty() {
+            // Stored messages' cursors move once their frames are written (no allocation for
+            // a batch without any).
+            let marks: Vec<Written> = batch
+                .items
+                .iter()
+                .filter_map(|i| i.written.clone())
+                .collect();
             let written = if batch.then_close == Some(Closing::SlowConsumer) {
                 // The batch is the slow-consumer ERROR itself: give it a moment to get out.
                 timeout(SLOW_CONSUMER_GOODBYE, out.write(batch.items))
@@ -205,6 +212,9 @@ async fn write_loop<O: TransportOut>(
             if let Err(e) = written {
                 debug!(error = %e, "write failed");
                 break;
+            }
+            for mark in &marks {
+                mark.record();
             }
         }
         if let Some(closing) = batch.then_close {

@@ -40,7 +40,7 @@ impl DropReason {
 }
 
 /// Why sessions ended with an ERROR, as labels of `stompbox_session_errors_total`.
-pub const SESSION_ERRORS: [&str; 12] = [
+pub const SESSION_ERRORS: [&str; 13] = [
     "authentication_denied",
     "access_denied",
     "policy_unavailable",
@@ -51,6 +51,7 @@ pub const SESSION_ERRORS: [&str; 12] = [
     "shutdown",
     "transport_error",
     "not_accepted",
+    "store_unavailable",
     "limit",
     "protocol_error",
 ];

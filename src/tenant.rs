@@ -13,7 +13,9 @@ use crate::broker::{
     BacklogLimits, Broker, Budget, Content, Interest, RouteError, Subscription, Target,
 };
 use crate::cluster::{Backplane, ClusterError};
-use crate::config::{ServerConfig, TenantConfig, DEFAULT_TENANT};
+use crate::config::{HistoryConfig, ServerConfig, TenantConfig, DEFAULT_TENANT};
+use crate::history::memory::MemoryHistory;
+use crate::history::History;
 use crate::metrics::{DropReason, Metrics};
 use crate::plugin::{PluginLimits, PluginSlot};
 use crate::policy::Policy;
@@ -34,13 +36,22 @@ pub struct Tenant {
     policy: Arc<dyn Policy>,
     pub(crate) cluster: Arc<dyn Backplane>,
     pub(crate) metrics: Arc<Metrics>,
+    /// Where its user messages are stored first; `None` when the tenant opted out.
+    history: Option<Arc<dyn History>>,
+    /// One user's messages are stored and handed to the broker one at a time, so offsets
+    /// reach subscriptions in order; users are spread over these by hash.
+    user_turns: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// How many users' stores may run at once per tenant.
+const USER_TURNS: usize = 64;
 
 impl Tenant {
     pub(crate) fn new(
         config: &TenantConfig,
         server: &ServerConfig,
         node_backlog: &Arc<Budget>,
+        history: Option<Arc<dyn History>>,
         cluster: Arc<dyn Backplane>,
         metrics: Arc<Metrics>,
     ) -> Tenant {
@@ -66,7 +77,22 @@ impl Tenant {
             )),
             api_keys: config.api_keys.clone(),
             allowed_origins: AllowedOrigins::new(&config.allowed_origins),
+            history,
+            user_turns: (0..USER_TURNS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    /// The store of this tenant's user messages, unless it opted out.
+    pub fn history(&self) -> Option<&Arc<dyn History>> {
+        self.history.as_ref()
+    }
+
+    fn user_turn(&self, user: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(user);
+        &self.user_turns[(hash as usize) % self.user_turns.len()]
     }
 
     /// The policy that decides identity and permissions for this tenant.
@@ -135,21 +161,46 @@ pub struct Tenants {
 }
 
 impl Tenants {
-    /// The tenants of `configs`, routing through `cluster`.
+    /// The tenants of `configs`, routing through `cluster`, storing user messages in memory
+    /// under `history` (`None`: nowhere).
     pub fn new(
         configs: &[TenantConfig],
         server: &ServerConfig,
+        history: Option<&HistoryConfig>,
         cluster: &Arc<dyn Backplane>,
         metrics: &Arc<Metrics>,
     ) -> Tenants {
+        let history_budget = history.map(|h| Arc::new(Budget::new(h.max_bytes)));
+        // A new epoch per process: what an earlier process stored is gone, and positions from
+        // it must read as such.
+        let epoch = crate::util::unix_ms();
+        let clock: crate::history::memory::Clock = Arc::new(crate::util::unix_ms);
         // One ceiling for the queues of every tenant, so that together they cannot take the
         // node's memory either.
         let node_backlog = Arc::new(Budget::new(server.node_backlog_bytes));
         let by_id = configs
             .iter()
             .map(|t| {
-                let tenant =
-                    Tenant::new(t, server, &node_backlog, cluster.clone(), metrics.clone());
+                let store = match (history, &history_budget) {
+                    (Some(h), Some(budget)) if h.enabled && t.history => {
+                        let store: Arc<dyn History> = Arc::new(MemoryHistory::new(
+                            epoch,
+                            t.retention(h),
+                            budget.clone(),
+                            clock.clone(),
+                        ));
+                        Some(store)
+                    }
+                    _ => None,
+                };
+                let tenant = Tenant::new(
+                    t,
+                    server,
+                    &node_backlog,
+                    store,
+                    cluster.clone(),
+                    metrics.clone(),
+                );
                 (t.id.clone(), Arc::new(tenant))
             })
             .collect();
@@ -194,13 +245,15 @@ pub struct Delivery {
     pub queued: bool,
     /// The cluster bus was down, so other nodes may have missed it.
     pub cluster_unreachable: bool,
+    /// A user message was stored first: sessions that subscribe later get it.
+    pub stored: bool,
 }
 
 impl Delivery {
     /// True when some session (here or on another node) was given the message, or a queue
     /// keeps it.
     pub fn reached_anyone(&self) -> bool {
-        self.local > 0 || self.nodes > 0 || self.queued
+        self.local > 0 || self.nodes > 0 || self.queued || self.stored
     }
 }
 
@@ -224,7 +277,20 @@ impl Tenant {
                 Some(self.forward_topic(dest, &content, confirm).await)
             }
             Target::User { user, dest } => {
-                delivery.local = self.broker.publish(target, content.clone())?.delivered;
+                delivery.local = match &self.history {
+                    Some(history) => {
+                        let _turn = self.user_turn(user).lock().await;
+                        let position = history
+                            .append(user, dest, &content)
+                            .await
+                            .map_err(|e| RouteError::NotStored(e.to_string()))?;
+                        delivery.stored = true;
+                        self.broker
+                            .publish_at(target, content.clone(), Some(position.offset))?
+                            .delivered
+                    }
+                    None => self.broker.publish(target, content.clone())?.delivered,
+                };
                 Some(self.forward_user(user, dest, &content, confirm).await)
             }
             Target::Queue(dest) => {

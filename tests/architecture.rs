@@ -14,16 +14,16 @@ const RULES: &[(&str, &[&str])] = &[
     ("stomp", &[]),
     ("web", &["util"]),
     ("sockjs", &["web", "util"]),
-    ("config", &["stomp", "web", "util"]),
     ("policy", &["util"]),
     ("plugin", &["policy", "util"]),
     ("broker", &["stomp", "util"]),
     ("history", &["broker", "util"]),
+    ("config", &["history", "stomp", "web", "util"]),
     ("cluster", &["broker", "metrics", "util"]),
     (
         "tenant",
         &[
-            "broker", "cluster", "config", "metrics", "plugin", "policy", "web", "util",
+            "broker", "cluster", "config", "history", "metrics", "plugin", "policy", "web", "util",
         ],
     ),
     ("publish", &["broker", "metrics", "stomp", "tenant", "util"]),
@@ -35,7 +35,9 @@ const RULES: &[(&str, &[&str])] = &[
     ),
     (
         "session",
-        &["broker", "metrics", "policy", "stomp", "tenant", "util"],
+        &[
+            "broker", "history", "metrics", "policy", "stomp", "tenant", "util",
+        ],
     ),
     (
         "connection",

@@ -114,11 +114,14 @@ async fn stomp_over_sockjs_websocket_with_several_frames_per_message() {
         .publish(json!({"receiver": "alice", "destination": "/queue/notice", "content": "x"}))
         .await;
     assert_eq!(status, 202, "{body}");
+    assert_eq!(body["stored"], true, "{body}");
     client.subscribe("2", "/user/queue/notice", "auto").await;
     node.publish(
         json!({"receiver": "alice", "destination": "/queue/notice", "content": "for alice"}),
     )
     .await;
+    // What was sent before the SUBSCRIBE was kept for it, and comes first.
+    client.expect_message("x").await;
     client.expect_message("for alice").await;
     node.stop().await;
 }

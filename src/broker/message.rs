@@ -26,6 +26,9 @@ pub struct Message {
     /// This node's number for the message: the `message-id` of its auto-acknowledged
     /// deliveries, which all share one frame head.
     seq: u64,
+    /// Its offset in its user's stream, when it was stored: MESSAGE frames carry it as
+    /// `x-stream-offset`, and subscriptions fed from the stream deliver each offset once.
+    offset: Option<u64>,
     /// Per version: the encoded tail, and whether it is valid UTF-8 (a WebSocket text message).
     tails: [OnceLock<(Bytes, bool)>; 3],
 }
@@ -41,8 +44,9 @@ const HEADER_OVERHEAD: usize = 56;
 static NEXT_MESSAGE: AtomicU64 = AtomicU64::new(1);
 
 /// Headers a publisher may not set, because the broker writes them itself per delivery.
-pub const RESERVED_HEADERS: [&str; 6] = [
+pub const RESERVED_HEADERS: [&str; 7] = [
     "destination",
+    "x-stream-offset",
     "subscription",
     "message-id",
     "ack",
@@ -53,12 +57,23 @@ pub const RESERVED_HEADERS: [&str; 6] = [
 impl Message {
     /// A message whose MESSAGE frames carry `destination` (the destination as subscribed).
     pub fn new(destination: String, content: Content) -> Message {
+        Message::at_offset(destination, content, None)
+    }
+
+    /// A message stored at `offset` of its user's stream.
+    pub fn at_offset(destination: String, content: Content, offset: Option<u64>) -> Message {
         Message {
             destination,
             content,
             seq: NEXT_MESSAGE.fetch_add(1, Ordering::Relaxed),
+            offset,
             tails: Default::default(),
         }
+    }
+
+    /// Its offset in its user's stream, if it was stored.
+    pub fn offset(&self) -> Option<u64> {
+        self.offset
     }
 
     /// The same message, numbered alike, in buffers of its own: a body cut from a connection's
@@ -73,6 +88,7 @@ impl Message {
                 body: Bytes::copy_from_slice(&self.content.body),
             },
             seq: self.seq,
+            offset: self.offset,
             tails: Default::default(),
         }
     }
@@ -151,6 +167,11 @@ impl Message {
         out.put_slice(b"destination:");
         put_value(&self.destination, version, &mut out);
         out.put_u8(b'\n');
+        if let Some(offset) = self.offset {
+            out.put_slice(b"x-stream-offset:");
+            out.put_slice(itoa(offset).as_bytes());
+            out.put_u8(b'\n');
+        }
         for (name, value) in &self.content.headers {
             put_value(name, version, &mut out);
             out.put_u8(b':');

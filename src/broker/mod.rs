@@ -70,6 +70,9 @@ pub struct Routed {
 /// Why a message could not be routed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RouteError {
+    /// A user message could not be stored, so it was not routed (nor answered as sent).
+    #[error("the message could not be stored: {0}")]
+    NotStored(String),
     /// The queue's message had to wait, and waiting messages are at a limit.
     #[error("queue '{queue}' has no consumer with room and {limit} is reached")]
     BacklogFull {
@@ -349,6 +352,16 @@ impl Broker {
 
     /// Routes `content` to `target`.
     pub fn publish(&self, target: &Target, content: Content) -> Result<Routed, RouteError> {
+        self.publish_at(target, content, None)
+    }
+
+    /// Routes `content` to `target`, stored at `offset` of its user's stream (user targets).
+    pub fn publish_at(
+        &self,
+        target: &Target,
+        content: Content,
+        offset: Option<u64>,
+    ) -> Result<Routed, RouteError> {
         match target {
             Target::Topic(dest) => {
                 let list = self.index().topics.get(dest).cloned();
@@ -362,7 +375,11 @@ impl Broker {
                     .get(user)
                     .and_then(|u| u.dests.get(dest))
                     .cloned();
-                let message = Arc::new(Message::new(destination::user_facing(dest), content));
+                let message = Arc::new(Message::at_offset(
+                    destination::user_facing(dest),
+                    content,
+                    offset,
+                ));
                 Ok(Self::fan_out(list, &message))
             }
             Target::Queue(dest) => {

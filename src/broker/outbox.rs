@@ -52,6 +52,25 @@ pub struct Item {
     pub tail: Bytes,
     /// Both are valid UTF-8: the frame can travel in a WebSocket text message.
     pub text: bool,
+    /// For a stored message: the mark the writer moves once it has written the frame.
+    pub written: Option<Written>,
+}
+
+/// How far the writer got in a subscription's stream: set to an item's offset once the item
+/// was written to the socket (the cursor of an auto-acknowledged user subscription).
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The subscription's mark.
+    pub mark: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The item's offset.
+    pub offset: u64,
+}
+
+impl Written {
+    /// Moves the mark on to this item's offset.
+    pub fn record(&self) {
+        self.mark.fetch_max(self.offset, Ordering::AcqRel);
+    }
 }
 
 impl Item {
@@ -59,7 +78,12 @@ impl Item {
     /// tail, take the check made once per message instead.
     pub fn new(head: Bytes, tail: Bytes) -> Item {
         let text = std::str::from_utf8(&head).is_ok() && std::str::from_utf8(&tail).is_ok();
-        Item { head, tail, text }
+        Item {
+            head,
+            tail,
+            text,
+            written: None,
+        }
     }
 
     /// A frame of static bytes.
@@ -294,6 +318,7 @@ mod tests {
             text: true,
             head: Bytes::from(vec![b'x'; n]),
             tail: Bytes::new(),
+            written: None,
         }
     }
 

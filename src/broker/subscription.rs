@@ -15,7 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::budget::Budget;
 use super::destination::Target;
 use super::message::{itoa, Message};
-use super::outbox::{Item, Outbox, Refused};
+use super::outbox::{Item, Outbox, Refused, Written};
 use crate::stomp::{escape_into, Version};
 
 /// The part of a connection that routing needs: where to put frames and how to number them.
@@ -102,6 +102,7 @@ impl SharedHead {
                 head: head.freeze(),
                 tail: if joined { Bytes::new() } else { tail.clone() },
                 text: message.tail_is_text(version),
+                written: None,
             };
         }
         self.frame.clone()
@@ -141,6 +142,20 @@ pub struct Unacked {
     pub requeue: Option<(Arc<str>, Arc<Message>)>,
     /// Bytes charged to the connection's budget while it is held (given back when settled).
     charged: usize,
+    /// Its offset in the user's stream, for a stored message.
+    pub offset: Option<u64>,
+}
+
+/// A user subscription fed from its user's stream: the next offset it delivers, and the live
+/// messages held while the stream is read for it. What it holds is also in the store, which
+/// bounds it.
+#[derive(Debug, Default)]
+struct Stream {
+    /// The epoch of the stream it replayed from.
+    epoch: u64,
+    next: u64,
+    replaying: bool,
+    held: Vec<Arc<Message>>,
 }
 
 #[derive(Debug, Default)]
@@ -169,6 +184,10 @@ pub struct Subscription {
     /// `ack:<session>-` for 1.2 client modes, else empty.
     ack_prefix: Bytes,
     pending: Mutex<Pending>,
+    /// Set for a subscription fed from its user's stream.
+    stream: Option<Mutex<Stream>>,
+    /// The highest offset its writer wrote (auto-acknowledged stream subscriptions).
+    written: Arc<AtomicU64>,
 }
 
 impl Subscription {
@@ -203,7 +222,67 @@ impl Subscription {
             subscription_line: line.freeze(),
             ack_prefix,
             pending: Mutex::new(Pending::default()),
+            stream: None,
+            written: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// This subscription fed from its user's stream: it holds live messages until
+    /// [`Subscription::finish_replay`] has delivered what the stream kept, and delivers each
+    /// offset once.
+    pub fn from_stream(mut self) -> Subscription {
+        self.stream = Some(Mutex::new(Stream {
+            epoch: 0,
+            next: 0,
+            replaying: true,
+            held: Vec::new(),
+        }));
+        self
+    }
+
+    fn stream_state(stream: &Mutex<Stream>) -> std::sync::MutexGuard<'_, Stream> {
+        stream.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Delivers what the stream (of `epoch`) kept for this subscription (in offset order),
+    /// then the live messages held meanwhile, each offset once, and goes live.
+    pub fn finish_replay(&self, epoch: u64, replayed: &[Arc<Message>]) -> Result<(), Refused> {
+        let Some(stream) = &self.stream else {
+            return Ok(());
+        };
+        let mut stream = Self::stream_state(stream);
+        stream.epoch = epoch;
+        let held = std::mem::take(&mut stream.held);
+        stream.replaying = false;
+        for message in replayed.iter().chain(held.iter()) {
+            let Some(offset) = message.offset() else {
+                continue;
+            };
+            if offset < stream.next {
+                continue;
+            }
+            stream.next = offset + 1;
+            self.deliver_now(message, &mut SharedHead::default())?;
+        }
+        Ok(())
+    }
+
+    /// Where the user's cursor for this subscription's destination can be put when it ends,
+    /// given what it held unacknowledged (`held`, from [`Subscription::close`]): in auto mode
+    /// the last offset its writer wrote; in client modes the offset before the first it still
+    /// held, or the last it delivered if it held none. With the stream's epoch; `None` when it
+    /// delivered nothing.
+    pub fn stream_cursor(&self, held: &[Unacked]) -> Option<(u64, u64)> {
+        let stream = Self::stream_state(self.stream.as_ref()?);
+        let at = if self.ack == AckMode::Auto {
+            self.written.load(Ordering::Acquire)
+        } else {
+            match held.iter().filter_map(|u| u.offset).min() {
+                Some(first_held) => first_held - 1,
+                None => stream.next.saturating_sub(1),
+            }
+        };
+        (at > 0).then_some((stream.epoch, at))
     }
 
     /// This subscription holding at most `prefetch` unacknowledged queue messages (0 = no
@@ -221,10 +300,34 @@ impl Subscription {
     /// so that in client ack modes it can be redelivered elsewhere. `heads` carries the frame
     /// head between the deliveries of one message.
     pub fn deliver(&self, message: &Arc<Message>, heads: &mut SharedHead) -> Result<(), Refused> {
+        if let (Some(stream), Some(offset)) = (&self.stream, message.offset()) {
+            // Held under the stream's lock while delivering, so a replay finishing at the same
+            // time cannot interleave with it.
+            let mut stream = Self::stream_state(stream);
+            if stream.replaying {
+                stream.held.push(message.clone());
+                return Ok(());
+            }
+            if offset < stream.next {
+                return Ok(()); // the replay delivered it
+            }
+            stream.next = offset + 1;
+            return self.deliver_now(message, heads);
+        }
+        self.deliver_now(message, heads)
+    }
+
+    fn deliver_now(&self, message: &Arc<Message>, heads: &mut SharedHead) -> Result<(), Refused> {
         if self.ack == AckMode::Auto {
             // Nothing will acknowledge this delivery, so its `message-id` is the message's
             // own number and every subscriber with the same subscription id shares one frame.
-            let frame = heads.get(&self.subscription_line, self.version, message);
+            let mut frame = heads.get(&self.subscription_line, self.version, message);
+            if let (Some(_), Some(offset)) = (&self.stream, message.offset()) {
+                frame.written = Some(Written {
+                    mark: self.written.clone(),
+                    offset,
+                });
+            }
             return self.endpoint.outbox.push(frame);
         }
         self.deliver_held(message, None)
@@ -287,6 +390,7 @@ impl Subscription {
             seq,
             requeue: queue.map(|q| (q.clone(), message.clone())),
             charged,
+            offset: message.offset(),
         });
         Ok(())
     }
@@ -313,6 +417,7 @@ impl Subscription {
             head: head.freeze(),
             tail: message.tail(self.version).clone(),
             text: message.tail_is_text(self.version),
+            written: None,
         }
     }
 

@@ -74,6 +74,8 @@ pub async fn publish(
             if let Target::User { user, .. } = &target {
                 answer["receiver"] = json!(user);
                 answer["online"] = json!(d.local > 0 || d.nodes > 0);
+                // Stored: sessions of the user that subscribe later get it.
+                answer["stored"] = json!(d.stored);
             }
             if d.cluster_unreachable {
                 // Delivered here, but other nodes could not be told: say so.

@@ -68,9 +68,13 @@ impl Node {
             None => Arc::new(Standalone),
         };
         let metrics = Arc::new(Metrics::default());
+        // Kept in this process's memory, so only for a node alone: across nodes the store
+        // must be shared.
+        let history = config.cluster.redis.is_none().then_some(&config.history);
         let tenants = Arc::new(Tenants::new(
             &config.tenants,
             &config.server,
+            history,
             &cluster,
             &metrics,
         ));

@@ -54,6 +54,12 @@ pub enum Fault {
     InvalidAckMode(String),
     /// A `prefetch-count` header that is not a non-negative integer.
     InvalidPrefetch(String),
+    /// An `x-stream-offset` header that is none of its forms (the reason).
+    InvalidStreamOffset(String),
+    /// `x-stream-offset` on a destination that has no stream.
+    NoStream(String),
+    /// The message store could not be read.
+    StoreUnavailable(String),
     /// What the connection holds would pass its memory budget.
     MemoryBudget {
         /// What was being added.
@@ -104,6 +110,9 @@ impl Fault {
             Fault::TooManySubscriptions(_) => "too many subscriptions".into(),
             Fault::InvalidAckMode(_) => "invalid ack mode".into(),
             Fault::InvalidPrefetch(_) => "invalid prefetch-count".into(),
+            Fault::InvalidStreamOffset(_) => "invalid x-stream-offset".into(),
+            Fault::NoStream(_) => "no stream for x-stream-offset".into(),
+            Fault::StoreUnavailable(_) => "message store unavailable".into(),
             Fault::MemoryBudget { .. } => "connection memory budget exceeded".into(),
             Fault::UnknownSubscription(_) => "unknown subscription".into(),
             Fault::UnknownMessage(_) => "unknown message".into(),
@@ -167,6 +176,12 @@ impl Fault {
             Fault::InvalidAckMode(mode) => {
                 format!("ack must be auto, client or client-individual, got '{mode}'")
             }
+            Fault::InvalidStreamOffset(why) => why.clone(),
+            Fault::NoStream(dest) => format!(
+                "{dest} keeps no history to start from: x-stream-offset applies to user \
+                 destinations (/user/queue/...) of a tenant that stores user messages"
+            ),
+            Fault::StoreUnavailable(why) => why.clone(),
             Fault::InvalidPrefetch(value) => format!(
                 "prefetch-count must be a non-negative integer (0 = no limit), got '{value}'"
             ),
@@ -228,6 +243,7 @@ impl Fault {
             Fault::ShuttingDown => "shutdown",
             Fault::Transport(_) => "transport_error",
             Fault::NotAccepted(_) => "not_accepted",
+            Fault::StoreUnavailable(_) => "store_unavailable",
             Fault::TooManySubscriptions(_)
             | Fault::TooManyTransactions(_)
             | Fault::TransactionTooLarge(_)

@@ -29,7 +29,9 @@ use sequencer::{Handoff, Route};
 
 use crate::broker::destination::{self, Target};
 use crate::broker::message::RESERVED_HEADERS;
+use crate::broker::Message;
 use crate::broker::{AckMode, Content, Endpoint, Subscription};
+use crate::history::{ReadFrom, StartAt};
 use crate::metrics::Metrics;
 use crate::policy::{ConnectInfo, Operation, Principal, TransportKind};
 use crate::stomp::{encode, Command, Frame, Version};
@@ -144,6 +146,8 @@ pub struct Session {
     verdicts: HashSet<(Operation, String)>,
     /// Bytes the verdicts are charged to the budget.
     verdict_bytes: usize,
+    /// Headers the next RECEIPT carries (a SUBSCRIBE's replay: whether it recovered all).
+    receipt_headers: Vec<(&'static str, String)>,
     heartbeat_in: Option<Duration>,
 }
 
@@ -177,6 +181,7 @@ impl Session {
             transactions: HashMap::new(),
             verdicts: HashSet::new(),
             verdict_bytes: 0,
+            receipt_headers: Vec::new(),
             heartbeat_in: None,
         }
     }
@@ -278,7 +283,12 @@ impl Session {
             Ok(()) if self.phase == Phase::Closed => Flow::Close,
             Ok(()) => {
                 if let Some(id) = receipt {
-                    let frame = self.receipt(&id);
+                    let extra = std::mem::take(&mut self.receipt_headers);
+                    let mut receipt = Frame::new(Command::Receipt).header("receipt-id", id);
+                    for (name, value) in extra {
+                        receipt = receipt.header(name, value);
+                    }
+                    let frame = self.encode(&receipt);
                     self.handoff.reply(&self.endpoint, frame, &self.ctx.tasks);
                 }
                 Flow::Continue
@@ -559,17 +569,69 @@ impl Session {
                 .map_err(|_| Fault::InvalidPrefetch(value.to_string()))?
                 as usize,
         };
+        let start = frame
+            .get(STREAM_OFFSET_HEADER)
+            .map(StartAt::parse)
+            .transpose()
+            .map_err(|e| Fault::InvalidStreamOffset(e.to_string()))?;
         destination::check_length(&dest).map_err(|e| Fault::InvalidDestination(e.to_string()))?;
         self.authorize(Operation::Subscribe, &dest).await?;
         let target = destination::for_subscribe(&dest, self.user())
             .map_err(|e| Fault::InvalidDestination(e.to_string()))?;
+        let tenant = self.tenant();
+        let history = match &target {
+            Target::User { .. } => tenant.history().cloned(),
+            _ => None,
+        };
+        if start.is_some() && history.is_none() {
+            return Err(Fault::NoStream(dest));
+        }
         self.charge("a subscription", subscription_weight(&id, &target))?;
-        let sub = Arc::new(
+        let mut sub =
             Subscription::new(id.clone(), target, ack, self.endpoint.clone(), self.version)
-                .with_prefetch(prefetch),
-        );
-        self.tenant().subscribe(sub.clone());
-        self.subs.insert(id, sub);
+                .with_prefetch(prefetch);
+        if history.is_some() {
+            sub = sub.from_stream();
+        }
+        let sub = Arc::new(sub);
+        tenant.subscribe(sub.clone());
+        self.subs.insert(id, sub.clone());
+        if let (Some(history), Target::User { user, dest }) = (history, &sub.target) {
+            // Registered first, so live messages wait in the subscription while the stream is
+            // read; then what was stored after the cursor (or where the client asked), then
+            // those, each offset once.
+            let from = match start {
+                Some(start) => ReadFrom::StartAt(start),
+                None => match history.cursor(user, dest).await {
+                    Ok(Some(position)) => ReadFrom::After(position),
+                    Ok(None) => ReadFrom::StartAt(StartAt::First),
+                    Err(e) => return Err(Fault::StoreUnavailable(e.to_string())),
+                },
+            };
+            let replay = history
+                .read(user, dest, from)
+                .await
+                .map_err(|e| Fault::StoreUnavailable(e.to_string()))?;
+            let shown = destination::user_facing(dest);
+            let messages: Vec<Arc<Message>> = replay
+                .messages
+                .into_iter()
+                .map(|m| {
+                    Arc::new(Message::at_offset(
+                        shown.clone(),
+                        m.content,
+                        Some(m.position.offset),
+                    ))
+                })
+                .collect();
+            // A replay larger than the outbound queue closes the session as a slow consumer;
+            // its cursor did not move, so the next session gets the same.
+            let _ = sub.finish_replay(replay.epoch, &messages);
+            self.receipt_headers = vec![
+                (RECOVERED_HEADER, replay.complete.to_string()),
+                (EPOCH_HEADER, replay.epoch.to_string()),
+            ];
+        }
         Ok(())
     }
 
@@ -598,7 +660,23 @@ impl Session {
             .budget
             .give_back(subscription_weight(&sub.id, &sub.target));
         tenant.unsubscribe(sub);
-        for unacked in sub.close() {
+        let held = sub.close();
+        if let (Some(history), Target::User { user, dest }, Some((epoch, offset))) = (
+            tenant.history().cloned(),
+            &sub.target,
+            sub.stream_cursor(&held),
+        ) {
+            // The cursor moves on for the user's next session; a store of another epoch by
+            // then ignores it.
+            let (user, dest) = (user.clone(), dest.clone());
+            self.ctx.tasks.spawn(async move {
+                let position = crate::history::Position { epoch, offset };
+                if let Err(e) = history.advance(&user, &dest, position).await {
+                    debug!(error = %e, "a cursor was not saved; the next session gets those messages again");
+                }
+            });
+        }
+        for unacked in held {
             if let Some((queue, message)) = unacked.requeue {
                 tenant.broker.requeue(&queue, message, self.id());
             }
@@ -744,6 +822,18 @@ impl Drop for Session {
         }
     }
 }
+
+/// The SUBSCRIBE header that says where a user subscription's stream starts, and the MESSAGE
+/// header that carries each stored message's offset (RabbitMQ's name and forms).
+pub const STREAM_OFFSET_HEADER: &str = "x-stream-offset";
+
+/// The SUBSCRIBE RECEIPT header that says whether everything after the position asked from
+/// was replayed (`false`: retention had dropped some of it, or the store lost it since).
+pub const RECOVERED_HEADER: &str = "x-stream-recovered";
+
+/// The SUBSCRIBE RECEIPT header with the stream's epoch: positions of another epoch are not
+/// positions in this one.
+pub const EPOCH_HEADER: &str = "x-stream-epoch";
 
 /// The SUBSCRIBE header that bounds how many messages a client-ack queue consumer holds
 /// unacknowledged (RabbitMQ's name and meaning; 0 or absent = no count limit).

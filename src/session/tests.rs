@@ -43,6 +43,7 @@ fn harness_with(
             t,
             &config.server,
             &node_backlog,
+            None,
             cluster.clone(),
             metrics.clone(),
         );

@@ -1,0 +1,283 @@
+//! Durable user messages on a node alone: stored before they are answered, replayed after the
+//! user's cursor to a session that subscribes (the CONNECT→SUBSCRIBE window, an offline user, a
+//! reload), resumed from a client's own `x-stream-offset`, within the tenant's retention, and
+//! never twice to one session.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use stompbox::stomp::{Command, Frame};
+use support::*;
+
+/// Publishes `body` to `user`'s `/queue/notice` through the API; the answer.
+async fn to_user(node: &TestNode, user: &str, body: &str) -> serde_json::Value {
+    let (status, answer) = node
+        .publish(json!({"receiver": user, "destination": "/queue/notice", "content": body}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    answer
+}
+
+/// SUBSCRIBE to `/user/queue/notice` with `headers` and a receipt: the messages that came
+/// before the RECEIPT (the replay), and the RECEIPT.
+async fn subscribe(
+    client: &mut Client,
+    id: &str,
+    ack: &str,
+    headers: &[(&str, &str)],
+) -> (Vec<Frame>, Frame) {
+    let mut frame = Frame::new(Command::Subscribe)
+        .header("id", id)
+        .header("destination", "/user/queue/notice")
+        .header("ack", ack)
+        .header("receipt", format!("sub-{id}"));
+    for (k, v) in headers {
+        frame = frame.header(*k, *v);
+    }
+    client.send(frame).await;
+    let mut replayed = Vec::new();
+    loop {
+        let frame = client.recv().await;
+        match frame.command {
+            Command::Message => replayed.push(frame),
+            Command::Receipt => return (replayed, frame),
+            _ => panic!("unexpected frame: {frame:?}"),
+        }
+    }
+}
+
+fn bodies(frames: &[Frame]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| String::from_utf8_lossy(&f.body).into_owned())
+        .collect()
+}
+
+fn offsets(frames: &[Frame]) -> Vec<u64> {
+    frames
+        .iter()
+        .map(|f| f.get("x-stream-offset").unwrap().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_message_sent_between_connect_and_subscribe_arrives() {
+    let node = TestNode::default().await;
+    let mut alice = tcp_user(&node, "alice").await;
+    let answer = to_user(&node, "alice", "in the window").await;
+    assert_eq!(answer["stored"], true);
+    assert_eq!(answer["delivered"], 0, "no subscription yet");
+    let (replayed, receipt) = subscribe(&mut alice, "1", "auto", &[]).await;
+    assert_eq!(bodies(&replayed), ["in the window"]);
+    assert_eq!(replayed[0].get("destination"), Some("/user/queue/notice"));
+    assert_eq!(receipt.get("x-stream-recovered"), Some("true"));
+    assert!(receipt.get("x-stream-epoch").is_some());
+    // Then live, with the next offset.
+    to_user(&node, "alice", "live").await;
+    let live = alice.expect_message("live").await;
+    assert_eq!(live.get("x-stream-offset"), Some("2"));
+}
+
+#[tokio::test]
+async fn an_offline_user_gets_everything_in_order_once_on_any_later_session() {
+    let node = TestNode::default().await;
+    for i in 1..=10 {
+        let answer = to_user(&node, "bob", &format!("m{i}")).await;
+        assert_eq!(answer["online"], false, "{answer}");
+        assert_eq!(answer["stored"], true, "{answer}");
+    }
+    let mut bob = ws_user(&node, "bob").await;
+    let (replayed, receipt) = subscribe(&mut bob, "s", "auto", &[]).await;
+    assert_eq!(
+        bodies(&replayed),
+        (1..=10).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    assert_eq!(offsets(&replayed), (1..=10).collect::<Vec<_>>());
+    assert_eq!(receipt.get("x-stream-recovered"), Some("true"));
+    bob.expect_nothing(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_reload_gets_what_was_sent_while_it_was_away_and_nothing_twice() {
+    let node = TestNode::default().await;
+    let mut page = tcp_user(&node, "carol").await;
+    subscribe(&mut page, "1", "auto", &[]).await;
+    for i in 1..=5 {
+        to_user(&node, "carol", &format!("m{i}")).await;
+        page.expect_message(&format!("m{i}")).await;
+    }
+    drop(page);
+    // The node notices the closed socket and saves the cursor; meanwhile more arrives.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 6..=8 {
+        to_user(&node, "carol", &format!("m{i}")).await;
+    }
+    let mut reloaded = tcp_user(&node, "carol").await;
+    let (replayed, _) = subscribe(&mut reloaded, "1", "auto", &[]).await;
+    assert_eq!(bodies(&replayed), ["m6", "m7", "m8"]);
+    to_user(&node, "carol", "m9").await;
+    reloaded.expect_message("m9").await;
+}
+
+#[tokio::test]
+async fn a_client_resumes_from_its_own_offset_and_learns_when_history_is_gone() {
+    let node = TestNode::start(
+        "[[tenants]]\nid = \"default\"\nhistory_max_messages = 5\napi_keys = [\"test-api-key\"]\n",
+    )
+    .await;
+    for i in 1..=8 {
+        to_user(&node, "dave", &format!("m{i}")).await;
+    }
+    let mut dave = tcp_user(&node, "dave").await;
+    let (replayed, receipt) =
+        subscribe(&mut dave, "1", "auto", &[("x-stream-offset", "offset=6")]).await;
+    assert_eq!(
+        bodies(&replayed),
+        ["m6", "m7", "m8"],
+        "offset=N is inclusive"
+    );
+    assert_eq!(receipt.get("x-stream-recovered"), Some("true"));
+    let mut other = tcp_user(&node, "dave").await;
+    let (replayed, receipt) =
+        subscribe(&mut other, "1", "auto", &[("x-stream-offset", "offset=2")]).await;
+    assert_eq!(
+        bodies(&replayed),
+        ["m4", "m5", "m6", "m7", "m8"],
+        "five are kept"
+    );
+    assert_eq!(
+        receipt.get("x-stream-recovered"),
+        Some("false"),
+        "2 and 3 are gone, and the client is told"
+    );
+    let mut late = tcp_user(&node, "dave").await;
+    let (replayed, _) = subscribe(&mut late, "1", "auto", &[("x-stream-offset", "next")]).await;
+    assert!(replayed.is_empty());
+    let (replayed, _) = subscribe(&mut late, "2", "auto", &[("x-stream-offset", "last")]).await;
+    assert_eq!(bodies(&replayed), ["m8"]);
+}
+
+#[tokio::test]
+async fn unacknowledged_messages_come_back_to_the_next_session() {
+    let node = TestNode::default().await;
+    for i in 1..=3 {
+        to_user(&node, "erin", &format!("m{i}")).await;
+    }
+    let mut first = tcp_user(&node, "erin").await;
+    let (replayed, _) = subscribe(&mut first, "1", "client-individual", &[]).await;
+    assert_eq!(bodies(&replayed), ["m1", "m2", "m3"]);
+    first
+        .send(Frame::new(Command::Ack).header("id", replayed[0].get("ack").unwrap()))
+        .await;
+    first
+        .send(Frame::new(Command::Disconnect).header("receipt", "bye"))
+        .await;
+    first.expect(Command::Receipt).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut second = tcp_user(&node, "erin").await;
+    let (replayed, _) = subscribe(&mut second, "1", "auto", &[]).await;
+    assert_eq!(bodies(&replayed), ["m2", "m3"], "only m1 was acknowledged");
+}
+
+#[tokio::test]
+async fn concurrent_publishes_reach_a_subscriber_in_offset_order_without_gaps() {
+    let node = TestNode::default().await;
+    let mut frank = tcp_user(&node, "frank").await;
+    subscribe(&mut frank, "1", "auto", &[]).await;
+    let publishers: Vec<_> = (0..8)
+        .map(|p| {
+            let http = node.http;
+            tokio::spawn(async move {
+                for i in 0..25 {
+                    let body = json!({"receiver": "frank", "destination": "/queue/notice", "content": format!("{p}-{i}")});
+                    let (status, _) = http_request(
+                        http,
+                        "POST",
+                        "/api/v1/tenants/default/publish",
+                        Some(API_KEY),
+                        &body.to_string(),
+                    )
+                    .await;
+                    assert_eq!(status, 202);
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        got.push(frank.expect(Command::Message).await);
+    }
+    assert_eq!(offsets(&got), (1..=200).collect::<Vec<_>>());
+    frank.expect_nothing(Duration::from_millis(200)).await;
+}
+
+#[tokio::test]
+async fn a_tenant_that_opts_out_keeps_at_most_once_delivery() {
+    let node = TestNode::start(
+        "[[tenants]]\nid = \"default\"\nhistory = false\napi_keys = [\"test-api-key\"]\n",
+    )
+    .await;
+    let answer = to_user(&node, "gina", "not kept").await;
+    assert_eq!(answer["stored"], false);
+    assert_eq!(answer["online"], false);
+    let mut gina = tcp_user(&node, "gina").await;
+    let (replayed, receipt) = subscribe(&mut gina, "1", "auto", &[]).await;
+    assert!(replayed.is_empty());
+    assert_eq!(receipt.get("x-stream-recovered"), None);
+    to_user(&node, "gina", "live").await;
+    let live = gina.expect_message("live").await;
+    assert_eq!(live.get("x-stream-offset"), None);
+}
+
+#[tokio::test]
+async fn bad_stream_offsets_and_streamless_destinations_are_refused_by_name() {
+    let node = TestNode::default().await;
+    let mut c = tcp_user(&node, "hank").await;
+    c.send(
+        Frame::new(Command::Subscribe)
+            .header("id", "1")
+            .header("destination", "/user/queue/notice")
+            .header("x-stream-offset", "yesterday"),
+    )
+    .await;
+    let error = c.expect_error("invalid x-stream-offset").await;
+    let detail = String::from_utf8_lossy(&error.body);
+    assert!(
+        detail.contains("first, last, next, offset=N or timestamp=SECONDS"),
+        "{detail}"
+    );
+    let mut c = tcp_user(&node, "hank").await;
+    c.send(
+        Frame::new(Command::Subscribe)
+            .header("id", "1")
+            .header("destination", "/topic/news")
+            .header("x-stream-offset", "first"),
+    )
+    .await;
+    c.expect_error("no stream for x-stream-offset").await;
+}
+
+#[tokio::test]
+async fn a_full_store_refuses_the_publish_with_its_limit() {
+    let node = TestNode::start("[history]\nmax_bytes = 262144\n").await;
+    let content = "x".repeat(50_000);
+    let mut accepted = 0;
+    let answer = loop {
+        let (status, answer) = node
+            .publish(json!({"receiver": "ivy", "destination": "/queue/notice", "content": content}))
+            .await;
+        if status != 202 {
+            assert_eq!(status, 503, "{answer}");
+            break answer;
+        }
+        accepted += 1;
+    };
+    assert_eq!(accepted, 5, "256 KiB holds five 50 KB messages");
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.contains("history.max_bytes"), "{error}");
+}
