@@ -146,16 +146,17 @@ pub struct Unacked {
     pub offset: Option<u64>,
 }
 
-/// A user subscription fed from its user's stream: the next offset it delivers, and the live
-/// messages held while the stream is read for it. What it holds is also in the store, which
-/// bounds it.
+/// A user subscription fed from its user's stream: the next offset it delivers, and the
+/// messages waiting to be delivered, in order: live ones held while the stream is read, then
+/// the replay and whatever arrives while the connection has no room for it. What waits is also
+/// in the store, which bounds it.
 #[derive(Debug, Default)]
 struct Stream {
     /// The epoch of the stream it replayed from.
     epoch: u64,
     next: u64,
     replaying: bool,
-    held: Vec<Arc<Message>>,
+    waiting: VecDeque<Arc<Message>>,
 }
 
 #[derive(Debug, Default)]
@@ -235,7 +236,7 @@ impl Subscription {
             epoch: 0,
             next: 0,
             replaying: true,
-            held: Vec::new(),
+            waiting: VecDeque::new(),
         }));
         self
     }
@@ -244,25 +245,46 @@ impl Subscription {
         stream.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Delivers what the stream (of `epoch`) kept for this subscription (in offset order),
-    /// then the live messages held meanwhile, each offset once, and goes live.
-    pub fn finish_replay(&self, epoch: u64, replayed: &[Arc<Message>]) -> Result<(), Refused> {
+    /// Goes live after the stream (of `epoch`) was read: what it kept for this subscription
+    /// (in offset order), then the live messages held meanwhile, each offset once, delivered
+    /// as far as the connection has room (the rest by [`Subscription::pump_stream`]).
+    pub fn finish_replay(&self, epoch: u64, replayed: Vec<Arc<Message>>) -> Result<(), Refused> {
         let Some(stream) = &self.stream else {
             return Ok(());
         };
         let mut stream = Self::stream_state(stream);
         stream.epoch = epoch;
-        let held = std::mem::take(&mut stream.held);
         stream.replaying = false;
-        for message in replayed.iter().chain(held.iter()) {
-            let Some(offset) = message.offset() else {
-                continue;
-            };
+        let held = std::mem::take(&mut stream.waiting);
+        stream.waiting = replayed.into_iter().chain(held).collect();
+        self.drain_waiting(&mut stream)
+    }
+
+    /// Delivers what waits for room, as far as there is room now; called when the
+    /// connection's writer has taken what was queued.
+    pub fn pump_stream(&self) -> Result<(), Refused> {
+        match &self.stream {
+            Some(stream) => self.drain_waiting(&mut Self::stream_state(stream)),
+            None => Ok(()),
+        }
+    }
+
+    /// Hands waiting messages on in order while the outbox has room, skipping offsets already
+    /// given; a replay of any size thus flows at the connection's pace instead of
+    /// overflowing it.
+    fn drain_waiting(&self, stream: &mut Stream) -> Result<(), Refused> {
+        while let Some(message) = stream.waiting.front() {
+            let offset = message.offset().unwrap_or(0);
             if offset < stream.next {
+                stream.waiting.pop_front();
                 continue;
             }
+            if !self.endpoint.outbox.has_room() {
+                return Ok(());
+            }
+            let message = stream.waiting.pop_front().expect("looked at above");
             stream.next = offset + 1;
-            self.deliver_now(message, &mut SharedHead::default())?;
+            self.deliver_now(&message, &mut SharedHead::default())?;
         }
         Ok(())
     }
@@ -305,11 +327,16 @@ impl Subscription {
             // time cannot interleave with it.
             let mut stream = Self::stream_state(stream);
             if stream.replaying {
-                stream.held.push(message.clone());
+                stream.waiting.push_back(message.clone());
                 return Ok(());
             }
             if offset < stream.next {
                 return Ok(()); // the replay delivered it
+            }
+            if !stream.waiting.is_empty() {
+                // Behind a replay still flowing: it waits its turn.
+                stream.waiting.push_back(message.clone());
+                return self.drain_waiting(&mut stream);
             }
             stream.next = offset + 1;
             return self.deliver_now(message, heads);

@@ -214,14 +214,20 @@ impl Session {
         Flow::Close
     }
 
-    /// Offers the backlogs of the queues this session consumes to its subscriptions again:
-    /// the driver calls it when the writer has taken what was queued, and the session after
-    /// whatever gives back room (an ACK, a NACK, the end of a transaction).
+    /// Offers the backlogs of the queues this session consumes to its subscriptions again, and
+    /// lets its user subscriptions' replays flow on: the driver calls it when the writer has
+    /// taken what was queued, and the session after whatever gives back room (an ACK, a NACK,
+    /// the end of a transaction).
     pub fn pump_queues(&self) {
         let Some(tenant) = &self.tenant else { return };
         for sub in self.subs.values() {
-            if let Target::Queue(dest) = &sub.target {
-                tenant.broker.pump(dest);
+            match &sub.target {
+                Target::Queue(dest) => tenant.broker.pump(dest),
+                // A refusal means the connection is closing; its cursor stays where it was.
+                Target::User { .. } => {
+                    let _ = sub.pump_stream();
+                }
+                Target::Topic(_) => {}
             }
         }
     }
@@ -624,9 +630,8 @@ impl Session {
                     ))
                 })
                 .collect();
-            // A replay larger than the outbound queue closes the session as a slow consumer;
-            // its cursor did not move, so the next session gets the same.
-            let _ = sub.finish_replay(replay.epoch, &messages);
+            // Delivered at the pace the connection takes it (see `pump_queues`).
+            let _ = sub.finish_replay(replay.epoch, messages);
             self.receipt_headers = vec![
                 (RECOVERED_HEADER, replay.complete.to_string()),
                 (EPOCH_HEADER, replay.epoch.to_string()),
