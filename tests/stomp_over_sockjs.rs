@@ -407,3 +407,67 @@ async fn a_session_id_alone_does_not_let_another_client_in() {
     assert!(body.contains("CONNECTED"), "{body}");
     node.stop().await;
 }
+
+/// Opens an xhr-polling session at `session` and subscribes it as alice to her notices.
+async fn polling_subscriber(addr: SocketAddr, session: &str) {
+    let (status, _, body) = request(addr, "POST", &format!("{session}/xhr"), &[], "").await;
+    assert_eq!((status, body.as_str()), (200, "o\n"));
+    xhr_send(addr, session, &[CONNECT]).await;
+    assert!(poll(addr, session).await[0].starts_with("CONNECTED\n"));
+    xhr_send(
+        addr,
+        session,
+        &["SUBSCRIBE\nid:1\ndestination:/user/queue/notice\nreceipt:s\n\n\0"],
+    )
+    .await;
+}
+
+/// The bodies of the MESSAGE frames among `frames`.
+fn message_bodies(frames: &[String]) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|f| f.starts_with("MESSAGE\n"))
+        .map(|f| {
+            let body = f.split_once("\n\n").unwrap().1;
+            body.trim_end_matches('\0').to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_polling_page_that_reloads_gets_what_its_old_session_never_fetched() {
+    let node = TestNode::start("[sockjs]\ndisconnect_delay_ms = 300\n").await;
+    let addr = node.http;
+    let old = "/sockjs/000/before-reload";
+    polling_subscriber(addr, old).await;
+    let mut got = Vec::new();
+    while !got.iter().any(|f: &String| f.starts_with("RECEIPT")) {
+        got.extend(poll(addr, old).await);
+    }
+    node.publish(
+        json!({"receiver": "alice", "destination": "/queue/notice", "content": "fetched"}),
+    )
+    .await;
+    assert_eq!(message_bodies(&poll(addr, old).await), ["fetched"]);
+    // The page reloads: its old session is never polled again, and what is published now
+    // waits in it until it expires.
+    for body in ["unfetched 1", "unfetched 2"] {
+        let (status, answer) = node
+            .publish(json!({"receiver": "alice", "destination": "/queue/notice", "content": body}))
+            .await;
+        assert_eq!(status, 202, "{answer}");
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let new = "/sockjs/000/after-reload";
+    polling_subscriber(addr, new).await;
+    let mut frames = Vec::new();
+    while message_bodies(&frames).len() < 2 {
+        frames.extend(poll(addr, new).await);
+    }
+    assert_eq!(
+        message_bodies(&frames),
+        ["unfetched 1", "unfetched 2"],
+        "what the old session never handed to a response, and nothing it did"
+    );
+    node.stop().await;
+}

@@ -122,6 +122,10 @@ struct State {
     /// session up front, idle or not.
     incoming: VecDeque<String>,
     queued_bytes: usize,
+    /// Messages ever queued, and ever handed to a receiver: a sender waiting for its
+    /// messages to leave compares the two.
+    queued_total: u64,
+    taken_total: u64,
     open_sent: bool,
     closed: Option<(u16, String)>,
     has_receiver: bool,
@@ -134,7 +138,7 @@ pub(crate) struct Session {
     state: Mutex<State>,
     /// Woken when there is something for the receiver.
     wake: Notify,
-    /// Woken when the queue drained.
+    /// Woken when the queue drained (a receiver took it).
     room: Notify,
     /// Cancelled once the session is closed, ending the application's reads.
     closed: CancellationToken,
@@ -153,6 +157,8 @@ impl Session {
                 queue: VecDeque::new(),
                 incoming: VecDeque::new(),
                 queued_bytes: 0,
+                queued_total: 0,
+                taken_total: 0,
                 open_sent,
                 closed: None,
                 has_receiver: false,
@@ -265,10 +271,8 @@ impl Session {
         !state.has_receiver && now.duration_since(state.idle_since) >= delay
     }
 
-    async fn send(&self, messages: Vec<String>) -> Result<(), Closed> {
-        if messages.is_empty() {
-            return Ok(());
-        }
+    /// Queues `messages`; the count of messages ever queued once they are.
+    async fn send(&self, messages: Vec<String>) -> Result<u64, Closed> {
         loop {
             let room = self.room.notified();
             {
@@ -276,14 +280,39 @@ impl Session {
                 if state.closed.is_some() {
                     return Err(Closed);
                 }
+                if messages.is_empty() {
+                    return Ok(state.queued_total);
+                }
                 if state.queued_bytes < self.max_queue_bytes {
+                    state.queued_total += messages.len() as u64;
                     for message in messages {
                         state.queued_bytes += message.len();
                         state.queue.push_back(message);
                     }
+                    let total = state.queued_total;
                     drop(state);
                     self.wake.notify_one();
+                    return Ok(total);
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Waits until a receiver has taken the first `total` messages ever queued.
+    async fn taken(&self, total: u64) -> Result<(), Closed> {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            // Registered before looking, so a take between the look and the wait wakes us.
+            room.as_mut().enable();
+            {
+                let state = self.state();
+                if state.taken_total >= total {
                     return Ok(());
+                }
+                if state.closed.is_some() {
+                    return Err(Closed);
                 }
             }
             room.await;
@@ -305,6 +334,7 @@ impl Session {
                 if !state.queue.is_empty() {
                     let messages: Vec<String> = state.queue.drain(..).collect();
                     state.queued_bytes = 0;
+                    state.taken_total = state.queued_total;
                     drop(state);
                     self.room.notify_waiters();
                     return Next::Messages(messages);
@@ -420,7 +450,15 @@ impl Sender {
     /// Queues messages for the client. Waits while too much is queued for a client that is
     /// not reading; fails once the session is closed.
     pub async fn send(&self, messages: Vec<String>) -> Result<(), Closed> {
-        self.handle.0.send(messages).await
+        self.handle.0.send(messages).await.map(|_| ())
+    }
+
+    /// Queues messages and waits until a receiver (a response or the WebSocket) has taken
+    /// them: what the application counts as sent then left the session, rather than waiting in
+    /// it for a client that may never come back. Fails if the session closes first.
+    pub async fn send_and_hand_over(&self, messages: Vec<String>) -> Result<(), Closed> {
+        let total = self.handle.0.send(messages).await?;
+        self.handle.0.taken(total).await
     }
 
     /// Closes the session: receivers get `c[code,"reason"]` after what was queued.
@@ -454,12 +492,46 @@ mod tests {
             receiver.next(None).await,
             Next::Close(3000, "Go away!".into())
         );
-        assert_eq!(session.send(vec!["c".into()]).await, Err(Closed));
+        assert!(session.send(vec!["c".into()]).await.is_err());
         receiver.finish();
         assert!(
             session.attach().is_some(),
             "a finished receiver frees the slot"
         );
+    }
+
+    #[tokio::test]
+    async fn a_hand_over_completes_when_a_receiver_takes_the_messages() {
+        let session = Session::new(1 << 20, true);
+        let info = OpenInfo {
+            transport: Transport::XhrPolling,
+            peer: None,
+            headers: HeaderMap::new(),
+        };
+        let connection = Connection::new(info, session.clone());
+        let sender = connection.sender();
+        let handing = tokio::spawn({
+            let sender = sender.clone();
+            async move { sender.send_and_hand_over(vec!["a".into()]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !handing.is_finished(),
+            "queued, not yet taken by a receiver"
+        );
+        let receiver = session.attach().unwrap();
+        assert_eq!(receiver.next(None).await, Next::Messages(vec!["a".into()]));
+        assert_eq!(handing.await.unwrap(), Ok(()));
+        receiver.finish();
+        // A session that closes with the messages still queued says so.
+        let stuck = tokio::spawn({
+            let sender = sender.clone();
+            async move { sender.send_and_hand_over(vec!["b".into()]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        sender.close(3000, "Go away!");
+        assert_eq!(stuck.await.unwrap(), Err(Closed));
+        drop(connection);
     }
 
     #[tokio::test(start_paused = true)]

@@ -201,7 +201,13 @@ impl TransportOut for SockJsOut {
                     .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
             })
             .collect();
-        self.0.send(messages).await.map_err(io::Error::other)
+        // Written once a receiver took it, not when it was queued in the SockJS session: the
+        // writer marks stored messages delivered after this returns, and a page that reloaded
+        // never fetches what waits in its old session.
+        self.0
+            .send_and_hand_over(messages)
+            .await
+            .map_err(io::Error::other)
     }
 
     async fn close(&mut self) {
