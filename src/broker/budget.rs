@@ -5,6 +5,18 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+/// What one header costs beyond its bytes: two `String`s and a slot in the list.
+const HEADER_OVERHEAD: usize = 56;
+
+/// What a list of headers holds: its bytes and what each costs beyond them. Every holder of
+/// headers (a backlog, a store, a transaction) charges them the same way.
+pub fn headers_weight(headers: &[(String, String)]) -> usize {
+    headers
+        .iter()
+        .map(|(k, v)| k.len() + v.len() + HEADER_OVERHEAD)
+        .sum()
+}
+
 /// A ceiling in bytes and what is charged against it.
 #[derive(Debug)]
 pub struct Budget {

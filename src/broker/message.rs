@@ -37,9 +37,6 @@ pub struct Message {
 /// buffer header, a backlog slot (measured sizes, rounded up).
 const MESSAGE_OVERHEAD: usize = 192;
 
-/// What one header costs beyond its bytes: two `String`s and a slot in the list.
-const HEADER_OVERHEAD: usize = 56;
-
 /// Numbers messages on this node.
 static NEXT_MESSAGE: AtomicU64 = AtomicU64::new(1);
 
@@ -114,12 +111,7 @@ impl Message {
     pub fn weight(&self) -> usize {
         MESSAGE_OVERHEAD
             + self.destination.len()
-            + self
-                .content
-                .headers
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + HEADER_OVERHEAD)
-                .sum::<usize>()
+            + super::budget::headers_weight(&self.content.headers)
             + self.content.body.len()
     }
 
@@ -246,7 +238,10 @@ mod tests {
         );
         assert_eq!(
             message.weight(),
-            MESSAGE_OVERHEAD + 8 + (3 + HEADER_OVERHEAD) + 1000
+            MESSAGE_OVERHEAD
+                + 8
+                + super::super::budget::headers_weight(&[("k".into(), "vv".into())])
+                + 1000
         );
     }
 

@@ -182,7 +182,12 @@ impl Outbox {
             self.wake.notify_one();
             return Err(Refused::SlowConsumer);
         }
-        state.bytes += len;
+        self.enqueue(state, item);
+        Ok(())
+    }
+
+    fn enqueue(&self, mut state: std::sync::MutexGuard<'_, State>, item: Item) {
+        state.bytes += item.len();
         state.items.push_back(item);
         let first = state.items.len() == 1;
         drop(state);
@@ -190,14 +195,13 @@ impl Outbox {
         if first {
             self.wake.notify_one();
         }
-        Ok(())
     }
 
     /// Queues a queue delivery if the outbox is below half its bound (and the frame fits in
     /// the whole of it); otherwise refuses with [`Refused::Full`], changing nothing, and
     /// remembers to signal [`Outbox::room`] once the writer has taken what is queued.
     pub fn push_if_room(&self, item: Item) -> Result<(), Refused> {
-        let mut state = self.lock();
+        let state = self.lock();
         if state.closing.is_some() {
             return Err(Refused::Closing);
         }
@@ -205,13 +209,7 @@ impl Outbox {
             self.room_wanted.store(true, Ordering::Release);
             return Err(Refused::Full);
         }
-        state.bytes += item.len();
-        state.items.push_back(item);
-        let first = state.items.len() == 1;
-        drop(state);
-        if first {
-            self.wake.notify_one();
-        }
+        self.enqueue(state, item);
         Ok(())
     }
 

@@ -13,12 +13,11 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{History, HistoryError, Position, ReadFrom, Replay, Retention, StartAt, Stored};
+use crate::broker::budget::headers_weight;
 use crate::broker::{Budget, Content};
 
 /// What one stored message costs beyond its bytes: the entry, its `String`s and slot.
 const ENTRY_OVERHEAD: usize = 160;
-/// What one header costs beyond its bytes.
-const HEADER_OVERHEAD: usize = 56;
 /// What a user's record costs beyond its name: the map slot, the queue, the counters.
 const USER_OVERHEAD: usize = 128;
 /// What a cursor costs beyond its destination's name.
@@ -94,14 +93,7 @@ impl std::fmt::Debug for MemoryHistory {
 
 /// The cost of storing `content` for `dest`.
 fn weight(dest: &str, content: &Content) -> usize {
-    ENTRY_OVERHEAD
-        + dest.len()
-        + content.body.len()
-        + content
-            .headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + HEADER_OVERHEAD)
-            .sum::<usize>()
+    ENTRY_OVERHEAD + dest.len() + content.body.len() + headers_weight(&content.headers)
 }
 
 impl MemoryHistory {

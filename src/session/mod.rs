@@ -79,9 +79,6 @@ const SUBSCRIPTION_OVERHEAD: usize = 384;
 /// What a frame buffered in a transaction costs beyond its bytes.
 const FRAME_OVERHEAD: usize = 128;
 
-/// What a header costs beyond its bytes (two `String`s and a slot).
-const HEADER_OVERHEAD: usize = 56;
-
 /// The longest heart-beat interval honoured (a day); longer offers are treated as this.
 const MAX_HEARTBEAT_MS: u64 = 24 * 60 * 60 * 1000;
 
@@ -856,13 +853,7 @@ fn subscription_weight(id: &str, target: &Target) -> usize {
 
 /// What a frame buffered in a transaction is charged.
 fn frame_weight(frame: &Frame) -> usize {
-    FRAME_OVERHEAD
-        + frame.body.len()
-        + frame
-            .headers
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + HEADER_OVERHEAD)
-            .sum::<usize>()
+    FRAME_OVERHEAD + frame.body.len() + crate::broker::budget::headers_weight(&frame.headers)
 }
 
 /// Keeps the first of repeated headers, as the spec says receivers read them.

@@ -476,6 +476,16 @@ impl Sender {
 mod tests {
     use super::*;
 
+    /// The application's side of `session`, opened by an xhr-polling request.
+    fn polling(session: &Arc<Session>) -> Connection {
+        let info = OpenInfo {
+            transport: Transport::XhrPolling,
+            peer: None,
+            headers: HeaderMap::new(),
+        };
+        Connection::new(info, session.clone())
+    }
+
     #[tokio::test]
     async fn open_then_messages_then_close() {
         let session = Session::new(1 << 20, false);
@@ -503,12 +513,7 @@ mod tests {
     #[tokio::test]
     async fn a_hand_over_completes_when_a_receiver_takes_the_messages() {
         let session = Session::new(1 << 20, true);
-        let info = OpenInfo {
-            transport: Transport::XhrPolling,
-            peer: None,
-            headers: HeaderMap::new(),
-        };
-        let connection = Connection::new(info, session.clone());
+        let connection = polling(&session);
         let sender = connection.sender();
         let handing = tokio::spawn({
             let sender = sender.clone();
@@ -558,12 +563,7 @@ mod tests {
     #[tokio::test]
     async fn dropping_the_application_closes() {
         let session = Session::new(1 << 20, true);
-        let info = OpenInfo {
-            transport: Transport::XhrPolling,
-            peer: None,
-            headers: HeaderMap::new(),
-        };
-        let connection = Connection::new(info, session.clone());
+        let connection = polling(&session);
         let sender = connection.sender();
         drop(connection);
         assert!(!session.is_closed(), "the sender still holds it open");
