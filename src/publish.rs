@@ -63,10 +63,23 @@ pub struct PublishRequest {
     pub headers: BTreeMap<String, String>,
 }
 
-/// Headers the broker adds to every MESSAGE (destination, subscription, message-id, ack).
-const BROKER_HEADERS: usize = 4;
-/// Bytes those take at most, with the command line and the frame's end, for the size check.
+/// Headers the broker adds to a MESSAGE: destination, subscription, message-id, content-length
+/// and, in the client acknowledgement modes of STOMP 1.2, ack.
+const BROKER_HEADERS: usize = 5;
+/// Bytes those but the destination take at most, with the command line, an added content-type
+/// and the frame's end, for the size check. The destination is counted apart: the publisher
+/// makes it as long as a destination may be, far more than this.
 const BROKER_HEADER_BYTES: usize = 512;
+
+/// Bytes `text` takes in a header line as STOMP 1.2 subscribers get it, the longest encoding:
+/// `\`, `:`, CR and LF are escaped to two bytes each.
+fn escaped_len(text: &str) -> usize {
+    text.len()
+        + text
+            .bytes()
+            .filter(|b| matches!(b, b'\\' | b':' | b'\r' | b'\n'))
+            .count()
+}
 
 fn bad(message: impl Into<String>) -> PublishError {
     PublishError::Invalid(message.into())
@@ -155,12 +168,17 @@ impl PublishRequest {
                 limits.max_headers
             )));
         }
-        let mut frame_bytes = body.len() + BROKER_HEADER_BYTES;
+        let subscribed = match &target {
+            Target::Topic(d) | Target::Queue(d) => escaped_len(d),
+            Target::User { dest, .. } => escaped_len(&destination::user_facing(dest)),
+        };
+        let mut frame_bytes =
+            body.len() + BROKER_HEADER_BYTES + "destination:\n".len() + subscribed;
         for (name, value) in &self.headers {
-            let line = name.len() + 1 + value.len();
+            let line = escaped_len(name) + 1 + escaped_len(value);
             if line > limits.max_header_line {
                 return Err(bad(format!(
-                    "header '{name}' is {line} bytes as a line; the limit is server.max_header_line = {}",
+                    "header '{name}' is {line} bytes as an escaped line; the limit is server.max_header_line = {}",
                     limits.max_header_line
                 )));
             }
@@ -227,5 +245,73 @@ pub async fn publish(
             tenant.metrics.dropped(DropReason::BacklogFull);
             Err(e.into())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame limit far below the default, so that a destination's length shows.
+    const SMALL: Limits = Limits {
+        max_frame_bytes: 1000,
+        max_headers: 8,
+        max_header_line: 64,
+    };
+
+    fn check(body: &str) -> Result<(Target, Content), PublishError> {
+        let request = PublishRequest::parse(body.as_bytes())?;
+        let dest = match request.address()? {
+            Address::Destination(d) | Address::ChannelCode(d) => d.to_owned(),
+        };
+        request.check(&dest, &SMALL)
+    }
+
+    fn refused_for(body: &str, limit: &str) -> bool {
+        matches!(check(body), Err(PublishError::Invalid(e) | PublishError::TooLarge(e)) if e.contains(limit))
+    }
+
+    // The cases below were found by the `publish` fuzz target (fuzz/corpus/publish/regression-*):
+    // each passed the checks and made a MESSAGE frame that the same limits refuse.
+
+    #[test]
+    fn content_length_and_ack_count_among_the_broker_headers() {
+        // Eight at most: subscription, message-id, ack, destination and content-length leave
+        // three, content-type included.
+        let three = r#"{"destination":"/topic/a","content":"1","headers":{"a":"1","b":"2"}}"#;
+        assert!(check(three).is_ok());
+        let four =
+            r#"{"destination":"/topic/a","content":"1","headers":{"a":"1","b":"2","c":"3"}}"#;
+        assert!(refused_for(four, "max_headers"));
+    }
+
+    #[test]
+    fn header_lines_are_measured_as_escaped() {
+        // `x:` and 31 colons, each escaped to `\c`: 64 bytes, the limit.
+        let at = format!(
+            r#"{{"destination":"/topic/a","content":"1","headers":{{"x":"{}"}}}}"#,
+            ":".repeat(31)
+        );
+        assert!(check(&at).is_ok());
+        let over = at.replace("\":::", "\"::::");
+        assert!(refused_for(&over, "max_header_line"));
+    }
+
+    #[test]
+    fn the_destination_counts_towards_the_frame_size() {
+        let body = |dest: &str| {
+            format!(
+                r#"{{"destination":"{dest}","content":"{}"}}"#,
+                "x".repeat(400)
+            )
+        };
+        assert!(check(&body("/topic/a")).is_ok());
+        let long = format!("/topic/{}", "a".repeat(600));
+        assert!(refused_for(&body(&long), "max_frame_bytes"));
+        let user = format!(
+            r#"{{"receiver":"u","destination":"/queue/{}","content":"x"}}"#,
+            "a".repeat(490)
+        );
+        assert!(refused_for(&user, "max_frame_bytes"));
     }
 }
