@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command: installs what the tests need when it is missing, then runs
 #   cargo test --all-targets [ARGS...]
+# then each fuzz target for 60 s (SKIP_FUZZ=1 skips that), then the small benchmark (SKIP_BENCH=1).
 # Safe to run again and from any directory. On a fresh Debian machine it may call apt-get
 # (as root, or through sudo). Set FORCE_INSTALL=1 to reinstall the test clients.
 set -euo pipefail
@@ -112,6 +113,41 @@ ensure_node_root() {
     fi
 }
 
+# --- fuzzing ----------------------------------------------------------------------------------
+
+# The cargo-fuzz targets in fuzz/ (TESTING.md says what each checks).
+FUZZ_TARGETS=(decode websocket sockjs publish)
+
+# cargo-fuzz. Its targets need nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take
+# them.
+ensure_cargo_fuzz() {
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        log "cargo install cargo-fuzz --locked"
+        cargo install cargo-fuzz --locked
+    fi
+}
+
+# Runs each fuzz target for FUZZ_SECONDS (60) from its committed corpus. The corpus is only
+# read: what a run adds goes to a scratch directory. A crash fails the test command; its input
+# is left in fuzz/artifacts/TARGET/.
+run_fuzz() {
+    local seconds="${FUZZ_SECONDS:-60}" target scratch
+    ensure_cargo_fuzz
+    cd "$ROOT"
+    log "cargo fuzz build --sanitizer none"
+    RUSTC_BOOTSTRAP=1 cargo fuzz build --sanitizer none
+    for target in "${FUZZ_TARGETS[@]}"; do
+        scratch="$(mktemp -d)"
+        log "cargo fuzz run $target for ${seconds}s"
+        if ! RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$target" "$scratch" "fuzz/corpus/$target" \
+            -- -max_total_time="$seconds" -print_final_stats=1; then
+            rm -rf "$scratch"
+            die "fuzz target $target failed; the input is in fuzz/artifacts/$target/"
+        fi
+        rm -rf "$scratch"
+    done
+}
+
 main() {
     ensure_rust
     ensure_python
@@ -125,6 +161,10 @@ main() {
     cd "$ROOT"
     log "cargo test --workspace --all-targets $*"
     cargo test --workspace --all-targets "$@"
+    # Fuzzing after the tests: a few minutes spent only once the suite passed.
+    if [ "${SKIP_FUZZ:-0}" != 1 ]; then
+        run_fuzz
+    fi
     # The benchmark is not a timed test: it runs once at a small size to show that the load
     # tool, the scenarios and the RabbitMQ comparison work; its figures are not checked.
     if [ "${SKIP_BENCH:-0}" != 1 ]; then

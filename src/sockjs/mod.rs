@@ -12,7 +12,7 @@
 //! [`Options::tasks`] and end at [`Options::shutdown`]. The session id alone names a session: the server id in the URL is for
 //! load balancers and is ignored.
 
-mod frame;
+pub mod frame;
 mod http;
 mod session;
 mod websocket;

@@ -1,12 +1,13 @@
 //! Small HTTP and WebSocket building blocks shared by the HTTP API and the transports: bearer
 //! tokens, header token lists, JSON error answers, allowed origins, socket reads and gathered
-//! writes, WebSocket framing and WebSocket connections. A leaf below both, so that the
-//! transports and the SockJS layer never import the HTTP API.
+//! writes, WebSocket framing, message reassembly and WebSocket connections. A leaf below both,
+//! so that the transports and the SockJS layer never import the HTTP API.
 
 pub mod origin;
 pub mod socket;
 pub mod websocket;
 pub mod wsframe;
+pub mod wsmessage;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

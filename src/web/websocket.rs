@@ -2,10 +2,9 @@
 //! `websocket` transports. This module owns what is not about the messages carried: the
 //! handshake checks (a typed [`HandshakeError`], so each endpoint answers in its own format),
 //! the subprotocol choice, the upgraded socket split into a [`WsReader`] and a [`WsWriter`],
-//! and the reader's state machine (masking, fragments, control frames between fragments,
-//! ping → pong, close, text validated as UTF-8 across fragments, the size limit, close codes
-//! 1002/1007/1009). Framing itself is [`super::wsframe`]; why it is written here, with the
-//! figures, is said there.
+//! the reader's socket side (reads, ping → pong, close, the close code a violation ends with).
+//! Reassembling messages from frames is the pure state machine [`super::wsmessage`]; framing
+//! itself is [`super::wsframe`]; why it is written here, with the figures, is said there.
 //!
 //! The reader offers two modes: [`WsReader::read_stream`] appends payload bytes to a buffer
 //! as they arrive, ignoring message boundaries (STOMP splits frames at NUL itself), and
@@ -33,13 +32,11 @@ use tokio::sync::{Mutex, MutexGuard};
 use super::has_token;
 use super::socket::{read_ready, write_all_vectored};
 use super::wsframe::{self, Opcode, Violation};
+use super::wsmessage::{Parsed, Reassembler};
 
 /// Close code: the normal end.
 pub const NORMAL: u16 = 1000;
-/// Close code: the peer broke the protocol.
-pub const PROTOCOL_ERROR: u16 = 1002;
-/// Close code: a text message that is not UTF-8.
-pub const INVALID_TEXT: u16 = 1007;
+pub use super::wsmessage::{INVALID_TEXT, PROTOCOL_ERROR};
 
 /// Why a request is not a WebSocket handshake this server accepts, in the order checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -149,7 +146,7 @@ pub async fn open(
             let mut inbound = WsReader::new(Reader::Tcp(read), out.clone(), max_message);
             // Copied out and dropped now: `read_buf` is a view of the HTTP parser's whole
             // read buffer, which would otherwise live as long as the connection.
-            inbound.parser.raw.extend_from_slice(&parts.read_buf);
+            inbound.parser.input().extend_from_slice(&parts.read_buf);
             drop(parts.read_buf);
             (inbound, out)
         }
@@ -282,152 +279,6 @@ pub struct Message {
     pub data: BytesMut,
 }
 
-/// What one parsing pass got to.
-enum Parsed {
-    /// This many payload bytes were added; more input is needed.
-    More(usize),
-    /// A message ended (text or not); the bytes before it were added.
-    End(bool),
-    /// The client sent a close frame.
-    Closed,
-}
-
-/// The reader's state between reads.
-struct Parser {
-    /// Socket bytes not yet parsed; freed whenever empty.
-    raw: BytesMut,
-    /// The data frame whose payload is being read: its header and how much of it was read.
-    frame: Option<(wsframe::Header, usize)>,
-    /// A message is in progress: whether it is text, and its size so far.
-    message: Option<(bool, usize)>,
-    /// The end of a text message split inside a UTF-8 sequence, kept for the next piece.
-    utf8_carry: Vec<u8>,
-    max_message: usize,
-}
-
-impl Parser {
-    /// Moves whole or partial payloads from `raw` into `buf`. With `whole`, stops at the end
-    /// of a message.
-    async fn parse(
-        &mut self,
-        buf: &mut BytesMut,
-        out: &WsWriter,
-        whole: bool,
-    ) -> io::Result<Parsed> {
-        let mut added = 0;
-        loop {
-            if let Some((header, read)) = self.frame {
-                let take = (header.payload_len - read).min(self.raw.len());
-                if take == 0 && header.payload_len > read {
-                    return Ok(Parsed::More(added));
-                }
-                let mut piece = self.raw.split_to(take);
-                wsframe::unmask(&mut piece, header.mask, read);
-                let text = self.message.is_some_and(|(text, _)| text);
-                if text {
-                    self.check_utf8(&piece, false)?;
-                }
-                buf.extend_from_slice(&piece);
-                added += take;
-                if read + take < header.payload_len {
-                    self.frame = Some((header, read + take));
-                    return Ok(Parsed::More(added));
-                }
-                self.frame = None;
-                if header.fin {
-                    if text {
-                        self.check_utf8(&[], true)?;
-                    }
-                    self.message = None;
-                    if whole {
-                        return Ok(Parsed::End(text));
-                    }
-                }
-                continue;
-            }
-            let Some(header) =
-                wsframe::parse_header(&self.raw, self.max_message).map_err(refuse)?
-            else {
-                return Ok(Parsed::More(added));
-            };
-            if header.opcode.is_control() {
-                if self.raw.len() < header.header_len + header.payload_len {
-                    return Ok(Parsed::More(added));
-                }
-                let _ = self.raw.split_to(header.header_len);
-                let mut payload = self.raw.split_to(header.payload_len);
-                wsframe::unmask(&mut payload, header.mask, 0);
-                match header.opcode {
-                    Opcode::Ping => {
-                        out.lock().await.message(Opcode::Pong, &[&payload]).await?;
-                    }
-                    Opcode::Close => return Ok(Parsed::Closed),
-                    _ => {}
-                }
-                continue;
-            }
-            let size = match (header.opcode, self.message) {
-                (Opcode::Continuation, Some((_, size))) => size,
-                (Opcode::Continuation, None) => {
-                    return Err(refuse(protocol_error("continuation without a message")))
-                }
-                (_, Some(_)) => {
-                    return Err(refuse(protocol_error(
-                        "new message inside a fragmented one",
-                    )))
-                }
-                (opcode, None) => {
-                    self.message = Some((opcode == Opcode::Text, 0));
-                    0
-                }
-            };
-            let total = size + header.payload_len;
-            if total > self.max_message {
-                return Err(refuse(Violation {
-                    code: wsframe::TOO_BIG,
-                    reason: "message too big",
-                }));
-            }
-            if let Some((text, _)) = self.message {
-                self.message = Some((text, total));
-            }
-            let _ = self.raw.split_to(header.header_len);
-            self.frame = Some((header, 0));
-        }
-    }
-
-    /// Validates text incrementally; a sequence cut at a piece boundary waits for the next.
-    fn check_utf8(&mut self, piece: &[u8], end: bool) -> io::Result<()> {
-        let mut data = std::mem::take(&mut self.utf8_carry);
-        data.extend_from_slice(piece);
-        match std::str::from_utf8(&data) {
-            Ok(_) => Ok(()),
-            Err(e) if e.error_len().is_none() && !end => {
-                self.utf8_carry = data[e.valid_up_to()..].to_vec();
-                Ok(())
-            }
-            Err(_) => Err(refuse(Violation {
-                code: INVALID_TEXT,
-                reason: "text message is not valid UTF-8",
-            })),
-        }
-    }
-
-    /// Gives back an emptied input buffer, so an idle connection holds none.
-    fn release(&mut self) {
-        if self.raw.is_empty() {
-            self.raw = BytesMut::new();
-        }
-    }
-}
-
-fn protocol_error(reason: &'static str) -> Violation {
-    Violation {
-        code: PROTOCOL_ERROR,
-        reason,
-    }
-}
-
 fn refuse(violation: Violation) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, violation)
 }
@@ -436,7 +287,7 @@ fn refuse(violation: Violation) -> io::Error {
 pub struct WsReader {
     reader: Reader,
     out: WsWriter,
-    parser: Parser,
+    parser: Reassembler,
     /// The message being reassembled in message mode; empty (no buffer) between messages.
     pending: BytesMut,
 }
@@ -446,13 +297,7 @@ impl WsReader {
         WsReader {
             reader,
             out,
-            parser: Parser {
-                raw: BytesMut::new(),
-                frame: None,
-                message: None,
-                utf8_carry: Vec::new(),
-                max_message,
-            },
+            parser: Reassembler::new(max_message),
             pending: BytesMut::new(),
         }
     }
@@ -462,19 +307,19 @@ impl WsReader {
     /// is an `InvalidData` error carrying a [`Violation`] ([`violation`]), whose code the
     /// writer's [`WsWriter::close_code`] then reports. Cancel-safe.
     pub async fn read_stream(&mut self, buf: &mut BytesMut) -> io::Result<usize> {
+        // Bytes added before a ping count with those after it, as if the ping were not there.
+        let mut added = 0;
         loop {
-            let parsed = self
-                .parser
-                .parse(buf, &self.out, false)
-                .await
-                .map_err(|e| self.out.violated(e))?;
-            self.parser.release();
-            match parsed {
+            match parse(&mut self.parser, &self.out, buf, false).await? {
+                Parsed::Ping { added: n, .. } => {
+                    added += n;
+                    continue;
+                }
                 Parsed::Closed => return Ok(0),
-                Parsed::More(0) | Parsed::End(_) => {}
-                Parsed::More(n) => return Ok(n),
+                Parsed::More(n) if added + n > 0 => return Ok(added + n),
+                Parsed::More(_) | Parsed::End(_) => {}
             }
-            if self.reader.read(&mut self.parser.raw).await? == 0 {
+            if self.reader.read(self.parser.input()).await? == 0 {
                 return Ok(0);
             }
         }
@@ -484,25 +329,38 @@ impl WsReader {
     /// [`WsReader::read_stream`]. Cancel-safe: a message read in part is kept for the next call.
     pub async fn read_message(&mut self) -> io::Result<Option<Message>> {
         loop {
-            let parsed = self
-                .parser
-                .parse(&mut self.pending, &self.out, true)
-                .await
-                .map_err(|e| self.out.violated(e))?;
-            self.parser.release();
-            match parsed {
+            match parse(&mut self.parser, &self.out, &mut self.pending, true).await? {
                 Parsed::Closed => return Ok(None),
                 Parsed::End(text) => {
                     let data = std::mem::take(&mut self.pending);
                     return Ok(Some(Message { text, data }));
                 }
+                Parsed::Ping { .. } => continue,
                 Parsed::More(_) => {}
             }
-            if self.reader.read(&mut self.parser.raw).await? == 0 {
+            if self.reader.read(self.parser.input()).await? == 0 {
                 return Ok(None);
             }
         }
     }
+}
+
+/// One pass of `parser` over what was read. A ping is answered here, before it is handed back;
+/// a violation is recorded for the close and returned as an `InvalidData` error.
+async fn parse(
+    parser: &mut Reassembler,
+    out: &WsWriter,
+    buf: &mut BytesMut,
+    whole: bool,
+) -> io::Result<Parsed> {
+    let parsed = parser
+        .parse(buf, whole)
+        .map_err(|v| out.violated(refuse(v)))?;
+    parser.release();
+    if let Parsed::Ping { payload, .. } = &parsed {
+        out.lock().await.message(Opcode::Pong, &[payload]).await?;
+    }
+    Ok(parsed)
 }
 
 #[cfg(test)]
