@@ -110,7 +110,9 @@ fuzz_target!(|data: &[u8]| {
         Target::Topic(d) | Target::Queue(d) => d.clone(),
         Target::User { dest, .. } => destination::user_facing(dest),
     };
-    let message = Message::new(subscribed.clone(), content.clone());
+    // A user message is stored first and carries its offset, the largest there can be.
+    let offset = matches!(target, Target::User { .. }).then_some(u64::MAX);
+    let message = Message::at_offset(subscribed.clone(), content.clone(), offset);
     for version in Version::ALL {
         if !subscribable(&subscribed, version, &limits) {
             continue;
@@ -128,6 +130,9 @@ fuzz_target!(|data: &[u8]| {
         };
         assert!(wire.is_empty());
         expected = expected.header("destination", as_read(&subscribed, version));
+        if let Some(offset) = offset {
+            expected = expected.header("x-stream-offset", offset.to_string());
+        }
         for (name, value) in &content.headers {
             expected = expected.header(as_read(name, version), as_read(value, version));
         }

@@ -179,11 +179,12 @@ impl Message {
     }
 }
 
-/// Writes a header name or value. STOMP 1.0 has no escaping, so a line break that a 1.1/1.2
-/// publisher sent escaped becomes a space for 1.0 subscribers rather than breaking their framing.
+/// Writes a header name or value. STOMP 1.0 has no escaping, so a line break (or a NUL, which
+/// would end the frame) that a 1.1/1.2 publisher sent escaped becomes a space for 1.0
+/// subscribers rather than breaking their framing.
 fn put_value(text: &str, version: Version, out: &mut BytesMut) {
-    if version == Version::V1_0 && text.contains(['\r', '\n']) {
-        out.put_slice(text.replace(['\r', '\n'], " ").as_bytes());
+    if version == Version::V1_0 && text.contains(['\r', '\n', '\0']) {
+        out.put_slice(text.replace(['\r', '\n', '\0'], " ").as_bytes());
     } else {
         escape_into(text, version, out);
     }
@@ -225,6 +226,21 @@ mod tests {
         assert_eq!(itoa(0).as_bytes(), b"0");
         assert_eq!(itoa(42).as_bytes(), b"42");
         assert_eq!(itoa(u64::MAX).as_bytes(), u64::MAX.to_string().as_bytes());
+    }
+
+    #[test]
+    fn stomp_1_0_values_never_carry_a_line_break_or_a_nul() {
+        let message = Message::new(
+            "/topic/a\nb".into(),
+            Content {
+                headers: vec![("x".into(), "1\0 2".into())],
+                body: Bytes::new(),
+            },
+        );
+        assert_eq!(
+            &message.tail(Version::V1_0)[..],
+            b"destination:/topic/a b\nx:1  2\ncontent-length:0\n\n\0"
+        );
     }
 
     #[test]
