@@ -180,13 +180,17 @@ async fn write_loop<O: TransportOut>(
             }
         };
         if !batch.items.is_empty() {
-            // Stored messages' cursors move once their frames are written (no allocation for
-            // a batch without any).
-            let marks: Vec<Written> = batch
-                .items
-                .iter()
-                .filter_map(|i| i.written.clone())
-                .collect();
+            // Stored messages' cursors move once their frames are written; a connection with
+            // no stream subscription has none to look for.
+            let marks: Vec<Written> = if endpoint.feeds_streams.load(Ordering::Acquire) {
+                batch
+                    .items
+                    .iter()
+                    .filter_map(|i| i.written.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let written = if batch.then_close == Some(Closing::SlowConsumer) {
                 // The batch is the slow-consumer ERROR itself: give it a moment to get out.
                 timeout(SLOW_CONSUMER_GOODBYE, out.write(batch.items))

@@ -32,6 +32,9 @@ pub struct Endpoint {
     /// transactions, cached verdicts and partial frames; its subscriptions charge the queue
     /// messages they hold unacknowledged.
     pub budget: Budget,
+    /// Set once a stream subscription delivers here: only then does the writer look for the
+    /// marks it must move.
+    pub feeds_streams: std::sync::atomic::AtomicBool,
     next_seq: AtomicU64,
 }
 
@@ -44,6 +47,7 @@ impl Endpoint {
             outbox: Outbox::new(outbound_bytes),
             heartbeat_out_ms: AtomicU64::new(0),
             budget: Budget::new(memory_bytes),
+            feeds_streams: std::sync::atomic::AtomicBool::new(false),
             next_seq: AtomicU64::new(1),
         }
     }
@@ -150,6 +154,14 @@ pub struct Unacked {
 /// messages waiting to be delivered, in order: live ones held while the stream is read, then
 /// the replay and whatever arrives while the connection has no room for it. What waits is also
 /// in the store, which bounds it.
+/// What only a stream subscription needs.
+#[derive(Debug)]
+struct StreamFeed {
+    state: Mutex<Stream>,
+    /// The highest offset its writer wrote (its cursor in auto mode).
+    written: Arc<AtomicU64>,
+}
+
 #[derive(Debug, Default)]
 struct Stream {
     /// The epoch of the stream it replayed from.
@@ -185,10 +197,8 @@ pub struct Subscription {
     /// `ack:<session>-` for 1.2 client modes, else empty.
     ack_prefix: Bytes,
     pending: Mutex<Pending>,
-    /// Set for a subscription fed from its user's stream.
-    stream: Option<Mutex<Stream>>,
-    /// The highest offset its writer wrote (auto-acknowledged stream subscriptions).
-    written: Arc<AtomicU64>,
+    /// Set for a subscription fed from its user's stream (boxed: others pay a pointer).
+    stream: Option<Box<StreamFeed>>,
 }
 
 impl Subscription {
@@ -224,7 +234,6 @@ impl Subscription {
             ack_prefix,
             pending: Mutex::new(Pending::default()),
             stream: None,
-            written: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -232,27 +241,31 @@ impl Subscription {
     /// [`Subscription::finish_replay`] has delivered what the stream kept, and delivers each
     /// offset once.
     pub fn from_stream(mut self) -> Subscription {
-        self.stream = Some(Mutex::new(Stream {
-            epoch: 0,
-            next: 0,
-            replaying: true,
-            waiting: VecDeque::new(),
+        self.endpoint.feeds_streams.store(true, Ordering::Release);
+        self.stream = Some(Box::new(StreamFeed {
+            state: Mutex::new(Stream {
+                epoch: 0,
+                next: 0,
+                replaying: true,
+                waiting: VecDeque::new(),
+            }),
+            written: Arc::new(AtomicU64::new(0)),
         }));
         self
     }
 
-    fn stream_state(stream: &Mutex<Stream>) -> std::sync::MutexGuard<'_, Stream> {
-        stream.lock().unwrap_or_else(|e| e.into_inner())
+    fn stream_state(feed: &StreamFeed) -> std::sync::MutexGuard<'_, Stream> {
+        feed.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Goes live after the stream (of `epoch`) was read: what it kept for this subscription
     /// (in offset order), then the live messages held meanwhile, each offset once, delivered
     /// as far as the connection has room (the rest by [`Subscription::pump_stream`]).
     pub fn finish_replay(&self, epoch: u64, replayed: Vec<Arc<Message>>) -> Result<(), Refused> {
-        let Some(stream) = &self.stream else {
+        let Some(feed) = self.stream.as_deref() else {
             return Ok(());
         };
-        let mut stream = Self::stream_state(stream);
+        let mut stream = Self::stream_state(feed);
         stream.epoch = epoch;
         stream.replaying = false;
         let held = std::mem::take(&mut stream.waiting);
@@ -263,8 +276,8 @@ impl Subscription {
     /// Delivers what waits for room, as far as there is room now; called when the
     /// connection's writer has taken what was queued.
     pub fn pump_stream(&self) -> Result<(), Refused> {
-        match &self.stream {
-            Some(stream) => self.drain_waiting(&mut Self::stream_state(stream)),
+        match self.stream.as_deref() {
+            Some(feed) => self.drain_waiting(&mut Self::stream_state(feed)),
             None => Ok(()),
         }
     }
@@ -295,9 +308,10 @@ impl Subscription {
     /// held, or the last it delivered if it held none. With the stream's epoch; `None` when it
     /// delivered nothing.
     pub fn stream_cursor(&self, held: &[Unacked]) -> Option<(u64, u64)> {
-        let stream = Self::stream_state(self.stream.as_ref()?);
+        let feed = self.stream.as_deref()?;
+        let stream = Self::stream_state(feed);
         let at = if self.ack == AckMode::Auto {
-            self.written.load(Ordering::Acquire)
+            feed.written.load(Ordering::Acquire)
         } else {
             match held.iter().filter_map(|u| u.offset).min() {
                 Some(first_held) => first_held - 1,
@@ -322,10 +336,10 @@ impl Subscription {
     /// so that in client ack modes it can be redelivered elsewhere. `heads` carries the frame
     /// head between the deliveries of one message.
     pub fn deliver(&self, message: &Arc<Message>, heads: &mut SharedHead) -> Result<(), Refused> {
-        if let (Some(stream), Some(offset)) = (&self.stream, message.offset()) {
+        if let (Some(feed), Some(offset)) = (self.stream.as_deref(), message.offset()) {
             // Held under the stream's lock while delivering, so a replay finishing at the same
             // time cannot interleave with it.
-            let mut stream = Self::stream_state(stream);
+            let mut stream = Self::stream_state(feed);
             if stream.replaying {
                 stream.waiting.push_back(message.clone());
                 return Ok(());
@@ -349,9 +363,9 @@ impl Subscription {
             // Nothing will acknowledge this delivery, so its `message-id` is the message's
             // own number and every subscriber with the same subscription id shares one frame.
             let mut frame = heads.get(&self.subscription_line, self.version, message);
-            if let (Some(_), Some(offset)) = (&self.stream, message.offset()) {
+            if let (Some(feed), Some(offset)) = (self.stream.as_deref(), message.offset()) {
                 frame.written = Some(Written {
-                    mark: self.written.clone(),
+                    mark: feed.written.clone(),
                     offset,
                 });
             }
