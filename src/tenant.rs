@@ -77,10 +77,11 @@ impl Tenant {
             )),
             api_keys: config.api_keys.clone(),
             allowed_origins: AllowedOrigins::new(&config.allowed_origins),
-            history,
-            user_turns: (0..USER_TURNS)
+            // Only a tenant that stores takes turns.
+            user_turns: (0..if history.is_some() { USER_TURNS } else { 0 })
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            history,
         }
     }
 

@@ -146,9 +146,9 @@ struct Queue {
     name: Arc<str>,
     consumers: Vec<Arc<Subscription>>,
     cursor: usize,
-    /// Messages waiting for a consumer with room, oldest first, with the weight each was
-    /// charged to the backlog limits.
-    backlog: VecDeque<(Arc<Message>, usize)>,
+    /// Messages waiting for a consumer with room, oldest first; each is charged its
+    /// [`Message::weight`] to the backlog limits.
+    backlog: VecDeque<Arc<Message>>,
 }
 
 impl Queue {
@@ -398,9 +398,8 @@ impl Broker {
                     }
                 }
                 let message = Arc::new(message.compacted());
-                let weight = message.weight();
                 self.backlog
-                    .take(index.backlog_total, weight)
+                    .take(index.backlog_total, message.weight())
                     .map_err(|limit| RouteError::BacklogFull {
                         queue: dest.clone(),
                         limit,
@@ -412,7 +411,7 @@ impl Broker {
                     .entry(name.clone())
                     .or_insert_with(|| Queue::named(name))
                     .backlog
-                    .push_back((message, weight));
+                    .push_back(message);
                 Ok(Routed {
                     delivered: 0,
                     queued: true,
@@ -437,13 +436,13 @@ impl Broker {
     }
 
     fn drain_backlog(queue: &mut Queue, waiting: &mut usize, limits: &BacklogLimits) {
-        while let Some((message, weight)) = queue.backlog.pop_front() {
+        while let Some(message) = queue.backlog.pop_front() {
             if Self::hand_to_consumer(queue, &message, None).is_none() {
-                queue.backlog.push_front((message, weight));
+                queue.backlog.push_front(message);
                 return;
             }
             *waiting -= 1;
-            limits.give_back(weight);
+            limits.give_back(message.weight());
         }
     }
 
@@ -467,10 +466,9 @@ impl Broker {
             }
         }
         let message = Arc::new(message.compacted());
-        let weight = message.weight();
-        self.backlog.force(weight);
+        self.backlog.force(message.weight());
         index.backlog_total += 1;
-        queue.backlog.push_front((message, weight));
+        queue.backlog.push_front(message);
     }
 
     fn fan_out(list: Option<SubList>, message: &Arc<Message>) -> Routed {

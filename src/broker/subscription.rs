@@ -144,17 +144,11 @@ pub struct Unacked {
     /// For queue messages: the queue and the message, to hand to another consumer if this one
     /// NACKs it or goes away.
     pub requeue: Option<(Arc<str>, Arc<Message>)>,
-    /// Bytes charged to the connection's budget while it is held (given back when settled).
-    charged: usize,
     /// Its offset in the user's stream, for a stored message.
     pub offset: Option<u64>,
 }
 
-/// A user subscription fed from its user's stream: the next offset it delivers, and the
-/// messages waiting to be delivered, in order: live ones held while the stream is read, then
-/// the replay and whatever arrives while the connection has no room for it. What waits is also
-/// in the store, which bounds it.
-/// What only a stream subscription needs.
+/// What only a subscription fed from its user's stream needs.
 #[derive(Debug)]
 struct StreamFeed {
     state: Mutex<Stream>,
@@ -162,6 +156,10 @@ struct StreamFeed {
     written: Arc<AtomicU64>,
 }
 
+/// Where a stream subscription is: the next offset it delivers, and the messages waiting to be
+/// delivered, in order: live ones held while the stream is read, then the replay and whatever
+/// arrives while the connection has no room for it. What waits is also in the store, which
+/// bounds it.
 #[derive(Debug, Default)]
 struct Stream {
     /// The epoch of the stream it replayed from.
@@ -244,10 +242,8 @@ impl Subscription {
         self.endpoint.feeds_streams.store(true, Ordering::Release);
         self.stream = Some(Box::new(StreamFeed {
             state: Mutex::new(Stream {
-                epoch: 0,
-                next: 0,
                 replaying: true,
-                waiting: VecDeque::new(),
+                ..Stream::default()
             }),
             written: Arc::new(AtomicU64::new(0)),
         }));
@@ -430,7 +426,6 @@ impl Subscription {
         pending.unacked.push_back(Unacked {
             seq,
             requeue: queue.map(|q| (q.clone(), message.clone())),
-            charged,
             offset: message.offset(),
         });
         Ok(())
@@ -496,13 +491,13 @@ impl Subscription {
     }
 
     fn release(&self, settled: &[Unacked]) {
-        let charged: usize = settled.iter().map(|u| u.charged).sum();
+        // A held queue message was charged its held weight (see `deliver_held`); others nothing.
+        let charged: usize = settled
+            .iter()
+            .filter_map(|u| u.requeue.as_ref())
+            .map(|(_, message)| message.held_weight())
+            .sum();
         self.endpoint.budget.give_back(charged);
-    }
-
-    /// True for a consumer of a queue (whose backlog it may be offered when it has room).
-    pub fn is_queue_consumer(&self) -> bool {
-        matches!(self.target, Target::Queue(_))
     }
 
     /// Messages this subscription holds unacknowledged.

@@ -28,8 +28,8 @@ pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 #[derive(Debug, Default)]
 struct UserStream {
-    /// Oldest first, each with the bytes it was charged.
-    entries: VecDeque<(Stored, usize)>,
+    /// Oldest first; each is charged its [`weight`] to the budget.
+    entries: VecDeque<Stored>,
     next_offset: u64,
     /// When the newest dropped message was stored, in ms (0: none was).
     dropped_until_ms: u64,
@@ -50,12 +50,12 @@ impl UserStream {
     fn first_kept(&self) -> u64 {
         self.entries
             .front()
-            .map_or(self.next_offset, |(s, _)| s.position.offset)
+            .map_or(self.next_offset, |s| s.position.offset)
     }
 
     fn drop_oldest(&mut self, budget: &Budget) {
-        if let Some((stored, charged)) = self.entries.pop_front() {
-            budget.give_back(charged);
+        if let Some(stored) = self.entries.pop_front() {
+            budget.give_back(weight(&stored.dest, &stored.content));
             self.dropped_until_ms = self.dropped_until_ms.max(stored.stored_at_ms);
         }
     }
@@ -65,7 +65,7 @@ impl UserStream {
         while self
             .entries
             .front()
-            .is_some_and(|(s, _)| now_ms.saturating_sub(s.stored_at_ms) > retention.max_age_ms)
+            .is_some_and(|s| now_ms.saturating_sub(s.stored_at_ms) > retention.max_age_ms)
         {
             self.drop_oldest(budget);
         }
@@ -185,15 +185,12 @@ impl History for MemoryHistory {
             headers: content.headers.clone(),
             body: Bytes::copy_from_slice(&content.body),
         };
-        stream.entries.push_back((
-            Stored {
-                position,
-                dest: dest.to_string(),
-                content,
-                stored_at_ms: now_ms,
-            },
-            cost,
-        ));
+        stream.entries.push_back(Stored {
+            position,
+            dest: dest.to_string(),
+            content,
+            stored_at_ms: now_ms,
+        });
         Ok(position)
     }
 
@@ -216,7 +213,7 @@ impl History for MemoryHistory {
         };
         stream.expire(now_ms, &self.retention, &self.budget);
         let low = stream.first_kept();
-        let for_dest = |s: &&(Stored, usize)| s.0.dest == dest;
+        let for_dest = |s: &&Stored| s.dest == dest;
         let (start, complete) = match from {
             ReadFrom::After(p) if p.epoch != self.epoch => (low, false),
             ReadFrom::After(p) => {
@@ -231,7 +228,7 @@ impl History for MemoryHistory {
                     .iter()
                     .rev()
                     .find(for_dest)
-                    .map_or(stream.next_offset, |(s, _)| s.position.offset);
+                    .map_or(stream.next_offset, |s| s.position.offset);
                 (last, true)
             }
             ReadFrom::StartAt(StartAt::Offset(n)) => {
@@ -243,8 +240,8 @@ impl History for MemoryHistory {
                 let start = stream
                     .entries
                     .iter()
-                    .find(|(s, _)| s.stored_at_ms >= at_ms)
-                    .map_or(stream.next_offset, |(s, _)| s.position.offset);
+                    .find(|s| s.stored_at_ms >= at_ms)
+                    .map_or(stream.next_offset, |s| s.position.offset);
                 (start, stream.dropped_until_ms < at_ms)
             }
         };
@@ -252,8 +249,8 @@ impl History for MemoryHistory {
             .entries
             .iter()
             .filter(for_dest)
-            .filter(|(s, _)| s.position.offset >= start)
-            .map(|(s, _)| s.clone())
+            .filter(|s| s.position.offset >= start)
+            .cloned()
             .collect();
         Ok(Replay {
             epoch: self.epoch,

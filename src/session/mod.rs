@@ -139,20 +139,14 @@ pub struct Session {
     tenant: Option<Arc<Tenant>>,
     principal: Principal,
     subs: HashMap<String, Arc<Subscription>>,
-    transactions: HashMap<String, Transaction>,
+    /// Open transactions' frames, each charged its [`frame_weight`] to the budget.
+    transactions: HashMap<String, Vec<Frame>>,
     verdicts: HashSet<(Operation, String)>,
     /// Bytes the verdicts are charged to the budget.
     verdict_bytes: usize,
     /// Headers the next RECEIPT carries (a SUBSCRIBE's replay: whether it recovered all).
     receipt_headers: Vec<(&'static str, String)>,
     heartbeat_in: Option<Duration>,
-}
-
-/// An open transaction: the frames it buffers and what they are charged to the budget.
-#[derive(Debug, Default)]
-struct Transaction {
-    frames: Vec<Frame>,
-    charged: usize,
 }
 
 type Outcome = Result<(), Fault>;
@@ -287,11 +281,7 @@ impl Session {
             Ok(()) => {
                 if let Some(id) = receipt {
                     let extra = std::mem::take(&mut self.receipt_headers);
-                    let mut receipt = Frame::new(Command::Receipt).header("receipt-id", id);
-                    for (name, value) in extra {
-                        receipt = receipt.header(name, value);
-                    }
-                    let frame = self.encode(&receipt);
+                    let frame = self.receipt_with(&id, extra);
                     self.handoff.reply(&self.endpoint, frame, &self.ctx.tasks);
                 }
                 Flow::Continue
@@ -463,22 +453,22 @@ impl Session {
             return Ok(Some(frame));
         };
         let limit = self.ctx.limits.max_transaction_frames;
-        let Some(transaction) = self.transactions.get(id) else {
+        let Some(frames) = self.transactions.get(id) else {
             return Err(Fault::UnknownTransaction(id.to_string()));
         };
-        if transaction.frames.len() >= limit {
+        if frames.len() >= limit {
             return Err(Fault::TransactionTooLarge(limit));
         }
-        let cost = frame_weight(&frame);
-        self.charge("a frame buffered in a transaction", cost)?;
+        self.charge("a frame buffered in a transaction", frame_weight(&frame))?;
         let id = id.to_string();
         // Kept until COMMIT: copied out of the read buffer it was cut from, so that it holds
         // what it is charged and not the whole buffer.
         let mut frame = frame;
         frame.body = Bytes::copy_from_slice(&frame.body);
-        let transaction = self.transactions.get_mut(&id).expect("looked up above");
-        transaction.charged += cost;
-        transaction.frames.push(frame);
+        self.transactions
+            .get_mut(&id)
+            .expect("looked up above")
+            .push(frame);
         Ok(None)
     }
 
@@ -720,13 +710,16 @@ impl Session {
         Ok(())
     }
 
-    /// Removes a transaction, giving back what it was charged, and returns its frames.
+    /// Removes a transaction, giving back what its frames were charged, and returns them.
     fn close_transaction(&mut self, id: &str) -> Vec<Frame> {
-        let Some(transaction) = self.transactions.remove(id) else {
-            return Vec::new();
-        };
-        self.endpoint.budget.give_back(transaction.charged);
-        transaction.frames
+        let frames = self.transactions.remove(id).unwrap_or_default();
+        self.give_back_frames(&frames);
+        frames
+    }
+
+    fn give_back_frames(&self, frames: &[Frame]) {
+        let charged: usize = frames.iter().map(frame_weight).sum();
+        self.endpoint.budget.give_back(charged);
     }
 
     fn transaction_id(&self, frame: &Frame) -> Result<String, Fault> {
@@ -746,8 +739,7 @@ impl Session {
         if self.transactions.len() >= max {
             return Err(Fault::TooManyTransactions(max));
         }
-        self.transactions
-            .insert(id.to_string(), Transaction::default());
+        self.transactions.insert(id.to_string(), Vec::new());
         Ok(())
     }
 
@@ -776,7 +768,15 @@ impl Session {
     }
 
     fn receipt(&self, id: &str) -> Bytes {
-        self.encode(&Frame::new(Command::Receipt).header("receipt-id", id))
+        self.receipt_with(id, Vec::new())
+    }
+
+    fn receipt_with(&self, id: &str, extra: Vec<(&'static str, String)>) -> Bytes {
+        let mut receipt = Frame::new(Command::Receipt).header("receipt-id", id);
+        for (name, value) in extra {
+            receipt = receipt.header(name, value);
+        }
+        self.encode(&receipt)
     }
 
     fn fail(&mut self, fault: &Fault, receipt: Option<&str>) {
@@ -799,9 +799,8 @@ impl Session {
     /// Releases everything the session holds in the broker: subscriptions (requeueing
     /// unacknowledged queue messages), its user registration, open transactions (aborted).
     pub fn end(&mut self) {
-        let open: Vec<String> = self.transactions.keys().cloned().collect();
-        for id in open {
-            self.close_transaction(&id);
+        for (_, frames) in std::mem::take(&mut self.transactions) {
+            self.give_back_frames(&frames);
         }
         self.clear_verdicts();
         let subs: Vec<_> = self.subs.drain().map(|(_, s)| s).collect();
