@@ -5,17 +5,20 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::broker::cursor::{CursorQueue, StreamCursor};
 use crate::broker::{
-    BacklogLimits, Broker, Budget, Content, Interest, RouteError, Subscription, Target,
+    BacklogLimits, Broker, Budget, Content, Interest, Position, RouteError, Subscription, Target,
 };
-use crate::cluster::{Backplane, ClusterError};
-use crate::config::{HistoryConfig, ServerConfig, TenantConfig, DEFAULT_TENANT};
-use crate::history::memory::MemoryHistory;
-use crate::history::History;
+use crate::cluster::{Backplane, ClusterError, Forwarded, Holders};
+use crate::config::{ServerConfig, TenantConfig, DEFAULT_TENANT};
+use crate::history::order::Gate;
+use crate::history::{History, HistoryError};
 use crate::metrics::{DropReason, Metrics};
 use crate::plugin::{PluginLimits, PluginSlot};
 use crate::policy::Policy;
@@ -41,10 +44,36 @@ pub struct Tenant {
     /// One user's messages are stored and handed to the broker one at a time, so offsets
     /// reach subscriptions in order; users are spread over these by hash.
     user_turns: Vec<tokio::sync::Mutex<()>>,
+    /// With a store shared by the cluster: for each user with a stream subscription here,
+    /// the order their stored messages are delivered in (see [`crate::history::order`]).
+    orders: Mutex<HashMap<String, Arc<UserOrder>>>,
+    /// With a store shared by the cluster: where cursors that moved are queued, and the
+    /// queue's end until [`Tenant::start`] hands it to the task that saves them.
+    cursor_queue: Option<CursorQueue>,
+    cursor_moves: Mutex<Option<mpsc::UnboundedReceiver<Arc<StreamCursor>>>>,
+    /// This tenant, for the tasks it starts (fills, cursor saving).
+    me: OnceLock<Weak<Tenant>>,
 }
 
 /// How many users' stores may run at once per tenant.
 const USER_TURNS: usize = 64;
+/// How long a failed read of a gap waits before it is tried again.
+const FILL_RETRY: Duration = Duration::from_millis(250);
+/// Cursors saved in one round.
+const CURSOR_BATCH: usize = 256;
+
+/// One user's stored messages on their way to the user's subscriptions here.
+#[derive(Debug, Default)]
+struct UserOrder {
+    gate: Mutex<Gate<(String, Content)>>,
+    seeded: tokio::sync::OnceCell<()>,
+}
+
+impl UserOrder {
+    fn gate(&self) -> std::sync::MutexGuard<'_, Gate<(String, Content)>> {
+        self.gate.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
 
 impl Tenant {
     pub(crate) fn new(
@@ -64,7 +93,18 @@ impl Tenant {
                 memory_bytes: config.plugin_memory_bytes,
             },
         ));
+        let shared = history.as_ref().is_some_and(|h| h.shared());
+        let (cursor_queue, cursor_moves) = if shared {
+            let (queue, moves) = mpsc::unbounded_channel();
+            (Some(queue), Some(moves))
+        } else {
+            (None, None)
+        };
         Tenant {
+            orders: Mutex::new(HashMap::new()),
+            cursor_queue,
+            cursor_moves: Mutex::new(cursor_moves),
+            me: OnceLock::new(),
             policy: plugin.clone(),
             plugin,
             cluster,
@@ -131,7 +171,188 @@ impl Tenant {
 
     /// Forgets a session of `user` (cluster presence for the last).
     pub fn user_disconnected(&self, user: &str) {
-        self.mirror(self.broker.user_disconnected(user));
+        let change = self.broker.user_disconnected(user);
+        if change.is_some() {
+            self.lock_orders().remove(user);
+        }
+        self.mirror(change);
+    }
+
+    fn lock_orders(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<UserOrder>>> {
+        self.orders.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where a stream subscription queues its cursor's moves to have them saved at once (a
+    /// store shared by the cluster, where a node that dies must not take its cursors along);
+    /// `None`: saved when the subscription ends.
+    pub fn cursor_queue(&self) -> Option<CursorQueue> {
+        self.cursor_queue.clone()
+    }
+
+    /// Starts the tenant's own task: saving the cursors that moved. Called once the runtime
+    /// runs (the node starting).
+    pub fn start(self: &Arc<Self>) {
+        let _ = self.me.set(Arc::downgrade(self));
+        let moves = self
+            .cursor_moves
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let (Some(mut moves), Some(history)) = (moves, self.history.clone()) {
+            tokio::spawn(async move {
+                let mut batch = Vec::with_capacity(CURSOR_BATCH);
+                while moves.recv_many(&mut batch, CURSOR_BATCH).await > 0 {
+                    let saves = batch.drain(..).filter_map(|cursor| {
+                        let position = cursor.take()?;
+                        let history = history.clone();
+                        Some(async move {
+                            if let Err(e) =
+                                history.advance(&cursor.user, &cursor.dest, position).await
+                            {
+                                debug!(error = %e, "a cursor was not saved; it is saved again when it moves or its subscription ends");
+                            }
+                        })
+                    });
+                    // Sent together: the store's connection pipelines them.
+                    futures_util::future::join_all(saves).await;
+                }
+            });
+        }
+    }
+
+    /// Makes ready to deliver `user`'s stored messages here in order, before a subscription
+    /// of theirs reads the stream: with a store shared by the cluster, waits until the user's
+    /// presence here is visible to every node, then seeds the user's order with the stream's
+    /// head. Once per user while they have sessions here.
+    pub async fn open_stream(&self, user: &str) -> Result<(), HistoryError> {
+        let Some(history) = self.history.as_ref().filter(|h| h.shared()) else {
+            return Ok(());
+        };
+        let order = self
+            .lock_orders()
+            .entry(user.to_string())
+            .or_default()
+            .clone();
+        order
+            .seeded
+            .get_or_try_init(|| async {
+                self.cluster
+                    .settled()
+                    .await
+                    .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+                let head = history.head(user).await?;
+                let released = order.gate().seed(head);
+                self.release(user, released.deliver);
+                if let Some(after) = released.fill {
+                    self.spawn_fill(user, &order, after);
+                }
+                Ok::<(), HistoryError>(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Hands a stored message of `user` to their subscriptions here, in the user's order: the
+    /// number of subscriptions it reached now (0 while it waits for an earlier one).
+    pub fn deliver_stored(&self, user: &str, dest: &str, content: Content, at: Position) -> usize {
+        let order = match self.history.as_ref() {
+            Some(h) if h.shared() => self.lock_orders().get(user).cloned(),
+            _ => None,
+        };
+        let Some(order) = order else {
+            // No stream subscription of the user is being made here: nothing to order for.
+            return self.deliver_now(user, dest.to_string(), content, at);
+        };
+        let released = order.gate().offer(at, (dest.to_string(), content));
+        if let Some(after) = released.fill {
+            self.spawn_fill(user, &order, after);
+        }
+        self.release(user, released.deliver)
+    }
+
+    /// Reads again what may have been missed while the cluster connection was down, for
+    /// every user with a stream subscription here.
+    pub fn catch_up(&self) {
+        let orders: Vec<(String, Arc<UserOrder>)> = self
+            .lock_orders()
+            .iter()
+            .map(|(u, o)| (u.clone(), o.clone()))
+            .collect();
+        for (user, order) in orders {
+            let after = order.gate().catch_up();
+            if let Some(after) = after {
+                self.spawn_fill(&user, &order, after);
+            }
+        }
+    }
+
+    fn deliver_now(&self, user: &str, dest: String, content: Content, at: Position) -> usize {
+        let target = Target::User {
+            user: user.to_string(),
+            dest,
+        };
+        match self.broker.publish_at(&target, content, Some(at)) {
+            Ok(routed) => routed.delivered,
+            Err(e) => {
+                warn!(tenant = %self.id, error = %e, "a stored message was not delivered here");
+                0
+            }
+        }
+    }
+
+    fn release(&self, user: &str, messages: Vec<(Position, (String, Content))>) -> usize {
+        messages
+            .into_iter()
+            .map(|(at, (dest, content))| self.deliver_now(user, dest, content, at))
+            .sum()
+    }
+
+    /// Reads `user`'s stream after `after` for the gap their order found, and delivers what it
+    /// lets through; tries again while the store cannot be read and the order still stands.
+    fn spawn_fill(&self, user: &str, order: &Arc<UserOrder>, after: Position) {
+        let Some(me) = self.me.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let Some(history) = self.history.clone() else {
+            return;
+        };
+        let (user, order) = (user.to_string(), order.clone());
+        tokio::spawn(async move {
+            let mut after = after;
+            loop {
+                match history.since(&user, after).await {
+                    Ok(replay) => {
+                        let found = replay
+                            .messages
+                            .into_iter()
+                            .map(|m| (m.position.offset, (m.dest, m.content)))
+                            .collect();
+                        let released = order.gate().filled(replay.epoch, found, replay.next_offset);
+                        me.release(&user, released.deliver);
+                        match released.fill {
+                            Some(next) => after = next,
+                            None => return,
+                        }
+                    }
+                    Err(e) => {
+                        debug!(tenant = %me.id, user, error = %e, "a gap in a user's messages could not be read yet");
+                        tokio::time::sleep(FILL_RETRY).await;
+                        let current = me
+                            .lock_orders()
+                            .get(&user)
+                            .is_some_and(|o| Arc::ptr_eq(o, &order));
+                        if !current {
+                            return;
+                        }
+                        let retry = order.gate().fill_failed();
+                        match retry {
+                            Some(next) => after = next,
+                            None => return,
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// The tenant's plugin slot (status, reload).
@@ -162,50 +383,31 @@ pub struct Tenants {
 }
 
 impl Tenants {
-    /// The tenants of `configs`, routing through `cluster`, storing user messages in memory
-    /// under `history` (`None`: nowhere).
+    /// The tenants of `configs`, routing through `cluster`, storing user messages where
+    /// `store_for` says (`None`: nowhere).
     pub fn new(
         configs: &[TenantConfig],
         server: &ServerConfig,
-        history: Option<&HistoryConfig>,
+        store_for: &dyn Fn(&TenantConfig) -> Option<Arc<dyn History>>,
         cluster: &Arc<dyn Backplane>,
         metrics: &Arc<Metrics>,
     ) -> Tenants {
-        let history_budget = history.map(|h| Arc::new(Budget::new(h.max_bytes)));
-        // A new epoch per process: what an earlier process stored is gone, and positions from
-        // it must read as such.
-        let epoch = crate::util::unix_ms();
-        let clock: crate::history::memory::Clock = Arc::new(crate::util::unix_ms);
         // One ceiling for the queues of every tenant, so that together they cannot take the
         // node's memory either.
         let node_backlog = Arc::new(Budget::new(server.node_backlog_bytes));
-        let by_id = configs
+        configs
             .iter()
             .map(|t| {
-                let store = match (history, &history_budget) {
-                    (Some(h), Some(budget)) if h.enabled && t.history => {
-                        let store: Arc<dyn History> = Arc::new(MemoryHistory::new(
-                            epoch,
-                            t.retention(h),
-                            budget.clone(),
-                            clock.clone(),
-                        ));
-                        Some(store)
-                    }
-                    _ => None,
-                };
-                let tenant = Tenant::new(
+                Tenant::new(
                     t,
                     server,
                     &node_backlog,
-                    store,
+                    store_for(t),
                     cluster.clone(),
                     metrics.clone(),
-                );
-                (t.id.clone(), Arc::new(tenant))
+                )
             })
-            .collect();
-        Tenants { by_id }
+            .collect()
     }
 
     /// The tenant with id `id`.
@@ -229,7 +431,11 @@ impl FromIterator<Tenant> for Tenants {
         Tenants {
             by_id: tenants
                 .into_iter()
-                .map(|t| (t.id.clone(), Arc::new(t)))
+                .map(|t| {
+                    let tenant = Arc::new(t);
+                    let _ = tenant.me.set(Arc::downgrade(&tenant));
+                    (tenant.id.clone(), tenant)
+                })
                 .collect(),
         }
     }
@@ -277,23 +483,52 @@ impl Tenant {
                 delivery.local = self.broker.publish(target, content.clone())?.delivered;
                 Some(self.forward_topic(dest, &content, confirm).await)
             }
-            Target::User { user, dest } => {
-                delivery.local = match &self.history {
-                    Some(history) => {
-                        let _turn = self.user_turn(user).lock().await;
-                        let position = history
-                            .append(user, dest, &content)
-                            .await
-                            .map_err(|e| RouteError::NotStored(e.to_string()))?;
-                        delivery.stored = true;
-                        self.broker
-                            .publish_at(target, content.clone(), Some(position.offset))?
-                            .delivered
-                    }
-                    None => self.broker.publish(target, content.clone())?.delivered,
-                };
-                Some(self.forward_user(user, dest, &content, confirm).await)
-            }
+            Target::User { user, dest } => match &self.history {
+                Some(history) => {
+                    // The turn is held until the message is queued for other nodes, so this
+                    // node sends one user's messages in offset order.
+                    let turn = self.user_turn(user).lock().await;
+                    let appended = history
+                        .append(user, dest, &content)
+                        .await
+                        .map_err(|e| RouteError::NotStored(e.to_string()))?;
+                    delivery.stored = true;
+                    delivery.local =
+                        self.deliver_stored(user, dest, content.clone(), appended.position);
+                    let holders = match &appended.holders {
+                        Some(nodes) => Holders::Known(nodes),
+                        None => Holders::Cached,
+                    };
+                    let forwarded = self
+                        .cluster
+                        .to_user(
+                            &self.id,
+                            user,
+                            dest,
+                            &content,
+                            Some(appended.position),
+                            holders,
+                        )
+                        .await;
+                    drop(turn);
+                    let stored = Some(appended.position);
+                    Some(
+                        self.confirm_user(user, dest, &content, stored, forwarded, confirm)
+                            .await,
+                    )
+                }
+                None => {
+                    delivery.local = self.broker.publish(target, content.clone())?.delivered;
+                    let forwarded = self
+                        .cluster
+                        .to_user(&self.id, user, dest, &content, None, Holders::Cached)
+                        .await;
+                    Some(
+                        self.confirm_user(user, dest, &content, None, forwarded, confirm)
+                            .await,
+                    )
+                }
+            },
             Target::Queue(dest) => {
                 // Local consumers first: a queue message never crosses nodes needlessly.
                 let forwarded = if self.broker.has_consumers(dest) {
@@ -359,17 +594,16 @@ impl Tenant {
     /// whose inbox had none is gone (killed moments ago, or it lost its subscription), so the
     /// presence is read again and the nodes that did not get it are tried once more; a
     /// message that still reached nobody is answered as not delivered, never as sent.
-    async fn forward_user(
+    async fn confirm_user(
         &self,
         user: &str,
         dest: &str,
         content: &Content,
+        stored: Option<Position>,
+        forwarded: Result<Forwarded, ClusterError>,
         confirm: bool,
     ) -> Result<usize, ClusterError> {
-        let forwarded = self
-            .cluster
-            .to_user(&self.id, user, dest, content, None)
-            .await?;
+        let forwarded = forwarded?;
         if !confirm {
             return Ok(forwarded.nodes());
         }
@@ -380,7 +614,14 @@ impl Tenant {
         debug!(tenant = %self.id, user, ?missed, "nodes in the presence took nothing; reading it again");
         let retry = self
             .cluster
-            .to_user(&self.id, user, dest, content, Some(&reached))
+            .to_user(
+                &self.id,
+                user,
+                dest,
+                content,
+                stored,
+                Holders::Reread { skip: &reached },
+            )
             .await?;
         let (again, _) = retry.confirmed_by_node().await?;
         reached.extend(again);

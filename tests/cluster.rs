@@ -56,7 +56,7 @@ async fn await_presence(redis: &Redis, user: &str, nodes: &[&str]) {
     let deadline = Instant::now() + WAIT;
     loop {
         let mut members: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(format!("sb:default:presence:{user}"))
+            .arg(format!("sb:{{default:{user}}}:presence"))
             .query_async(&mut conn)
             .await
             .unwrap_or_default();
@@ -449,7 +449,7 @@ async fn an_old_presence_entry_routes_while_it_is_read_again() {
 
     let mut conn = redis.client().await;
     let _: () = redis::cmd("SREM")
-        .arg("sb:default:presence:alice")
+        .arg("sb:{default:alice}:presence")
         .arg("node-a")
         .query_async(&mut conn)
         .await
@@ -495,7 +495,7 @@ async fn a_node_stopped_with_sigterm_leaves_the_cluster_at_once() {
     assert_eq!(status, 202, "{answer}");
     assert_eq!(answer["online"], false, "{answer}");
     assert_eq!(answer["nodes"], 0, "{answer}");
-    let presence = members(&redis, "sb:default:presence:carol").await;
+    let presence = members(&redis, "sb:{default:carol}:presence").await;
     assert!(presence.is_empty(), "carol's presence: {presence:?}");
     let consumers = members(&redis, "sb:default:consumers:/queue/jobs").await;
     assert!(consumers.is_empty(), "queue consumers: {consumers:?}");

@@ -16,6 +16,16 @@ pub struct Content {
     pub body: Bytes,
 }
 
+/// A place in a user's stream: the stream's epoch (it changes when the store may have lost
+/// what it held) and the message's number in it (from 1, without gaps within an epoch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Position {
+    /// The stream's epoch.
+    pub epoch: u64,
+    /// The message's number in the stream.
+    pub offset: u64,
+}
+
 /// A routed message. The part of its MESSAGE frame that is the same for every subscriber (the
 /// "tail": destination, headers, body and NUL) is encoded lazily once per protocol version and
 /// then shared by reference count.
@@ -26,9 +36,9 @@ pub struct Message {
     /// This node's number for the message: the `message-id` of its auto-acknowledged
     /// deliveries, which all share one frame head.
     seq: u64,
-    /// Its offset in its user's stream, when it was stored: MESSAGE frames carry it as
+    /// Its place in its user's stream, when it was stored: MESSAGE frames carry the offset as
     /// `x-stream-offset`, and subscriptions fed from the stream deliver each offset once.
-    offset: Option<u64>,
+    stream: Option<Position>,
     /// Per version: the encoded tail, and whether it is valid UTF-8 (a WebSocket text message).
     tails: [OnceLock<(Bytes, bool)>; 3],
 }
@@ -54,23 +64,28 @@ pub const RESERVED_HEADERS: [&str; 7] = [
 impl Message {
     /// A message whose MESSAGE frames carry `destination` (the destination as subscribed).
     pub fn new(destination: String, content: Content) -> Message {
-        Message::at_offset(destination, content, None)
+        Message::stored_at(destination, content, None)
     }
 
-    /// A message stored at `offset` of its user's stream.
-    pub fn at_offset(destination: String, content: Content, offset: Option<u64>) -> Message {
+    /// A message stored at `position` of its user's stream.
+    pub fn stored_at(destination: String, content: Content, stream: Option<Position>) -> Message {
         Message {
             destination,
             content,
             seq: NEXT_MESSAGE.fetch_add(1, Ordering::Relaxed),
-            offset,
+            stream,
             tails: Default::default(),
         }
     }
 
     /// Its offset in its user's stream, if it was stored.
     pub fn offset(&self) -> Option<u64> {
-        self.offset
+        self.stream.map(|p| p.offset)
+    }
+
+    /// Its place in its user's stream, if it was stored.
+    pub fn position(&self) -> Option<Position> {
+        self.stream
     }
 
     /// The same message, numbered alike, in buffers of its own: a body cut from a connection's
@@ -85,7 +100,7 @@ impl Message {
                 body: Bytes::copy_from_slice(&self.content.body),
             },
             seq: self.seq,
-            offset: self.offset,
+            stream: self.stream,
             tails: Default::default(),
         }
     }
@@ -159,7 +174,7 @@ impl Message {
         out.put_slice(b"destination:");
         put_value(&self.destination, version, &mut out);
         out.put_u8(b'\n');
-        if let Some(offset) = self.offset {
+        if let Some(offset) = self.offset() {
             out.put_slice(b"x-stream-offset:");
             out.put_slice(itoa(offset).as_bytes());
             out.put_u8(b'\n');

@@ -16,6 +16,7 @@
 //! waits is bounded by message count per tenant and by bytes per tenant and per node.
 
 pub mod budget;
+pub mod cursor;
 pub mod destination;
 pub mod message;
 pub mod outbox;
@@ -26,7 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use budget::Budget;
 pub use destination::Target;
-pub use message::{Content, Message};
+pub use message::{Content, Message, Position};
 pub use subscription::{AckMode, Endpoint, SharedHead, Subscription, Unacked};
 
 type SubList = Arc<Vec<Arc<Subscription>>>;
@@ -355,12 +356,12 @@ impl Broker {
         self.publish_at(target, content, None)
     }
 
-    /// Routes `content` to `target`, stored at `offset` of its user's stream (user targets).
+    /// Routes `content` to `target`, stored at `position` of its user's stream (user targets).
     pub fn publish_at(
         &self,
         target: &Target,
         content: Content,
-        offset: Option<u64>,
+        position: Option<Position>,
     ) -> Result<Routed, RouteError> {
         match target {
             Target::Topic(dest) => {
@@ -375,10 +376,10 @@ impl Broker {
                     .get(user)
                     .and_then(|u| u.dests.get(dest))
                     .cloned();
-                let message = Arc::new(Message::at_offset(
+                let message = Arc::new(Message::stored_at(
                     destination::user_facing(dest),
                     content,
-                    offset,
+                    position,
                 ));
                 Ok(Self::fan_out(list, &message))
             }

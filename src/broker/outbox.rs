@@ -56,20 +56,21 @@ pub struct Item {
     pub written: Option<Written>,
 }
 
-/// How far the writer got in a subscription's stream: set to an item's offset once the item
-/// was written to the socket (the cursor of an auto-acknowledged user subscription).
+/// How far the writer got in a subscription's stream: the cursor moves on to an item's offset
+/// once the item was written to the socket (the cursor of an auto-acknowledged user
+/// subscription).
 #[derive(Debug, Clone)]
 pub struct Written {
-    /// The subscription's mark.
-    pub mark: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The subscription's cursor.
+    pub cursor: std::sync::Arc<super::cursor::StreamCursor>,
     /// The item's offset.
     pub offset: u64,
 }
 
 impl Written {
-    /// Moves the mark on to this item's offset.
+    /// Moves the cursor on to this item's offset.
     pub fn record(&self) {
-        self.mark.fetch_max(self.offset, Ordering::AcqRel);
+        self.cursor.advance(self.offset);
     }
 }
 

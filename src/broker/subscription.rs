@@ -13,8 +13,9 @@ use std::sync::{Arc, Mutex};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::budget::Budget;
+use super::cursor::{CursorQueue, StreamCursor};
 use super::destination::Target;
-use super::message::{itoa, Message};
+use super::message::{itoa, Message, Position};
 use super::outbox::{Item, Outbox, Refused, Written};
 use crate::stomp::{escape_into, Version};
 
@@ -144,29 +145,49 @@ pub struct Unacked {
     /// For queue messages: the queue and the message, to hand to another consumer if this one
     /// NACKs it or goes away.
     pub requeue: Option<(Arc<str>, Arc<Message>)>,
-    /// Its offset in the user's stream, for a stored message.
-    pub offset: Option<u64>,
+    /// Its place in the user's stream, for a stored message.
+    pub position: Option<Position>,
 }
 
 /// What only a subscription fed from its user's stream needs.
 #[derive(Debug)]
 struct StreamFeed {
     state: Mutex<Stream>,
-    /// The highest offset its writer wrote (its cursor in auto mode).
-    written: Arc<AtomicU64>,
+    /// Where moved cursors are queued to be saved (a store shared by nodes); `None`: saved
+    /// when the subscription ends.
+    saver: Option<CursorQueue>,
 }
 
 /// Where a stream subscription is: the next offset it delivers, and the messages waiting to be
 /// delivered, in order: live ones held while the stream is read, then the replay and whatever
 /// arrives while the connection has no room for it. What waits is also in the store, which
 /// bounds it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Stream {
-    /// The epoch of the stream it replayed from.
+    /// The epoch of the stream it delivers from: set by the replay, changed when a live
+    /// message of another epoch arrives (the store lost what it held and started again).
     epoch: u64,
     next: u64,
     replaying: bool,
     waiting: VecDeque<Arc<Message>>,
+    /// How far delivery got in `epoch`.
+    cursor: Arc<StreamCursor>,
+}
+
+impl Stream {
+    /// Delivers from `epoch` on, with a cursor of its own.
+    fn switch_epoch(&mut self, epoch: u64, user: &str, dest: &str, saver: &Option<CursorQueue>) {
+        self.epoch = epoch;
+        self.next = 0;
+        self.cursor = StreamCursor::new(user, dest, epoch, saver.clone());
+    }
+
+    /// True when `message` is one this subscription already delivered.
+    fn seen(&self, message: &Message) -> bool {
+        message
+            .position()
+            .is_some_and(|p| p.epoch == self.epoch && p.offset < self.next)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -238,16 +259,29 @@ impl Subscription {
     /// This subscription fed from its user's stream: it holds live messages until
     /// [`Subscription::finish_replay`] has delivered what the stream kept, and delivers each
     /// offset once.
-    pub fn from_stream(mut self) -> Subscription {
+    /// With a `saver`, its cursor is saved whenever it moves; without, when it ends.
+    pub fn from_stream(mut self, saver: Option<CursorQueue>) -> Subscription {
+        let (user, dest) = self.stream_names();
         self.endpoint.feeds_streams.store(true, Ordering::Release);
         self.stream = Some(Box::new(StreamFeed {
             state: Mutex::new(Stream {
+                epoch: 0,
+                next: 0,
                 replaying: true,
-                ..Stream::default()
+                waiting: VecDeque::new(),
+                cursor: StreamCursor::new(user, dest, 0, None),
             }),
-            written: Arc::new(AtomicU64::new(0)),
+            saver,
         }));
         self
+    }
+
+    /// The user and destination of a user subscription (empty for others).
+    fn stream_names(&self) -> (&str, &str) {
+        match &self.target {
+            Target::User { user, dest } => (user, dest),
+            _ => ("", ""),
+        }
     }
 
     fn stream_state(feed: &StreamFeed) -> std::sync::MutexGuard<'_, Stream> {
@@ -262,9 +296,13 @@ impl Subscription {
             return Ok(());
         };
         let mut stream = Self::stream_state(feed);
-        stream.epoch = epoch;
+        let (user, dest) = self.stream_names();
+        stream.switch_epoch(epoch, user, dest, &feed.saver);
         stream.replaying = false;
-        let held = std::mem::take(&mut stream.waiting);
+        let mut held: Vec<Arc<Message>> = std::mem::take(&mut stream.waiting).into();
+        // Live messages may have come from several nodes in any order while the stream was
+        // read; the replay's epoch first, in offset order.
+        held.sort_by_key(|m| m.position().map(|p| (p.epoch != epoch, p.offset)));
         stream.waiting = replayed.into_iter().chain(held).collect();
         self.drain_waiting(&mut stream)
     }
@@ -283,8 +321,7 @@ impl Subscription {
     /// overflowing it.
     fn drain_waiting(&self, stream: &mut Stream) -> Result<(), Refused> {
         while let Some(message) = stream.waiting.front() {
-            let offset = message.offset().unwrap_or(0);
-            if offset < stream.next {
+            if stream.seen(message) {
                 stream.waiting.pop_front();
                 continue;
             }
@@ -292,8 +329,12 @@ impl Subscription {
                 return Ok(());
             }
             let message = stream.waiting.pop_front().expect("looked at above");
-            stream.next = offset + 1;
-            self.deliver_now(&message, &mut SharedHead::default())?;
+            // One of an epoch the store has left behind is still delivered, once, but does
+            // not move this epoch's place.
+            if let Some(p) = message.position().filter(|p| p.epoch == stream.epoch) {
+                stream.next = p.offset + 1;
+            }
+            self.deliver_now(&message, Some(&stream.cursor), &mut SharedHead::default())?;
         }
         Ok(())
     }
@@ -303,18 +344,29 @@ impl Subscription {
     /// the last offset its writer wrote; in client modes the offset before the first it still
     /// held, or the last it delivered if it held none. With the stream's epoch; `None` when it
     /// delivered nothing.
-    pub fn stream_cursor(&self, held: &[Unacked]) -> Option<(u64, u64)> {
+    pub fn stream_cursor(&self, held: &[Unacked]) -> Option<Position> {
         let feed = self.stream.as_deref()?;
         let stream = Self::stream_state(feed);
-        let at = if self.ack == AckMode::Auto {
-            feed.written.load(Ordering::Acquire)
-        } else {
-            match held.iter().filter_map(|u| u.offset).min() {
-                Some(first_held) => first_held - 1,
-                None => stream.next.saturating_sub(1),
-            }
+        if self.ack != AckMode::Auto {
+            Self::acknowledged_up_to(&stream, held.iter().filter_map(|u| u.position));
+        }
+        stream.cursor.position()
+    }
+
+    /// In client modes the cursor stands before the first message still held, or at the last
+    /// delivered when none is held.
+    fn acknowledged_up_to(stream: &Stream, held: impl Iterator<Item = Position>) {
+        let first_held = held
+            .filter(|p| p.epoch == stream.epoch)
+            .map(|p| p.offset)
+            .min();
+        let at = match first_held {
+            Some(first) => first - 1,
+            None => stream.next.saturating_sub(1),
         };
-        (at > 0).then_some((stream.epoch, at))
+        if at > 0 {
+            stream.cursor.advance(at);
+        }
     }
 
     /// This subscription holding at most `prefetch` unacknowledged queue messages (0 = no
@@ -332,7 +384,7 @@ impl Subscription {
     /// so that in client ack modes it can be redelivered elsewhere. `heads` carries the frame
     /// head between the deliveries of one message.
     pub fn deliver(&self, message: &Arc<Message>, heads: &mut SharedHead) -> Result<(), Refused> {
-        if let (Some(feed), Some(offset)) = (self.stream.as_deref(), message.offset()) {
+        if let (Some(feed), Some(position)) = (self.stream.as_deref(), message.position()) {
             // Held under the stream's lock while delivering, so a replay finishing at the same
             // time cannot interleave with it.
             let mut stream = Self::stream_state(feed);
@@ -340,7 +392,13 @@ impl Subscription {
                 stream.waiting.push_back(message.clone());
                 return Ok(());
             }
-            if offset < stream.next {
+            if position.epoch != stream.epoch {
+                // The store lost what it held and numbers from 1 again: what this
+                // subscription delivered before is no place in the new epoch.
+                let (user, dest) = self.stream_names();
+                stream.switch_epoch(position.epoch, user, dest, &feed.saver);
+            }
+            if stream.seen(message) {
                 return Ok(()); // the replay delivered it
             }
             if !stream.waiting.is_empty() {
@@ -348,22 +406,29 @@ impl Subscription {
                 stream.waiting.push_back(message.clone());
                 return self.drain_waiting(&mut stream);
             }
-            stream.next = offset + 1;
-            return self.deliver_now(message, heads);
+            stream.next = position.offset + 1;
+            return self.deliver_now(message, Some(&stream.cursor), heads);
         }
-        self.deliver_now(message, heads)
+        self.deliver_now(message, None, heads)
     }
 
-    fn deliver_now(&self, message: &Arc<Message>, heads: &mut SharedHead) -> Result<(), Refused> {
+    fn deliver_now(
+        &self,
+        message: &Arc<Message>,
+        cursor: Option<&Arc<StreamCursor>>,
+        heads: &mut SharedHead,
+    ) -> Result<(), Refused> {
         if self.ack == AckMode::Auto {
             // Nothing will acknowledge this delivery, so its `message-id` is the message's
             // own number and every subscriber with the same subscription id shares one frame.
             let mut frame = heads.get(&self.subscription_line, self.version, message);
-            if let (Some(feed), Some(offset)) = (self.stream.as_deref(), message.offset()) {
-                frame.written = Some(Written {
-                    mark: feed.written.clone(),
-                    offset,
-                });
+            if let (Some(cursor), Some(position)) = (cursor, message.position()) {
+                if position.epoch == cursor.epoch {
+                    frame.written = Some(Written {
+                        cursor: cursor.clone(),
+                        offset: position.offset,
+                    });
+                }
             }
             return self.endpoint.outbox.push(frame);
         }
@@ -426,7 +491,7 @@ impl Subscription {
         pending.unacked.push_back(Unacked {
             seq,
             requeue: queue.map(|q| (q.clone(), message.clone())),
-            offset: message.offset(),
+            position: message.position(),
         });
         Ok(())
     }
@@ -478,6 +543,14 @@ impl Subscription {
             },
         };
         self.release(&settled);
+        if let (Some(feed), false) = (self.stream.as_deref(), settled.is_empty()) {
+            let still_held: Vec<Position> =
+                pending.unacked.iter().filter_map(|u| u.position).collect();
+            // The stream's lock is taken after this one is let go: delivery takes them the
+            // other way round.
+            drop(pending);
+            Self::acknowledged_up_to(&Self::stream_state(feed), still_held.into_iter());
+        }
         settled
     }
 

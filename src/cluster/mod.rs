@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use std::sync::Arc;
 
-use crate::broker::{Content, Interest};
+use crate::broker::{Content, Interest, Position};
 use crate::metrics::Sample;
 
 /// Why a message could not be forwarded to other nodes.
@@ -83,6 +83,21 @@ impl Forwarded {
     }
 }
 
+/// Which nodes a user message goes to.
+#[derive(Debug, Clone, Copy)]
+pub enum Holders<'a> {
+    /// The user's presence, from this node's cache when it may serve.
+    Cached,
+    /// These nodes, as the store read them when it stored the message.
+    Known(&'a [String]),
+    /// The user's presence read again from the cluster (not from a cache), but for these
+    /// nodes, which already received the message.
+    Reread {
+        /// Nodes that already have it.
+        skip: &'a [String],
+    },
+}
+
 /// The cluster, as the node sees it.
 #[async_trait]
 pub trait Backplane: Send + Sync + std::fmt::Debug {
@@ -95,17 +110,20 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     /// Mirrors a change of what this node holds for `tenant`. Never blocks: the cluster
     /// applies it in the background, and re-applies everything after a reconnect.
     fn interest(&self, tenant: &str, change: &Interest);
-    /// Sends a user message to the other nodes where `user` has sessions. A `retry` names the
-    /// nodes that already received it: the user's presence is then read again from the
-    /// cluster (not from a cache) and those nodes are skipped.
+    /// Sends a user message (stored at `stored`, if it was) to other nodes where `user` has
+    /// sessions, as `holders` says.
     async fn to_user(
         &self,
         tenant: &str,
         user: &str,
         dest: &str,
         content: &Content,
-        retry: Option<&[String]>,
+        stored: Option<Position>,
+        holders: Holders<'_>,
     ) -> Result<Forwarded, ClusterError>;
+    /// Resolves once the interest changes given so far are applied in the cluster (a user's
+    /// presence is visible to every node), or fails when the cluster cannot be reached.
+    async fn settled(&self) -> Result<(), ClusterError>;
     /// Sends a topic message to the other nodes with subscribers of `dest`.
     async fn to_topic(
         &self,
@@ -138,6 +156,9 @@ pub trait LocalNode: Send + Sync {
     fn holdings(&self) -> Vec<(String, Vec<Interest>)>;
     /// A message from a tenant's ingress channel (the seed system's JSON format).
     fn ingress(&self, tenant: &str, payload: &[u8]);
+    /// The cluster connection was lost and is back (or Redis lost its data): messages sent
+    /// to this node meanwhile may not have arrived, so stored ones are read again.
+    fn resumed(&self);
 }
 
 /// What kind of destination an envelope is for.
@@ -175,6 +196,12 @@ pub struct Envelope {
     /// The body, hex-encoded, when it is not UTF-8 (rare: STOMP bodies to browsers are text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hex: Option<String>,
+    /// For a stored user message: its stream's epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
+    /// For a stored user message: its offset in the stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 impl Envelope {
@@ -200,7 +227,24 @@ impl Envelope {
             headers: content.headers.clone(),
             text,
             hex,
+            epoch: None,
+            offset: None,
         }
+    }
+
+    /// This envelope for a message stored at `position`.
+    pub fn stored_at(mut self, position: Option<Position>) -> Envelope {
+        self.epoch = position.map(|p| p.epoch);
+        self.offset = position.map(|p| p.offset);
+        self
+    }
+
+    /// Where the message is stored, if it is.
+    pub fn position(&self) -> Option<Position> {
+        Some(Position {
+            epoch: self.epoch?,
+            offset: self.offset?,
+        })
     }
 
     /// The content it carries; `None` when the body encoding is broken.

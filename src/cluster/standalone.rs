@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Backplane, ClusterError, Forwarded, LocalNode};
-use crate::broker::{Content, Interest};
+use super::{Backplane, ClusterError, Forwarded, Holders, LocalNode};
+use crate::broker::{Content, Interest, Position};
 use crate::metrics::Sample;
 
 /// One node, no Redis.
@@ -31,9 +31,14 @@ impl Backplane for Standalone {
         _: &str,
         _: &str,
         _: &Content,
-        _: Option<&[String]>,
+        _: Option<Position>,
+        _: Holders<'_>,
     ) -> Result<Forwarded, ClusterError> {
         Ok(Forwarded::default())
+    }
+
+    async fn settled(&self) -> Result<(), ClusterError> {
+        Ok(())
     }
 
     async fn to_topic(&self, _: &str, _: &str, _: &Content) -> Result<Forwarded, ClusterError> {

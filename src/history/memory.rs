@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{History, HistoryError, Position, ReadFrom, Replay, Retention, StartAt, Stored};
+use super::{
+    Appended, History, HistoryError, Position, ReadFrom, Replay, Retention, StartAt, Stored,
+};
 use crate::broker::budget::headers_weight;
 use crate::broker::{Budget, Content};
 
@@ -150,7 +152,7 @@ impl History for MemoryHistory {
         user: &str,
         dest: &str,
         content: &Content,
-    ) -> Result<Position, HistoryError> {
+    ) -> Result<Appended, HistoryError> {
         let now_ms = (self.clock)();
         let mut users = self.users();
         if !users.contains_key(user) {
@@ -191,7 +193,10 @@ impl History for MemoryHistory {
             content,
             stored_at_ms: now_ms,
         });
-        Ok(position)
+        Ok(Appended {
+            position,
+            holders: None,
+        })
     }
 
     async fn read(&self, user: &str, dest: &str, from: ReadFrom) -> Result<Replay, HistoryError> {
@@ -257,6 +262,45 @@ impl History for MemoryHistory {
             messages,
             complete,
             next_offset: stream.next_offset,
+        })
+    }
+
+    async fn since(&self, user: &str, after: Position) -> Result<Replay, HistoryError> {
+        let now_ms = (self.clock)();
+        let mut users = self.users();
+        let Some(stream) = users.get_mut(user) else {
+            return Ok(Replay {
+                epoch: self.epoch,
+                messages: Vec::new(),
+                complete: after.epoch == self.epoch,
+                next_offset: 1,
+            });
+        };
+        stream.expire(now_ms, &self.retention, &self.budget);
+        let low = stream.first_kept();
+        let (start, complete) = if after.epoch == self.epoch {
+            let start = after.offset.saturating_add(1);
+            (start, start >= low)
+        } else {
+            (low, false)
+        };
+        Ok(Replay {
+            epoch: self.epoch,
+            messages: stream
+                .entries
+                .iter()
+                .filter(|s| s.position.offset >= start)
+                .cloned()
+                .collect(),
+            complete,
+            next_offset: stream.next_offset,
+        })
+    }
+
+    async fn head(&self, user: &str) -> Result<Position, HistoryError> {
+        Ok(Position {
+            epoch: self.epoch,
+            offset: self.users().get(user).map_or(1, |s| s.next_offset),
         })
     }
 
@@ -351,18 +395,33 @@ mod tests {
     async fn offsets_are_contiguous_per_user_and_reads_pick_the_destination() {
         let f = fixture(100, 60_000, 1 << 20);
         let s = &f.store;
-        assert_eq!(s.append("alice", N, &text("a1")).await.unwrap().offset, 1);
-        assert_eq!(s.append("bob", N, &text("b1")).await.unwrap().offset, 1);
+        assert_eq!(
+            s.append("alice", N, &text("a1"))
+                .await
+                .unwrap()
+                .position
+                .offset,
+            1
+        );
+        assert_eq!(
+            s.append("bob", N, &text("b1"))
+                .await
+                .unwrap()
+                .position
+                .offset,
+            1
+        );
         assert_eq!(
             s.append("alice", "/queue/other", &text("o"))
                 .await
                 .unwrap()
+                .position
                 .offset,
             2
         );
         let p = s.append("alice", N, &text("a2")).await.unwrap();
         assert_eq!(
-            p,
+            p.position,
             Position {
                 epoch: 7,
                 offset: 3
@@ -521,7 +580,14 @@ mod tests {
             none.next_offset, 7,
             "offsets go on after everything expired"
         );
-        assert_eq!(s.append("alice", N, &text("7")).await.unwrap().offset, 7);
+        assert_eq!(
+            s.append("alice", N, &text("7"))
+                .await
+                .unwrap()
+                .position
+                .offset,
+            7
+        );
     }
 
     #[tokio::test]

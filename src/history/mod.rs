@@ -13,19 +13,13 @@
 //! read as a position in this one: reading after it says the history is not complete.
 
 pub mod memory;
+pub mod order;
 
 use async_trait::async_trait;
 
 use crate::broker::Content;
 
-/// A place in a user's stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Position {
-    /// The stream's epoch: it changes when the store may have lost what it held.
-    pub epoch: u64,
-    /// The message's number in the stream (from 1, without gaps within an epoch).
-    pub offset: u64,
-}
+pub use crate::broker::Position;
 
 /// A message as the store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +120,18 @@ pub enum HistoryError {
     Unavailable(String),
 }
 
+/// A message just stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Where it is in the user's stream.
+    pub position: Position,
+    /// For a store shared by the cluster: the other live nodes holding sessions of the user
+    /// when the message was stored, read in the same step, so that a node whose user
+    /// subscribes later finds the message in the stream and one that held the user already is
+    /// sent it. `None` for a store of one node.
+    pub holders: Option<Vec<String>>,
+}
+
 /// One tenant's store of its users' messages and cursors.
 #[async_trait]
 pub trait History: Send + Sync + std::fmt::Debug {
@@ -135,10 +141,17 @@ pub trait History: Send + Sync + std::fmt::Debug {
         user: &str,
         dest: &str,
         content: &Content,
-    ) -> Result<Position, HistoryError>;
+    ) -> Result<Appended, HistoryError>;
 
     /// The messages for `user` at `dest` from where `start` says, and whether that was all.
     async fn read(&self, user: &str, dest: &str, start: ReadFrom) -> Result<Replay, HistoryError>;
+
+    /// Every message of `user`'s stream after `after`, whatever its destination (to fill a gap
+    /// in what reached this node); from the oldest kept when `after` is of another epoch.
+    async fn since(&self, user: &str, after: Position) -> Result<Replay, HistoryError>;
+
+    /// The stream's epoch and the offset its next message will get.
+    async fn head(&self, user: &str) -> Result<Position, HistoryError>;
 
     /// Records that delivery of `user`'s `dest` got to `position` (a cursor only moves on).
     async fn advance(&self, user: &str, dest: &str, position: Position)
@@ -146,6 +159,19 @@ pub trait History: Send + Sync + std::fmt::Debug {
 
     /// How far delivery of `user`'s `dest` got, if it ever began.
     async fn cursor(&self, user: &str, dest: &str) -> Result<Option<Position>, HistoryError>;
+
+    /// Whether a user with no cursor can be told nothing was lost: false while the store may
+    /// have lost messages within the retention (Redis found restarted without its data).
+    async fn no_cursor_complete(&self) -> Result<bool, HistoryError> {
+        Ok(true)
+    }
+
+    /// True when other nodes write to it too: their messages for this node's users then come
+    /// in over the cluster, in any order between nodes, and each node puts them back in order
+    /// (see [`order`]).
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// Where a read starts.

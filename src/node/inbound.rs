@@ -27,6 +27,7 @@ impl LocalNode for NodeInbound {
             warn!("message from another node with a broken body");
             return;
         };
+        let envelope_position = envelope.position();
         let target = match (envelope.kind, envelope.user) {
             (Kind::Topic, _) => Target::Topic(envelope.dest),
             (Kind::Queue, _) => Target::Queue(envelope.dest),
@@ -38,6 +39,13 @@ impl LocalNode for NodeInbound {
         };
         node.metrics.received_remote.fetch_add(1, Ordering::Relaxed);
         // Local delivery only: forwarding again could loop between nodes.
+        if let (Target::User { user, dest }, Some(at)) = (&target, envelope_position) {
+            let delivered = tenant.deliver_stored(user, dest, content, at);
+            node.metrics
+                .delivered_local
+                .fetch_add(delivered as u64, Ordering::Relaxed);
+            return;
+        }
         match tenant.broker.publish(&target, content) {
             Ok(routed) => {
                 node.metrics
@@ -67,6 +75,13 @@ impl LocalNode for NodeInbound {
                 (t.id.clone(), interests)
             })
             .collect()
+    }
+
+    fn resumed(&self) {
+        let Some(node) = self.0.upgrade() else { return };
+        for tenant in node.tenants() {
+            tenant.catch_up();
+        }
     }
 
     fn ingress(&self, tenant: &str, payload: &[u8]) {

@@ -10,10 +10,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::broker::Budget;
+use crate::cluster::redis::store::RedisHistory;
 use crate::cluster::redis::{RedisBackplane, RedisSettings};
 use crate::cluster::standalone::Standalone;
 use crate::cluster::{Backplane, LocalNode};
-use crate::config::{Config, ServerConfig, SockJsConfig};
+use crate::config::{Config, HistoryConfig, ServerConfig, SockJsConfig, TenantConfig};
+use crate::history::memory::MemoryHistory;
+use crate::history::History;
 use crate::metrics::Metrics;
 use crate::session;
 use crate::tenant::{Tenant, Tenants};
@@ -52,8 +56,8 @@ impl Node {
             .clone()
             .unwrap_or_else(|| format!("{:08x}", crate::util::random_u64() as u32));
         // The one place that names a concrete backplane.
-        let cluster: Arc<dyn Backplane> = match &config.cluster.redis {
-            Some(url) => RedisBackplane::new(RedisSettings {
+        let redis = config.cluster.redis.as_ref().map(|url| {
+            RedisBackplane::new(RedisSettings {
                 url: url.clone(),
                 node_id: node_id.clone(),
                 node_ttl: std::time::Duration::from_millis(config.cluster.node_ttl_ms),
@@ -64,17 +68,18 @@ impl Node {
                     .filter_map(|t| t.redis_ingress_channel.clone().map(|c| (t.id.clone(), c)))
                     .collect(),
             })
-            .expect("the Redis URL was validated with the config"),
+            .expect("the Redis URL was validated with the config")
+        });
+        let cluster: Arc<dyn Backplane> = match &redis {
+            Some(redis) => redis.clone(),
             None => Arc::new(Standalone),
         };
         let metrics = Arc::new(Metrics::default());
-        // Kept in this process's memory, so only for a node alone: across nodes the store
-        // must be shared.
-        let history = config.cluster.redis.is_none().then_some(&config.history);
+        let stores = Stores::new(&config.history, redis);
         let tenants = Arc::new(Tenants::new(
             &config.tenants,
             &config.server,
-            history,
+            &|t| stores.store_for(t),
             &cluster,
             &metrics,
         ));
@@ -133,9 +138,52 @@ impl Node {
     }
 }
 
+/// Where tenants store their user messages: in Redis when the node is part of a cluster (the
+/// store must be shared), else in this process's memory, within one byte budget for all.
+struct Stores {
+    history: HistoryConfig,
+    redis: Option<Arc<RedisBackplane>>,
+    memory_budget: Arc<Budget>,
+    /// A new epoch per process for the memory store: what an earlier process stored is gone,
+    /// and positions from it must read as such.
+    memory_epoch: u64,
+}
+
+impl Stores {
+    fn new(history: &HistoryConfig, redis: Option<Arc<RedisBackplane>>) -> Stores {
+        Stores {
+            history: history.clone(),
+            redis,
+            memory_budget: Arc::new(Budget::new(history.max_bytes)),
+            memory_epoch: crate::util::unix_ms(),
+        }
+    }
+
+    /// The store of tenant `t`, unless it (or the node) opted out.
+    fn store_for(&self, t: &TenantConfig) -> Option<Arc<dyn History>> {
+        if !(self.history.enabled && t.history) {
+            return None;
+        }
+        let retention = t.retention(&self.history);
+        Some(match &self.redis {
+            Some(redis) => Arc::new(RedisHistory::new(redis.clone(), &t.id, retention)),
+            None => Arc::new(MemoryHistory::new(
+                self.memory_epoch,
+                retention,
+                self.memory_budget.clone(),
+                Arc::new(crate::util::unix_ms),
+            )),
+        })
+    }
+}
+
 impl Node {
-    /// Starts the cluster backplane (joining the cluster, when there is one).
+    /// Starts the tenants' tasks and the cluster backplane (joining the cluster, when there
+    /// is one).
     pub fn start_cluster(self: &Arc<Self>) {
+        for tenant in self.tenants() {
+            tenant.start();
+        }
         let local: Arc<dyn LocalNode> = Arc::new(inbound::NodeInbound(Arc::downgrade(self)));
         self.cluster.clone().start(local);
     }

@@ -567,6 +567,14 @@ impl Session {
             .map(StartAt::parse)
             .transpose()
             .map_err(|e| Fault::InvalidStreamOffset(e.to_string()))?;
+        let start_epoch = match frame.get(EPOCH_HEADER) {
+            None => None,
+            Some(value) => Some(value.trim().parse::<u64>().map_err(|_| {
+                Fault::InvalidStreamOffset(format!(
+                    "{EPOCH_HEADER} must be the number a RECEIPT's {EPOCH_HEADER} gave, got '{value}'"
+                ))
+            })?),
+        };
         destination::check_length(&dest).map_err(|e| Fault::InvalidDestination(e.to_string()))?;
         self.authorize(Operation::Subscribe, &dest).await?;
         let target = destination::for_subscribe(&dest, self.user())
@@ -584,7 +592,7 @@ impl Session {
             Subscription::new(id.clone(), target, ack, self.endpoint.clone(), self.version)
                 .with_prefetch(prefetch);
         if history.is_some() {
-            sub = sub.from_stream();
+            sub = sub.from_stream(tenant.cursor_queue());
         }
         let sub = Arc::new(sub);
         tenant.subscribe(sub.clone());
@@ -593,27 +601,40 @@ impl Session {
             // Registered first, so live messages wait in the subscription while the stream is
             // read; then what was stored after the cursor (or where the client asked), then
             // those, each offset once.
-            let from = match start {
-                Some(start) => ReadFrom::StartAt(start),
-                None => match history.cursor(user, dest).await {
-                    Ok(Some(position)) => ReadFrom::After(position),
-                    Ok(None) => ReadFrom::StartAt(StartAt::First),
-                    Err(e) => return Err(Fault::StoreUnavailable(e.to_string())),
+            let unavailable =
+                |e: crate::history::HistoryError| Fault::StoreUnavailable(e.to_string());
+            tenant.open_stream(user).await.map_err(unavailable)?;
+            let mut cursorless = false;
+            let from = match (start, start_epoch) {
+                // A position the client kept, with the epoch it was of.
+                (Some(StartAt::Offset(n)), Some(epoch)) => {
+                    ReadFrom::After(crate::history::Position {
+                        epoch,
+                        offset: n.saturating_sub(1),
+                    })
+                }
+                (Some(start), _) => ReadFrom::StartAt(start),
+                (None, _) => match history.cursor(user, dest).await.map_err(unavailable)? {
+                    Some(position) => ReadFrom::After(position),
+                    None => {
+                        cursorless = true;
+                        ReadFrom::StartAt(StartAt::First)
+                    }
                 },
             };
-            let replay = history
-                .read(user, dest, from)
-                .await
-                .map_err(|e| Fault::StoreUnavailable(e.to_string()))?;
+            let mut replay = history.read(user, dest, from).await.map_err(unavailable)?;
+            if cursorless {
+                replay.complete &= history.no_cursor_complete().await.map_err(unavailable)?;
+            }
             let shown = destination::user_facing(dest);
             let messages: Vec<Arc<Message>> = replay
                 .messages
                 .into_iter()
                 .map(|m| {
-                    Arc::new(Message::at_offset(
+                    Arc::new(Message::stored_at(
                         shown.clone(),
                         m.content,
-                        Some(m.position.offset),
+                        Some(m.position),
                     ))
                 })
                 .collect();
@@ -653,7 +674,7 @@ impl Session {
             .give_back(subscription_weight(&sub.id, &sub.target));
         tenant.unsubscribe(sub);
         let held = sub.close();
-        if let (Some(history), Target::User { user, dest }, Some((epoch, offset))) = (
+        if let (Some(history), Target::User { user, dest }, Some(position)) = (
             tenant.history().cloned(),
             &sub.target,
             sub.stream_cursor(&held),
@@ -662,7 +683,6 @@ impl Session {
             // then ignores it.
             let (user, dest) = (user.clone(), dest.clone());
             self.ctx.tasks.spawn(async move {
-                let position = crate::history::Position { epoch, offset };
                 if let Err(e) = history.advance(&user, &dest, position).await {
                     debug!(error = %e, "a cursor was not saved; the next session gets those messages again");
                 }
@@ -832,8 +852,9 @@ pub const STREAM_OFFSET_HEADER: &str = "x-stream-offset";
 /// was replayed (`false`: retention had dropped some of it, or the store lost it since).
 pub const RECOVERED_HEADER: &str = "x-stream-recovered";
 
-/// The SUBSCRIBE RECEIPT header with the stream's epoch: positions of another epoch are not
-/// positions in this one.
+/// The SUBSCRIBE RECEIPT header with the stream's epoch, which a SUBSCRIBE may send back with
+/// `x-stream-offset: offset=N` so that an offset from an epoch since lost is not read as one
+/// in the new epoch: positions of another epoch are not positions in this one.
 pub const EPOCH_HEADER: &str = "x-stream-epoch";
 
 /// The SUBSCRIBE header that bounds how many messages a client-ack queue consumer holds

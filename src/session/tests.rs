@@ -767,7 +767,8 @@ impl Backplane for Held {
         _: &str,
         _: &str,
         _: &Content,
-        _: Option<&[String]>,
+        _: Option<crate::broker::Position>,
+        _: crate::cluster::Holders<'_>,
     ) -> Result<Forwarded, ClusterError> {
         while !self.released.load(Ordering::SeqCst) {
             let opened = self.open.notified();
@@ -777,6 +778,9 @@ impl Backplane for Held {
             opened.await;
         }
         Ok(Forwarded::default())
+    }
+    async fn settled(&self) -> Result<(), ClusterError> {
+        Ok(())
     }
     async fn to_topic(&self, _: &str, _: &str, _: &Content) -> Result<Forwarded, ClusterError> {
         Ok(Forwarded::default())

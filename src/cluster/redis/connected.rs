@@ -28,6 +28,8 @@ use crate::cluster::{Envelope, LocalNode};
 pub enum Control {
     /// What this node holds for a tenant changed.
     Interest(String, Interest),
+    /// Answer once every change before it is applied.
+    Settled(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Most presence and queue announcements in one pipeline.
@@ -73,6 +75,7 @@ impl Period<'_> {
 
         bp.heartbeat(&mut conn).await?;
         bp.announce_all(&mut conn, &holdings).await?;
+        bp.note_store(&mut conn).await;
         bp.forget_presence();
         *bp.conn.write().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
         bp.ready.store(true, Ordering::Release);
@@ -80,6 +83,7 @@ impl Period<'_> {
         if self.reconnected {
             bp.stats.reconnects.fetch_add(1, Ordering::Relaxed);
             info!("reconnected to Redis; presence and subscriptions restored");
+            self.local.resumed();
         } else {
             info!(node = %node, "joined the cluster");
         }
@@ -100,9 +104,16 @@ impl Period<'_> {
                     self.on_message(&mut conn, message, &mut claims).await;
                 }
                 change = control.recv() => {
-                    let Some(Control::Interest(tenant, interest)) = change else { return Ok(()) };
-                    if let Err(e) = bp.apply(&mut conn, &mut sink, &tenant, &interest).await {
-                        break e;
+                    match change {
+                        None => return Ok(()),
+                        Some(Control::Settled(done)) => {
+                            let _ = done.send(());
+                        }
+                        Some(Control::Interest(tenant, interest)) => {
+                            if let Err(e) = bp.apply(&mut conn, &mut sink, &tenant, &interest).await {
+                                break e;
+                            }
+                        }
                     }
                 }
                 _ = beat.tick() => {
@@ -115,6 +126,8 @@ impl Period<'_> {
                             if let Err(e) = bp.announce_all(&mut conn, &self.local.holdings()).await {
                                 break e;
                             }
+                            bp.note_store(&mut conn).await;
+                            self.local.resumed();
                         }
                         Err(e) => break e,
                     }
@@ -379,8 +392,10 @@ impl RedisBackplane {
     ) {
         let node = &self.settings.node_id;
         let mut pipe = redis::pipe();
-        while let Ok(Control::Interest(tenant, interest)) = control.try_recv() {
-            self.push_interest(&mut pipe, &tenant, &interest);
+        while let Ok(change) = control.try_recv() {
+            if let Control::Interest(tenant, interest) = change {
+                self.push_interest(&mut pipe, &tenant, &interest);
+            }
         }
         for (tenant, interests) in local.holdings() {
             for interest in interests {

@@ -4,7 +4,18 @@
 //!   than `node_ttl_ms` is dead: nobody routes to it any more.
 //! - `sb:alive:{node}`: set with the expiry at every heartbeat (`SET … GET`); finding it gone
 //!   before it could expire means Redis lost its data, and the node announces everything again.
-//! - `sb:{tenant}:presence:{user}`: set of the nodes holding sessions of that user.
+//! - `sb:{tenant:user}:presence`: set of the nodes holding sessions of that user. Every key of
+//!   one user carries the hash tag `{tenant:user}`, so that they share a Redis Cluster slot
+//!   and one script may touch them together.
+//! - `sb:{tenant:user}:stream`: the user's stored messages, a Redis stream whose entry ids are
+//!   `{offset}-{stored at, ms}` (so a read from an offset is a range read), fields `d`
+//!   (destination), `h` (headers, JSON) and `b` (body); capped near the retention count and
+//!   expiring with the retention age.
+//! - `sb:{tenant:user}:meta`: hash of the stream's epoch (`e`), its last offset (`n`) and per
+//!   destination the cursor (`c:{dest}`); expires with the stream.
+//! - `sb:history:since`: when this Redis began keeping history (ms); set if absent by every
+//!   node as it connects. A node that saw it and finds it gone knows Redis lost its data and
+//!   records the time in `sb:history:lost`.
 //! - `sb:{tenant}:consumers:{queue}`: set of the nodes with consumers of that queue.
 //! - `sb:holdings:{node}`: set of what the node has announced (one member per user present and
 //!   queue consumed, see [`holding`]), so that a node that starts again under its id, or comes
@@ -73,8 +84,24 @@ pub fn topic_channel(tenant: &str, dest: &str) -> String {
 
 /// The set of nodes holding `user`'s sessions.
 pub fn presence(tenant: &str, user: &str) -> String {
-    format!("sb:{tenant}:presence:{user}")
+    format!("sb:{{{tenant}:{user}}}:presence")
 }
+
+/// The stream of `user`'s stored messages.
+pub fn user_stream(tenant: &str, user: &str) -> String {
+    format!("sb:{{{tenant}:{user}}}:stream")
+}
+
+/// The epoch, last offset and cursors of `user`'s stream.
+pub fn user_meta(tenant: &str, user: &str) -> String {
+    format!("sb:{{{tenant}:{user}}}:meta")
+}
+
+/// When this Redis began keeping history.
+pub const HISTORY_SINCE: &str = "sb:history:since";
+
+/// When a node last found that Redis had lost its data.
+pub const HISTORY_LOST: &str = "sb:history:lost";
 
 /// The set of nodes with consumers of queue `dest`.
 pub fn consumers(tenant: &str, dest: &str) -> String {
@@ -139,7 +166,9 @@ mod tests {
         assert_eq!(alive("a"), "sb:alive:a");
         assert_eq!(inbox("a"), "sb:inbox:a");
         assert_eq!(topic_channel("t", "/topic/x"), "sb:t:topic:/topic/x");
-        assert_eq!(presence("t", "alice"), "sb:t:presence:alice");
+        assert_eq!(presence("t", "alice"), "sb:{t:alice}:presence");
+        assert_eq!(user_stream("t", "alice"), "sb:{t:alice}:stream");
+        assert_eq!(user_meta("t", "alice"), "sb:{t:alice}:meta");
         assert_eq!(consumers("t", "/queue/q"), "sb:t:consumers:/queue/q");
         assert_eq!(ingress_claim("t", "ab", 2), "sb:t:ingress:ab:2");
     }

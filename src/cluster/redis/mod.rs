@@ -19,6 +19,7 @@ mod ingress;
 pub mod keys;
 mod outbound;
 mod presence;
+pub mod store;
 mod supervisor;
 
 use std::collections::HashSet;
@@ -35,8 +36,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use super::{Backplane, ClusterError, Envelope, Forwarded, Kind, LocalNode};
-use crate::broker::{Content, Interest};
+use super::{Backplane, ClusterError, Envelope, Forwarded, Holders, Kind, LocalNode};
+use crate::broker::{Content, Interest, Position};
 use crate::metrics::Sample;
 use connected::Control;
 use presence::{LiveNodes, PresenceCache, UserKey};
@@ -139,6 +140,9 @@ pub struct RedisBackplane {
     /// Topic channels this node is subscribed to (to tell its own echo in receiver counts).
     topics: Mutex<HashSet<String>>,
     queue_cursor: AtomicUsize,
+    /// This node has seen the store's `since` key (see [`store`]): finding it gone later
+    /// means Redis lost what it held.
+    store_seen: AtomicBool,
     tasks: TaskTracker,
     stop: CancellationToken,
     /// Counters.
@@ -174,6 +178,7 @@ impl RedisBackplane {
             live_nodes: Mutex::new(LiveNodes::default()),
             topics: Mutex::new(HashSet::new()),
             queue_cursor: AtomicUsize::new(0),
+            store_seen: AtomicBool::new(false),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             stats: ClusterStats::default(),
@@ -259,20 +264,26 @@ impl Backplane for RedisBackplane {
         user: &str,
         dest: &str,
         content: &Content,
-        retry: Option<&[String]>,
+        stored: Option<Position>,
+        holders: Holders<'_>,
     ) -> Result<Forwarded, ClusterError> {
         let mut conn = self.connection()?;
-        if retry.is_some() {
-            self.presence_changed(&(tenant.to_string(), user.to_string()));
-        }
-        let mut nodes = self.presence(&mut conn, tenant, user).await?;
-        if let Some(already) = retry {
-            nodes.retain(|n| !already.contains(n));
-        }
+        let nodes = match holders {
+            Holders::Known(nodes) => nodes.to_vec(),
+            Holders::Cached => self.presence(&mut conn, tenant, user).await?,
+            Holders::Reread { skip } => {
+                self.presence_changed(&(tenant.to_string(), user.to_string()));
+                let mut nodes = self.presence(&mut conn, tenant, user).await?;
+                nodes.retain(|n| !skip.contains(n));
+                nodes
+            }
+        };
         if nodes.is_empty() {
             return Ok(Forwarded::default());
         }
-        let envelope = self.envelope(tenant, Kind::User, Some(user), dest, content);
+        let envelope = self
+            .envelope(tenant, Kind::User, Some(user), dest, content)
+            .stored_at(stored);
         let confirmations = nodes
             .iter()
             .map(|node| self.enqueue(keys::inbox(node), &envelope))
@@ -282,6 +293,22 @@ impl Backplane for RedisBackplane {
             addressed: nodes,
             counts_self: false,
         })
+    }
+
+    async fn settled(&self) -> Result<(), ClusterError> {
+        let control = self.control.get().ok_or(RedisError::NotStarted)?;
+        let (done, applied) = tokio::sync::oneshot::channel();
+        control
+            .send(Control::Settled(done))
+            .map_err(|_| RedisError::NotStarted)?;
+        match tokio::time::timeout(REDIS_TIMEOUT, applied).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(RedisError::Closed.into()),
+            Err(_) => Err(RedisError::NotConnected(
+                "interest changes were not applied within 2 s".into(),
+            )
+            .into()),
+        }
     }
 
     async fn to_topic(

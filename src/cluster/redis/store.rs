@@ -1,0 +1,528 @@
+//! The store of user messages shared by the cluster: each user's stream, its epoch and its
+//! cursors in Redis (the layout is in [`keys`]), implementing [`History`].
+//!
+//! A message is stored by one script that numbers it (the next offset of the user's stream),
+//! appends it, and reads the user's presence in the same atomic step. The nodes the script saw
+//! are the ones the message is sent to: a node that joined the user's presence before the
+//! script ran is sent the message, and one that joins after it finds the message in the stream
+//! when its subscription reads it (a node reads only after its presence is applied, see
+//! `Backplane::settled`). No presence cache can make the two miss each other.
+//!
+//! A stream's epoch is made when its first message is stored (the time in µs, with the
+//! node's randomness in the low digits): a stream that Redis lost (restarted without
+//! persistence) or that expired gets a new one, so positions from before are never read as
+//! positions in it. Entry ids are `{offset}-{ms}`, so reading from an offset is a range read
+//! and each entry carries when it was stored. The stream is capped near the retention count
+//! (`MAXLEN ~`, cheap) and expires with the retention age; reads apply the exact count and
+//! age, so a message past either is never delivered.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use redis::{Script, Value};
+
+use super::{keys, RedisBackplane, RedisError};
+use crate::broker::Content;
+use crate::history::{
+    Appended, History, HistoryError, Position, ReadFrom, Replay, Retention, StartAt, Stored,
+};
+
+/// Numbers, appends and reads presence in one step.
+const APPEND: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[7]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'n', 1)
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], offset .. '-' .. ARGV[1],
+  'd', ARGV[4], 'h', ARGV[5], 'b', ARGV[6])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return {epoch, offset, redis.call('SMEMBERS', KEYS[3])}
+";
+
+/// The stream's epoch, last offset, oldest entry id, and the entries from a start id, of one
+/// destination or all; from the oldest when the epoch asked for is not the stream's.
+const READ: &str = r"
+local meta = redis.call('HMGET', KEYS[1], 'e', 'n')
+local start = ARGV[1]
+if ARGV[3] ~= '' and meta[1] ~= ARGV[3] then start = '-' end
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+local out = {}
+for _, entry in ipairs(redis.call('XRANGE', KEYS[2], start, '+')) do
+  if ARGV[2] == '' or entry[2][2] == ARGV[2] then out[#out + 1] = entry end
+end
+local first_id = false
+if first[1] then first_id = first[1][1] end
+return {meta[1], meta[2], first_id, out}
+";
+
+/// Moves a destination's cursor on, only within the stream's current epoch.
+const ADVANCE: &str = r"
+if redis.call('HGET', KEYS[1], 'e') ~= ARGV[1] then return 0 end
+local at = tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0')
+if tonumber(ARGV[3]) > at then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+";
+
+/// One tenant's user streams in Redis.
+#[derive(Debug)]
+pub struct RedisHistory {
+    backplane: Arc<RedisBackplane>,
+    tenant: String,
+    retention: Retention,
+    scripts: Arc<Scripts>,
+}
+
+#[derive(Debug)]
+struct Scripts {
+    append: Script,
+    read: Script,
+    advance: Script,
+}
+
+/// What the read script gave.
+struct Read {
+    epoch: Option<u64>,
+    last: u64,
+    first_offset: Option<u64>,
+    entries: Vec<Stored>,
+}
+
+impl RedisHistory {
+    /// The store of `tenant`'s user messages, kept as `retention` says, through `backplane`'s
+    /// connection.
+    pub fn new(backplane: Arc<RedisBackplane>, tenant: &str, retention: Retention) -> RedisHistory {
+        RedisHistory {
+            backplane,
+            tenant: tenant.to_string(),
+            retention,
+            scripts: Arc::new(Scripts {
+                append: Script::new(APPEND),
+                read: Script::new(READ),
+                advance: Script::new(ADVANCE),
+            }),
+        }
+    }
+
+    fn conn(&self) -> Result<MultiplexedConnection, HistoryError> {
+        self.backplane.connection().map_err(unavailable)
+    }
+
+    /// The oldest offset a read may give: the retention count counted back from the last.
+    fn count_floor(&self, last: u64) -> u64 {
+        (last + 1)
+            .saturating_sub(self.retention.max_messages as u64)
+            .max(1)
+    }
+
+    async fn run_read(
+        &self,
+        user: &str,
+        start: &str,
+        dest: &str,
+        epoch: Option<u64>,
+    ) -> Result<Read, HistoryError> {
+        let mut conn = self.conn()?;
+        let value: Value = self
+            .scripts
+            .read
+            .key(keys::user_meta(&self.tenant, user))
+            .key(keys::user_stream(&self.tenant, user))
+            .arg(start)
+            .arg(dest)
+            .arg(epoch.map(|e| e.to_string()).unwrap_or_default())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        let Value::Array(parts) = value else {
+            return Err(malformed("read"));
+        };
+        let [epoch, last, first, entries] =
+            <[Value; 4]>::try_from(parts).map_err(|_| malformed("read"))?;
+        let Value::Array(entries) = entries else {
+            return Err(malformed("read entries"));
+        };
+        Ok(Read {
+            epoch: number(&epoch),
+            last: number(&last).unwrap_or(0),
+            first_offset: text(&first).and_then(|id| parse_id(&id)).map(|(o, _)| o),
+            entries: entries
+                .into_iter()
+                .map(|e| entry(e, epoch_or_zero(&epoch)))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| malformed("entry"))?,
+        })
+    }
+
+    /// Whether Redis was found to have lost its data within the retention's age: a user with
+    /// no cursor may then have lost messages, and is told so.
+    async fn lost_recently(&self) -> Result<bool, HistoryError> {
+        let mut conn = self.conn()?;
+        let lost: Option<u64> = redis::cmd("GET")
+            .arg(keys::HISTORY_LOST)
+            .query_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        Ok(lost.is_some_and(|at| {
+            crate::util::unix_ms().saturating_sub(at) < self.retention.max_age_ms
+        }))
+    }
+
+    /// Applies the exact retention to what was read: the messages still kept (oldest first),
+    /// and whether any after `start` was dropped by it.
+    fn kept(&self, read: &Read, start: u64) -> (Vec<Stored>, bool) {
+        let floor = self.count_floor(read.last);
+        let cutoff = crate::util::unix_ms().saturating_sub(self.retention.max_age_ms);
+        let mut dropped = false;
+        let mut kept = Vec::with_capacity(read.entries.len());
+        for stored in &read.entries {
+            if stored.position.offset < start {
+                continue;
+            }
+            if stored.position.offset < floor || stored.stored_at_ms < cutoff {
+                dropped = true;
+                continue;
+            }
+            kept.push(stored.clone());
+        }
+        (kept, dropped)
+    }
+
+    /// The oldest offset still kept: every offset below it was handed out and is gone.
+    fn low(&self, read: &Read) -> u64 {
+        let physical = read.first_offset.unwrap_or(read.last + 1);
+        physical.max(self.count_floor(read.last))
+    }
+}
+
+#[async_trait]
+impl History for RedisHistory {
+    async fn append(
+        &self,
+        user: &str,
+        dest: &str,
+        content: &Content,
+    ) -> Result<Appended, HistoryError> {
+        let mut conn = self.conn()?;
+        let headers = serde_json::to_string(&content.headers)
+            .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+        let now_ms = crate::util::unix_ms();
+        // Distinct from any epoch this user's stream had before, even within one ms.
+        let new_epoch = now_ms * 1000 + crate::util::random_u64() % 1000;
+        let value: Value = self
+            .scripts
+            .append
+            .key(keys::user_meta(&self.tenant, user))
+            .key(keys::user_stream(&self.tenant, user))
+            .key(keys::presence(&self.tenant, user))
+            .arg(now_ms)
+            .arg(self.retention.max_messages)
+            .arg(self.retention.max_age_ms)
+            .arg(dest)
+            .arg(headers)
+            .arg(content.body.as_ref())
+            .arg(new_epoch)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        let Value::Array(parts) = value else {
+            return Err(malformed("append"));
+        };
+        let [epoch, offset, members] =
+            <[Value; 3]>::try_from(parts).map_err(|_| malformed("append"))?;
+        let position = Position {
+            epoch: number(&epoch).ok_or_else(|| malformed("epoch"))?,
+            offset: number(&offset).ok_or_else(|| malformed("offset"))?,
+        };
+        let members: Vec<String> = match members {
+            Value::Array(m) | Value::Set(m) => m.iter().filter_map(text).collect(),
+            _ => Vec::new(),
+        };
+        let holders = self
+            .backplane
+            .only_live_others(&mut conn, &keys::presence(&self.tenant, user), members)
+            .await
+            .map_err(unavailable)?;
+        Ok(Appended {
+            position,
+            holders: Some(holders),
+        })
+    }
+
+    async fn read(&self, user: &str, dest: &str, from: ReadFrom) -> Result<Replay, HistoryError> {
+        let (start_id, epoch) = match from {
+            ReadFrom::After(p) => (format!("{}-0", p.offset.saturating_add(1)), Some(p.epoch)),
+            ReadFrom::StartAt(StartAt::Offset(n)) => (format!("{}-0", n.max(1)), None),
+            ReadFrom::StartAt(StartAt::Next) => ("+".to_string(), None),
+            ReadFrom::StartAt(_) => ("-".to_string(), None),
+        };
+        let read = self.run_read(user, &start_id, dest, epoch).await?;
+        let now_epoch = read.epoch.unwrap_or(0);
+        let next_offset = read.last + 1;
+        let low = self.low(&read);
+        let (start, mut complete) = match from {
+            ReadFrom::After(p) if read.epoch != Some(p.epoch) => (low, false),
+            ReadFrom::After(p) => {
+                let start = p.offset.saturating_add(1).min(next_offset);
+                (start, start >= low)
+            }
+            ReadFrom::StartAt(StartAt::First) => (low, true),
+            ReadFrom::StartAt(StartAt::Next) => (next_offset, true),
+            ReadFrom::StartAt(StartAt::Last) => {
+                let (kept, _) = self.kept(&read, low);
+                let last = kept.last().map_or(next_offset, |s| s.position.offset);
+                (last, true)
+            }
+            ReadFrom::StartAt(StartAt::Offset(n)) => {
+                let start = n.max(1).min(next_offset);
+                (start, start >= low)
+            }
+            ReadFrom::StartAt(StartAt::Timestamp(secs)) => {
+                let at_ms = secs.saturating_mul(1000);
+                let (kept, _) = self.kept(&read, low);
+                let start = kept
+                    .iter()
+                    .find(|s| s.stored_at_ms >= at_ms)
+                    .map_or(next_offset, |s| s.position.offset);
+                let first_ms = kept.first().map_or(u64::MAX, |s| s.stored_at_ms);
+                (start, low <= 1 || first_ms <= at_ms)
+            }
+        };
+        let (messages, dropped) = self.kept(&read, start);
+        complete &= !dropped;
+        Ok(Replay {
+            epoch: now_epoch,
+            messages,
+            complete,
+            next_offset,
+        })
+    }
+
+    async fn since(&self, user: &str, after: Position) -> Result<Replay, HistoryError> {
+        let start_id = format!("{}-0", after.offset.saturating_add(1));
+        let read = self
+            .run_read(user, &start_id, "", Some(after.epoch))
+            .await?;
+        let low = self.low(&read);
+        let same_epoch = read.epoch == Some(after.epoch);
+        let start = if same_epoch {
+            after.offset.saturating_add(1)
+        } else {
+            low
+        };
+        let (messages, dropped) = self.kept(&read, start);
+        Ok(Replay {
+            epoch: read.epoch.unwrap_or(0),
+            messages,
+            complete: same_epoch && start >= low && !dropped,
+            next_offset: read.last + 1,
+        })
+    }
+
+    async fn head(&self, user: &str) -> Result<Position, HistoryError> {
+        let mut conn = self.conn()?;
+        let (epoch, last): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(keys::user_meta(&self.tenant, user))
+            .arg("e")
+            .arg("n")
+            .query_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        // No stream yet: epoch 0, which the first message's epoch replaces.
+        Ok(Position {
+            epoch: epoch.unwrap_or(0),
+            offset: last.unwrap_or(0) + 1,
+        })
+    }
+
+    async fn advance(
+        &self,
+        user: &str,
+        dest: &str,
+        position: Position,
+    ) -> Result<(), HistoryError> {
+        let mut conn = self.conn()?;
+        let _: i64 = self
+            .scripts
+            .advance
+            .key(keys::user_meta(&self.tenant, user))
+            .arg(position.epoch)
+            .arg(format!("c:{dest}"))
+            .arg(position.offset)
+            .arg(self.retention.max_age_ms)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn cursor(&self, user: &str, dest: &str) -> Result<Option<Position>, HistoryError> {
+        let mut conn = self.conn()?;
+        let (epoch, offset): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
+            .arg(keys::user_meta(&self.tenant, user))
+            .arg("e")
+            .arg(format!("c:{dest}"))
+            .query_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        Ok(match (epoch, offset) {
+            (Some(epoch), Some(offset)) => Some(Position { epoch, offset }),
+            _ => None,
+        })
+    }
+
+    async fn no_cursor_complete(&self) -> Result<bool, HistoryError> {
+        Ok(!self.lost_recently().await?)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+impl RedisBackplane {
+    /// Marks when this Redis began keeping history, and records that it lost its data when
+    /// this node had seen that mark before and finds it gone.
+    pub(super) async fn note_store(&self, conn: &mut MultiplexedConnection) {
+        let now = crate::util::unix_ms();
+        let created: Result<Option<String>, _> = redis::cmd("SET")
+            .arg(keys::HISTORY_SINCE)
+            .arg(now)
+            .arg("NX")
+            .query_async(conn)
+            .await;
+        let Ok(created) = created else { return };
+        let seen_before = self.store_seen.swap(true, Ordering::AcqRel);
+        if created.is_some() && seen_before {
+            tracing::warn!("Redis lost the stored messages; users without a cursor are told their history is not complete");
+            let _: Result<(), _> = redis::cmd("SET")
+                .arg(keys::HISTORY_LOST)
+                .arg(now)
+                .query_async(conn)
+                .await;
+        }
+    }
+}
+
+fn unavailable(e: RedisError) -> HistoryError {
+    HistoryError::Unavailable(e.to_string())
+}
+
+fn store_error(e: redis::RedisError) -> HistoryError {
+    if e.code() == Some("OOM") {
+        return HistoryError::Full(format!(
+            "Redis is at its maxmemory and refuses writes ({e})"
+        ));
+    }
+    if e.is_timeout() {
+        return HistoryError::Unavailable(format!(
+            "Redis did not answer within 2 s, so whether the message was stored is not known ({e})"
+        ));
+    }
+    HistoryError::Unavailable(e.to_string())
+}
+
+fn malformed(what: &str) -> HistoryError {
+    HistoryError::Unavailable(format!("unexpected answer from Redis ({what})"))
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn number(value: &Value) -> Option<u64> {
+    match value {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+fn epoch_or_zero(value: &Value) -> u64 {
+    number(value).unwrap_or(0)
+}
+
+/// The offset and time of an entry id `{offset}-{ms}`.
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (offset, ms) = id.split_once('-')?;
+    Some((offset.parse().ok()?, ms.parse().ok()?))
+}
+
+/// One stream entry: `[id, [d, dest, h, headers, b, body]]`.
+fn entry(value: Value, epoch: u64) -> Option<Stored> {
+    let Value::Array(parts) = value else {
+        return None;
+    };
+    let [id, fields] = <[Value; 2]>::try_from(parts).ok()?;
+    let (offset, stored_at_ms) = parse_id(&text(&id)?)?;
+    let Value::Array(fields) = fields else {
+        return None;
+    };
+    let (mut dest, mut headers, mut body) = (None, Vec::new(), Bytes::new());
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        match text(&name)?.as_str() {
+            "d" => dest = text(&value),
+            "h" => headers = serde_json::from_str(&text(&value)?).ok()?,
+            "b" => {
+                if let Value::BulkString(b) = value {
+                    body = Bytes::from(b);
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(Stored {
+        position: Position { epoch, offset },
+        dest: dest?,
+        content: Content { headers, body },
+        stored_at_ms,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_read_back_with_their_place_time_and_content() {
+        let value = Value::Array(vec![
+            Value::BulkString(b"12-1700000000123".to_vec()),
+            Value::Array(vec![
+                Value::BulkString(b"d".to_vec()),
+                Value::BulkString(b"/queue/a".to_vec()),
+                Value::BulkString(b"h".to_vec()),
+                Value::BulkString(br#"[["x-kind","order"]]"#.to_vec()),
+                Value::BulkString(b"b".to_vec()),
+                Value::BulkString(vec![0, 159, 1]),
+            ]),
+        ]);
+        let stored = entry(value, 9).unwrap();
+        assert_eq!(
+            stored.position,
+            Position {
+                epoch: 9,
+                offset: 12
+            }
+        );
+        assert_eq!(stored.stored_at_ms, 1_700_000_000_123);
+        assert_eq!(stored.dest, "/queue/a");
+        assert_eq!(
+            stored.content.headers,
+            [("x-kind".to_string(), "order".to_string())]
+        );
+        assert_eq!(&stored.content.body[..], &[0, 159, 1]);
+        assert_eq!(parse_id("bad"), None);
+    }
+}
