@@ -18,7 +18,7 @@ use crate::broker::{
 use crate::cluster::{Backplane, ClusterError, Forwarded, Holders};
 use crate::config::{ServerConfig, TenantConfig, DEFAULT_TENANT};
 use crate::history::order::Gate;
-use crate::history::{History, HistoryError};
+use crate::history::{Cursor, History, HistoryError};
 use crate::metrics::{DropReason, Metrics};
 use crate::plugin::{PluginLimits, PluginSlot};
 use crate::policy::Policy;
@@ -202,12 +202,13 @@ impl Tenant {
             tokio::spawn(async move {
                 let mut batch = Vec::with_capacity(CURSOR_BATCH);
                 while moves.recv_many(&mut batch, CURSOR_BATCH).await > 0 {
-                    let saves = batch.drain(..).filter_map(|cursor| {
-                        let position = cursor.take()?;
+                    let saves = batch.drain(..).filter_map(|moved| {
+                        moved.take()?;
+                        let cursor = Cursor::of(&moved)?;
                         let history = history.clone();
                         Some(async move {
                             if let Err(e) =
-                                history.advance(&cursor.user, &cursor.dest, position).await
+                                history.advance(&moved.user, &moved.dest, cursor).await
                             {
                                 debug!(error = %e, "a cursor was not saved; it is saved again when it moves or its subscription ends");
                             }

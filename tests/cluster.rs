@@ -18,9 +18,18 @@ fn config(extra_tenant: &str) -> String {
     )
 }
 
+/// `toml` with user messages not stored: the at-most-once path a tenant can opt into, whose
+/// presence cache and local delivery during an outage some tests are about.
+fn at_most_once(toml: String) -> String {
+    format!("[history]\nenabled = false\n{toml}")
+}
+
 fn three_nodes(redis: &Redis) -> [NodeProcess; 3] {
-    let toml = config("");
-    ["node-a", "node-b", "node-c"].map(|id| NodeProcess::start(id, &redis.url(), &toml))
+    three_nodes_with(redis, &config(""))
+}
+
+fn three_nodes_with(redis: &Redis, toml: &str) -> [NodeProcess; 3] {
+    ["node-a", "node-b", "node-c"].map(|id| NodeProcess::start(id, &redis.url(), toml))
 }
 
 async fn publish_on(node: &NodeProcess, body: serde_json::Value) -> (u16, serde_json::Value) {
@@ -318,7 +327,7 @@ async fn seed_format_ingress_reaches_the_user_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_keeps_local_delivery_and_recovers_without_reconnecting_clients() {
     let mut redis = Redis::start();
-    let [a, b, c] = three_nodes(&redis);
+    let [a, b, c] = three_nodes_with(&redis, &at_most_once(config("")));
     for n in [&a, &b, &c] {
         await_ready(n).await;
     }
@@ -432,7 +441,7 @@ async fn a_killed_node_leaves_presence_and_the_others_keep_flowing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_presence_entry_routes_while_it_is_read_again() {
     let redis = Redis::start();
-    let toml = config("");
+    let toml = at_most_once(config(""));
     let a = NodeProcess::start("node-a", &redis.url(), &toml);
     let b = NodeProcess::start("node-b", &redis.url(), &toml);
     await_ready(&a).await;

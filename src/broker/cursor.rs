@@ -23,6 +23,9 @@ pub struct StreamCursor {
     pub dest: String,
     /// The epoch its offsets belong to.
     pub epoch: u64,
+    /// Its subscription went on into this epoch from an earlier one (the store lost what it
+    /// held meanwhile), so what the old epoch held undelivered may be gone.
+    pub crossed: bool,
     offset: AtomicU64,
     queued: AtomicBool,
     saver: Option<CursorQueue>,
@@ -34,12 +37,14 @@ impl StreamCursor {
         user: &str,
         dest: &str,
         epoch: u64,
+        crossed: bool,
         saver: Option<CursorQueue>,
     ) -> Arc<StreamCursor> {
         Arc::new(StreamCursor {
             user: user.to_string(),
             dest: dest.to_string(),
             epoch,
+            crossed,
             offset: AtomicU64::new(0),
             queued: AtomicBool::new(false),
             saver,
@@ -84,7 +89,7 @@ mod tests {
     #[test]
     fn a_cursor_is_queued_once_per_round_and_never_moves_back() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let cursor = StreamCursor::new("alice", "/queue/a", 7, Some(tx));
+        let cursor = StreamCursor::new("alice", "/queue/a", 7, false, Some(tx));
         assert_eq!(cursor.position(), None);
         cursor.advance(3);
         cursor.advance(5);

@@ -176,10 +176,17 @@ struct Stream {
 
 impl Stream {
     /// Delivers from `epoch` on, with a cursor of its own.
-    fn switch_epoch(&mut self, epoch: u64, user: &str, dest: &str, saver: &Option<CursorQueue>) {
+    /// `crossed`: it was delivering from an earlier epoch, which the store lost.
+    fn switch_epoch(
+        &mut self,
+        epoch: u64,
+        crossed: bool,
+        (user, dest): (&str, &str),
+        saver: &Option<CursorQueue>,
+    ) {
         self.epoch = epoch;
         self.next = 0;
-        self.cursor = StreamCursor::new(user, dest, epoch, saver.clone());
+        self.cursor = StreamCursor::new(user, dest, epoch, crossed, saver.clone());
     }
 
     /// True when `message` is one this subscription already delivered.
@@ -269,7 +276,7 @@ impl Subscription {
                 next: 0,
                 replaying: true,
                 waiting: VecDeque::new(),
-                cursor: StreamCursor::new(user, dest, 0, None),
+                cursor: StreamCursor::new(user, dest, 0, false, None),
             }),
             saver,
         }));
@@ -296,8 +303,7 @@ impl Subscription {
             return Ok(());
         };
         let mut stream = Self::stream_state(feed);
-        let (user, dest) = self.stream_names();
-        stream.switch_epoch(epoch, user, dest, &feed.saver);
+        stream.switch_epoch(epoch, false, self.stream_names(), &feed.saver);
         stream.replaying = false;
         let mut held: Vec<Arc<Message>> = std::mem::take(&mut stream.waiting).into();
         // Live messages may have come from several nodes in any order while the stream was
@@ -344,13 +350,13 @@ impl Subscription {
     /// the last offset its writer wrote; in client modes the offset before the first it still
     /// held, or the last it delivered if it held none. With the stream's epoch; `None` when it
     /// delivered nothing.
-    pub fn stream_cursor(&self, held: &[Unacked]) -> Option<Position> {
+    pub fn stream_cursor(&self, held: &[Unacked]) -> Option<Arc<StreamCursor>> {
         let feed = self.stream.as_deref()?;
         let stream = Self::stream_state(feed);
         if self.ack != AckMode::Auto {
             Self::acknowledged_up_to(&stream, held.iter().filter_map(|u| u.position));
         }
-        stream.cursor.position()
+        stream.cursor.position().map(|_| stream.cursor.clone())
     }
 
     /// In client modes the cursor stands before the first message still held, or at the last
@@ -395,8 +401,9 @@ impl Subscription {
             if position.epoch != stream.epoch {
                 // The store lost what it held and numbers from 1 again: what this
                 // subscription delivered before is no place in the new epoch.
-                let (user, dest) = self.stream_names();
-                stream.switch_epoch(position.epoch, user, dest, &feed.saver);
+                // Epoch 0 is a stream that had no message yet when it was read.
+                let crossed = stream.epoch != 0;
+                stream.switch_epoch(position.epoch, crossed, self.stream_names(), &feed.saver);
             }
             if stream.seen(message) {
                 return Ok(()); // the replay delivered it

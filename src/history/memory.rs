@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    Appended, History, HistoryError, Position, ReadFrom, Replay, Retention, StartAt, Stored,
+    Appended, Cursor, History, HistoryError, Position, ReadFrom, Replay, Retention, StartAt, Stored,
 };
 use crate::broker::budget::headers_weight;
 use crate::broker::{Budget, Content};
@@ -304,12 +304,9 @@ impl History for MemoryHistory {
         })
     }
 
-    async fn advance(
-        &self,
-        user: &str,
-        dest: &str,
-        position: Position,
-    ) -> Result<(), HistoryError> {
+    async fn advance(&self, user: &str, dest: &str, cursor: Cursor) -> Result<(), HistoryError> {
+        // One process keeps one epoch: a cursor never crosses into it from another.
+        let position = cursor.position;
         if position.epoch != self.epoch {
             return Ok(());
         }
@@ -329,14 +326,17 @@ impl History for MemoryHistory {
         Ok(())
     }
 
-    async fn cursor(&self, user: &str, dest: &str) -> Result<Option<Position>, HistoryError> {
+    async fn cursor(&self, user: &str, dest: &str) -> Result<Option<Cursor>, HistoryError> {
         Ok(self
             .users()
             .get(user)
             .and_then(|s| s.cursors.get(dest))
-            .map(|&offset| Position {
-                epoch: self.epoch,
-                offset,
+            .map(|&offset| Cursor {
+                position: Position {
+                    epoch: self.epoch,
+                    offset,
+                },
+                crossed: false,
             }))
     }
 }
@@ -468,44 +468,18 @@ mod tests {
         let s = &f.store;
         s.append("alice", N, &text("1")).await.unwrap();
         assert_eq!(s.cursor("alice", N).await.unwrap(), None);
-        s.advance(
-            "alice",
-            N,
-            Position {
-                epoch: 7,
-                offset: 1,
-            },
-        )
-        .await
-        .unwrap();
-        s.advance(
-            "alice",
-            N,
-            Position {
-                epoch: 7,
-                offset: 0,
-            },
-        )
-        .await
-        .unwrap();
+        let cursor_at = |epoch, offset| Cursor {
+            position: Position { epoch, offset },
+            crossed: false,
+        };
+        s.advance("alice", N, cursor_at(7, 1)).await.unwrap();
+        s.advance("alice", N, cursor_at(7, 0)).await.unwrap();
+        assert_eq!(s.cursor("alice", N).await.unwrap(), Some(cursor_at(7, 1)));
+        s.advance("alice", N, cursor_at(3, 9)).await.unwrap();
         assert_eq!(
-            s.cursor("alice", N).await.unwrap(),
-            Some(Position {
-                epoch: 7,
-                offset: 1
-            })
+            s.cursor("alice", N).await.unwrap().unwrap().position.offset,
+            1
         );
-        s.advance(
-            "alice",
-            N,
-            Position {
-                epoch: 3,
-                offset: 9,
-            },
-        )
-        .await
-        .unwrap();
-        assert_eq!(s.cursor("alice", N).await.unwrap().unwrap().offset, 1);
         // A position of another epoch reads as incomplete: the store may have lost messages.
         s.append("alice", N, &text("2")).await.unwrap();
         let old = s

@@ -153,12 +153,11 @@ pub trait History: Send + Sync + std::fmt::Debug {
     /// The stream's epoch and the offset its next message will get.
     async fn head(&self, user: &str) -> Result<Position, HistoryError>;
 
-    /// Records that delivery of `user`'s `dest` got to `position` (a cursor only moves on).
-    async fn advance(&self, user: &str, dest: &str, position: Position)
-        -> Result<(), HistoryError>;
+    /// Records that delivery of `user`'s `dest` got to `cursor` (a cursor only moves on).
+    async fn advance(&self, user: &str, dest: &str, cursor: Cursor) -> Result<(), HistoryError>;
 
     /// How far delivery of `user`'s `dest` got, if it ever began.
-    async fn cursor(&self, user: &str, dest: &str) -> Result<Option<Position>, HistoryError>;
+    async fn cursor(&self, user: &str, dest: &str) -> Result<Option<Cursor>, HistoryError>;
 
     /// Whether a user with no cursor can be told nothing was lost: false while the store may
     /// have lost messages within the retention (Redis found restarted without its data).
@@ -171,6 +170,26 @@ pub trait History: Send + Sync + std::fmt::Debug {
     /// (see [`order`]).
     fn shared(&self) -> bool {
         false
+    }
+}
+
+/// How far delivery of one user's destination got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    /// The last message delivered (auto) or acknowledged (client modes).
+    pub position: Position,
+    /// Delivery went on into this epoch from an earlier one the store lost: what the old epoch
+    /// held undelivered is gone, so the next subscription is told its history is not complete.
+    pub crossed: bool,
+}
+
+impl Cursor {
+    /// Where a subscription's cursor stands, to be saved; `None` before it delivered anything.
+    pub fn of(cursor: &crate::broker::cursor::StreamCursor) -> Option<Cursor> {
+        Some(Cursor {
+            position: cursor.position()?,
+            crossed: cursor.crossed,
+        })
     }
 }
 

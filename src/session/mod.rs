@@ -604,7 +604,7 @@ impl Session {
             let unavailable =
                 |e: crate::history::HistoryError| Fault::StoreUnavailable(e.to_string());
             tenant.open_stream(user).await.map_err(unavailable)?;
-            let mut cursorless = false;
+            let (mut cursorless, mut crossed) = (false, false);
             let from = match (start, start_epoch) {
                 // A position the client kept, with the epoch it was of.
                 (Some(StartAt::Offset(n)), Some(epoch)) => {
@@ -615,7 +615,10 @@ impl Session {
                 }
                 (Some(start), _) => ReadFrom::StartAt(start),
                 (None, _) => match history.cursor(user, dest).await.map_err(unavailable)? {
-                    Some(position) => ReadFrom::After(position),
+                    Some(cursor) => {
+                        crossed = cursor.crossed;
+                        ReadFrom::After(cursor.position)
+                    }
                     None => {
                         cursorless = true;
                         ReadFrom::StartAt(StartAt::First)
@@ -626,6 +629,7 @@ impl Session {
             if cursorless {
                 replay.complete &= history.no_cursor_complete().await.map_err(unavailable)?;
             }
+            replay.complete &= !crossed;
             let shown = destination::user_facing(dest);
             let messages: Vec<Arc<Message>> = replay
                 .messages
@@ -674,16 +678,18 @@ impl Session {
             .give_back(subscription_weight(&sub.id, &sub.target));
         tenant.unsubscribe(sub);
         let held = sub.close();
-        if let (Some(history), Target::User { user, dest }, Some(position)) = (
+        if let (Some(history), Target::User { user, dest }, Some(cursor)) = (
             tenant.history().cloned(),
             &sub.target,
-            sub.stream_cursor(&held),
+            sub.stream_cursor(&held)
+                .as_deref()
+                .and_then(crate::history::Cursor::of),
         ) {
             // The cursor moves on for the user's next session; a store of another epoch by
             // then ignores it.
             let (user, dest) = (user.clone(), dest.clone());
             self.ctx.tasks.spawn(async move {
-                if let Err(e) = history.advance(&user, &dest, position).await {
+                if let Err(e) = history.advance(&user, &dest, cursor).await {
                     debug!(error = %e, "a cursor was not saved; the next session gets those messages again");
                 }
             });

@@ -1,5 +1,7 @@
-//! A `redis-server` of the caller's own: a free port on 127.0.0.1, no snapshots, no
-//! append-only file, so it starts empty every time, and faults to inject (kill, pause, restart).
+//! A `redis-server` of the caller's own: a free port on 127.0.0.1, no snapshots and no
+//! append-only file, so it starts empty every time (or, from [`Redis::start_persistent`], an
+//! append-only file in a directory of its own, so a restart finds what it held), and faults to
+//! inject (kill, pause, restart).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -15,6 +17,8 @@ pub struct Redis {
     port: u16,
     log: Log,
     process: Option<Process>,
+    /// Where its append-only file lives, when it keeps one.
+    aof_dir: Option<PathBuf>,
 }
 
 impl Redis {
@@ -30,6 +34,28 @@ impl Redis {
             port: free_port(),
             log,
             process: None,
+            aof_dir: None,
+        };
+        redis.launch()?;
+        Ok(redis)
+    }
+
+    /// `redis-server` from the PATH with an append-only file (`appendfsync everysec`, Redis's
+    /// default), so that what it acknowledged survives it being killed and restarted.
+    pub fn start_persistent() -> Result<Redis, Error> {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("stompbox-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Spawn {
+            what: format!("redis-server (its AOF directory {})", dir.display()),
+            source,
+        })?;
+        let mut redis = Redis {
+            bin: "redis-server".into(),
+            port,
+            log: Log::memory(),
+            process: None,
+            aof_dir: Some(dir),
         };
         redis.launch()?;
         Ok(redis)
@@ -38,7 +64,22 @@ impl Redis {
     fn launch(&mut self) -> Result<(), Error> {
         let mut command = Command::new(&self.bin);
         command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
-        command.args(["--save", "", "--appendonly", "no"]);
+        match &self.aof_dir {
+            Some(dir) => {
+                command.args([
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                ]);
+                command.arg("--dir").arg(dir);
+            }
+            None => {
+                command.args(["--save", "", "--appendonly", "no"]);
+            }
+        }
         let mut process =
             Process::spawn("redis-server", command, self.log.clone(), self.log.clone())?;
         wait_for_port(self.addr(), &mut process, Duration::from_secs(10))?;
@@ -90,7 +131,8 @@ impl Redis {
         }
     }
 
-    /// Starts it again, empty, on the same port (killing it first if it still runs).
+    /// Starts it again on the same port (killing it first if it still runs): empty, unless it
+    /// keeps an append-only file.
     pub fn restart(&mut self) -> Result<(), Error> {
         self.kill();
         self.launch()
@@ -100,6 +142,9 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
+        if let Some(dir) = &self.aof_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 

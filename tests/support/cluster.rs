@@ -23,11 +23,21 @@ impl Redis {
         }
     }
 
+    /// One that keeps an append-only file, so a restart finds what it acknowledged.
+    pub fn start_persistent() -> Redis {
+        let inner = stompbox_testkit::Redis::start_persistent()
+            .unwrap_or_else(|e| panic!("{e} (scripts/test.sh installs redis-server)"));
+        Redis {
+            port: inner.port(),
+            inner,
+        }
+    }
+
     pub fn url(&self) -> String {
         self.inner.url()
     }
 
-    /// Starts it (again, empty) on the same port.
+    /// Starts it again on the same port (empty, unless it keeps an append-only file).
     pub fn restart(&mut self) {
         self.inner.restart().expect("redis-server restarts");
     }

@@ -27,7 +27,7 @@ use redis::{Script, Value};
 use super::{keys, RedisBackplane, RedisError};
 use crate::broker::Content;
 use crate::history::{
-    Appended, History, HistoryError, Position, ReadFrom, Replay, Retention, StartAt, Stored,
+    Appended, Cursor, History, HistoryError, Position, ReadFrom, Replay, Retention, StartAt, Stored,
 };
 
 /// Numbers, appends and reads presence in one step.
@@ -62,11 +62,17 @@ if first[1] then first_id = first[1][1] end
 return {meta[1], meta[2], first_id, out}
 ";
 
-/// Moves a destination's cursor on, only within the stream's current epoch.
+/// Moves a destination's cursor (`c:{dest}`) on, only within the stream's current epoch, and
+/// records whether it crossed from a lost epoch (`l:{dest}`).
 const ADVANCE: &str = r"
 if redis.call('HGET', KEYS[1], 'e') ~= ARGV[1] then return 0 end
-local at = tonumber(redis.call('HGET', KEYS[1], ARGV[2]) or '0')
-if tonumber(ARGV[3]) > at then redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) end
+local at = tonumber(redis.call('HGET', KEYS[1], 'c:' .. ARGV[2]) or '0')
+if tonumber(ARGV[3]) > at then redis.call('HSET', KEYS[1], 'c:' .. ARGV[2], ARGV[3]) end
+if ARGV[5] == '1' then
+  redis.call('HSET', KEYS[1], 'l:' .. ARGV[2], '1')
+else
+  redis.call('HDEL', KEYS[1], 'l:' .. ARGV[2])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 ";
@@ -342,38 +348,39 @@ impl History for RedisHistory {
         })
     }
 
-    async fn advance(
-        &self,
-        user: &str,
-        dest: &str,
-        position: Position,
-    ) -> Result<(), HistoryError> {
+    async fn advance(&self, user: &str, dest: &str, cursor: Cursor) -> Result<(), HistoryError> {
         let mut conn = self.conn()?;
         let _: i64 = self
             .scripts
             .advance
             .key(keys::user_meta(&self.tenant, user))
-            .arg(position.epoch)
-            .arg(format!("c:{dest}"))
-            .arg(position.offset)
+            .arg(cursor.position.epoch)
+            .arg(dest)
+            .arg(cursor.position.offset)
             .arg(self.retention.max_age_ms)
+            .arg(if cursor.crossed { "1" } else { "0" })
             .invoke_async(&mut conn)
             .await
             .map_err(store_error)?;
         Ok(())
     }
 
-    async fn cursor(&self, user: &str, dest: &str) -> Result<Option<Position>, HistoryError> {
+    async fn cursor(&self, user: &str, dest: &str) -> Result<Option<Cursor>, HistoryError> {
         let mut conn = self.conn()?;
-        let (epoch, offset): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
-            .arg(keys::user_meta(&self.tenant, user))
-            .arg("e")
-            .arg(format!("c:{dest}"))
-            .query_async(&mut conn)
-            .await
-            .map_err(store_error)?;
+        let (epoch, offset, crossed): (Option<u64>, Option<u64>, Option<String>) =
+            redis::cmd("HMGET")
+                .arg(keys::user_meta(&self.tenant, user))
+                .arg("e")
+                .arg(format!("c:{dest}"))
+                .arg(format!("l:{dest}"))
+                .query_async(&mut conn)
+                .await
+                .map_err(store_error)?;
         Ok(match (epoch, offset) {
-            (Some(epoch), Some(offset)) => Some(Position { epoch, offset }),
+            (Some(epoch), Some(offset)) => Some(Cursor {
+                position: Position { epoch, offset },
+                crossed: crossed.is_some(),
+            }),
             _ => None,
         })
     }

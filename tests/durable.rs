@@ -1,0 +1,313 @@
+//! Durable user messages across a cluster: two node processes and a `redis-server` of the
+//! test's own. A message answered 202 is stored in Redis first, so it reaches the user across
+//! the CONNECT→SUBSCRIBE window, while they are offline, across a move to another node, when
+//! several nodes publish to them at once, and across a Redis restart that keeps its
+//! append-only file; a Redis that restarts empty starts a new epoch and the client is told.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use stompbox::stomp::{Command, Frame};
+use support::cluster::{await_ready, NodeProcess, Redis};
+use support::*;
+
+fn config() -> String {
+    format!(
+        "[cluster]\nnode_ttl_ms = 2000\n[[tenants]]\nid = \"default\"\napi_keys = [\"{API_KEY}\"]\nhistory_max_messages = 50\n"
+    )
+}
+
+async fn two_nodes(redis: &Redis) -> (NodeProcess, NodeProcess) {
+    let toml = config();
+    let a = NodeProcess::start("node-a", &redis.url(), &toml);
+    let b = NodeProcess::start("node-b", &redis.url(), &toml);
+    await_ready(&a).await;
+    await_ready(&b).await;
+    (a, b)
+}
+
+/// Publishes `body` to `user`'s `/queue/notice` through `node`'s API: status and answer.
+async fn to_user(node: &NodeProcess, user: &str, body: &str) -> (u16, serde_json::Value) {
+    http_request(
+        node.http,
+        "POST",
+        "/api/v1/tenants/default/publish",
+        Some(API_KEY),
+        &json!({"receiver": user, "destination": "/queue/notice", "content": body}).to_string(),
+    )
+    .await
+}
+
+async fn stored(node: &NodeProcess, user: &str, body: &str) -> serde_json::Value {
+    let (status, answer) = to_user(node, user, body).await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["stored"], true, "{answer}");
+    answer
+}
+
+async fn user_on(node: &NodeProcess, user: &str) -> Client {
+    let mut client = Client::tcp(node.stomp).await;
+    client.connect_as(user).await;
+    client
+}
+
+/// SUBSCRIBE to `/user/queue/notice` with a receipt and `headers`: the messages before the
+/// RECEIPT, and the RECEIPT.
+async fn subscribe(client: &mut Client, headers: &[(&str, &str)]) -> (Vec<Frame>, Frame) {
+    let mut frame = Frame::new(Command::Subscribe)
+        .header("id", "1")
+        .header("destination", "/user/queue/notice")
+        .header("ack", "auto")
+        .header("receipt", "sub");
+    for (k, v) in headers {
+        frame = frame.header(*k, *v);
+    }
+    client.send(frame).await;
+    let mut replayed = Vec::new();
+    loop {
+        let frame = client.recv().await;
+        match frame.command {
+            Command::Message => replayed.push(frame),
+            Command::Receipt => return (replayed, frame),
+            _ => panic!("unexpected frame: {frame:?}"),
+        }
+    }
+}
+
+/// What reaches `client` until it has been quiet for `quiet`.
+async fn drain(client: &mut Client, quiet: Duration) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    while let Some(frame) = client.recv_within(quiet).await {
+        if frame.command == Command::Message {
+            frames.push(frame);
+        }
+    }
+    frames
+}
+
+fn bodies(frames: &[Frame]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| String::from_utf8_lossy(&f.body).into_owned())
+        .collect()
+}
+
+fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| format!("{prefix}{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_published_on_another_node_between_connect_and_subscribe_arrives() {
+    let redis = Redis::start();
+    let (a, b) = two_nodes(&redis).await;
+    for round in 0..5 {
+        let user = format!("alice{round}");
+        let mut alice = user_on(&a, &user).await;
+        stored(&b, &user, "in the window").await;
+        let (replayed, receipt) = subscribe(&mut alice, &[]).await;
+        let mut got = bodies(&replayed);
+        got.extend(bodies(&drain(&mut alice, Duration::from_millis(300)).await));
+        assert_eq!(got, ["in the window"], "round {round}");
+        assert_eq!(receipt.get("x-stream-recovered"), Some("true"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_user_gets_everything_once_on_any_node_and_a_move_loses_nothing() {
+    let redis = Redis::start();
+    let (a, b) = two_nodes(&redis).await;
+    for i in 0..10 {
+        let answer = stored(&a, "bob", &format!("m{i}")).await;
+        assert_eq!(answer["online"], false, "{answer}");
+    }
+    let mut bob = user_on(&b, "bob").await;
+    let (replayed, _) = subscribe(&mut bob, &[]).await;
+    assert_eq!(bodies(&replayed), numbered("m", 0..10));
+    // Live through the other node, then bob moves to A while messages keep coming.
+    for i in 10..15 {
+        let answer = stored(&a, "bob", &format!("m{i}")).await;
+        assert_eq!(answer["online"], true, "{answer}");
+    }
+    let live = bodies(&drain(&mut bob, Duration::from_millis(500)).await);
+    assert_eq!(live, numbered("m", 10..15));
+    drop(bob);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for i in 15..20 {
+        stored(&b, "bob", &format!("m{i}")).await;
+    }
+    let mut bob = user_on(&a, "bob").await;
+    let (replayed, receipt) = subscribe(&mut bob, &[]).await;
+    assert_eq!(
+        bodies(&replayed),
+        numbered("m", 15..20),
+        "only what he missed"
+    );
+    assert_eq!(receipt.get("x-stream-recovered"), Some("true"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_through_both_nodes_at_once_arrive_in_offset_order_without_gaps() {
+    let redis = Redis::start();
+    let (a, b) = two_nodes(&redis).await;
+    let mut carol = user_on(&a, "carol").await;
+    subscribe(&mut carol, &[]).await;
+    const EACH: usize = 200;
+    let through = |node: &NodeProcess, prefix: &'static str| {
+        let http = node.http;
+        async move {
+            for i in 0..EACH {
+                let (status, answer) = http_request(
+                    http,
+                    "POST",
+                    "/api/v1/tenants/default/publish",
+                    Some(API_KEY),
+                    &json!({"receiver": "carol", "destination": "/queue/notice", "content": format!("{prefix}{i}")})
+                        .to_string(),
+                )
+                .await;
+                assert_eq!(status, 202, "{answer}");
+            }
+        }
+    };
+    tokio::join!(through(&a, "a"), through(&b, "b"));
+    let frames = drain(&mut carol, Duration::from_millis(800)).await;
+    let offsets: Vec<u64> = frames
+        .iter()
+        .map(|f| f.get("x-stream-offset").unwrap().parse().unwrap())
+        .collect();
+    let expected: Vec<u64> = (1..=2 * EACH as u64).collect();
+    assert_eq!(offsets, expected, "every offset once, in order");
+    for prefix in ["a", "b"] {
+        let mine: Vec<String> = bodies(&frames)
+            .into_iter()
+            .filter(|b| b.starts_with(prefix))
+            .collect();
+        assert_eq!(mine, numbered(prefix, 0..EACH), "each node's in its order");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumes_from_its_offset_on_another_node_and_learns_when_history_is_gone() {
+    let redis = Redis::start();
+    let (a, b) = two_nodes(&redis).await;
+    for i in 0..10 {
+        stored(&a, "dave", &format!("m{i}")).await;
+    }
+    let mut dave = user_on(&b, "dave").await;
+    let (replayed, receipt) = subscribe(&mut dave, &[("x-stream-offset", "offset=4")]).await;
+    assert_eq!(
+        bodies(&replayed),
+        numbered("m", 3..10),
+        "offset=N starts at N"
+    );
+    assert_eq!(receipt.get("x-stream-recovered"), Some("true"));
+    let epoch = receipt.get("x-stream-epoch").unwrap().to_string();
+    assert_ne!(epoch, "0");
+    drop(dave);
+    // Past the retention of 50, offset 1 is gone.
+    for i in 10..70 {
+        stored(&b, "dave", &format!("m{i}")).await;
+    }
+    let mut dave = user_on(&a, "dave").await;
+    let (replayed, receipt) = subscribe(
+        &mut dave,
+        &[("x-stream-offset", "offset=1"), ("x-stream-epoch", &epoch)],
+    )
+    .await;
+    assert_eq!(receipt.get("x-stream-recovered"), Some("false"));
+    assert_eq!(bodies(&replayed), numbered("m", 20..70), "what is kept");
+    // An epoch the store never had is not read as this one.
+    let mut dave = user_on(&a, "dave").await;
+    let (replayed, receipt) = subscribe(
+        &mut dave,
+        &[
+            ("x-stream-offset", "offset=60"),
+            ("x-stream-epoch", "12345"),
+        ],
+    )
+    .await;
+    assert_eq!(receipt.get("x-stream-recovered"), Some("false"));
+    assert_eq!(replayed.len(), 50, "from the oldest kept");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_with_its_append_only_file_loses_nothing() {
+    let mut redis = Redis::start_persistent();
+    let (a, b) = two_nodes(&redis).await;
+    for i in 0..10 {
+        stored(&b, "erin", &format!("m{i}")).await;
+    }
+    redis.kill();
+    redis.restart();
+    await_ready(&a).await;
+    await_ready(&b).await;
+    let mut erin = user_on(&a, "erin").await;
+    let (replayed, receipt) = subscribe(&mut erin, &[]).await;
+    assert_eq!(bodies(&replayed), numbered("m", 0..10));
+    assert_eq!(receipt.get("x-stream-recovered"), Some("true"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_starts_a_new_epoch_and_the_client_is_told() {
+    let mut redis = Redis::start();
+    let (a, b) = two_nodes(&redis).await;
+    let mut frank = user_on(&a, "frank").await;
+    let (_, first) = subscribe(&mut frank, &[]).await;
+    for i in 0..5 {
+        stored(&b, "frank", &format!("old{i}")).await;
+    }
+    assert_eq!(
+        bodies(&drain(&mut frank, Duration::from_millis(500)).await),
+        numbered("old", 0..5)
+    );
+    redis.restart();
+    await_ready(&a).await;
+    await_ready(&b).await;
+    // Every node has seen Redis come back without its data.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for i in 0..3 {
+        stored(&b, "frank", &format!("new{i}")).await;
+    }
+    assert_eq!(
+        bodies(&drain(&mut frank, Duration::from_millis(800)).await),
+        numbered("new", 0..3),
+        "the live session goes on in the new epoch"
+    );
+    drop(frank);
+    let mut frank = user_on(&b, "frank").await;
+    let (replayed, receipt) = subscribe(&mut frank, &[]).await;
+    assert_eq!(
+        receipt.get("x-stream-recovered"),
+        Some("false"),
+        "the old epoch's cursor is gone with Redis: {receipt:?}"
+    );
+    assert_ne!(receipt.get("x-stream-epoch"), first.get("x-stream-epoch"));
+    let replayed = bodies(&replayed);
+    assert!(
+        replayed.iter().all(|b| b.starts_with("new")),
+        "nothing of the old epoch again: {replayed:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_be_reached_refuses_with_the_reason() {
+    let mut redis = Redis::start();
+    let (a, _b) = two_nodes(&redis).await;
+    redis.kill();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, answer) = to_user(&a, "gina", "x").await;
+        if status == 503 {
+            let error = answer["error"].as_str().unwrap_or_default().to_string();
+            assert!(error.contains("store"), "{answer}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {status} {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
