@@ -3,7 +3,9 @@
 //! through node B's API while Redis is paused, or killed and restarted empty, or A is killed
 //! and started again under its id. Every message answered `202` with `"online": true` must
 //! reach the user exactly once; every other answer must say it did not (`503`, or
-//! `"online": false`).
+//! `"online": false`). With user messages stored, the stricter account: every 202 reaches the
+//! user exactly once and in order, across a Redis stall, the user's node killed and a Redis
+//! restarted from its append-only file.
 
 mod support;
 
@@ -202,4 +204,157 @@ async fn every_message_is_accounted_for_while_redis_restarts_empty() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_is_accounted_for_while_the_users_node_restarts() {
     run(Fault::NodeRestarted).await;
+}
+
+/// Messages of the durable accounting run published between two faults (CI size; the
+/// benchmark suite runs the 5,000).
+const DURABLE_ROUND: usize = 400;
+
+/// One user message as received: its offset in the stream and its body.
+type Received = (u64, String);
+
+/// dora's client the way a browser behaves: connected to `first`, and whenever its connection
+/// dies, connected again to `fallback` and subscribed again (the server-side cursor says where
+/// to go on). Collects until it has been quiet for a while after `done` is set.
+fn dora(
+    first: std::net::SocketAddr,
+    fallback: std::net::SocketAddr,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<Received>, usize)> {
+    tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut sessions = 0;
+        let mut node = first;
+        'sessions: loop {
+            let mut client = Client::tcp(node).await;
+            client
+                .send_raw(b"CONNECT\naccept-version:1.2\nheart-beat:0,0\nlogin:dora\n\n\0")
+                .await;
+            if client.recv_within(Duration::from_secs(5)).await.is_none() {
+                node = fallback;
+                continue;
+            }
+            client.subscribe("1", "/user/queue/notice", "auto").await;
+            sessions += 1;
+            loop {
+                match client.recv_within(Duration::from_secs(4)).await {
+                    Some(frame) if frame.command == stompbox::stomp::Command::Message => {
+                        let offset = frame.get("x-stream-offset").unwrap().parse().unwrap();
+                        got.push((offset, String::from_utf8_lossy(&frame.body).into_owned()));
+                    }
+                    Some(_) => {}
+                    None if client.is_closed() => {
+                        node = fallback;
+                        continue 'sessions;
+                    }
+                    None if done.load(std::sync::atomic::Ordering::SeqCst) => break 'sessions,
+                    None => {}
+                }
+            }
+        }
+        (got, sessions)
+    })
+}
+
+async fn publish_dora(b: &NodeProcess, i: usize) -> (u16, serde_json::Value) {
+    http_request(
+        b.http,
+        "POST",
+        "/api/v1/tenants/default/publish",
+        Some(API_KEY),
+        &json!({"receiver": "dora", "destination": "/queue/notice", "content": format!("d{i}")})
+            .to_string(),
+    )
+    .await
+}
+
+/// Publishes `count` more messages to dora, IN_FLIGHT at a time at a steady pace.
+async fn publish_round(b: &NodeProcess, answers: &mut Vec<(u16, serde_json::Value)>, count: usize) {
+    let until = answers.len() + count;
+    while answers.len() < until {
+        let first = answers.len();
+        let batch = (first..first + IN_FLIGHT).map(|i| publish_dora(b, i));
+        answers.extend(futures_util::future::join_all(batch).await);
+        tokio::time::sleep(EVERY).await;
+    }
+}
+
+/// The accounting, with user messages stored: dora on A, messages through B at a
+/// steady rate while Redis is paused for 3 s, then while A is killed (dora's client moves to
+/// B), then while Redis is killed and restarted from its append-only file. Every message
+/// answered 202 reaches her exactly once, and she gets them in stream order; one answered
+/// 503 (Redis did not answer in time, so whether it was stored is not known) arrives at most
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_stored_message_reaches_its_user_once_in_order_through_every_fault() {
+    let mut redis = Redis::start_persistent();
+    let toml = config();
+    let mut a = NodeProcess::start("node-a", &redis.url(), &toml);
+    let b = NodeProcess::start("node-b", &redis.url(), &toml);
+    await_ready(&a).await;
+    await_ready(&b).await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = dora(a.stomp, b.stomp, done.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut answers = Vec::new();
+    publish_round(&b, &mut answers, DURABLE_ROUND).await;
+    redis.pause();
+    publish_round(&b, &mut answers, IN_FLIGHT * 4).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.resume();
+    publish_round(&b, &mut answers, DURABLE_ROUND).await;
+    a.kill9();
+    publish_round(&b, &mut answers, DURABLE_ROUND).await;
+    redis.kill();
+    publish_round(&b, &mut answers, IN_FLIGHT * 4).await;
+    redis.restart();
+    await_ready(&b).await;
+    publish_round(&b, &mut answers, DURABLE_ROUND).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (got, sessions) = reader.await.unwrap();
+
+    let mut times: HashMap<&str, usize> = HashMap::new();
+    for (_, body) in &got {
+        *times.entry(body.as_str()).or_default() += 1;
+    }
+    let (mut accepted, mut refused, mut lost, mut twice, mut untruthful) =
+        (0, 0, vec![], vec![], vec![]);
+    for (i, (status, answer)) in answers.iter().enumerate() {
+        let body = format!("d{i}");
+        let n = times.get(body.as_str()).copied().unwrap_or(0);
+        if n > 1 {
+            twice.push(i);
+        }
+        match status {
+            202 if answer["stored"] == true => {
+                accepted += 1;
+                if n == 0 {
+                    lost.push(i);
+                }
+            }
+            503 => refused += 1,
+            _ => untruthful.push(format!("{i}: {status} {answer}")),
+        }
+    }
+    let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+    let in_order = offsets.windows(2).all(|w| w[0] < w[1]);
+    assert!(
+        untruthful.is_empty(),
+        "answers that are neither: {untruthful:?}"
+    );
+    assert!(
+        lost.is_empty(),
+        "{} of {accepted} accepted messages never arrived: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+    assert!(twice.is_empty(), "arrived twice: {twice:?}");
+    assert!(in_order, "not in stream order: {offsets:?}");
+    assert!(sessions >= 2, "dora's client moved to B");
+    assert!(
+        accepted >= 3 * DURABLE_ROUND,
+        "only {accepted} of {} accepted ({refused} refused)",
+        answers.len()
+    );
 }

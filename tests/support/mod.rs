@@ -346,6 +346,11 @@ impl Client {
         }
     }
 
+    /// True once the server closed the connection (seen by a read).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
     /// The next frame; panics after [`WAIT`].
     pub async fn recv(&mut self) -> Frame {
         self.recv_within(WAIT)
