@@ -180,6 +180,10 @@ pub struct ServerConfig {
     /// Time a frame may take to arrive once its first byte has, in ms: a frame that stalls
     /// halfway (a `content-length` promising more than comes) is not held for ever.
     pub frame_timeout_ms: u64,
+    /// How long a connection must stay after a stored message was handed to it (in `auto`
+    /// mode) for the message to count as delivered; what was written in the last moment
+    /// before a connection ended abruptly goes to the user's next session instead.
+    pub delivery_confirm_ms: u64,
     /// Most subscriptions one connection may hold.
     pub max_subscriptions: usize,
     /// Bytes a connection may have queued for writing before it is a slow consumer and closed.
@@ -231,6 +235,7 @@ impl Default for ServerConfig {
             max_connections: 100_000,
             connect_timeout_ms: 10_000,
             frame_timeout_ms: 30_000,
+            delivery_confirm_ms: 50,
             max_subscriptions: 1_000,
             outbound_queue_bytes: 4 << 20,
             heartbeat_ms: [1_000, 1_000],
@@ -472,6 +477,12 @@ impl Config {
         }
         if s.connect_timeout_ms == 0 {
             return Err(invalid("server.connect_timeout_ms", "must be more than 0"));
+        }
+        if s.delivery_confirm_ms > 10_000 {
+            return Err(invalid(
+                "server.delivery_confirm_ms",
+                "must be at most 10000 (10 s)",
+            ));
         }
         if s.frame_timeout_ms == 0 {
             return Err(invalid("server.frame_timeout_ms", "must be more than 0"));

@@ -55,6 +55,11 @@ pub async fn run<I: TransportIn, O: TransportOut>(
         node.metrics.clone(),
     ));
     read_loop(&node, &mut session, inbound, &writer_done).await;
+    // What was written in the last moments before this counts as not delivered.
+    session
+        .endpoint()
+        .attachment
+        .detached(crate::util::unix_ms());
     session.end();
     let grace = Duration::from_millis(node.server.shutdown_grace_ms);
     if timeout(grace, &mut writer).await.is_err() {
@@ -217,8 +222,11 @@ async fn write_loop<O: TransportOut>(
                 debug!(error = %e, "write failed");
                 break;
             }
-            for mark in &marks {
-                mark.record();
+            if !marks.is_empty() {
+                let now_ms = crate::util::unix_ms();
+                for mark in &marks {
+                    mark.record(now_ms);
+                }
             }
         }
         if let Some(closing) = batch.then_close {

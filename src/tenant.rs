@@ -59,8 +59,62 @@ pub struct Tenant {
 const USER_TURNS: usize = 64;
 /// How long a failed read of a gap waits before it is tried again.
 const FILL_RETRY: Duration = Duration::from_millis(250);
-/// Cursors saved in one round.
+/// Cursors taken from the queue in one round.
 const CURSOR_BATCH: usize = 256;
+/// How often cursors with deliveries not counted yet are looked at again.
+const CURSOR_TICK: Duration = Duration::from_millis(10);
+
+/// Saves the cursors that moved, until the tenant is gone: at once for what an ACK moved,
+/// and for `auto` deliveries once they count (see [`crate::broker::cursor`]), looking again
+/// every [`CURSOR_TICK`] while some wait.
+async fn save_cursors(
+    mut moves: mpsc::UnboundedReceiver<Arc<StreamCursor>>,
+    history: Arc<dyn History>,
+) {
+    // By address: a cursor queued again while it waits here is looked at once.
+    let mut waiting: HashMap<usize, Arc<StreamCursor>> = HashMap::new();
+    let mut arrived = Vec::with_capacity(CURSOR_BATCH);
+    loop {
+        if waiting.is_empty() {
+            if moves.recv_many(&mut arrived, CURSOR_BATCH).await == 0 {
+                return;
+            }
+        } else {
+            tokio::select! {
+                n = moves.recv_many(&mut arrived, CURSOR_BATCH) => if n == 0 { return },
+                () = tokio::time::sleep(CURSOR_TICK) => {}
+            }
+        }
+        for cursor in arrived.drain(..) {
+            waiting.insert(Arc::as_ptr(&cursor) as usize, cursor);
+        }
+        let now_ms = crate::util::unix_ms();
+        let mut saves = Vec::new();
+        waiting.retain(|_, cursor| {
+            let (_, still_waiting) = cursor.take(now_ms);
+            if let Some(position) = cursor.unsaved() {
+                saves.push((
+                    cursor.clone(),
+                    Cursor {
+                        position,
+                        crossed: cursor.crossed,
+                    },
+                ));
+            }
+            still_waiting
+        });
+        // Sent together: the store's connection pipelines them.
+        futures_util::future::join_all(saves.into_iter().map(|(moved, cursor)| {
+            let history = history.clone();
+            async move {
+                if let Err(e) = history.advance(&moved.user, &moved.dest, cursor).await {
+                    debug!(error = %e, "a cursor was not saved; it is saved again when it moves or its subscription ends");
+                }
+            }
+        }))
+        .await;
+    }
+}
 
 /// One user's stored messages on their way to the user's subscriptions here.
 #[derive(Debug, Default)]
@@ -198,26 +252,8 @@ impl Tenant {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
-        if let (Some(mut moves), Some(history)) = (moves, self.history.clone()) {
-            tokio::spawn(async move {
-                let mut batch = Vec::with_capacity(CURSOR_BATCH);
-                while moves.recv_many(&mut batch, CURSOR_BATCH).await > 0 {
-                    let saves = batch.drain(..).filter_map(|moved| {
-                        moved.take()?;
-                        let cursor = Cursor::of(&moved)?;
-                        let history = history.clone();
-                        Some(async move {
-                            if let Err(e) =
-                                history.advance(&moved.user, &moved.dest, cursor).await
-                            {
-                                debug!(error = %e, "a cursor was not saved; it is saved again when it moves or its subscription ends");
-                            }
-                        })
-                    });
-                    // Sent together: the store's connection pipelines them.
-                    futures_util::future::join_all(saves).await;
-                }
-            });
+        if let (Some(moves), Some(history)) = (moves, self.history.clone()) {
+            tokio::spawn(save_cursors(moves, history));
         }
     }
 

@@ -19,7 +19,9 @@ const RULES: &[(&str, &[&str])] = &[
     ("broker", &["stomp", "util"]),
     ("history", &["broker", "util"]),
     ("config", &["history", "stomp", "web", "util"]),
-    ("cluster", &["broker", "metrics", "util"]),
+    // The Redis backplane also keeps the shared store of user messages: it owns the Redis
+    // layout, the connection and the liveness filter the store's presence read needs.
+    ("cluster", &["broker", "history", "metrics", "util"]),
     (
         "tenant",
         &[
@@ -30,7 +32,8 @@ const RULES: &[(&str, &[&str])] = &[
     (
         "node",
         &[
-            "broker", "cluster", "config", "metrics", "publish", "session", "tenant", "util",
+            "broker", "cluster", "config", "history", "metrics", "publish", "session", "tenant",
+            "util",
         ],
     ),
     (

@@ -1,7 +1,8 @@
 //! Browser checks: Debian's Chromium, driven by playwright-core (`tests/browser/run.mjs`), loads
 //! pages the node serves and receives API publishes with sockjs-client 1.6.1 + stompjs 2.3.3
 //! and @stomp/stompjs 7.5.0 over every SockJS transport and over `/ws`; across two nodes of a
-//! Redis cluster; and sockjs-client in Node (`tests/browser/node_sockjs.mjs`). Chromium and the
+//! Redis cluster; stored messages through reloads and a node's death
+//! (`tests/browser/reload.mjs`); and sockjs-client in Node (`tests/browser/node_sockjs.mjs`). Chromium and the
 //! repo-root `node_modules` come from `scripts/test.sh`; a missing one fails the test.
 
 mod support;
@@ -117,6 +118,38 @@ fn chromium_clients_over_sockjs_and_websocket() {
             API_KEY.into(),
             "--http2".into(),
             b.http.to_string(),
+        ],
+    );
+}
+
+/// The seed's page code (and @stomp/stompjs over `/ws`) keeps every stored message through two
+/// reloads and the death of its node, per client case: `tests/browser/reload.mjs`.
+#[test]
+fn a_page_loses_nothing_through_reloads_and_its_node_killed() {
+    require_tools();
+    let redis = Redis::start();
+    // One node per case (each is killed in its case), and one that publishes and takes the
+    // last page over.
+    let mut nodes: Vec<NodeProcess> = (0..8)
+        .map(|i| NodeProcess::start(&format!("reload-{i}"), &redis.url(), &config()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let addrs: Vec<String> = nodes.iter().map(|n| n.http.to_string()).collect();
+    let pids: Vec<String> = nodes[..7]
+        .iter_mut()
+        .map(|n| n.pid().expect("running").to_string())
+        .collect();
+    run_script(
+        "reload.mjs",
+        &[
+            "--publish".into(),
+            addrs[7].clone(),
+            "--api-key".into(),
+            API_KEY.into(),
+            "--nodes".into(),
+            addrs.join(","),
+            "--pids".into(),
+            pids.join(","),
         ],
     );
 }

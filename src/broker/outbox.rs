@@ -68,9 +68,9 @@ pub struct Written {
 }
 
 impl Written {
-    /// Moves the cursor on to this item's offset.
-    pub fn record(&self) {
-        self.cursor.advance(self.offset);
+    /// Tells the cursor its frame was handed to the transport at `now_ms`.
+    pub fn record(&self, now_ms: u64) {
+        self.cursor.written(self.offset, now_ms);
     }
 }
 

@@ -13,7 +13,12 @@ use std::sync::{Arc, Mutex};
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::budget::Budget;
-use super::cursor::{CursorQueue, StreamCursor};
+use super::cursor::{Attachment, Confirmation, CursorPlace, CursorQueue, StreamCursor};
+
+/// How long a connection must stay after a stored frame, unless configured.
+pub const DEFAULT_CONFIRMATION: Confirmation = Confirmation {
+    after: std::time::Duration::from_millis(50),
+};
 use super::destination::Target;
 use super::message::{itoa, Message, Position};
 use super::outbox::{Item, Outbox, Refused, Written};
@@ -36,6 +41,10 @@ pub struct Endpoint {
     /// Set once a stream subscription delivers here: only then does the writer look for the
     /// marks it must move.
     pub feeds_streams: std::sync::atomic::AtomicBool,
+    /// Whether the connection is there to take frames (see [`super::cursor`]).
+    pub attachment: Arc<Attachment>,
+    /// How long it must stay after a stored frame for the frame to count as delivered.
+    pub confirmation: Confirmation,
     next_seq: AtomicU64,
 }
 
@@ -49,8 +58,17 @@ impl Endpoint {
             heartbeat_out_ms: AtomicU64::new(0),
             budget: Budget::new(memory_bytes),
             feeds_streams: std::sync::atomic::AtomicBool::new(false),
+            attachment: Arc::new(Attachment::default()),
+            confirmation: DEFAULT_CONFIRMATION,
             next_seq: AtomicU64::new(1),
         }
+    }
+
+    /// This endpoint counting a stored frame as delivered once the connection stayed
+    /// `confirmation` after it.
+    pub fn with_confirmation(mut self, confirmation: Confirmation) -> Endpoint {
+        self.confirmation = confirmation;
+        self
     }
 
     /// How many deliveries were numbered so far; an ACK for a higher number is invalid.
@@ -182,11 +200,23 @@ impl Stream {
         epoch: u64,
         crossed: bool,
         (user, dest): (&str, &str),
+        endpoint: &Endpoint,
         saver: &Option<CursorQueue>,
     ) {
         self.epoch = epoch;
         self.next = 0;
-        self.cursor = StreamCursor::new(user, dest, epoch, crossed, saver.clone());
+        let place = CursorPlace {
+            user,
+            dest,
+            epoch,
+            crossed,
+        };
+        self.cursor = StreamCursor::new(
+            place,
+            endpoint.attachment.clone(),
+            endpoint.confirmation,
+            saver.clone(),
+        );
     }
 
     /// True when `message` is one this subscription already delivered.
@@ -276,7 +306,17 @@ impl Subscription {
                 next: 0,
                 replaying: true,
                 waiting: VecDeque::new(),
-                cursor: StreamCursor::new(user, dest, 0, false, None),
+                cursor: StreamCursor::new(
+                    CursorPlace {
+                        user,
+                        dest,
+                        epoch: 0,
+                        crossed: false,
+                    },
+                    self.endpoint.attachment.clone(),
+                    self.endpoint.confirmation,
+                    None,
+                ),
             }),
             saver,
         }));
@@ -298,12 +338,25 @@ impl Subscription {
     /// Goes live after the stream (of `epoch`) was read: what it kept for this subscription
     /// (in offset order), then the live messages held meanwhile, each offset once, delivered
     /// as far as the connection has room (the rest by [`Subscription::pump_stream`]).
-    pub fn finish_replay(&self, epoch: u64, replayed: Vec<Arc<Message>>) -> Result<(), Refused> {
+    /// `after` is where the user's cursor stood in `epoch` when the stream was read (0: none).
+    pub fn finish_replay(
+        &self,
+        epoch: u64,
+        after: u64,
+        replayed: Vec<Arc<Message>>,
+    ) -> Result<(), Refused> {
         let Some(feed) = self.stream.as_deref() else {
             return Ok(());
         };
         let mut stream = Self::stream_state(feed);
-        stream.switch_epoch(epoch, false, self.stream_names(), &feed.saver);
+        stream.switch_epoch(
+            epoch,
+            false,
+            self.stream_names(),
+            &self.endpoint,
+            &feed.saver,
+        );
+        stream.cursor.start_after(after);
         stream.replaying = false;
         let mut held: Vec<Arc<Message>> = std::mem::take(&mut stream.waiting).into();
         // Live messages may have come from several nodes in any order while the stream was
@@ -356,7 +409,8 @@ impl Subscription {
         if self.ack != AckMode::Auto {
             Self::acknowledged_up_to(&stream, held.iter().filter_map(|u| u.position));
         }
-        stream.cursor.position().map(|_| stream.cursor.clone())
+        stream.cursor.confirm(crate::util::unix_ms());
+        Some(stream.cursor.clone())
     }
 
     /// In client modes the cursor stands before the first message still held, or at the last
@@ -371,7 +425,7 @@ impl Subscription {
             None => stream.next.saturating_sub(1),
         };
         if at > 0 {
-            stream.cursor.advance(at);
+            stream.cursor.acknowledged(at);
         }
     }
 
@@ -403,7 +457,13 @@ impl Subscription {
                 // subscription delivered before is no place in the new epoch.
                 // Epoch 0 is a stream that had no message yet when it was read.
                 let crossed = stream.epoch != 0;
-                stream.switch_epoch(position.epoch, crossed, self.stream_names(), &feed.saver);
+                stream.switch_epoch(
+                    position.epoch,
+                    crossed,
+                    self.stream_names(),
+                    &self.endpoint,
+                    &feed.saver,
+                );
             }
             if stream.seen(message) {
                 return Ok(()); // the replay delivered it

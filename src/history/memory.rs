@@ -326,6 +326,32 @@ impl History for MemoryHistory {
         Ok(())
     }
 
+    async fn rewind(
+        &self,
+        user: &str,
+        dest: &str,
+        epoch: u64,
+        saved: u64,
+        to: u64,
+    ) -> Result<(), HistoryError> {
+        if epoch != self.epoch {
+            return Ok(());
+        }
+        let mut users = self.users();
+        let Some(stream) = users.get_mut(user) else {
+            return Ok(());
+        };
+        if stream.cursors.get(dest) == Some(&saved) {
+            if to == 0 {
+                stream.cursors.remove(dest);
+                self.budget.give_back(CURSOR_OVERHEAD + dest.len());
+            } else {
+                stream.cursors.insert(dest.to_string(), to);
+            }
+        }
+        Ok(())
+    }
+
     async fn cursor(&self, user: &str, dest: &str) -> Result<Option<Cursor>, HistoryError> {
         Ok(self
             .users()

@@ -156,6 +156,19 @@ pub trait History: Send + Sync + std::fmt::Debug {
     /// Records that delivery of `user`'s `dest` got to `cursor` (a cursor only moves on).
     async fn advance(&self, user: &str, dest: &str, cursor: Cursor) -> Result<(), HistoryError>;
 
+    /// Puts `user`'s `dest` cursor back to `to` (0: no cursor) if it still stands at `saved`
+    /// in `epoch`: a connection that ended had its last frames saved as delivered (in case
+    /// its node died) and, its node alive, found they never counted. Nothing changes when
+    /// another session moved the cursor meanwhile.
+    async fn rewind(
+        &self,
+        user: &str,
+        dest: &str,
+        epoch: u64,
+        saved: u64,
+        to: u64,
+    ) -> Result<(), HistoryError>;
+
     /// How far delivery of `user`'s `dest` got, if it ever began.
     async fn cursor(&self, user: &str, dest: &str) -> Result<Option<Cursor>, HistoryError>;
 

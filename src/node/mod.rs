@@ -199,5 +199,6 @@ pub fn session_limits(s: &ServerConfig) -> session::Limits {
         max_transaction_frames: s.max_transaction_frames,
         heartbeat_ms: s.heartbeat_ms,
         heartbeat_tolerance: s.heartbeat_tolerance,
+        delivery_confirm_ms: s.delivery_confirm_ms,
     }
 }

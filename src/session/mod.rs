@@ -99,6 +99,8 @@ pub struct Limits {
     pub heartbeat_ms: [u64; 2],
     /// A peer silent for its interval times this is dead.
     pub heartbeat_tolerance: f64,
+    /// How long a connection must stay after a stored frame for it to count as delivered.
+    pub delivery_confirm_ms: u64,
 }
 
 /// What a session needs from the node that runs it, shared by all its sessions.
@@ -154,11 +156,16 @@ type Outcome = Result<(), Fault>;
 impl Session {
     /// A session waiting for CONNECT.
     pub fn new(ctx: Arc<Context>, peer: Peer) -> Session {
-        let endpoint = Arc::new(Endpoint::new(
-            Arc::from(ctx.ids.next()),
-            ctx.limits.outbound_queue_bytes,
-            ctx.limits.connection_memory_bytes,
-        ));
+        let endpoint = Arc::new(
+            Endpoint::new(
+                Arc::from(ctx.ids.next()),
+                ctx.limits.outbound_queue_bytes,
+                ctx.limits.connection_memory_bytes,
+            )
+            .with_confirmation(crate::broker::cursor::Confirmation {
+                after: std::time::Duration::from_millis(ctx.limits.delivery_confirm_ms),
+            }),
+        );
         Session {
             handoff: Handoff::default(),
             ctx,
@@ -604,7 +611,7 @@ impl Session {
             let unavailable =
                 |e: crate::history::HistoryError| Fault::StoreUnavailable(e.to_string());
             tenant.open_stream(user).await.map_err(unavailable)?;
-            let (mut cursorless, mut crossed) = (false, false);
+            let (mut cursorless, mut crossed, mut from_cursor) = (false, false, false);
             let from = match (start, start_epoch) {
                 // A position the client kept, with the epoch it was of.
                 (Some(StartAt::Offset(n)), Some(epoch)) => {
@@ -617,6 +624,7 @@ impl Session {
                 (None, _) => match history.cursor(user, dest).await.map_err(unavailable)? {
                     Some(cursor) => {
                         crossed = cursor.crossed;
+                        from_cursor = true;
                         ReadFrom::After(cursor.position)
                     }
                     None => {
@@ -643,7 +651,12 @@ impl Session {
                 })
                 .collect();
             // Delivered at the pace the connection takes it (see `pump_queues`).
-            let _ = sub.finish_replay(replay.epoch, messages);
+            let after = match from {
+                // Where the stored cursor stands: this subscription counts on from there.
+                ReadFrom::After(p) if from_cursor && p.epoch == replay.epoch => p.offset,
+                _ => 0,
+            };
+            let _ = sub.finish_replay(replay.epoch, after, messages);
             self.receipt_headers = vec![
                 (RECOVERED_HEADER, replay.complete.to_string()),
                 (EPOCH_HEADER, replay.epoch.to_string()),
@@ -681,16 +694,26 @@ impl Session {
         if let (Some(history), Target::User { user, dest }, Some(cursor)) = (
             tenant.history().cloned(),
             &sub.target,
-            sub.stream_cursor(&held)
-                .as_deref()
-                .and_then(crate::history::Cursor::of),
+            sub.stream_cursor(&held),
         ) {
-            // The cursor moves on for the user's next session; a store of another epoch by
-            // then ignores it.
+            // The cursor stands where delivery counts for the user's next session: moved on,
+            // or put back past frames its saver wrote that never counted.
             let (user, dest) = (user.clone(), dest.clone());
             self.ctx.tasks.spawn(async move {
-                if let Err(e) = history.advance(&user, &dest, cursor).await {
-                    debug!(error = %e, "a cursor was not saved; the next session gets those messages again");
+                let counted = cursor.position().map_or(0, |p| p.offset);
+                let saved = cursor.saved();
+                let done = if saved > counted {
+                    history
+                        .rewind(&user, &dest, cursor.epoch, saved, counted)
+                        .await
+                } else {
+                    match crate::history::Cursor::of(&cursor) {
+                        Some(at) => history.advance(&user, &dest, at).await,
+                        None => Ok(()),
+                    }
+                };
+                if let Err(e) = done {
+                    debug!(error = %e, "a cursor was not saved; the next session may get those messages again");
                 }
             });
         }

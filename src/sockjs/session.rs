@@ -147,7 +147,12 @@ pub(crate) struct Session {
     /// Woken when the application took a client message.
     taken: Notify,
     max_queue_bytes: usize,
+    /// Told whenever a receiver attaches (`true`) or goes (`false`).
+    watcher: Mutex<Option<ReceiverWatcher>>,
 }
+
+/// What the application is told of receivers coming and going.
+pub type ReceiverWatcher = Arc<dyn Fn(bool) + Send + Sync>;
 
 impl Session {
     /// A new session.
@@ -170,7 +175,15 @@ impl Session {
             arrived: Notify::new(),
             taken: Notify::new(),
             max_queue_bytes,
+            watcher: Mutex::new(None),
         })
+    }
+
+    fn watcher(&self) -> Option<ReceiverWatcher> {
+        self.watcher
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -186,6 +199,10 @@ impl Session {
             return None;
         }
         state.has_receiver = true;
+        drop(state);
+        if let Some(watch) = self.watcher() {
+            watch(true);
+        }
         Some(Receiver {
             session: self.clone(),
             finished: false,
@@ -395,9 +412,14 @@ impl Drop for Receiver {
         if !self.finished {
             self.session.close(INTERRUPTED.0, INTERRUPTED.1);
         }
-        let mut state = self.session.state();
-        state.has_receiver = false;
-        state.idle_since = Instant::now();
+        {
+            let mut state = self.session.state();
+            state.has_receiver = false;
+            state.idle_since = Instant::now();
+        }
+        if let Some(watch) = self.session.watcher() {
+            watch(false);
+        }
     }
 }
 
@@ -430,6 +452,17 @@ impl Connection {
     /// by an interrupted receiver, or by expiry).
     pub async fn recv(&mut self) -> Option<String> {
         self.handle.0.next_incoming().await
+    }
+
+    /// Has `watch` told whenever a receiver (a poll, a stream, the WebSocket) attaches or goes
+    /// away, starting with whether one is attached now: what the application hands over is
+    /// known to have been taken up by the client once a later receiver came.
+    pub fn watch_receivers(&self, watch: impl Fn(bool) + Send + Sync + 'static) {
+        let session = &self.handle.0;
+        let watch: ReceiverWatcher = Arc::new(watch);
+        *session.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watch.clone());
+        let attached = session.state().has_receiver;
+        watch(attached);
     }
 
     /// A handle to send with, usable from another task.

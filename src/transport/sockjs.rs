@@ -159,6 +159,17 @@ impl crate::sockjs::Handler for StompHandler {
             peer = peer.as_deref().unwrap_or("-"),
         );
         let sender = connection.sender();
+        // A stored message handed to a poll counts as delivered once the next poll comes (see
+        // broker::cursor), so the SockJS session tells the connection about its receivers.
+        let attachment = session.endpoint().attachment.clone();
+        attachment.relayed();
+        connection.watch_receivers(move |attached| {
+            if attached {
+                attachment.attached();
+            } else {
+                attachment.detached(crate::util::unix_ms());
+            }
+        });
         self.node.tasks.spawn(
             async move {
                 connection::run(node, session, SockJsIn(connection), SockJsOut(sender)).await;

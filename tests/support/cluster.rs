@@ -96,6 +96,11 @@ impl NodeProcess {
         format!("ws://{}/ws", self.http)
     }
 
+    /// Its process id, while it runs.
+    pub fn pid(&mut self) -> Option<u32> {
+        self.inner.pid()
+    }
+
     /// SIGKILL: no goodbye to the cluster.
     pub fn kill9(&mut self) {
         self.inner.kill();

@@ -77,6 +77,18 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 ";
 
+/// Puts a destination's cursor back, only if it still stands where this node saved it.
+const REWIND: &str = r"
+if redis.call('HGET', KEYS[1], 'e') ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[1], 'c:' .. ARGV[2]) ~= ARGV[3] then return 0 end
+if ARGV[4] == '0' then
+  redis.call('HDEL', KEYS[1], 'c:' .. ARGV[2])
+else
+  redis.call('HSET', KEYS[1], 'c:' .. ARGV[2], ARGV[4])
+end
+return 1
+";
+
 /// One tenant's user streams in Redis.
 #[derive(Debug)]
 pub struct RedisHistory {
@@ -91,6 +103,7 @@ struct Scripts {
     append: Script,
     read: Script,
     advance: Script,
+    rewind: Script,
 }
 
 /// What the read script gave.
@@ -113,6 +126,7 @@ impl RedisHistory {
                 append: Script::new(APPEND),
                 read: Script::new(READ),
                 advance: Script::new(ADVANCE),
+                rewind: Script::new(REWIND),
             }),
         }
     }
@@ -359,6 +373,29 @@ impl History for RedisHistory {
             .arg(cursor.position.offset)
             .arg(self.retention.max_age_ms)
             .arg(if cursor.crossed { "1" } else { "0" })
+            .invoke_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn rewind(
+        &self,
+        user: &str,
+        dest: &str,
+        epoch: u64,
+        saved: u64,
+        to: u64,
+    ) -> Result<(), HistoryError> {
+        let mut conn = self.conn()?;
+        let _: i64 = self
+            .scripts
+            .rewind
+            .key(keys::user_meta(&self.tenant, user))
+            .arg(epoch)
+            .arg(dest)
+            .arg(saved)
+            .arg(to)
             .invoke_async(&mut conn)
             .await
             .map_err(store_error)?;
