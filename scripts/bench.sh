@@ -52,6 +52,9 @@ scenarios: $SCENARIOS
             build in every case that runs stompbox (both cluster nodes too); the table gains
             its column and "stompbox ÷ before". To build one:
               git worktree add OLD <commit> && (cd OLD && cargo build --release --bin stompbox)
+--baseline-tenant TOML
+            tenant settings for the "before" systems only: with this build as --baseline,
+            'history = false' runs its at-most-once path as "before", against the stored path
 EOF
 }
 
@@ -60,6 +63,7 @@ ONLY=""
 SKIP_RABBIT=0
 ROUNDS=""
 BASELINE=""
+BASELINE_TENANT=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --small) SMALL=1 ;;
@@ -81,6 +85,11 @@ while [ $# -gt 0 ]; do
         shift
         ;;
     --baseline=*) BASELINE="${1#--baseline=}" ;;
+    --baseline-tenant)
+        [ $# -ge 2 ] || die "--baseline-tenant needs TOML lines (e.g. 'history = false')"
+        BASELINE_TENANT="$2"
+        shift
+        ;;
     -h | --help)
         usage
         exit 0
@@ -313,6 +322,7 @@ args=(
 [ -n "$ONLY" ] && args+=(--only "$ONLY")
 [ -n "$ROUNDS" ] && args+=(--rounds "$ROUNDS")
 [ -n "$BASELINE" ] && args+=(--baseline-bin "$BASELINE")
+[ -n "$BASELINE_TENANT" ] && args+=(--baseline-tenant "$BASELINE_TENANT")
 [ -n "$JWT_WASM" ] && args+=(--jwt-wasm "$JWT_WASM")
 if wants cluster; then args+=(--redis-server "$(command -v redis-server)"); fi
 

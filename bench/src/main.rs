@@ -1,6 +1,7 @@
 //! `stompbox-bench`: the load tool for STOMP-over-WebSocket brokers (`run`), one hostile
 //! connection beside a bystander (`attack`), the null broker
-//! that shows the machine's ceiling beside every broker figure (`null-broker`), and the
+//! that shows the machine's ceiling beside every broker figure (`null-broker`), a recovery
+//! storm of users fetching what they missed (`storm`), and the
 //! benchmark's scenarios that run them both against stompbox and RabbitMQ (`suite`). The
 //! README beside `src/` explains the options and every figure.
 //!
@@ -18,6 +19,7 @@ mod publisher;
 mod run;
 mod stats;
 mod stomp;
+mod storm;
 mod subscriber;
 mod suite;
 mod template;
@@ -40,6 +42,9 @@ enum Command {
     Attack(attack::AttackOpts),
     /// Serve STOMP over WebSocket as cheaply as possible, as the ceiling for comparison.
     NullBroker(null_broker::NullOpts),
+    /// Stored messages for many offline users, then every user connecting at once: the time
+    /// until each has all it missed.
+    Storm(storm::StormOpts),
     /// Run the benchmark's scenarios (A B A B) and print one Markdown table.
     Suite(Box<suite::SuiteOpts>),
     /// Print free TCP ports on 127.0.0.1, one a line (for scripts that configure servers).
@@ -70,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(opts) => run::main(*opts),
         Command::Attack(opts) => attack::main(opts),
         Command::NullBroker(opts) => null_broker::main(opts),
+        Command::Storm(opts) => storm::main(opts),
         Command::Suite(opts) => suite::main(*opts),
         Command::FreePort { count } => {
             // Held open together, so the kernel hands out different ones.

@@ -37,6 +37,11 @@ pub struct SuiteOpts {
     /// "stompbox (before)", both nodes of the cluster included.
     #[arg(long)]
     pub baseline_bin: Option<PathBuf>,
+    /// Tenant settings (TOML lines) for the "before" systems only: with the current binary as
+    /// --baseline-bin, `history = false` runs its at-most-once path as "before", against the
+    /// stored path.
+    #[arg(long, default_value = "")]
+    pub baseline_tenant: String,
     /// Where results.jsonl, results.md and logs/ go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
@@ -191,6 +196,7 @@ pub fn main(opts: SuiteOpts) -> anyhow::Result<()> {
     let systems = Systems {
         stompbox_bin: opts.stompbox_bin.clone(),
         baseline_bin: opts.baseline_bin.clone(),
+        baseline_tenant: opts.baseline_tenant.clone(),
         bench_bin: std::env::current_exe().context("the suite's own binary")?,
         redis_server: opts.redis_server.clone(),
         jwt_wasm: opts.jwt_wasm.clone(),
@@ -272,10 +278,15 @@ pub fn main(opts: SuiteOpts) -> anyhow::Result<()> {
         out.push(String::new());
         out.push(format!(
             "stompbox (before) is the earlier build `{}` (both nodes in its 2 nodes + Redis \
-             cells), configured alike and run in turn with the current build: before, after, \
+             cells), configured alike{} and run in turn with the current build: before, after, \
              before, after. stompbox ÷ before is the current build ÷ the earlier one, read like \
              the other ratios.",
-            bin.display()
+            bin.display(),
+            if opts.baseline_tenant.is_empty() {
+                String::new()
+            } else {
+                format!(" but for its tenant's `{}`", opts.baseline_tenant.trim())
+            }
         ));
     }
     for (i, note) in table.notes.iter().enumerate() {

@@ -63,6 +63,8 @@ pub struct Systems {
     pub stompbox_bin: PathBuf,
     /// The earlier build's binary, for the "before" systems.
     pub baseline_bin: Option<PathBuf>,
+    /// Tenant settings for the "before" systems only.
+    pub baseline_tenant: String,
     pub bench_bin: PathBuf,
     pub redis_server: PathBuf,
     pub jwt_wasm: Option<PathBuf>,
@@ -99,6 +101,7 @@ impl Systems {
                 } else {
                     String::new()
                 };
+                let tenant = self.tenant_of(system, tenant);
                 let (pid, http) = self.stompbox(bin, prefix, &tenant, "", started)?;
                 Ok(Endpoint {
                     url: format!("ws://{http}/ws"),
@@ -117,13 +120,14 @@ impl Systems {
                 self.pids.add(pid, None);
                 started.push(Started::Redis(redis, pid));
                 let mut nodes = Vec::new();
+                let tenant = self.tenant_of(system, String::new());
                 for n in [1, 2] {
                     let cluster =
                         format!("\n[cluster]\nredis = \"{url}\"\nnode_id = \"bench-node-{n}\"\n");
                     nodes.push(self.stompbox(
                         bin,
                         &format!("{prefix}-node{n}"),
-                        "",
+                        &tenant,
                         &cluster,
                         started,
                     )?);
@@ -190,6 +194,16 @@ impl Systems {
                 .ok_or_else(|| Failure(format!("{} needs --baseline-bin", system.name())))
         } else {
             Ok(&self.stompbox_bin)
+        }
+    }
+
+    /// The tenant settings of `system`: `tenant`, and for a "before" system what
+    /// --baseline-tenant adds.
+    fn tenant_of(&self, system: System, tenant: String) -> String {
+        if system.is_before() && !self.baseline_tenant.is_empty() {
+            format!("{tenant}{}\n", self.baseline_tenant.trim())
+        } else {
+            tenant
         }
     }
 
