@@ -517,6 +517,9 @@ impl Session {
         // A cluster outage is not the client's fault: the message went to this node's
         // subscribers, the loss is logged and counted, and the session goes on.
         let tenant = self.tenant();
+        // A stored user message takes its user's turn at its first poll, which fixes its
+        // order: it may run beside the SENDs after it.
+        let overlaps = matches!(target, Target::User { .. }) && tenant.history().is_some();
         let route: Route = Box::pin(async move {
             tenant
                 .route(&target, content, false)
@@ -530,6 +533,7 @@ impl Session {
                 self.version,
                 route,
                 receipt,
+                overlaps,
                 &self.ctx.tasks,
             )
             .await

@@ -10,6 +10,13 @@
 //! them in order. Per-session order of messages, receipts after their SEND's routing, and "all
 //! prior frames processed" before a DISCONNECT receipt all hold; the reader only waits when
 //! more than [`MAX_PENDING`] routes are queued.
+//!
+//! A route that fixes its order when it is first polled (a stored user message takes its
+//! user's turn there) may run beside the ones after it, up to [`IN_FLIGHT`] at once: one
+//! client's stream of SENDs to users is then paced by Redis's throughput, not by one round
+//! trip per message. What they emit still comes out in order: each job's effect (a receipt,
+//! a reply, the end) is applied only once every job before it finished. Other routes run
+//! alone, as before.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -18,6 +25,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::Notify;
 use tokio_util::task::TaskTracker;
 
@@ -31,10 +39,12 @@ pub type Route = Pin<Box<dyn Future<Output = Result<(), Fault>> + Send>>;
 
 /// Routes queued at most before the session waits (one client's SENDs to a stalled Redis).
 pub const MAX_PENDING: usize = 1024;
+/// Routes that fix their order at their first poll, running at once at most.
+pub const IN_FLIGHT: usize = 64;
 
 enum Job {
-    /// Route, then write the receipt (if any).
-    Route(Route, Option<Bytes>),
+    /// Route, then write the receipt (if any); `overlaps`: it may run beside later jobs.
+    Route(Route, Option<Bytes>, bool),
     /// A reply frame, already encoded.
     Reply(Bytes),
     /// End the outbox with this last frame.
@@ -70,12 +80,16 @@ impl Handoff {
     /// receipt is then written here too), else after what is pending. `Err` is the fault of a
     /// route that completed at once; a deferred route's fault ends the session from the task
     /// (with an ERROR in `version`).
+    ///
+    /// `overlaps`: the route fixes its order among this session's routes when it is first
+    /// polled, so it may run beside the routes after it.
     pub async fn route(
         &mut self,
         endpoint: &Arc<Endpoint>,
         version: Version,
         mut route: Route,
         receipt: Option<Bytes>,
+        overlaps: bool,
         tasks: &TaskTracker,
     ) -> Result<(), Fault> {
         if self.busy().is_none() {
@@ -91,7 +105,7 @@ impl Handoff {
         let queue = self
             .queue
             .get_or_insert_with(|| Sequencer::new(endpoint.clone(), version));
-        queue.defer(route, receipt, tasks).await;
+        queue.defer(route, receipt, overlaps, tasks).await;
         Ok(())
     }
 
@@ -154,8 +168,14 @@ impl Sequencer {
 
     /// Queues a route (and its receipt) after what is pending; waits only while
     /// [`MAX_PENDING`] routes are queued.
-    async fn defer(self: &Arc<Self>, route: Route, receipt: Option<Bytes>, tasks: &TaskTracker) {
-        let mut job = Some(Job::Route(route, receipt));
+    async fn defer(
+        self: &Arc<Self>,
+        route: Route,
+        receipt: Option<Bytes>,
+        overlaps: bool,
+        tasks: &TaskTracker,
+    ) {
+        let mut job = Some(Job::Route(route, receipt, overlaps));
         loop {
             let progressed = self.progressed.notified();
             {
@@ -189,20 +209,43 @@ impl Sequencer {
     }
 
     async fn drain(self: Arc<Self>) {
+        let mut in_flight: FuturesOrdered<Pin<Box<dyn Future<Output = Effect> + Send>>> =
+            FuturesOrdered::new();
         loop {
-            let job = {
-                let mut queue = self.lock();
-                match queue.jobs.pop_front() {
-                    Some(job) => job,
-                    None => {
-                        queue.running = false;
-                        return;
+            // Start what may start: jobs in order, while each may run beside the next.
+            while in_flight.len() < IN_FLIGHT {
+                let job = {
+                    let mut queue = self.lock();
+                    let alone = matches!(queue.jobs.front(), Some(Job::Route(_, _, false)));
+                    if alone && !in_flight.is_empty() {
+                        break; // it waits until everything before it is done
                     }
+                    match queue.jobs.pop_front() {
+                        Some(job) => job,
+                        None if in_flight.is_empty() => {
+                            queue.running = false;
+                            return;
+                        }
+                        None => break,
+                    }
+                };
+                let alone = matches!(job, Job::Route(_, _, false));
+                in_flight.push_back(match job {
+                    Job::Route(route, receipt, _) => {
+                        Box::pin(async move { Effect::Routed(route.await, receipt) })
+                    }
+                    Job::Reply(frame) => Box::pin(std::future::ready(Effect::Reply(frame))),
+                    Job::Finish(last) => Box::pin(std::future::ready(Effect::Finish(last))),
+                });
+                if alone {
+                    break; // nothing after it starts before it is done
                 }
+            }
+            let Some(effect) = in_flight.next().await else {
+                continue;
             };
-            match job {
-                Job::Route(route, receipt) => {
-                    let result = route.await;
+            match effect {
+                Effect::Routed(result, receipt) => {
                     self.lock().routes -= 1;
                     self.progressed.notify_waiters();
                     match result {
@@ -223,13 +266,20 @@ impl Sequencer {
                         }
                     }
                 }
-                Job::Reply(frame) => {
+                Effect::Reply(frame) => {
                     let _ = self.endpoint.outbox.push_control(frame);
                 }
-                Job::Finish(last) => self.endpoint.outbox.finish(last),
+                Effect::Finish(last) => self.endpoint.outbox.finish(last),
             }
         }
     }
+}
+
+/// What a job leaves to be done once every job before it is done.
+enum Effect {
+    Routed(Result<(), Fault>, Option<Bytes>),
+    Reply(Bytes),
+    Finish(Option<Bytes>),
 }
 
 #[cfg(test)]
@@ -284,6 +334,7 @@ mod tests {
                 Version::V1_2,
                 Box::pin(async { Ok(()) }),
                 Some(Bytes::from("R1")),
+                false,
                 &tasks,
             )
             .await
@@ -305,6 +356,7 @@ mod tests {
                 Version::V1_2,
                 route,
                 Some(Bytes::from("R1")),
+                false,
                 &tasks,
             )
             .await
@@ -315,6 +367,7 @@ mod tests {
                 Version::V1_2,
                 Box::pin(async { Ok(()) }),
                 Some(Bytes::from("R2")),
+                false,
                 &tasks,
             )
             .await
@@ -338,13 +391,57 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn overlapping_routes_run_together_and_their_receipts_keep_their_order() {
+        let endpoint = endpoint();
+        let mut handoff = Handoff::default();
+        let tasks = TaskTracker::new();
+        let (first, go_first) = slow(Ok(()));
+        let (second, go_second) = slow(Ok(()));
+        let (alone, go_alone) = slow(Ok(()));
+        for (route, receipt, overlaps) in [
+            (first, "R1", true),
+            (second, "R2", true),
+            (alone, "R3", false),
+        ] {
+            handoff
+                .route(
+                    &endpoint,
+                    Version::V1_2,
+                    route,
+                    Some(Bytes::from(receipt)),
+                    overlaps,
+                    &tasks,
+                )
+                .await
+                .unwrap();
+        }
+        handoff.reply(&endpoint, Bytes::from("R4"), &tasks);
+        // The second finishes first: it ran beside the first, but its receipt waits.
+        go_second.send(()).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(endpoint.outbox.queued_bytes(), 0, "R2 waits for R1");
+        // A route that may not overlap has not started: releasing it now changes nothing
+        // until the ones before it are done.
+        go_alone.send(()).unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert_eq!(endpoint.outbox.queued_bytes(), 0);
+        go_first.send(()).unwrap();
+        tasks.close();
+        tasks.wait().await;
+        assert_eq!(
+            written(&endpoint).await,
+            ["R1", "R2", "R3", "R4"].map(Bytes::from)
+        );
+    }
+
+    #[tokio::test]
     async fn a_deferred_fault_ends_the_session_with_its_error() {
         let endpoint = endpoint();
         let mut handoff = Handoff::default();
         let tasks = TaskTracker::new();
         let (route, go) = slow(Err(Fault::NotAccepted("full".into())));
         handoff
-            .route(&endpoint, Version::V1_2, route, None, &tasks)
+            .route(&endpoint, Version::V1_2, route, None, false, &tasks)
             .await
             .unwrap();
         handoff.reply(&endpoint, Bytes::from("never"), &tasks);
@@ -374,6 +471,7 @@ mod tests {
                 Version::V1_2,
                 Box::pin(async { Err(Fault::NotAccepted("x".into())) }),
                 None,
+                false,
                 &tasks,
             )
             .await;
