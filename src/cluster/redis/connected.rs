@@ -34,6 +34,9 @@ pub enum Control {
 
 /// Most presence and queue announcements in one pipeline.
 const ANNOUNCE_BATCH: usize = 1000;
+/// Most interest changes taken from the queue at once: a storm of users connecting together
+/// costs a pipeline per batch, not a round trip per user.
+const CONTROL_BATCH: usize = 1000;
 
 /// One connected period.
 pub struct Period<'a> {
@@ -91,6 +94,7 @@ impl Period<'_> {
         let mut beat = tokio::time::interval(bp.settings.node_ttl / 4);
         beat.tick().await;
         let mut claims = Claims::default();
+        let mut changes = Vec::with_capacity(CONTROL_BATCH);
         let lost = loop {
             tokio::select! {
                 _ = self.stop.cancelled() => {
@@ -103,17 +107,12 @@ impl Period<'_> {
                     };
                     self.on_message(&mut conn, message, &mut claims).await;
                 }
-                change = control.recv() => {
-                    match change {
-                        None => return Ok(()),
-                        Some(Control::Settled(done)) => {
-                            let _ = done.send(());
-                        }
-                        Some(Control::Interest(tenant, interest)) => {
-                            if let Err(e) = bp.apply(&mut conn, &mut sink, &tenant, &interest).await {
-                                break e;
-                            }
-                        }
+                n = control.recv_many(&mut changes, CONTROL_BATCH) => {
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    if let Err(e) = bp.apply_all(&mut conn, &mut sink, &mut changes).await {
+                        break e;
                     }
                 }
                 _ = beat.tick() => {
@@ -346,6 +345,47 @@ impl RedisBackplane {
             }
             Interest::Topic { .. } => false,
         }
+    }
+
+    /// Applies `changes` in order (emptied): presence and queue changes together in one
+    /// pipeline, a topic's subscription on its own; a `Settled` is answered once everything
+    /// before it is applied.
+    async fn apply_all(
+        &self,
+        conn: &mut MultiplexedConnection,
+        sink: &mut PubSubSink,
+        changes: &mut Vec<Control>,
+    ) -> Result<(), RedisError> {
+        let mut pipe = redis::pipe();
+        let mut piped = false;
+        let mut settled = Vec::new();
+        for change in changes.drain(..) {
+            match change {
+                Control::Settled(done) => settled.push(done),
+                Control::Interest(tenant, interest @ Interest::Topic { .. }) => {
+                    if piped {
+                        pipe.query_async::<()>(conn).await?;
+                        pipe = redis::pipe();
+                        piped = false;
+                    }
+                    for done in settled.drain(..) {
+                        let _ = done.send(());
+                    }
+                    self.apply(conn, sink, &tenant, &interest).await?;
+                }
+                Control::Interest(tenant, interest) => {
+                    self.push_interest(&mut pipe, &tenant, &interest);
+                    piped = true;
+                }
+            }
+        }
+        if piped {
+            pipe.query_async::<()>(conn).await?;
+        }
+        for done in settled {
+            let _ = done.send(());
+        }
+        Ok(())
     }
 
     async fn apply(
