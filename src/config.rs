@@ -302,6 +302,10 @@ pub struct TenantConfig {
     pub history_max_messages: Option<usize>,
     /// How long this tenant's messages are kept, in ms (default: `[history] max_age_ms`).
     pub history_max_age_ms: Option<u64>,
+    /// User destinations (as a publisher names them, `/queue/typing`) whose messages are not
+    /// stored: any that starts with one of these keeps at-most-once delivery.
+    #[serde(default)]
+    pub history_exclude: Vec<String>,
     /// Origins (`https://app.example.com`) whose pages may open WebSocket and SockJS
     /// connections; `"*"` allows any. Same-origin pages and clients that send no `Origin`
     /// (backends, command-line tools) are always allowed.
@@ -335,6 +339,7 @@ impl TenantConfig {
             history: true,
             history_max_messages: None,
             history_max_age_ms: None,
+            history_exclude: Vec::new(),
             allowed_origins: Vec::new(),
         }
     }
@@ -528,6 +533,14 @@ impl Config {
                     "must be at least 1000",
                 ));
             }
+            for (j, prefix) in t.history_exclude.iter().enumerate() {
+                if !prefix.starts_with('/') || prefix.starts_with("/user/") {
+                    return Err(invalid(
+                        format!("tenants[{i}].history_exclude[{j}]"),
+                        "must be a destination as a publisher names it, such as /queue/typing",
+                    ));
+                }
+            }
         }
         let j = &self.sockjs;
         if j.heartbeat_ms < 100 {
@@ -697,6 +710,10 @@ mod tests {
             (
                 "[[tenants]]\nid = \"a\"\nhistory_max_age_ms = 10\n",
                 "tenants[0].history_max_age_ms",
+            ),
+            (
+                "[[tenants]]\nid = \"a\"\nhistory_exclude = [\"queue/x\"]\n",
+                "tenants[0].history_exclude[0]",
             ),
         ] {
             let err = Config::from_toml(toml)

@@ -106,6 +106,24 @@ pub struct Metrics {
     dropped: [AtomicU64; 5],
     session_errors: [AtomicU64; SESSION_ERRORS.len()],
     slow_consumers_closed: AtomicU64,
+    /// What the message store did.
+    pub store: StoreCounters,
+}
+
+/// The message store's counters.
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    /// User messages stored.
+    pub stored: AtomicU64,
+    /// User messages the store refused or could not take (answered 503 / ERROR).
+    pub refused: AtomicU64,
+    /// Stored messages that reached this node's subscriptions by reading a gap from the
+    /// store rather than from the cluster.
+    pub filled: AtomicU64,
+    /// Cursors written to the store.
+    pub cursor_saves: AtomicU64,
+    /// Cursors put back past deliveries that never counted (a connection ended just after).
+    pub cursor_rewinds: AtomicU64,
 }
 
 impl Metrics {
@@ -192,6 +210,35 @@ impl Metrics {
             "Connections closed because they fell too far behind.",
             self.slow_consumers_closed(),
         );
+        for (name, help, value) in [
+            (
+                "stompbox_stored_messages_total",
+                "User messages stored before they were answered or delivered.",
+                &self.store.stored,
+            ),
+            (
+                "stompbox_store_refused_total",
+                "User messages the store refused or could not take (answered 503 or ERROR).",
+                &self.store.refused,
+            ),
+            (
+                "stompbox_store_gap_fills_total",
+                "Stored messages delivered here after reading a gap from the store.",
+                &self.store.filled,
+            ),
+            (
+                "stompbox_cursor_saves_total",
+                "Cursors written to the store.",
+                &self.store.cursor_saves,
+            ),
+            (
+                "stompbox_cursor_rewinds_total",
+                "Cursors put back past deliveries that never counted.",
+                &self.store.cursor_rewinds,
+            ),
+        ] {
+            counter(&mut out, name, help, value.load(Ordering::Relaxed));
+        }
         let _ = writeln!(out, "# HELP stompbox_session_errors_total Sessions ended with an ERROR frame, by reason.\n# TYPE stompbox_session_errors_total counter");
         for (label, count) in SESSION_ERRORS.iter().zip(&self.session_errors) {
             let _ = writeln!(

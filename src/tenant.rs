@@ -41,6 +41,8 @@ pub struct Tenant {
     pub(crate) metrics: Arc<Metrics>,
     /// Where its user messages are stored first; `None` when the tenant opted out.
     history: Option<Arc<dyn History>>,
+    /// User destinations whose messages are not stored (prefixes).
+    history_exclude: Vec<String>,
     /// One user's messages are stored and handed to the broker one at a time, so offsets
     /// reach subscriptions in order; users are spread over these by hash.
     user_turns: Vec<tokio::sync::Mutex<()>>,
@@ -70,6 +72,7 @@ const CURSOR_TICK: Duration = Duration::from_millis(10);
 async fn save_cursors(
     mut moves: mpsc::UnboundedReceiver<Arc<StreamCursor>>,
     history: Arc<dyn History>,
+    metrics: Arc<Metrics>,
 ) {
     // By address: a cursor queued again while it waits here is looked at once.
     let mut waiting: HashMap<usize, Arc<StreamCursor>> = HashMap::new();
@@ -103,6 +106,10 @@ async fn save_cursors(
             }
             still_waiting
         });
+        metrics
+            .store
+            .cursor_saves
+            .fetch_add(saves.len() as u64, Ordering::Relaxed);
         // Sent together: the store's connection pipelines them.
         futures_util::future::join_all(saves.into_iter().map(|(moved, cursor)| {
             let history = history.clone();
@@ -176,12 +183,24 @@ impl Tenant {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             history,
+            history_exclude: config.history_exclude.clone(),
         }
     }
 
     /// The store of this tenant's user messages, unless it opted out.
     pub fn history(&self) -> Option<&Arc<dyn History>> {
         self.history.as_ref()
+    }
+
+    /// Where user messages to `dest` (`/queue/notice`) are stored, unless the tenant or the
+    /// destination's prefix opted out.
+    pub fn history_for(&self, dest: &str) -> Option<&Arc<dyn History>> {
+        self.history.as_ref().filter(|_| {
+            !self
+                .history_exclude
+                .iter()
+                .any(|p| dest.starts_with(p.as_str()))
+        })
     }
 
     fn user_turn(&self, user: &str) -> &tokio::sync::Mutex<()> {
@@ -253,7 +272,7 @@ impl Tenant {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let (Some(moves), Some(history)) = (moves, self.history.clone()) {
-            tokio::spawn(save_cursors(moves, history));
+            tokio::spawn(save_cursors(moves, history, self.metrics.clone()));
         }
     }
 
@@ -278,9 +297,13 @@ impl Tenant {
                     .await
                     .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
                 let head = history.head(user).await?;
-                let released = order.gate().seed(head);
-                self.release(user, released.deliver);
-                if let Some(after) = released.fill {
+                let fill = {
+                    let mut gate = order.gate();
+                    let released = gate.seed(head);
+                    self.release(user, released.deliver);
+                    released.fill
+                };
+                if let Some(after) = fill {
                     self.spawn_fill(user, &order, after);
                 }
                 Ok::<(), HistoryError>(())
@@ -300,11 +323,17 @@ impl Tenant {
             // No stream subscription of the user is being made here: nothing to order for.
             return self.deliver_now(user, dest.to_string(), content, at);
         };
-        let released = order.gate().offer(at, (dest.to_string(), content));
-        if let Some(after) = released.fill {
+        // Delivered under the gate's lock: what it lets through in order must reach the
+        // subscriptions in that order, which two threads delivering apart could swap.
+        let (delivered, fill) = {
+            let mut gate = order.gate();
+            let released = gate.offer(at, (dest.to_string(), content));
+            (self.release(user, released.deliver), released.fill)
+        };
+        if let Some(after) = fill {
             self.spawn_fill(user, &order, after);
         }
-        self.release(user, released.deliver)
+        delivered
     }
 
     /// Reads again what may have been missed while the cluster connection was down, for
@@ -364,9 +393,17 @@ impl Tenant {
                             .into_iter()
                             .map(|m| (m.position.offset, (m.dest, m.content)))
                             .collect();
-                        let released = order.gate().filled(replay.epoch, found, replay.next_offset);
-                        me.release(&user, released.deliver);
-                        match released.fill {
+                        let fill = {
+                            let mut gate = order.gate();
+                            let released = gate.filled(replay.epoch, found, replay.next_offset);
+                            me.metrics
+                                .store
+                                .filled
+                                .fetch_add(released.deliver.len() as u64, Ordering::Relaxed);
+                            me.release(&user, released.deliver);
+                            released.fill
+                        };
+                        match fill {
                             Some(next) => after = next,
                             None => return,
                         }
@@ -520,15 +557,16 @@ impl Tenant {
                 delivery.local = self.broker.publish(target, content.clone())?.delivered;
                 Some(self.forward_topic(dest, &content, confirm).await)
             }
-            Target::User { user, dest } => match &self.history {
+            Target::User { user, dest } => match self.history_for(dest) {
                 Some(history) => {
                     // The turn is held until the message is queued for other nodes, so this
                     // node sends one user's messages in offset order.
                     let turn = self.user_turn(user).lock().await;
-                    let appended = history
-                        .append(user, dest, &content)
-                        .await
-                        .map_err(|e| RouteError::NotStored(e.to_string()))?;
+                    let appended = history.append(user, dest, &content).await.map_err(|e| {
+                        self.metrics.store.refused.fetch_add(1, Ordering::Relaxed);
+                        RouteError::NotStored(e.to_string())
+                    })?;
+                    self.metrics.store.stored.fetch_add(1, Ordering::Relaxed);
                     delivery.stored = true;
                     delivery.local =
                         self.deliver_stored(user, dest, content.clone(), appended.position);

@@ -311,3 +311,27 @@ async fn a_store_that_cannot_be_reached_refuses_with_the_reason() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_on_its_way_when_the_page_went_comes_again_on_another_node() {
+    let redis = Redis::start();
+    let (a, b) = two_nodes(&redis).await;
+    let mut ivy = user_on(&a, "ivy").await;
+    subscribe(&mut ivy, &[]).await;
+    stored(&b, "ivy", "settled").await;
+    ivy.expect_message("settled").await;
+    // Past server.delivery_confirm_ms (50 ms): "settled" counts as delivered.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    stored(&b, "ivy", "on its way").await;
+    // Written to the socket (and saved, in case A died), but the page goes at once: it does
+    // not count, and the cursor is put back.
+    ivy.expect_message("on its way").await;
+    drop(ivy);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(a.metric("stompbox_cursor_rewinds_total").await, 1);
+    let mut ivy = user_on(&b, "ivy").await;
+    let (replayed, receipt) = subscribe(&mut ivy, &[]).await;
+    assert_eq!(bodies(&replayed), ["on its way"]);
+    assert_eq!(receipt.get("x-stream-recovered"), Some("true"));
+    assert!(b.metric("stompbox_stored_messages_total").await >= 2);
+}

@@ -255,6 +255,31 @@ async fn a_tenant_that_opts_out_keeps_at_most_once_delivery() {
 }
 
 #[tokio::test]
+async fn a_destination_prefix_that_opts_out_keeps_at_most_once_delivery() {
+    let node = TestNode::start(
+        "[[tenants]]\nid = \"default\"\nhistory_exclude = [\"/queue/typing\"]\napi_keys = [\"test-api-key\"]\n",
+    )
+    .await;
+    let (status, typing) = node
+        .publish(json!({"receiver": "hal", "destination": "/queue/typing/doc-1", "content": "..."}))
+        .await;
+    assert_eq!(status, 202, "{typing}");
+    assert_eq!(typing["stored"], false, "{typing}");
+    assert_eq!(to_user(&node, "hal", "kept").await["stored"], true);
+    let mut hal = tcp_user(&node, "hal").await;
+    let (replayed, _) = subscribe(&mut hal, "1", "auto", &[]).await;
+    assert_eq!(bodies(&replayed), ["kept"]);
+    hal.send(
+        Frame::new(Command::Subscribe)
+            .header("id", "2")
+            .header("destination", "/user/queue/typing/doc-1")
+            .header("x-stream-offset", "first"),
+    )
+    .await;
+    hal.expect_error("no stream for x-stream-offset").await;
+}
+
+#[tokio::test]
 async fn bad_stream_offsets_and_streamless_destinations_are_refused_by_name() {
     let node = TestNode::default().await;
     let mut c = tcp_user(&node, "hank").await;

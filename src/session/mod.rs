@@ -519,7 +519,10 @@ impl Session {
         let tenant = self.tenant();
         // A stored user message takes its user's turn at its first poll, which fixes its
         // order: it may run beside the SENDs after it.
-        let overlaps = matches!(target, Target::User { .. }) && tenant.history().is_some();
+        let overlaps = match &target {
+            Target::User { dest, .. } => tenant.history_for(dest).is_some(),
+            _ => false,
+        };
         let route: Route = Box::pin(async move {
             tenant
                 .route(&target, content, false)
@@ -592,7 +595,7 @@ impl Session {
             .map_err(|e| Fault::InvalidDestination(e.to_string()))?;
         let tenant = self.tenant();
         let history = match &target {
-            Target::User { .. } => tenant.history().cloned(),
+            Target::User { dest, .. } => tenant.history_for(dest).cloned(),
             _ => None,
         };
         if start.is_some() && history.is_none() {
@@ -703,10 +706,12 @@ impl Session {
             // The cursor stands where delivery counts for the user's next session: moved on,
             // or put back past frames its saver wrote that never counted.
             let (user, dest) = (user.clone(), dest.clone());
+            let metrics = self.ctx.metrics.clone();
             self.ctx.tasks.spawn(async move {
                 let counted = cursor.position().map_or(0, |p| p.offset);
                 let saved = cursor.saved();
                 let done = if saved > counted {
+                    metrics.store.cursor_rewinds.fetch_add(1, Ordering::Relaxed);
                     history
                         .rewind(&user, &dest, cursor.epoch, saved, counted)
                         .await

@@ -13,8 +13,8 @@
 //! persistence) or that expired gets a new one, so positions from before are never read as
 //! positions in it. Entry ids are `{offset}-{ms}`, so reading from an offset is a range read
 //! and each entry carries when it was stored. The stream is capped near the retention count
-//! (`MAXLEN ~`, cheap) and expires with the retention age; reads apply the exact count and
-//! age, so a message past either is never delivered.
+//! (`MAXLEN ~`, cheap) and its keys expire between one and two retention ages after the last
+//! message; reads apply the exact count and age, so a message past either is never delivered.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,7 +30,9 @@ use crate::history::{
     Appended, Cursor, History, HistoryError, Position, ReadFrom, Replay, Retention, StartAt, Stored,
 };
 
-/// Numbers, appends and reads presence in one step.
+/// Numbers, appends and reads presence in one step. The keys live twice the retention age,
+/// refreshed only when less than the age is left: every message is kept at least its age, and
+/// an append seldom pays (and propagates) an expiry.
 const APPEND: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
@@ -41,8 +43,10 @@ end
 local offset = redis.call('HINCRBY', KEYS[1], 'n', 1)
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], offset .. '-' .. ARGV[1],
   'd', ARGV[4], 'h', ARGV[5], 'b', ARGV[6])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
+if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
+  redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[3]))
+end
 return {epoch, offset, redis.call('SMEMBERS', KEYS[3])}
 ";
 
@@ -73,7 +77,9 @@ if ARGV[5] == '1' then
 else
   redis.call('HDEL', KEYS[1], 'l:' .. ARGV[2])
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then
+  redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[4]))
+end
 return 1
 ";
 
