@@ -156,6 +156,14 @@ pub trait History: Send + Sync + std::fmt::Debug {
     /// Records that delivery of `user`'s `dest` got to `cursor` (a cursor only moves on).
     async fn advance(&self, user: &str, dest: &str, cursor: Cursor) -> Result<(), HistoryError>;
 
+    /// [`History::advance`] for many cursors (user, destination, cursor) at once.
+    async fn advance_many(&self, cursors: &[(String, String, Cursor)]) -> Result<(), HistoryError> {
+        for (user, dest, cursor) in cursors {
+            self.advance(user, dest, *cursor).await?;
+        }
+        Ok(())
+    }
+
     /// Puts `user`'s `dest` cursor back to `to` (0: no cursor) if it still stands at `saved`
     /// in `epoch`: a connection that ended had its last frames saved as delivered (in case
     /// its node died) and, its node alive, found they never counted. Nothing changes when

@@ -66,22 +66,31 @@ if first[1] then first_id = first[1][1] end
 return {meta[1], meta[2], first_id, out}
 ";
 
-/// Moves a destination's cursor (`c:{dest}`) on, only within the stream's current epoch, and
-/// records whether it crossed from a lost epoch (`l:{dest}`).
+/// Moves destinations' cursors (`c:{dest}`) on, each only within its stream's current epoch,
+/// and records whether one crossed from a lost epoch (`l:{dest}`): one call for a round of
+/// the saver. `KEYS` are the streams' meta hashes; `ARGV` the age, then per key its epoch,
+/// destination, offset and crossed flag.
 const ADVANCE: &str = r"
-if redis.call('HGET', KEYS[1], 'e') ~= ARGV[1] then return 0 end
-local at = tonumber(redis.call('HGET', KEYS[1], 'c:' .. ARGV[2]) or '0')
-if tonumber(ARGV[3]) > at then redis.call('HSET', KEYS[1], 'c:' .. ARGV[2], ARGV[3]) end
-if ARGV[5] == '1' then
-  redis.call('HSET', KEYS[1], 'l:' .. ARGV[2], '1')
-else
-  redis.call('HDEL', KEYS[1], 'l:' .. ARGV[2])
-end
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[4]) then
-  redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[4]))
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local at = 2 + (i - 1) * 4
+  local epoch, dest, offset, crossed = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
+  if redis.call('HGET', key, 'e') == epoch then
+    local saved = tonumber(redis.call('HGET', key, 'c:' .. dest) or '0')
+    if tonumber(offset) > saved then redis.call('HSET', key, 'c:' .. dest, offset) end
+    if crossed == '1' then
+      redis.call('HSET', key, 'l:' .. dest, '1')
+    elseif redis.call('HEXISTS', key, 'l:' .. dest) == 1 then
+      redis.call('HDEL', key, 'l:' .. dest)
+    end
+    if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, 2 * ttl) end
+  end
 end
 return 1
 ";
+
+/// Cursors saved by one call of [`ADVANCE`].
+const ADVANCE_BATCH: usize = 128;
 
 /// Puts a destination's cursor back, only if it still stands where this node saved it.
 const REWIND: &str = r"
@@ -369,19 +378,24 @@ impl History for RedisHistory {
     }
 
     async fn advance(&self, user: &str, dest: &str, cursor: Cursor) -> Result<(), HistoryError> {
-        let mut conn = self.conn()?;
-        let _: i64 = self
-            .scripts
-            .advance
-            .key(keys::user_meta(&self.tenant, user))
-            .arg(cursor.position.epoch)
-            .arg(dest)
-            .arg(cursor.position.offset)
-            .arg(self.retention.max_age_ms)
-            .arg(if cursor.crossed { "1" } else { "0" })
-            .invoke_async(&mut conn)
+        self.advance_many(&[(user.to_string(), dest.to_string(), cursor)])
             .await
-            .map_err(store_error)?;
+    }
+
+    async fn advance_many(&self, cursors: &[(String, String, Cursor)]) -> Result<(), HistoryError> {
+        let mut conn = self.conn()?;
+        for batch in cursors.chunks(ADVANCE_BATCH) {
+            let mut call = self.scripts.advance.prepare_invoke();
+            call.arg(self.retention.max_age_ms);
+            for (user, dest, cursor) in batch {
+                call.key(keys::user_meta(&self.tenant, user))
+                    .arg(cursor.position.epoch)
+                    .arg(dest)
+                    .arg(cursor.position.offset)
+                    .arg(if cursor.crossed { "1" } else { "0" });
+            }
+            let _: i64 = call.invoke_async(&mut conn).await.map_err(store_error)?;
+        }
         Ok(())
     }
 
