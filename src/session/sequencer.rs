@@ -40,7 +40,7 @@ pub type Route = Pin<Box<dyn Future<Output = Result<(), Fault>> + Send>>;
 /// Routes queued at most before the session waits (one client's SENDs to a stalled Redis).
 pub const MAX_PENDING: usize = 1024;
 /// Routes that fix their order at their first poll, running at once at most.
-pub const IN_FLIGHT: usize = 64;
+pub const IN_FLIGHT: usize = 256;
 
 enum Job {
     /// Route, then write the receipt (if any); `overlaps`: it may run beside later jobs.
