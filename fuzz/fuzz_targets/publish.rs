@@ -17,7 +17,7 @@ use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
 use stompbox::broker::destination::{self, Target};
 use stompbox::broker::message::RESERVED_HEADERS;
-use stompbox::broker::Message;
+use stompbox::broker::{Message, Position};
 use stompbox::publish::{Address, PublishRequest};
 use stompbox::stomp::{decode, encode, Command, Decoded, Frame, Limits, Version};
 
@@ -111,8 +111,11 @@ fuzz_target!(|data: &[u8]| {
         Target::User { dest, .. } => destination::user_facing(dest),
     };
     // A user message is stored first and carries its offset, the largest there can be.
-    let offset = matches!(target, Target::User { .. }).then_some(u64::MAX);
-    let message = Message::at_offset(subscribed.clone(), content.clone(), offset);
+    let stored = matches!(target, Target::User { .. }).then_some(Position {
+        epoch: u64::MAX,
+        offset: u64::MAX,
+    });
+    let message = Message::stored_at(subscribed.clone(), content.clone(), stored);
     for version in Version::ALL {
         if !subscribable(&subscribed, version, &limits) {
             continue;
@@ -130,8 +133,8 @@ fuzz_target!(|data: &[u8]| {
         };
         assert!(wire.is_empty());
         expected = expected.header("destination", as_read(&subscribed, version));
-        if let Some(offset) = offset {
-            expected = expected.header("x-stream-offset", offset.to_string());
+        if let Some(at) = stored {
+            expected = expected.header("x-stream-offset", at.offset.to_string());
         }
         for (name, value) in &content.headers {
             expected = expected.header(as_read(name, version), as_read(value, version));
