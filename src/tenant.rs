@@ -97,7 +97,7 @@ async fn save_cursors(
         let now_ms = crate::util::unix_ms();
         let mut saves = Vec::new();
         waiting.retain(|_, cursor| {
-            let (_, still_waiting) = cursor.take(now_ms);
+            let still_waiting = cursor.take(now_ms);
             if let Some(position) = cursor.unsaved() {
                 saves.push((
                     cursor.clone(),

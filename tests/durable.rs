@@ -53,27 +53,12 @@ async fn user_on(node: &NodeProcess, user: &str) -> Client {
     client
 }
 
-/// SUBSCRIBE to `/user/queue/notice` with a receipt and `headers`: the messages before the
-/// RECEIPT, and the RECEIPT.
+/// SUBSCRIBE to `/user/queue/notice` with a receipt and `headers`: the replay, and the
+/// RECEIPT.
 async fn subscribe(client: &mut Client, headers: &[(&str, &str)]) -> (Vec<Frame>, Frame) {
-    let mut frame = Frame::new(Command::Subscribe)
-        .header("id", "1")
-        .header("destination", "/user/queue/notice")
-        .header("ack", "auto")
-        .header("receipt", "sub");
-    for (k, v) in headers {
-        frame = frame.header(*k, *v);
-    }
-    client.send(frame).await;
-    let mut replayed = Vec::new();
-    loop {
-        let frame = client.recv().await;
-        match frame.command {
-            Command::Message => replayed.push(frame),
-            Command::Receipt => return (replayed, frame),
-            _ => panic!("unexpected frame: {frame:?}"),
-        }
-    }
+    client
+        .subscribe_replay("1", "/user/queue/notice", "auto", headers)
+        .await
 }
 
 /// What reaches `client` until it has been quiet for `quiet`.

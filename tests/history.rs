@@ -20,32 +20,16 @@ async fn to_user(node: &TestNode, user: &str, body: &str) -> serde_json::Value {
     answer
 }
 
-/// SUBSCRIBE to `/user/queue/notice` with `headers` and a receipt: the messages that came
-/// before the RECEIPT (the replay), and the RECEIPT.
+/// SUBSCRIBE to `/user/queue/notice` with `headers` and a receipt: the replay, and the RECEIPT.
 async fn subscribe(
     client: &mut Client,
     id: &str,
     ack: &str,
     headers: &[(&str, &str)],
 ) -> (Vec<Frame>, Frame) {
-    let mut frame = Frame::new(Command::Subscribe)
-        .header("id", id)
-        .header("destination", "/user/queue/notice")
-        .header("ack", ack)
-        .header("receipt", format!("sub-{id}"));
-    for (k, v) in headers {
-        frame = frame.header(*k, *v);
-    }
-    client.send(frame).await;
-    let mut replayed = Vec::new();
-    loop {
-        let frame = client.recv().await;
-        match frame.command {
-            Command::Message => replayed.push(frame),
-            Command::Receipt => return (replayed, frame),
-            _ => panic!("unexpected frame: {frame:?}"),
-        }
-    }
+    client
+        .subscribe_replay(id, "/user/queue/notice", ack, headers)
+        .await
 }
 
 fn bodies(frames: &[Frame]) -> Vec<String> {

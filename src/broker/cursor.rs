@@ -208,12 +208,11 @@ impl StreamCursor {
         !handed.is_empty()
     }
 
-    /// For the saver, which took it off the queue (the next move queues it again): where it
-    /// is, and whether frames still wait to count (the saver then looks again later).
-    pub fn take(&self, now_ms: u64) -> (Option<Position>, bool) {
+    /// For the saver, which took it off the queue (the next move queues it again): counts
+    /// what now counts, and says whether frames still wait to (the saver then looks again).
+    pub fn take(&self, now_ms: u64) -> bool {
         self.queued.store(false, Ordering::Release);
-        let waiting = self.confirm(now_ms);
-        (self.position(), waiting)
+        self.confirm(now_ms)
     }
 
     /// What the saver must write, if it moved since the last call: in case this node dies,
@@ -349,19 +348,18 @@ mod tests {
         cursor.acknowledged(2);
         let queued = rx.try_recv().unwrap();
         assert!(rx.try_recv().is_err(), "queued once until taken");
+        assert!(!queued.take(0));
         assert_eq!(
-            queued.take(0),
-            (
-                Some(Position {
-                    epoch: 7,
-                    offset: 3
-                }),
-                false
-            )
+            queued.position(),
+            Some(Position {
+                epoch: 7,
+                offset: 3
+            })
         );
         cursor.written(4, 100);
-        let (_, waiting) = rx.try_recv().unwrap().take(120);
+        let waiting = rx.try_recv().unwrap().take(120);
         assert!(waiting, "4 does not count yet: it stays queued");
-        assert_eq!(cursor.take(150).0.unwrap().offset, 4);
+        cursor.take(150);
+        assert_eq!(cursor.position().unwrap().offset, 4);
     }
 }

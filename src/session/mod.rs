@@ -618,33 +618,31 @@ impl Session {
             let unavailable =
                 |e: crate::history::HistoryError| Fault::StoreUnavailable(e.to_string());
             tenant.open_stream(user).await.map_err(unavailable)?;
-            let (mut cursorless, mut crossed, mut from_cursor) = (false, false, false);
-            let from = match (start, start_epoch) {
+            // The user's stored cursor, when the client named no start of its own.
+            let cursor = match start {
+                None => history.cursor(user, dest).await.map_err(unavailable)?,
+                Some(_) => None,
+            };
+            let from = match (start, start_epoch, cursor) {
                 // A position the client kept, with the epoch it was of.
-                (Some(StartAt::Offset(n)), Some(epoch)) => {
+                (Some(StartAt::Offset(n)), Some(epoch), _) => {
                     ReadFrom::After(crate::history::Position {
                         epoch,
                         offset: n.saturating_sub(1),
                     })
                 }
-                (Some(start), _) => ReadFrom::StartAt(start),
-                (None, _) => match history.cursor(user, dest).await.map_err(unavailable)? {
-                    Some(cursor) => {
-                        crossed = cursor.crossed;
-                        from_cursor = true;
-                        ReadFrom::After(cursor.position)
-                    }
-                    None => {
-                        cursorless = true;
-                        ReadFrom::StartAt(StartAt::First)
-                    }
-                },
+                (Some(start), _, _) => ReadFrom::StartAt(start),
+                (None, _, Some(cursor)) => ReadFrom::After(cursor.position),
+                (None, _, None) => ReadFrom::StartAt(StartAt::First),
             };
             let mut replay = history.read(user, dest, from).await.map_err(unavailable)?;
-            if cursorless {
-                replay.complete &= history.no_cursor_complete().await.map_err(unavailable)?;
+            match cursor {
+                Some(cursor) => replay.complete &= !cursor.crossed,
+                None if start.is_none() => {
+                    replay.complete &= history.no_cursor_complete().await.map_err(unavailable)?;
+                }
+                None => {}
             }
-            replay.complete &= !crossed;
             let shown = destination::user_facing(dest);
             let messages: Vec<Arc<Message>> = replay
                 .messages
@@ -658,11 +656,10 @@ impl Session {
                 })
                 .collect();
             // Delivered at the pace the connection takes it (see `pump_queues`).
-            let after = match from {
-                // Where the stored cursor stands: this subscription counts on from there.
-                ReadFrom::After(p) if from_cursor && p.epoch == replay.epoch => p.offset,
-                _ => 0,
-            };
+            // Where the stored cursor stands: this subscription counts on from there.
+            let after = cursor
+                .filter(|c| c.position.epoch == replay.epoch)
+                .map_or(0, |c| c.position.offset);
             let _ = sub.finish_replay(replay.epoch, after, messages);
             self.receipt_headers = vec![
                 (RECOVERED_HEADER, replay.complete.to_string()),

@@ -9,7 +9,7 @@
 // again to the next page rather than lost (see broker::cursor), so that case may repeat one. The page keeps what it received in localStorage (it survives the reloads;
 // each node is its own origin, so the two parts are read and joined). Each case must end with
 // the whole sequence, in order, nothing twice. The last node is never killed.
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 
 const args = process.argv.slice(2);
 const opt = (name) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1] : undefined; };
@@ -117,11 +117,7 @@ async function reloadCase(browser, k, { name, query }) {
   }
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 let failed = 0;
 try {
   for (let k = 0; k < CASES.length; k++) {

@@ -4,7 +4,7 @@
 // transport forced in turn), @stomp/stompjs over /ws; with --http2, a page on node A receives
 // what is published on node B. Prints one line per case; exits 1 if any failed. Writes a
 // screenshot of the demo page after a message arrived to target/browser/demo.png.
-import { chromium } from 'playwright-core';
+import { launch } from './chromium.mjs';
 import { mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -87,11 +87,7 @@ async function demoScreenshot(browser) {
   }
 }
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-});
+const browser = await launch();
 console.log(`chromium ${browser.version()}`);
 let failed = 0;
 const run = async (p) => { if (!(await p)) failed++; };

@@ -431,6 +431,35 @@ impl Client {
         self.await_receipt(&receipt).await;
     }
 
+    /// SUBSCRIBE to `dest` with `headers` and a receipt: the MESSAGE frames that came before
+    /// the RECEIPT (a stream's replay), and the RECEIPT.
+    pub async fn subscribe_replay(
+        &mut self,
+        id: &str,
+        dest: &str,
+        ack: &str,
+        headers: &[(&str, &str)],
+    ) -> (Vec<Frame>, Frame) {
+        let mut frame = Frame::new(Command::Subscribe)
+            .header("id", id)
+            .header("destination", dest)
+            .header("ack", ack)
+            .header("receipt", format!("sub-{id}"));
+        for (k, v) in headers {
+            frame = frame.header(*k, *v);
+        }
+        self.send(frame).await;
+        let mut replayed = Vec::new();
+        loop {
+            let frame = self.recv().await;
+            match frame.command {
+                Command::Message => replayed.push(frame),
+                Command::Receipt => return (replayed, frame),
+                _ => panic!("unexpected frame: {frame:?}"),
+            }
+        }
+    }
+
     /// Waits for RECEIPT `id`, keeping other frames for later.
     pub async fn await_receipt(&mut self, id: &str) {
         let mut held = Vec::new();

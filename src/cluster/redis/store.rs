@@ -246,6 +246,7 @@ impl History for RedisHistory {
         content: &Content,
     ) -> Result<Appended, HistoryError> {
         let mut conn = self.conn()?;
+        let presence = keys::presence(&self.tenant, user);
         let headers = serde_json::to_string(&content.headers)
             .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
         let now_ms = crate::util::unix_ms();
@@ -256,7 +257,7 @@ impl History for RedisHistory {
             .append
             .key(keys::user_meta(&self.tenant, user))
             .key(keys::user_stream(&self.tenant, user))
-            .key(keys::presence(&self.tenant, user))
+            .key(&presence)
             .arg(now_ms)
             .arg(self.retention.max_messages)
             .arg(self.retention.max_age_ms)
@@ -282,7 +283,7 @@ impl History for RedisHistory {
         };
         let holders = self
             .backplane
-            .only_live_others(&mut conn, &keys::presence(&self.tenant, user), members)
+            .only_live_others(&mut conn, &presence, members)
             .await
             .map_err(unavailable)?;
         Ok(Appended {
