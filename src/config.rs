@@ -306,6 +306,11 @@ pub struct TenantConfig {
     /// stored: any that starts with one of these keeps at-most-once delivery.
     #[serde(default)]
     pub history_exclude: Vec<String>,
+    /// Topics whose messages are stored (`[[tenants.topic_history]]`): each gets a stream, its
+    /// MESSAGE frames carry `x-stream-offset`, and a SUBSCRIBE with `x-stream-offset` replays
+    /// from it. Other topics stay live only.
+    #[serde(default)]
+    pub topic_history: Vec<TopicHistoryConfig>,
     /// Origins (`https://app.example.com`) whose pages may open WebSocket and SockJS
     /// connections; `"*"` allows any. Same-origin pages and clients that send no `Origin`
     /// (backends, command-line tools) are always allowed.
@@ -340,6 +345,7 @@ impl TenantConfig {
             history_max_messages: None,
             history_max_age_ms: None,
             history_exclude: Vec::new(),
+            topic_history: Vec::new(),
             allowed_origins: Vec::new(),
         }
     }
@@ -349,6 +355,29 @@ impl TenantConfig {
         crate::history::Retention {
             max_messages: self.history_max_messages.unwrap_or(defaults.max_messages),
             max_age_ms: self.history_max_age_ms.unwrap_or(defaults.max_age_ms),
+        }
+    }
+}
+
+/// `[[tenants.topic_history]]`: the topics starting with `prefix` keep their messages, each
+/// topic a stream of its own, within this retention (default: `[history]`'s).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicHistoryConfig {
+    /// Topics starting with this (`/topic/prices/`); the longest matching prefix applies.
+    pub prefix: String,
+    /// Messages kept per topic (default: `[history] max_messages`).
+    pub max_messages: Option<usize>,
+    /// How long a message is kept, in ms (default: `[history] max_age_ms`).
+    pub max_age_ms: Option<u64>,
+}
+
+impl TopicHistoryConfig {
+    /// This prefix's retention under `defaults`.
+    pub fn retention(&self, defaults: &HistoryConfig) -> crate::history::Retention {
+        crate::history::Retention {
+            max_messages: self.max_messages.unwrap_or(defaults.max_messages),
+            max_age_ms: self.max_age_ms.unwrap_or(defaults.max_age_ms),
         }
     }
 }
@@ -541,6 +570,27 @@ impl Config {
                     ));
                 }
             }
+            for (j, topics) in t.topic_history.iter().enumerate() {
+                let key = |name: &str| format!("tenants[{i}].topic_history[{j}].{name}");
+                if !topics.prefix.starts_with("/topic/") {
+                    return Err(invalid(
+                        key("prefix"),
+                        "must start with /topic/, such as /topic/prices/",
+                    ));
+                }
+                if topics.max_messages == Some(0) {
+                    return Err(invalid(key("max_messages"), "must be at least 1"));
+                }
+                if topics.max_age_ms.is_some_and(|ms| ms < 1_000) {
+                    return Err(invalid(key("max_age_ms"), "must be at least 1000"));
+                }
+                if t.topic_history[..j]
+                    .iter()
+                    .any(|o| o.prefix == topics.prefix)
+                {
+                    return Err(invalid(key("prefix"), "is given twice"));
+                }
+            }
         }
         let j = &self.sockjs;
         if j.heartbeat_ms < 100 {
@@ -714,6 +764,18 @@ mod tests {
             (
                 "[[tenants]]\nid = \"a\"\nhistory_exclude = [\"queue/x\"]\n",
                 "tenants[0].history_exclude[0]",
+            ),
+            (
+                "[[tenants]]\nid = \"a\"\n[[tenants.topic_history]]\nprefix = \"/queue/x\"\n",
+                "tenants[0].topic_history[0].prefix",
+            ),
+            (
+                "[[tenants]]\nid = \"a\"\n[[tenants.topic_history]]\nprefix = \"/topic/x\"\nmax_messages = 0\n",
+                "tenants[0].topic_history[0].max_messages",
+            ),
+            (
+                "[[tenants]]\nid = \"a\"\n[[tenants.topic_history]]\nprefix = \"/topic/x\"\nmax_age_ms = 9\n",
+                "tenants[0].topic_history[0].max_age_ms",
             ),
         ] {
             let err = Config::from_toml(toml)

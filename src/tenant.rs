@@ -43,12 +43,15 @@ pub struct Tenant {
     history: Option<Arc<dyn History>>,
     /// User destinations whose messages are not stored (prefixes).
     history_exclude: Vec<String>,
-    /// One user's messages are stored and handed to the broker one at a time, so offsets
-    /// reach subscriptions in order; users are spread over these by hash.
-    user_turns: Vec<tokio::sync::Mutex<()>>,
-    /// With a store shared by the cluster: for each user with a stream subscription here,
-    /// the order their stored messages are delivered in (see [`crate::history::order`]).
-    orders: Mutex<HashMap<String, Arc<UserOrder>>>,
+    /// Topics with history: a prefix and the store of the topics it starts, longest first.
+    topic_history: TopicStores,
+    /// One stream's messages (a user's, or a topic's) are stored and handed to the broker
+    /// one at a time, so offsets reach subscriptions in order; streams are spread over these
+    /// by hash.
+    turns: Vec<tokio::sync::Mutex<()>>,
+    /// With a store shared by the cluster: for each stream with a subscription here that
+    /// read it, the order its messages are delivered in (see [`crate::history::order`]).
+    orders: Mutex<HashMap<StreamOf, Arc<StreamOrder>>>,
     /// With a store shared by the cluster: where cursors that moved are queued, and the
     /// queue's end until [`Tenant::start`] hands it to the task that saves them.
     cursor_queue: Option<CursorQueue>,
@@ -57,8 +60,8 @@ pub struct Tenant {
     me: OnceLock<Weak<Tenant>>,
 }
 
-/// How many users' stores may run at once per tenant.
-const USER_TURNS: usize = 64;
+/// How many streams' stores may run at once per tenant.
+const TURNS: usize = 64;
 /// How long a failed read of a gap waits before it is tried again.
 const FILL_RETRY: Duration = Duration::from_millis(250);
 /// Cursors taken from the queue in one round.
@@ -130,14 +133,42 @@ async fn save_cursors(
     }
 }
 
-/// One user's stored messages on their way to the user's subscriptions here.
-#[derive(Debug, Default)]
-struct UserOrder {
+/// Topics with history: a prefix and the store of the topics it starts.
+pub type TopicStores = Vec<(String, Arc<dyn History>)>;
+
+/// Whose stream: a user's (with the messages of all their destinations) or a topic's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum StreamOf {
+    User(String),
+    Topic(String),
+}
+
+impl StreamOf {
+    fn name(&self) -> &str {
+        match self {
+            StreamOf::User(name) | StreamOf::Topic(name) => name,
+        }
+    }
+}
+
+/// One stream's stored messages on their way to its subscriptions here.
+#[derive(Debug)]
+struct StreamOrder {
     gate: Mutex<Gate<(String, Content)>>,
     seeded: tokio::sync::OnceCell<()>,
 }
 
-impl UserOrder {
+impl StreamOrder {
+    fn of(stream: &StreamOf) -> StreamOrder {
+        StreamOrder {
+            gate: Mutex::new(match stream {
+                StreamOf::User(_) => Gate::new(),
+                StreamOf::Topic(_) => Gate::passing_below_seed(),
+            }),
+            seeded: tokio::sync::OnceCell::new(),
+        }
+    }
+
     fn gate(&self) -> std::sync::MutexGuard<'_, Gate<(String, Content)>> {
         self.gate.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -149,6 +180,7 @@ impl Tenant {
         server: &ServerConfig,
         node_backlog: &Arc<Budget>,
         history: Option<Arc<dyn History>>,
+        topic_history: TopicStores,
         cluster: Arc<dyn Backplane>,
         metrics: Arc<Metrics>,
     ) -> Tenant {
@@ -162,6 +194,9 @@ impl Tenant {
             },
         ));
         let shared = history.as_ref().is_some_and(|h| h.shared());
+        let stores = history.is_some() || !topic_history.is_empty();
+        let mut topic_history = topic_history;
+        topic_history.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
         let (cursor_queue, cursor_moves) = if shared {
             let (queue, moves) = mpsc::unbounded_channel();
             (Some(queue), Some(moves))
@@ -186,11 +221,12 @@ impl Tenant {
             api_keys: config.api_keys.clone(),
             allowed_origins: AllowedOrigins::new(&config.allowed_origins),
             // Only a tenant that stores takes turns.
-            user_turns: (0..if history.is_some() { USER_TURNS } else { 0 })
+            turns: (0..if stores { TURNS } else { 0 })
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             history,
             history_exclude: config.history_exclude.clone(),
+            topic_history,
         }
     }
 
@@ -210,10 +246,27 @@ impl Tenant {
         })
     }
 
-    fn user_turn(&self, user: &str) -> &tokio::sync::Mutex<()> {
+    /// Where messages of topic `dest` are stored, when a `topic_history` prefix covers it.
+    pub fn topic_history_for(&self, dest: &str) -> Option<&Arc<dyn History>> {
+        self.topic_history
+            .iter()
+            .find(|(prefix, _)| dest.starts_with(prefix.as_str()))
+            .map(|(_, history)| history)
+    }
+
+    /// The store of `stream`'s messages.
+    fn store_of(&self, stream: &StreamOf) -> Option<&Arc<dyn History>> {
+        match stream {
+            StreamOf::User(_) => self.history.as_ref(),
+            StreamOf::Topic(dest) => self.topic_history_for(dest),
+        }
+    }
+
+    /// The turn of the stream named `name` (a user, or a topic).
+    fn turn(&self, name: &str) -> &tokio::sync::Mutex<()> {
         use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(user);
-        &self.user_turns[(hash as usize) % self.user_turns.len()]
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(name);
+        &self.turns[(hash as usize) % self.turns.len()]
     }
 
     /// The policy that decides identity and permissions for this tenant.
@@ -241,7 +294,14 @@ impl Tenant {
 
     /// Removes a subscription here and, for a last one, tells the cluster.
     pub fn unsubscribe(&self, sub: &Arc<Subscription>) {
-        self.mirror(self.broker.unsubscribe(sub));
+        let change = self.broker.unsubscribe(sub);
+        if let Some(Interest::Topic { dest, held: false }) = &change {
+            // Unless a subscription came meanwhile, which may be opening the stream.
+            if !self.broker.has_subscribers(dest) {
+                self.lock_orders().remove(&StreamOf::Topic(dest.clone()));
+            }
+        }
+        self.mirror(change);
     }
 
     /// Records a session of `user` (cluster presence for the first).
@@ -253,12 +313,12 @@ impl Tenant {
     pub fn user_disconnected(&self, user: &str) {
         let change = self.broker.user_disconnected(user);
         if change.is_some() {
-            self.lock_orders().remove(user);
+            self.lock_orders().remove(&StreamOf::User(user.to_string()));
         }
         self.mirror(change);
     }
 
-    fn lock_orders(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<UserOrder>>> {
+    fn lock_orders(&self) -> std::sync::MutexGuard<'_, HashMap<StreamOf, Arc<StreamOrder>>> {
         self.orders.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -288,13 +348,24 @@ impl Tenant {
     /// presence here is visible to every node, then seeds the user's order with the stream's
     /// head. Once per user while they have sessions here.
     pub async fn open_stream(&self, user: &str) -> Result<(), HistoryError> {
-        let Some(history) = self.history.as_ref().filter(|h| h.shared()) else {
+        self.open(StreamOf::User(user.to_string())).await
+    }
+
+    /// [`Tenant::open_stream`] for a topic with history: waits until this node's subscription
+    /// of the topic's channel is applied, then seeds the topic's order. Once per topic while
+    /// it has subscribers here.
+    pub async fn open_topic_stream(&self, dest: &str) -> Result<(), HistoryError> {
+        self.open(StreamOf::Topic(dest.to_string())).await
+    }
+
+    async fn open(&self, stream: StreamOf) -> Result<(), HistoryError> {
+        let Some(history) = self.store_of(&stream).filter(|h| h.shared()) else {
             return Ok(());
         };
         let order = self
             .lock_orders()
-            .entry(user.to_string())
-            .or_default()
+            .entry(stream.clone())
+            .or_insert_with(|| Arc::new(StreamOrder::of(&stream)))
             .clone();
         order
             .seeded
@@ -303,15 +374,15 @@ impl Tenant {
                     .settled()
                     .await
                     .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
-                let head = history.head(user).await?;
+                let head = history.head(stream.name()).await?;
                 let fill = {
                     let mut gate = order.gate();
                     let released = gate.seed(head);
-                    self.release(user, released.deliver);
+                    self.release(&stream, released.deliver);
                     released.fill
                 };
                 if let Some(after) = fill {
-                    self.spawn_fill(user, &order, after);
+                    self.spawn_fill(&stream, &order, after);
                 }
                 Ok::<(), HistoryError>(())
             })
@@ -322,47 +393,72 @@ impl Tenant {
     /// Hands a stored message of `user` to their subscriptions here, in the user's order: the
     /// number of subscriptions it reached now (0 while it waits for an earlier one).
     pub fn deliver_stored(&self, user: &str, dest: &str, content: Content, at: Position) -> usize {
-        let order = match self.history.as_ref() {
-            Some(h) if h.shared() => self.lock_orders().get(user).cloned(),
+        self.deliver_in_order(&StreamOf::User(user.to_string()), dest, content, at)
+    }
+
+    /// Hands a stored message of topic `dest` to its subscriptions here, in the topic's order
+    /// when a subscription here read its stream.
+    pub fn deliver_stored_topic(&self, dest: &str, content: Content, at: Position) -> usize {
+        self.deliver_in_order(&StreamOf::Topic(dest.to_string()), dest, content, at)
+    }
+
+    fn deliver_in_order(
+        &self,
+        stream: &StreamOf,
+        dest: &str,
+        content: Content,
+        at: Position,
+    ) -> usize {
+        let order = match self.store_of(stream) {
+            Some(h) if h.shared() => self.lock_orders().get(stream).cloned(),
             _ => None,
         };
         let Some(order) = order else {
-            // No stream subscription of the user is being made here: nothing to order for.
-            return self.deliver_now(user, dest.to_string(), content, at);
+            // No subscription here reads the stream: nothing to order for.
+            return self.deliver_now(stream, dest.to_string(), content, at);
         };
         // Delivered under the gate's lock: what it lets through in order must reach the
         // subscriptions in that order, which two threads delivering apart could swap.
         let (delivered, fill) = {
             let mut gate = order.gate();
             let released = gate.offer(at, (dest.to_string(), content));
-            (self.release(user, released.deliver), released.fill)
+            (self.release(stream, released.deliver), released.fill)
         };
         if let Some(after) = fill {
-            self.spawn_fill(user, &order, after);
+            self.spawn_fill(stream, &order, after);
         }
         delivered
     }
 
     /// Reads again what may have been missed while the cluster connection was down, for
-    /// every user with a stream subscription here.
+    /// every stream with a subscription here that read it.
     pub fn catch_up(&self) {
-        let orders: Vec<(String, Arc<UserOrder>)> = self
+        let orders: Vec<(StreamOf, Arc<StreamOrder>)> = self
             .lock_orders()
             .iter()
             .map(|(u, o)| (u.clone(), o.clone()))
             .collect();
-        for (user, order) in orders {
+        for (stream, order) in orders {
             let after = order.gate().catch_up();
             if let Some(after) = after {
-                self.spawn_fill(&user, &order, after);
+                self.spawn_fill(&stream, &order, after);
             }
         }
     }
 
-    fn deliver_now(&self, user: &str, dest: String, content: Content, at: Position) -> usize {
-        let target = Target::User {
-            user: user.to_string(),
-            dest,
+    fn deliver_now(
+        &self,
+        stream: &StreamOf,
+        dest: String,
+        content: Content,
+        at: Position,
+    ) -> usize {
+        let target = match stream {
+            StreamOf::User(user) => Target::User {
+                user: user.clone(),
+                dest,
+            },
+            StreamOf::Topic(topic) => Target::Topic(topic.clone()),
         };
         match self.broker.publish_at(&target, content, Some(at)) {
             Ok(routed) => routed.delivered,
@@ -373,27 +469,27 @@ impl Tenant {
         }
     }
 
-    fn release(&self, user: &str, messages: Vec<(Position, (String, Content))>) -> usize {
+    fn release(&self, stream: &StreamOf, messages: Vec<(Position, (String, Content))>) -> usize {
         messages
             .into_iter()
-            .map(|(at, (dest, content))| self.deliver_now(user, dest, content, at))
+            .map(|(at, (dest, content))| self.deliver_now(stream, dest, content, at))
             .sum()
     }
 
-    /// Reads `user`'s stream after `after` for the gap their order found, and delivers what it
-    /// lets through; tries again while the store cannot be read and the order still stands.
-    fn spawn_fill(&self, user: &str, order: &Arc<UserOrder>, after: Position) {
+    /// Reads `stream` after `after` for the gap its order found, and delivers what it lets
+    /// through; tries again while the store cannot be read and the order still stands.
+    fn spawn_fill(&self, stream: &StreamOf, order: &Arc<StreamOrder>, after: Position) {
         let Some(me) = self.me.get().and_then(Weak::upgrade) else {
             return;
         };
-        let Some(history) = self.history.clone() else {
+        let Some(history) = self.store_of(stream).cloned() else {
             return;
         };
-        let (user, order) = (user.to_string(), order.clone());
+        let (stream, order) = (stream.clone(), order.clone());
         tokio::spawn(async move {
             let mut after = after;
             loop {
-                match history.since(&user, after).await {
+                match history.since(stream.name(), after).await {
                     Ok(replay) => {
                         let found = replay
                             .messages
@@ -407,7 +503,7 @@ impl Tenant {
                                 .store
                                 .filled
                                 .fetch_add(released.deliver.len() as u64, Ordering::Relaxed);
-                            me.release(&user, released.deliver);
+                            me.release(&stream, released.deliver);
                             released.fill
                         };
                         match fill {
@@ -416,11 +512,11 @@ impl Tenant {
                         }
                     }
                     Err(e) => {
-                        debug!(tenant = %me.id, user, error = %e, "a gap in a user's messages could not be read yet");
+                        debug!(tenant = %me.id, stream = stream.name(), error = %e, "a gap in a stream's messages could not be read yet");
                         tokio::time::sleep(FILL_RETRY).await;
                         let current = me
                             .lock_orders()
-                            .get(&user)
+                            .get(&stream)
                             .is_some_and(|o| Arc::ptr_eq(o, &order));
                         if !current {
                             return;
@@ -465,11 +561,13 @@ pub struct Tenants {
 
 impl Tenants {
     /// The tenants of `configs`, routing through `cluster`, storing user messages where
-    /// `store_for` says (`None`: nowhere).
+    /// `store_for` says (`None`: nowhere) and topics with history where `topic_stores_for`
+    /// says (a prefix and its store each).
     pub fn new(
         configs: &[TenantConfig],
         server: &ServerConfig,
         store_for: &dyn Fn(&TenantConfig) -> Option<Arc<dyn History>>,
+        topic_stores_for: &dyn Fn(&TenantConfig) -> TopicStores,
         cluster: &Arc<dyn Backplane>,
         metrics: &Arc<Metrics>,
     ) -> Tenants {
@@ -484,6 +582,7 @@ impl Tenants {
                     server,
                     &node_backlog,
                     store_for(t),
+                    topic_stores_for(t),
                     cluster.clone(),
                     metrics.clone(),
                 )
@@ -560,20 +659,33 @@ impl Tenant {
         self.metrics.published.fetch_add(1, Ordering::Relaxed);
         let mut delivery = Delivery::default();
         let remote = match target {
-            Target::Topic(dest) => {
-                delivery.local = self.broker.publish(target, content.clone())?.delivered;
-                Some(self.forward_topic(dest, &content, confirm).await)
-            }
+            Target::Topic(dest) => match self.topic_history_for(dest) {
+                Some(history) => {
+                    // As for a user: the turn is held until the message is queued for Redis.
+                    let turn = self.turn(dest).lock().await;
+                    let appended = self.store(history, dest, dest, &content).await?;
+                    delivery.stored = true;
+                    delivery.local =
+                        self.deliver_stored_topic(dest, content.clone(), appended.position);
+                    let forwarded = self
+                        .cluster
+                        .to_topic(&self.id, dest, &content, Some(appended.position))
+                        .await;
+                    drop(turn);
+                    Some(Self::confirm_topic(forwarded, confirm).await)
+                }
+                None => {
+                    delivery.local = self.broker.publish(target, content.clone())?.delivered;
+                    let forwarded = self.cluster.to_topic(&self.id, dest, &content, None).await;
+                    Some(Self::confirm_topic(forwarded, confirm).await)
+                }
+            },
             Target::User { user, dest } => match self.history_for(dest) {
                 Some(history) => {
                     // The turn is held until the message is queued for other nodes, so this
                     // node sends one user's messages in offset order.
-                    let turn = self.user_turn(user).lock().await;
-                    let appended = history.append(user, dest, &content).await.map_err(|e| {
-                        self.metrics.store.refused.fetch_add(1, Ordering::Relaxed);
-                        RouteError::NotStored(e.to_string())
-                    })?;
-                    self.metrics.store.stored.fetch_add(1, Ordering::Relaxed);
+                    let turn = self.turn(user).lock().await;
+                    let appended = self.store(history, user, dest, &content).await?;
                     delivery.stored = true;
                     delivery.local =
                         self.deliver_stored(user, dest, content.clone(), appended.position);
@@ -655,15 +767,29 @@ impl Tenant {
         Ok(delivery)
     }
 
-    /// Other nodes with subscribers of the topic that received it (confirmed), or that it was
-    /// queued for.
-    async fn forward_topic(
+    /// Stores a message in `owner`'s stream (a user, or a topic) of `history`, counting it.
+    async fn store(
         &self,
+        history: &Arc<dyn History>,
+        owner: &str,
         dest: &str,
         content: &Content,
+    ) -> Result<crate::history::Appended, RouteError> {
+        let appended = history.append(owner, dest, content).await.map_err(|e| {
+            self.metrics.store.refused.fetch_add(1, Ordering::Relaxed);
+            RouteError::NotStored(e.to_string())
+        })?;
+        self.metrics.store.stored.fetch_add(1, Ordering::Relaxed);
+        Ok(appended)
+    }
+
+    /// Other nodes with subscribers of the topic that received it (confirmed), or that it was
+    /// queued for.
+    async fn confirm_topic(
+        forwarded: Result<Forwarded, ClusterError>,
         confirm: bool,
     ) -> Result<usize, ClusterError> {
-        let forwarded = self.cluster.to_topic(&self.id, dest, content).await?;
+        let forwarded = forwarded?;
         if confirm {
             forwarded.confirmed().await
         } else {

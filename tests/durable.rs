@@ -3,6 +3,8 @@
 //! the CONNECT→SUBSCRIBE window, while they are offline, across a move to another node, when
 //! several nodes publish to them at once, and across a Redis restart that keeps its
 //! append-only file; a Redis that restarts empty starts a new epoch and the client is told.
+//! A topic with history is one stream for the cluster: a subscriber on either node replays it
+//! from where it asks while both nodes publish, every offset once and in order.
 
 mod support;
 
@@ -15,7 +17,8 @@ use support::*;
 
 fn config() -> String {
     format!(
-        "[cluster]\nnode_ttl_ms = 2000\n[[tenants]]\nid = \"default\"\napi_keys = [\"{API_KEY}\"]\nhistory_max_messages = 50\n"
+        "[cluster]\nnode_ttl_ms = 2000\n[[tenants]]\nid = \"default\"\napi_keys = [\"{API_KEY}\"]\nhistory_max_messages = 50\n\
+         [[tenants.topic_history]]\nprefix = \"/topic/prices/\"\n"
     )
 }
 
@@ -319,4 +322,78 @@ async fn a_message_on_its_way_when_the_page_went_comes_again_on_another_node() {
     assert_eq!(bodies(&replayed), ["on its way"]);
     assert_eq!(receipt.get("x-stream-recovered"), Some("true"));
     assert!(b.metric("stompbox_stored_messages_total").await >= 2);
+}
+
+fn stream_offsets(frames: &[Frame]) -> Vec<u64> {
+    frames
+        .iter()
+        .map(|f| f.get("x-stream-offset").unwrap().parse().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_with_history_replays_on_either_node_while_both_publish() {
+    let redis = Redis::start();
+    let (a, b) = two_nodes(&redis).await;
+    const EACH: usize = 200;
+    const TOPIC: &str = "/topic/prices/acme";
+    let mut live_only = user_on(&a, "watcher").await;
+    live_only.subscribe("1", TOPIC, "auto").await;
+    let through = |node: &NodeProcess, prefix: &'static str| {
+        let http = node.http;
+        async move {
+            for i in 0..EACH {
+                let (status, answer) = http_request(
+                    http,
+                    "POST",
+                    "/api/v1/tenants/default/publish",
+                    Some(API_KEY),
+                    &json!({"destination": TOPIC, "content": format!("{prefix}{i}")}).to_string(),
+                )
+                .await;
+                assert_eq!(status, 202, "{answer}");
+                assert_eq!(answer["stored"], true, "{answer}");
+            }
+        }
+    };
+    // Replaying subscribers join on both nodes while the publishes run.
+    let join_late = |node: &NodeProcess, name: &'static str| {
+        let stomp = node.stomp;
+        async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let mut client = Client::tcp(stomp).await;
+            client.connect_as(name).await;
+            let (replayed, receipt) = client
+                .subscribe_replay("1", TOPIC, "auto", &[("x-stream-offset", "first")])
+                .await;
+            assert_eq!(receipt.get("x-stream-recovered"), Some("true"), "{name}");
+            (client, replayed)
+        }
+    };
+    let (_, _, (mut on_a, replay_a), (mut on_b, replay_b)) = tokio::join!(
+        through(&a, "a"),
+        through(&b, "b"),
+        join_late(&a, "late-a"),
+        join_late(&b, "late-b")
+    );
+    let every: Vec<u64> = (1..=2 * EACH as u64).collect();
+    for (name, client, mut frames) in [("A", &mut on_a, replay_a), ("B", &mut on_b, replay_b)] {
+        frames.extend(drain(client, Duration::from_millis(800)).await);
+        assert_eq!(
+            stream_offsets(&frames),
+            every,
+            "replaying on {name}: each once, in order"
+        );
+    }
+    // The live-only subscriber was there from the start: it got everything once.
+    let mut seen = stream_offsets(&drain(&mut live_only, Duration::from_millis(300)).await);
+    seen.sort_unstable();
+    assert_eq!(seen, every, "live only: each once");
+    // A subscriber that saw offset 300 resumes after it on the other node.
+    let mut resumed = user_on(&b, "resumer").await;
+    let (replayed, receipt) = resumed
+        .subscribe_replay("1", TOPIC, "auto", &[("x-stream-offset", "offset=301")])
+        .await;
+    assert_eq!(receipt.get("x-stream-recovered"), Some("true"));
+    assert_eq!(stream_offsets(&replayed), (301..=400).collect::<Vec<u64>>());
 }

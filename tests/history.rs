@@ -336,3 +336,146 @@ async fn a_replay_larger_than_the_outbound_queue_flows_at_the_connections_pace()
     jill.expect_message("after").await;
     assert_eq!(node.node.metrics.slow_consumers_closed(), 0);
 }
+
+/// A tenant whose `/topic/prices/` topics keep their last five messages.
+const TOPIC_HISTORY: &str = "[[tenants]]\nid = \"default\"\napi_keys = [\"test-api-key\"]\n\
+[[tenants.topic_history]]\nprefix = \"/topic/prices/\"\nmax_messages = 5\n";
+
+async fn to_topic(node: &TestNode, topic: &str, body: &str) -> serde_json::Value {
+    let (status, answer) = node
+        .publish(json!({"destination": topic, "content": body}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    answer
+}
+
+#[tokio::test]
+async fn a_topic_with_history_replays_from_where_a_subscriber_asks_and_then_goes_live() {
+    let node = TestNode::start(TOPIC_HISTORY).await;
+    for i in 1..=3 {
+        let answer = to_topic(&node, "/topic/prices/acme", &format!("p{i}")).await;
+        assert_eq!(answer["stored"], true, "{answer}");
+    }
+    let mut from_first = tcp_user(&node, "kim").await;
+    let (replayed, receipt) = from_first
+        .subscribe_replay(
+            "1",
+            "/topic/prices/acme",
+            "auto",
+            &[("x-stream-offset", "first")],
+        )
+        .await;
+    assert_eq!(bodies(&replayed), ["p1", "p2", "p3"]);
+    assert_eq!(offsets(&replayed), [1, 2, 3]);
+    assert_eq!(replayed[0].get("destination"), Some("/topic/prices/acme"));
+    assert_eq!(receipt.get("x-stream-recovered"), Some("true"));
+    let epoch = receipt.get("x-stream-epoch").unwrap().to_string();
+    // Without x-stream-offset: live only, as for any topic, but with offsets.
+    let mut live_only = tcp_user(&node, "lee").await;
+    let (nothing, receipt) = live_only
+        .subscribe_replay("1", "/topic/prices/acme", "auto", &[])
+        .await;
+    assert!(nothing.is_empty());
+    assert_eq!(receipt.get("x-stream-recovered"), None);
+    to_topic(&node, "/topic/prices/acme", "p4").await;
+    assert_eq!(
+        from_first.expect_message("p4").await.get("x-stream-offset"),
+        Some("4")
+    );
+    assert_eq!(
+        live_only.expect_message("p4").await.get("x-stream-offset"),
+        Some("4")
+    );
+    // A subscriber that saw offset 2 resumes exactly after it.
+    let mut resumed = tcp_user(&node, "max").await;
+    let (replayed, receipt) = resumed
+        .subscribe_replay(
+            "1",
+            "/topic/prices/acme",
+            "auto",
+            &[("x-stream-offset", "offset=3"), ("x-stream-epoch", &epoch)],
+        )
+        .await;
+    assert_eq!(bodies(&replayed), ["p3", "p4"]);
+    assert_eq!(receipt.get("x-stream-recovered"), Some("true"));
+    // Past the retention of five: asking for offset 1 says the gap is not closed.
+    for i in 5..=7 {
+        to_topic(&node, "/topic/prices/acme", &format!("p{i}")).await;
+    }
+    let mut late = tcp_user(&node, "ned").await;
+    let (replayed, receipt) = late
+        .subscribe_replay(
+            "1",
+            "/topic/prices/acme",
+            "auto",
+            &[("x-stream-offset", "offset=1")],
+        )
+        .await;
+    assert_eq!(bodies(&replayed), ["p3", "p4", "p5", "p6", "p7"]);
+    assert_eq!(receipt.get("x-stream-recovered"), Some("false"));
+    // Each topic is a stream of its own; a topic outside the prefixes keeps none.
+    let other = to_topic(&node, "/topic/prices/globex", "g1").await;
+    assert_eq!(other["stored"], true);
+    let plain = to_topic(&node, "/topic/news", "n1").await;
+    assert_eq!(plain.get("stored"), None, "{plain}");
+    let mut globex = tcp_user(&node, "oz").await;
+    let (replayed, _) = globex
+        .subscribe_replay(
+            "1",
+            "/topic/prices/globex",
+            "auto",
+            &[("x-stream-offset", "first")],
+        )
+        .await;
+    assert_eq!(offsets(&replayed), [1]);
+    globex
+        .send(
+            Frame::new(Command::Subscribe)
+                .header("id", "2")
+                .header("destination", "/topic/news")
+                .header("x-stream-offset", "first"),
+        )
+        .await;
+    globex.expect_error("no stream for x-stream-offset").await;
+}
+
+#[tokio::test]
+async fn stomp_sends_to_a_topic_with_history_are_stored_in_order_while_a_replay_flows() {
+    let node = TestNode::start(TOPIC_HISTORY).await;
+    let mut publisher = tcp_user(&node, "pub").await;
+    for i in 1..=5 {
+        publisher.send_to("/topic/prices/x", &format!("s{i}")).await;
+    }
+    // Publishes keep coming while a subscriber replays: it gets every offset once, in order.
+    let sender = tokio::spawn(async move {
+        for i in 6..=200 {
+            publisher.send_to("/topic/prices/x", &format!("s{i}")).await;
+        }
+        publisher
+    });
+    let mut reader = tcp_user(&node, "reader").await;
+    let (mut got, _) = reader
+        .subscribe_replay(
+            "1",
+            "/topic/prices/x",
+            "client-individual",
+            &[("x-stream-offset", "first")],
+        )
+        .await;
+    while got
+        .last()
+        .map_or(0, |f| offsets(std::slice::from_ref(f))[0])
+        < 200
+    {
+        got.push(reader.expect(Command::Message).await);
+    }
+    let seen = offsets(&got);
+    // What the replay found (the last five at most), then everything live: no gap, no repeat.
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "{seen:?}");
+    assert_eq!(*seen.last().unwrap(), 200);
+    assert_eq!(
+        bodies(&got),
+        seen.iter().map(|o| format!("s{o}")).collect::<Vec<_>>()
+    );
+    sender.await.unwrap();
+}

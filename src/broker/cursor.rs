@@ -162,6 +162,11 @@ impl StreamCursor {
     /// connection has shown it was alive after it.
     pub fn written(self: &Arc<Self>, offset: u64, now_ms: u64) {
         self.written.fetch_max(offset, Ordering::AcqRel);
+        if self.saver.is_none() {
+            // No saver looks at it before the subscription ends: what counts is counted here,
+            // so what waits stays the frames of the last confirmation time, not all of them.
+            self.confirm(now_ms);
+        }
         self.handed().push_back(Handed {
             at_ms: now_ms,
             generation: self.attachment.generation(),
@@ -293,6 +298,16 @@ mod tests {
                 offset: 2
             })
         );
+    }
+
+    #[test]
+    fn without_a_saver_what_waits_to_count_stays_bounded() {
+        let (cursor, _) = cursor(None);
+        for offset in 1..=10_000 {
+            cursor.written(offset, 1_000 + offset);
+        }
+        assert!(cursor.handed().len() <= 51, "{}", cursor.handed().len());
+        assert_eq!(cursor.position().unwrap().offset, 10_000 - 50);
     }
 
     #[test]

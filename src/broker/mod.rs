@@ -262,6 +262,11 @@ impl Broker {
             .is_some_and(|q| !q.consumers.is_empty())
     }
 
+    /// True when topic `dest` has a subscriber on this node.
+    pub fn has_subscribers(&self, dest: &str) -> bool {
+        self.index().topics.contains_key(dest)
+    }
+
     /// Sessions `user` has on this node.
     pub fn user_sessions(&self, user: &str) -> usize {
         self.index().users.get(user).map_or(0, |u| u.sessions)
@@ -356,7 +361,8 @@ impl Broker {
         self.publish_at(target, content, None)
     }
 
-    /// Routes `content` to `target`, stored at `position` of its user's stream (user targets).
+    /// Routes `content` to `target`, stored at `position` of its stream (a user's, or a topic's
+    /// with history).
     pub fn publish_at(
         &self,
         target: &Target,
@@ -366,7 +372,7 @@ impl Broker {
         match target {
             Target::Topic(dest) => {
                 let list = self.index().topics.get(dest).cloned();
-                let message = Arc::new(Message::new(dest.clone(), content));
+                let message = Arc::new(Message::stored_at(dest.clone(), content, position));
                 Ok(Self::fan_out(list, &message))
             }
             Target::User { user, dest } => {

@@ -174,6 +174,9 @@ struct StreamFeed {
     /// Where moved cursors are queued to be saved (a store shared by nodes); `None`: saved
     /// when the subscription ends.
     saver: Option<CursorQueue>,
+    /// A user's stream, whose cursor the writer moves; a topic's subscribers name their own
+    /// start, so their frames carry no mark.
+    tracks_cursor: bool,
 }
 
 /// Where a stream subscription is: the next offset it delivers, and the messages waiting to be
@@ -293,13 +296,17 @@ impl Subscription {
         }
     }
 
-    /// This subscription fed from its user's stream: it holds live messages until
+    /// This subscription fed from its stream (its user's, or its topic's): it holds live
+    /// messages until
     /// [`Subscription::finish_replay`] has delivered what the stream kept, and delivers each
     /// offset once.
     /// With a `saver`, its cursor is saved whenever it moves; without, when it ends.
     pub fn from_stream(mut self, saver: Option<CursorQueue>) -> Subscription {
         let (user, dest) = self.stream_names();
-        self.endpoint.feeds_streams.store(true, Ordering::Release);
+        let tracks_cursor = matches!(self.target, Target::User { .. });
+        if tracks_cursor {
+            self.endpoint.feeds_streams.store(true, Ordering::Release);
+        }
         self.stream = Some(Box::new(StreamFeed {
             state: Mutex::new(Stream {
                 epoch: 0,
@@ -319,6 +326,7 @@ impl Subscription {
                 ),
             }),
             saver,
+            tracks_cursor,
         }));
         self
     }
@@ -363,14 +371,14 @@ impl Subscription {
         // read; the replay's epoch first, in offset order.
         held.sort_by_key(|m| m.position().map(|p| (p.epoch != epoch, p.offset)));
         stream.waiting = replayed.into_iter().chain(held).collect();
-        self.drain_waiting(&mut stream)
+        self.drain_waiting(feed, &mut stream)
     }
 
     /// Delivers what waits for room, as far as there is room now; called when the
     /// connection's writer has taken what was queued.
     pub fn pump_stream(&self) -> Result<(), Refused> {
         match self.stream.as_deref() {
-            Some(feed) => self.drain_waiting(&mut Self::stream_state(feed)),
+            Some(feed) => self.drain_waiting(feed, &mut Self::stream_state(feed)),
             None => Ok(()),
         }
     }
@@ -378,7 +386,7 @@ impl Subscription {
     /// Hands waiting messages on in order while the outbox has room, skipping offsets already
     /// given; a replay of any size thus flows at the connection's pace instead of
     /// overflowing it.
-    fn drain_waiting(&self, stream: &mut Stream) -> Result<(), Refused> {
+    fn drain_waiting(&self, feed: &StreamFeed, stream: &mut Stream) -> Result<(), Refused> {
         while let Some(message) = stream.waiting.front() {
             if stream.seen(message) {
                 stream.waiting.pop_front();
@@ -393,7 +401,8 @@ impl Subscription {
             if let Some(p) = message.position().filter(|p| p.epoch == stream.epoch) {
                 stream.next = p.offset + 1;
             }
-            self.deliver_now(&message, Some(&stream.cursor), &mut SharedHead::default())?;
+            let cursor = feed.tracks_cursor.then_some(&stream.cursor);
+            self.deliver_now(&message, cursor, &mut SharedHead::default())?;
         }
         Ok(())
     }
@@ -404,7 +413,7 @@ impl Subscription {
     /// held, or the last it delivered if it held none. With the stream's epoch; `None` when it
     /// delivered nothing.
     pub fn stream_cursor(&self, held: &[Unacked]) -> Option<Arc<StreamCursor>> {
-        let feed = self.stream.as_deref()?;
+        let feed = self.stream.as_deref().filter(|f| f.tracks_cursor)?;
         let stream = Self::stream_state(feed);
         if self.ack != AckMode::Auto {
             Self::acknowledged_up_to(&stream, held.iter().filter_map(|u| u.position));
@@ -471,10 +480,11 @@ impl Subscription {
             if !stream.waiting.is_empty() {
                 // Behind a replay still flowing: it waits its turn.
                 stream.waiting.push_back(message.clone());
-                return self.drain_waiting(&mut stream);
+                return self.drain_waiting(feed, &mut stream);
             }
             stream.next = position.offset + 1;
-            return self.deliver_now(message, Some(&stream.cursor), heads);
+            let cursor = feed.tracks_cursor.then_some(&stream.cursor);
+            return self.deliver_now(message, cursor, heads);
         }
         self.deliver_now(message, None, heads)
     }

@@ -124,12 +124,14 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     /// Resolves once the interest changes given so far are applied in the cluster (a user's
     /// presence is visible to every node), or fails when the cluster cannot be reached.
     async fn settled(&self) -> Result<(), ClusterError>;
-    /// Sends a topic message to the other nodes with subscribers of `dest`.
+    /// Sends a topic message (stored at `stored`, for a topic with history) to the other
+    /// nodes with subscribers of `dest`.
     async fn to_topic(
         &self,
         tenant: &str,
         dest: &str,
         content: &Content,
+        stored: Option<Position>,
     ) -> Result<Forwarded, ClusterError>;
     /// Hands a queue message to one other node with consumers of `dest`; `nodes == 0` when
     /// there is none (the caller keeps it).
@@ -196,10 +198,10 @@ pub struct Envelope {
     /// The body, hex-encoded, when it is not UTF-8 (rare: STOMP bodies to browsers are text).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hex: Option<String>,
-    /// For a stored user message: its stream's epoch.
+    /// For a stored message (a user's, or a topic's with history): its stream's epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<u64>,
-    /// For a stored user message: its offset in the stream.
+    /// For a stored message: its offset in the stream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
 }

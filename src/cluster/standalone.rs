@@ -41,7 +41,13 @@ impl Backplane for Standalone {
         Ok(())
     }
 
-    async fn to_topic(&self, _: &str, _: &str, _: &Content) -> Result<Forwarded, ClusterError> {
+    async fn to_topic(
+        &self,
+        _: &str,
+        _: &str,
+        _: &Content,
+        _: Option<Position>,
+    ) -> Result<Forwarded, ClusterError> {
         Ok(Forwarded::default())
     }
 

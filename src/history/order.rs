@@ -11,6 +11,11 @@
 //! is filled by reading the stream after the last offset let through; whatever the read did
 //! not find (dropped by retention since) is given up, so a fill always ends the gap it was
 //! made for.
+//!
+//! A topic's gate differs in one way: a topic also has live-only subscribers, which never
+//! read the stream, so what arrives from below the seed is let through (late, at once)
+//! instead of dropped; a subscription that read the stream drops it itself, having
+//! delivered it from the read.
 
 use std::collections::BTreeMap;
 
@@ -29,6 +34,10 @@ pub struct Gate<T> {
     held: BTreeMap<u64, T>,
     /// A read of the missing range is under way.
     filling: bool,
+    /// Let what arrives from below the seed through (a topic's gate, see the module notes).
+    pass_below_seed: bool,
+    /// The offset it was seeded with, in its epoch (0 once the epoch changed).
+    seeded_at: u64,
 }
 
 /// What a step of the gate gives: messages to deliver now, in order, and a range to read.
@@ -65,6 +74,8 @@ impl<T> Default for Gate<T> {
             early: Vec::new(),
             held: BTreeMap::new(),
             filling: false,
+            pass_below_seed: false,
+            seeded_at: 0,
         }
     }
 }
@@ -73,6 +84,14 @@ impl<T> Gate<T> {
     /// A gate that holds everything until it is seeded.
     pub fn new() -> Gate<T> {
         Gate::default()
+    }
+
+    /// A topic's gate: what arrives from below the seed goes on instead of being dropped.
+    pub fn passing_below_seed() -> Gate<T> {
+        Gate {
+            pass_below_seed: true,
+            ..Gate::default()
+        }
     }
 
     /// True once it knows where the stream was.
@@ -95,6 +114,7 @@ impl<T> Gate<T> {
         self.seeded = true;
         self.epoch = head.epoch;
         self.next = head.offset.max(1);
+        self.seeded_at = self.next;
         let mut early = std::mem::take(&mut self.early);
         early.sort_by_key(|(p, _)| (p.epoch != head.epoch, p.offset));
         for (position, item) in early {
@@ -115,6 +135,10 @@ impl<T> Gate<T> {
             self.restart(position.epoch, &mut out);
         }
         if position.offset < self.next {
+            if self.pass_below_seed && position.offset < self.seeded_at {
+                // Stored before the seed and sent only now: live-only subscribers need it.
+                out.deliver.push((position, item));
+            }
             return out; // it came before, or the stream read when seeding holds it
         }
         if position.offset == self.next {
@@ -191,6 +215,7 @@ impl<T> Gate<T> {
         }
         self.epoch = epoch;
         self.next = 1;
+        self.seeded_at = 0;
         self.filling = false;
     }
 
@@ -320,6 +345,25 @@ mod tests {
         );
         let filled = gate.filled(9, vec![(1, "new1"), (2, "new2")], 3);
         assert_eq!(offsets(&filled), [1, 2]);
+    }
+
+    #[test]
+    fn a_topics_gate_lets_what_was_stored_before_the_seed_through_once() {
+        let mut gate = Gate::passing_below_seed();
+        gate.offer(at(2), "b");
+        gate.offer(at(5), "e");
+        let released = gate.seed(at(5));
+        assert_eq!(
+            offsets(&released),
+            [2, 5],
+            "live-only subscribers get 2 too"
+        );
+        assert_eq!(offsets(&gate.offer(at(3), "c")), [3], "late, but not lost");
+        assert!(
+            gate.offer(at(5), "e").deliver.is_empty(),
+            "a repeat is dropped"
+        );
+        assert_eq!(offsets(&gate.offer(at(6), "f")), [6]);
     }
 
     #[test]

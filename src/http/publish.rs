@@ -77,6 +77,10 @@ pub async fn publish(
                 // Stored: sessions of the user that subscribe later get it.
                 answer["stored"] = json!(d.stored);
             }
+            if matches!(target, Target::Topic(_)) && d.stored {
+                // A topic with history: a SUBSCRIBE with x-stream-offset can replay it.
+                answer["stored"] = json!(true);
+            }
             if d.cluster_unreachable {
                 // Delivered here, but other nodes could not be told: say so.
                 answer["partial"] = json!(true);

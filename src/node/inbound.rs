@@ -39,24 +39,23 @@ impl LocalNode for NodeInbound {
         };
         node.metrics.received_remote.fetch_add(1, Ordering::Relaxed);
         // Local delivery only: forwarding again could loop between nodes.
-        if let (Target::User { user, dest }, Some(at)) = (&target, envelope_position) {
-            let delivered = tenant.deliver_stored(user, dest, content, at);
-            node.metrics
-                .delivered_local
-                .fetch_add(delivered as u64, Ordering::Relaxed);
-            return;
-        }
-        match tenant.broker.publish(&target, content) {
-            Ok(routed) => {
-                node.metrics
-                    .delivered_local
-                    .fetch_add(routed.delivered as u64, Ordering::Relaxed);
+        let delivered = match (target, envelope_position) {
+            (Target::User { user, dest }, Some(at)) => {
+                tenant.deliver_stored(&user, &dest, content, at)
             }
-            Err(e) => {
-                node.metrics.dropped(DropReason::BacklogFull);
-                warn!(error = %e, "message from another node not accepted");
-            }
-        }
+            (Target::Topic(dest), Some(at)) => tenant.deliver_stored_topic(&dest, content, at),
+            (target, _) => match tenant.broker.publish(&target, content) {
+                Ok(routed) => routed.delivered,
+                Err(e) => {
+                    node.metrics.dropped(DropReason::BacklogFull);
+                    warn!(error = %e, "message from another node not accepted");
+                    return;
+                }
+            },
+        };
+        node.metrics
+            .delivered_local
+            .fetch_add(delivered as u64, Ordering::Relaxed);
     }
 
     fn holdings(&self) -> Vec<(String, Vec<Interest>)> {

@@ -80,6 +80,7 @@ impl Node {
             &config.tenants,
             &config.server,
             &|t| stores.store_for(t),
+            &|t| stores.topic_stores_for(t),
             &cluster,
             &metrics,
         ));
@@ -174,6 +175,32 @@ impl Stores {
                 Arc::new(crate::util::unix_ms),
             )),
         })
+    }
+
+    /// The stores of tenant `t`'s topics with history, one per prefix (each keeps its own
+    /// retention), unless the node stores nothing.
+    fn topic_stores_for(&self, t: &TenantConfig) -> crate::tenant::TopicStores {
+        if !self.history.enabled {
+            return Vec::new();
+        }
+        t.topic_history
+            .iter()
+            .map(|topics| {
+                let retention = topics.retention(&self.history);
+                let store: Arc<dyn History> = match &self.redis {
+                    Some(redis) => {
+                        Arc::new(RedisHistory::for_topics(redis.clone(), &t.id, retention))
+                    }
+                    None => Arc::new(MemoryHistory::new(
+                        self.memory_epoch,
+                        retention,
+                        self.memory_budget.clone(),
+                        Arc::new(crate::util::unix_ms),
+                    )),
+                };
+                (topics.prefix.clone(), store)
+            })
+            .collect()
     }
 }
 

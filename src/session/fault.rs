@@ -179,7 +179,8 @@ impl Fault {
             Fault::InvalidStreamOffset(why) => why.clone(),
             Fault::NoStream(dest) => format!(
                 "{dest} keeps no history to start from: x-stream-offset applies to user \
-                 destinations (/user/queue/...) of a tenant that stores user messages"
+                 destinations (/user/queue/...) of a tenant that stores user messages, and to \
+                 topics under one of the tenant's topic_history prefixes"
             ),
             Fault::StoreUnavailable(why) => why.clone(),
             Fault::InvalidPrefetch(value) => format!(

@@ -517,11 +517,12 @@ impl Session {
         // A cluster outage is not the client's fault: the message went to this node's
         // subscribers, the loss is logged and counted, and the session goes on.
         let tenant = self.tenant();
-        // A stored user message takes its user's turn at its first poll, which fixes its
-        // order: it may run beside the SENDs after it.
+        // A stored message takes its stream's turn at its first poll, which fixes its order:
+        // it may run beside the SENDs after it.
         let overlaps = match &target {
             Target::User { dest, .. } => tenant.history_for(dest).is_some(),
-            _ => false,
+            Target::Topic(dest) => tenant.topic_history_for(dest).is_some(),
+            Target::Queue(_) => false,
         };
         let route: Route = Box::pin(async move {
             tenant
@@ -594,8 +595,11 @@ impl Session {
         let target = destination::for_subscribe(&dest, self.user())
             .map_err(|e| Fault::InvalidDestination(e.to_string()))?;
         let tenant = self.tenant();
+        // A user destination replays from its user's stream whenever it is stored; a topic
+        // only when the client names a start (without one it stays live only).
         let history = match &target {
             Target::User { dest, .. } => tenant.history_for(dest).cloned(),
+            Target::Topic(dest) if start.is_some() => tenant.topic_history_for(dest).cloned(),
             _ => None,
         };
         if start.is_some() && history.is_none() {
@@ -606,66 +610,96 @@ impl Session {
             Subscription::new(id.clone(), target, ack, self.endpoint.clone(), self.version)
                 .with_prefetch(prefetch);
         if history.is_some() {
-            sub = sub.from_stream(tenant.cursor_queue());
+            let saver = match &sub.target {
+                Target::User { .. } => tenant.cursor_queue(),
+                _ => None,
+            };
+            sub = sub.from_stream(saver);
         }
         let sub = Arc::new(sub);
         tenant.subscribe(sub.clone());
         self.subs.insert(id, sub.clone());
-        if let (Some(history), Target::User { user, dest }) = (history, &sub.target) {
+        if let Some(history) = history {
             // Registered first, so live messages wait in the subscription while the stream is
             // read; then what was stored after the cursor (or where the client asked), then
             // those, each offset once.
-            let unavailable =
-                |e: crate::history::HistoryError| Fault::StoreUnavailable(e.to_string());
-            tenant.open_stream(user).await.map_err(unavailable)?;
-            // The user's stored cursor, when the client named no start of its own.
-            let cursor = match start {
-                None => history.cursor(user, dest).await.map_err(unavailable)?,
-                Some(_) => None,
-            };
-            let from = match (start, start_epoch, cursor) {
-                // A position the client kept, with the epoch it was of.
-                (Some(StartAt::Offset(n)), Some(epoch), _) => {
-                    ReadFrom::After(crate::history::Position {
-                        epoch,
-                        offset: n.saturating_sub(1),
-                    })
-                }
-                (Some(start), _, _) => ReadFrom::StartAt(start),
-                (None, _, Some(cursor)) => ReadFrom::After(cursor.position),
-                (None, _, None) => ReadFrom::StartAt(StartAt::First),
-            };
-            let mut replay = history.read(user, dest, from).await.map_err(unavailable)?;
-            match cursor {
-                Some(cursor) => replay.complete &= !cursor.crossed,
-                None if start.is_none() => {
-                    replay.complete &= history.no_cursor_complete().await.map_err(unavailable)?;
-                }
-                None => {}
-            }
-            let shown = destination::user_facing(dest);
-            let messages: Vec<Arc<Message>> = replay
-                .messages
-                .into_iter()
-                .map(|m| {
-                    Arc::new(Message::stored_at(
-                        shown.clone(),
-                        m.content,
-                        Some(m.position),
-                    ))
-                })
-                .collect();
-            // Delivered at the pace the connection takes it (see `pump_queues`).
-            // Where the stored cursor stands: this subscription counts on from there.
-            let after = cursor
-                .filter(|c| c.position.epoch == replay.epoch)
-                .map_or(0, |c| c.position.offset);
-            let _ = sub.finish_replay(replay.epoch, after, messages);
-            self.receipt_headers = vec![
-                (RECOVERED_HEADER, replay.complete.to_string()),
-                (EPOCH_HEADER, replay.epoch.to_string()),
-            ];
+            self.replay(&tenant, &history, &sub, start, start_epoch)
+                .await?;
         }
+        Ok(())
+    }
+
+    /// Reads what `sub`'s stream kept for it, hands it over and lets the subscription go
+    /// live; the next RECEIPT says whether that was everything asked for.
+    async fn replay(
+        &mut self,
+        tenant: &Tenant,
+        history: &Arc<dyn crate::history::History>,
+        sub: &Arc<Subscription>,
+        start: Option<StartAt>,
+        start_epoch: Option<u64>,
+    ) -> Outcome {
+        let unavailable = |e: crate::history::HistoryError| Fault::StoreUnavailable(e.to_string());
+        // The stream's owner and the destination its messages were stored under and are shown
+        // with: a user's, or the topic's own.
+        let (owner, dest, shown) = match &sub.target {
+            Target::User { user, dest } => {
+                tenant.open_stream(user).await.map_err(unavailable)?;
+                (user.as_str(), dest.as_str(), destination::user_facing(dest))
+            }
+            Target::Topic(topic) => {
+                tenant.open_topic_stream(topic).await.map_err(unavailable)?;
+                (topic.as_str(), topic.as_str(), topic.clone())
+            }
+            Target::Queue(_) => return Ok(()),
+        };
+        let user_stream = matches!(sub.target, Target::User { .. });
+        // The user's stored cursor, when the client named no start of its own.
+        let cursor = match start {
+            None if user_stream => history.cursor(owner, dest).await.map_err(unavailable)?,
+            _ => None,
+        };
+        let from = match (start, start_epoch, cursor) {
+            // A position the client kept, with the epoch it was of.
+            (Some(StartAt::Offset(n)), Some(epoch), _) => {
+                ReadFrom::After(crate::history::Position {
+                    epoch,
+                    offset: n.saturating_sub(1),
+                })
+            }
+            (Some(start), _, _) => ReadFrom::StartAt(start),
+            (None, _, Some(cursor)) => ReadFrom::After(cursor.position),
+            (None, _, None) => ReadFrom::StartAt(StartAt::First),
+        };
+        let mut replay = history.read(owner, dest, from).await.map_err(unavailable)?;
+        match cursor {
+            Some(cursor) => replay.complete &= !cursor.crossed,
+            None if start.is_none() => {
+                replay.complete &= history.no_cursor_complete().await.map_err(unavailable)?;
+            }
+            None => {}
+        }
+        let messages: Vec<Arc<Message>> = replay
+            .messages
+            .into_iter()
+            .map(|m| {
+                Arc::new(Message::stored_at(
+                    shown.clone(),
+                    m.content,
+                    Some(m.position),
+                ))
+            })
+            .collect();
+        // Delivered at the pace the connection takes it (see `pump_queues`).
+        // Where the stored cursor stands: this subscription counts on from there.
+        let after = cursor
+            .filter(|c| c.position.epoch == replay.epoch)
+            .map_or(0, |c| c.position.offset);
+        let _ = sub.finish_replay(replay.epoch, after, messages);
+        self.receipt_headers = vec![
+            (RECOVERED_HEADER, replay.complete.to_string()),
+            (EPOCH_HEADER, replay.epoch.to_string()),
+        ];
         Ok(())
     }
 

@@ -44,6 +44,7 @@ fn harness_with(
             &config.server,
             &node_backlog,
             None,
+            Vec::new(),
             cluster.clone(),
             metrics.clone(),
         );
@@ -782,7 +783,13 @@ impl Backplane for Held {
     async fn settled(&self) -> Result<(), ClusterError> {
         Ok(())
     }
-    async fn to_topic(&self, _: &str, _: &str, _: &Content) -> Result<Forwarded, ClusterError> {
+    async fn to_topic(
+        &self,
+        _: &str,
+        _: &str,
+        _: &Content,
+        _: Option<crate::broker::Position>,
+    ) -> Result<Forwarded, ClusterError> {
         Ok(Forwarded::default())
     }
     async fn to_queue(&self, _: &str, _: &str, _: &Content) -> Result<Forwarded, ClusterError> {

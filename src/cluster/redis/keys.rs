@@ -13,6 +13,10 @@
 //!   expiring with the retention age.
 //! - `sb:{tenant:user}:meta`: hash of the stream's epoch (`e`), its last offset (`n`) and per
 //!   destination the cursor (`c:{dest}`); expires with the stream.
+//! - `sb:{tenant:topic}:topic-stream` and `sb:{tenant:topic}:topic-meta`: the same for a topic
+//!   with history (`[[tenants.topic_history]]`), one stream per topic; the meta hash has no
+//!   cursors (a topic's subscribers name their own start). The suffixes differ from a user's,
+//!   so a user named like a topic never shares its keys.
 //! - `sb:history:since`: when this Redis began keeping history (ms); set if absent by every
 //!   node as it connects. A node that saw it and finds it gone knows Redis lost its data and
 //!   records the time in `sb:history:lost`.
@@ -97,6 +101,16 @@ pub fn user_meta(tenant: &str, user: &str) -> String {
     format!("sb:{{{tenant}:{user}}}:meta")
 }
 
+/// The stream of a topic's stored messages.
+pub fn topic_stream(tenant: &str, dest: &str) -> String {
+    format!("sb:{{{tenant}:{dest}}}:topic-stream")
+}
+
+/// The epoch and last offset of a topic's stream.
+pub fn topic_meta(tenant: &str, dest: &str) -> String {
+    format!("sb:{{{tenant}:{dest}}}:topic-meta")
+}
+
 /// When this Redis began keeping history.
 pub const HISTORY_SINCE: &str = "sb:history:since";
 
@@ -169,6 +183,11 @@ mod tests {
         assert_eq!(presence("t", "alice"), "sb:{t:alice}:presence");
         assert_eq!(user_stream("t", "alice"), "sb:{t:alice}:stream");
         assert_eq!(user_meta("t", "alice"), "sb:{t:alice}:meta");
+        assert_eq!(
+            topic_stream("t", "/topic/x"),
+            "sb:{t:/topic/x}:topic-stream"
+        );
+        assert_eq!(topic_meta("t", "/topic/x"), "sb:{t:/topic/x}:topic-meta");
         assert_eq!(consumers("t", "/queue/q"), "sb:t:consumers:/queue/q");
         assert_eq!(ingress_claim("t", "ab", 2), "sb:t:ingress:ab:2");
     }

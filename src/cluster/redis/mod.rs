@@ -316,10 +316,13 @@ impl Backplane for RedisBackplane {
         tenant: &str,
         dest: &str,
         content: &Content,
+        stored: Option<Position>,
     ) -> Result<Forwarded, ClusterError> {
         self.connection()?;
         let channel = keys::topic_channel(tenant, dest);
-        let envelope = self.envelope(tenant, Kind::Topic, None, dest, content);
+        let envelope = self
+            .envelope(tenant, Kind::Topic, None, dest, content)
+            .stored_at(stored);
         let here = self
             .topics
             .lock()

@@ -47,7 +47,9 @@ if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then
   redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
   redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[3]))
 end
-return {epoch, offset, redis.call('SMEMBERS', KEYS[3])}
+local members = {}
+if KEYS[3] then members = redis.call('SMEMBERS', KEYS[3]) end
+return {epoch, offset, members}
 ";
 
 /// The stream's epoch, last offset, oldest entry id, and the entries from a start id, of one
@@ -104,13 +106,15 @@ end
 return 1
 ";
 
-/// One tenant's user streams in Redis.
+/// One tenant's user streams in Redis, or the streams of its topics with history.
 #[derive(Debug)]
 pub struct RedisHistory {
     backplane: Arc<RedisBackplane>,
     tenant: String,
     retention: Retention,
     scripts: Arc<Scripts>,
+    /// Streams of topics (named by the topic, no presence), not of users.
+    topics: bool,
 }
 
 #[derive(Debug)]
@@ -143,6 +147,39 @@ impl RedisHistory {
                 advance: Script::new(ADVANCE),
                 rewind: Script::new(REWIND),
             }),
+            topics: false,
+        }
+    }
+
+    /// The store of `tenant`'s topics with history that `retention` keeps: one stream per
+    /// topic, named by it, whose appends read no presence (a topic message reaches other
+    /// nodes through the topic's channel).
+    pub fn for_topics(
+        backplane: Arc<RedisBackplane>,
+        tenant: &str,
+        retention: Retention,
+    ) -> RedisHistory {
+        RedisHistory {
+            topics: true,
+            ..RedisHistory::new(backplane, tenant, retention)
+        }
+    }
+
+    /// The meta hash of the stream `owner` (a user, or a topic).
+    fn meta(&self, owner: &str) -> String {
+        if self.topics {
+            keys::topic_meta(&self.tenant, owner)
+        } else {
+            keys::user_meta(&self.tenant, owner)
+        }
+    }
+
+    /// The stream of `owner`.
+    fn stream(&self, owner: &str) -> String {
+        if self.topics {
+            keys::topic_stream(&self.tenant, owner)
+        } else {
+            keys::user_stream(&self.tenant, owner)
         }
     }
 
@@ -168,8 +205,8 @@ impl RedisHistory {
         let value: Value = self
             .scripts
             .read
-            .key(keys::user_meta(&self.tenant, user))
-            .key(keys::user_stream(&self.tenant, user))
+            .key(self.meta(user))
+            .key(self.stream(user))
             .arg(start)
             .arg(dest)
             .arg(epoch.map(|e| e.to_string()).unwrap_or_default())
@@ -252,12 +289,12 @@ impl History for RedisHistory {
         let now_ms = crate::util::unix_ms();
         // Distinct from any epoch this user's stream had before, even within one ms.
         let new_epoch = now_ms * 1000 + crate::util::random_u64() % 1000;
-        let value: Value = self
-            .scripts
-            .append
-            .key(keys::user_meta(&self.tenant, user))
-            .key(keys::user_stream(&self.tenant, user))
-            .key(&presence)
+        let mut call = self.scripts.append.key(self.meta(user));
+        call.key(self.stream(user));
+        if !self.topics {
+            call.key(&presence);
+        }
+        let value: Value = call
             .arg(now_ms)
             .arg(self.retention.max_messages)
             .arg(self.retention.max_age_ms)
@@ -277,6 +314,12 @@ impl History for RedisHistory {
             epoch: number(&epoch).ok_or_else(|| malformed("epoch"))?,
             offset: number(&offset).ok_or_else(|| malformed("offset"))?,
         };
+        if self.topics {
+            return Ok(Appended {
+                position,
+                holders: None,
+            });
+        }
         let members: Vec<String> = match members {
             Value::Array(m) | Value::Set(m) => m.iter().filter_map(text).collect(),
             _ => Vec::new(),
@@ -365,7 +408,7 @@ impl History for RedisHistory {
     async fn head(&self, user: &str) -> Result<Position, HistoryError> {
         let mut conn = self.conn()?;
         let (epoch, last): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
-            .arg(keys::user_meta(&self.tenant, user))
+            .arg(self.meta(user))
             .arg("e")
             .arg("n")
             .query_async(&mut conn)
@@ -389,7 +432,7 @@ impl History for RedisHistory {
             let mut call = self.scripts.advance.prepare_invoke();
             call.arg(self.retention.max_age_ms);
             for (user, dest, cursor) in batch {
-                call.key(keys::user_meta(&self.tenant, user))
+                call.key(self.meta(user))
                     .arg(cursor.position.epoch)
                     .arg(dest)
                     .arg(cursor.position.offset)
@@ -412,7 +455,7 @@ impl History for RedisHistory {
         let _: i64 = self
             .scripts
             .rewind
-            .key(keys::user_meta(&self.tenant, user))
+            .key(self.meta(user))
             .arg(epoch)
             .arg(dest)
             .arg(saved)
@@ -427,7 +470,7 @@ impl History for RedisHistory {
         let mut conn = self.conn()?;
         let (epoch, offset, crossed): (Option<u64>, Option<u64>, Option<String>) =
             redis::cmd("HMGET")
-                .arg(keys::user_meta(&self.tenant, user))
+                .arg(self.meta(user))
                 .arg("e")
                 .arg(format!("c:{dest}"))
                 .arg(format!("l:{dest}"))
