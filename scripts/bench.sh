@@ -55,6 +55,10 @@ scenarios: $SCENARIOS
 --baseline-tenant TOML
             tenant settings for the "before" systems only: with this build as --baseline,
             'history = false' runs its at-most-once path as "before", against the stored path
+--tenant TOML
+            tenant settings for the current build only (last in its tenant table): with this
+            build as --baseline, $'[[tenants.topic_history]]\nprefix = "/topic/"' runs the
+            fan-out with topic history against the same fan-out without it
 EOF
 }
 
@@ -64,6 +68,7 @@ SKIP_RABBIT=0
 ROUNDS=""
 BASELINE=""
 BASELINE_TENANT=""
+TENANT=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --small) SMALL=1 ;;
@@ -88,6 +93,11 @@ while [ $# -gt 0 ]; do
     --baseline-tenant)
         [ $# -ge 2 ] || die "--baseline-tenant needs TOML lines (e.g. 'history = false')"
         BASELINE_TENANT="$2"
+        shift
+        ;;
+    --tenant)
+        [ $# -ge 2 ] || die "--tenant needs TOML lines"
+        TENANT="$2"
         shift
         ;;
     -h | --help)
@@ -323,6 +333,7 @@ args=(
 [ -n "$ROUNDS" ] && args+=(--rounds "$ROUNDS")
 [ -n "$BASELINE" ] && args+=(--baseline-bin "$BASELINE")
 [ -n "$BASELINE_TENANT" ] && args+=(--baseline-tenant "$BASELINE_TENANT")
+[ -n "$TENANT" ] && args+=(--tenant "$TENANT")
 [ -n "$JWT_WASM" ] && args+=(--jwt-wasm "$JWT_WASM")
 if wants cluster; then args+=(--redis-server "$(command -v redis-server)"); fi
 

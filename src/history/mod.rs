@@ -3,6 +3,10 @@
 //! user, numbered without gaps, kept within the tenant's retention (a count, an age and a size),
 //! and per user and destination a cursor, how far delivery got.
 //!
+//! A topic with history (`[[tenants.topic_history]]`) is kept by the same trait in a store of
+//! its own per prefix: the stream's owner is the topic and its one destination the topic
+//! itself; no cursor is kept (a topic's subscribers name their own start).
+//!
 //! Behind one trait, [`History`], like the backplane: [`memory::MemoryHistory`] keeps streams in
 //! this process (one node alone; what a restart loses is what it held, and the new process
 //! starts a new epoch, so that no position from before is read as one after). A store kept in

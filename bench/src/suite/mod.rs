@@ -42,6 +42,11 @@ pub struct SuiteOpts {
     /// stored path.
     #[arg(long, default_value = "")]
     pub baseline_tenant: String,
+    /// Tenant settings (TOML lines, last in the tenant's table) for the current build's
+    /// systems only: `[[tenants.topic_history]]` with `prefix = "/topic/"` runs the fan-out
+    /// with history, against the same build without it as --baseline-bin.
+    #[arg(long, default_value = "")]
+    pub tenant: String,
     /// Where results.jsonl, results.md and logs/ go.
     #[arg(long, default_value = "target/bench")]
     pub out: PathBuf,
@@ -197,6 +202,7 @@ pub fn main(opts: SuiteOpts) -> anyhow::Result<()> {
         stompbox_bin: opts.stompbox_bin.clone(),
         baseline_bin: opts.baseline_bin.clone(),
         baseline_tenant: opts.baseline_tenant.clone(),
+        tenant: opts.tenant.clone(),
         bench_bin: std::env::current_exe().context("the suite's own binary")?,
         redis_server: opts.redis_server.clone(),
         jwt_wasm: opts.jwt_wasm.clone(),
@@ -282,10 +288,16 @@ pub fn main(opts: SuiteOpts) -> anyhow::Result<()> {
              before, after. stompbox ÷ before is the current build ÷ the earlier one, read like \
              the other ratios.",
             bin.display(),
-            if opts.baseline_tenant.is_empty() {
-                String::new()
-            } else {
-                format!(" but for its tenant's `{}`", opts.baseline_tenant.trim())
+            match (
+                one_line(&opts.baseline_tenant).as_str(),
+                one_line(&opts.tenant).as_str(),
+            ) {
+                ("", "") => String::new(),
+                (before, "") => format!(" but for its tenant's `{before}`"),
+                ("", now) => format!(" but for the current build's tenant's `{now}`"),
+                (before, now) => {
+                    format!(" but for its tenant's `{before}` and the current's `{now}`")
+                }
             }
         ));
     }
@@ -578,4 +590,13 @@ fn describe(dir: &Path) -> Option<String> {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .filter(|r| !r.is_empty())
+}
+
+/// TOML lines as one line for the table's notes.
+fn one_line(toml: &str) -> String {
+    toml.trim()
+        .lines()
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ")
 }

@@ -65,6 +65,8 @@ pub struct Systems {
     pub baseline_bin: Option<PathBuf>,
     /// Tenant settings for the "before" systems only.
     pub baseline_tenant: String,
+    /// Tenant settings for the current build's systems only.
+    pub tenant: String,
     pub bench_bin: PathBuf,
     pub redis_server: PathBuf,
     pub jwt_wasm: Option<PathBuf>,
@@ -197,13 +199,19 @@ impl Systems {
         }
     }
 
-    /// The tenant settings of `system`: `tenant`, and for a "before" system what
-    /// --baseline-tenant adds.
+    /// The tenant settings of `system`: `tenant`, then what --baseline-tenant adds for a
+    /// "before" system and --tenant for the current build's (last, so that a table it opens
+    /// takes nothing of the scenario's).
     fn tenant_of(&self, system: System, tenant: String) -> String {
-        if system.is_before() && !self.baseline_tenant.is_empty() {
-            format!("{tenant}{}\n", self.baseline_tenant.trim())
+        let extra = if system.is_before() {
+            &self.baseline_tenant
         } else {
+            &self.tenant
+        };
+        if extra.trim().is_empty() {
             tenant
+        } else {
+            format!("{tenant}{}\n", extra.trim())
         }
     }
 

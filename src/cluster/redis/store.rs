@@ -15,6 +15,9 @@
 //! and each entry carries when it was stored. The stream is capped near the retention count
 //! (`MAXLEN ~`, cheap) and its keys expire between one and two retention ages after the last
 //! message; reads apply the exact count and age, so a message past either is never delivered.
+//!
+//! A topic's stream ([`RedisHistory::for_topics`]) is the same but for its key names and for
+//! reading no presence: its messages reach other nodes through the topic's channel.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
