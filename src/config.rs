@@ -311,6 +311,11 @@ pub struct TenantConfig {
     /// from it. Other topics stay live only.
     #[serde(default)]
     pub topic_history: Vec<TopicHistoryConfig>,
+    /// In a cluster, keep this tenant's queues in Redis (a stream and a consumer group per
+    /// queue), so that a message survives the node holding it; `false` keeps them in the
+    /// nodes' memory (a node's death loses what it held).
+    #[serde(default = "default_true")]
+    pub durable_queues: bool,
     /// Origins (`https://app.example.com`) whose pages may open WebSocket and SockJS
     /// connections; `"*"` allows any. Same-origin pages and clients that send no `Origin`
     /// (backends, command-line tools) are always allowed.
@@ -346,6 +351,7 @@ impl TenantConfig {
             history_max_age_ms: None,
             history_exclude: Vec::new(),
             topic_history: Vec::new(),
+            durable_queues: true,
             allowed_origins: Vec::new(),
         }
     }

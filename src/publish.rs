@@ -64,8 +64,8 @@ pub struct PublishRequest {
 }
 
 /// Headers the broker adds to a MESSAGE: destination, subscription, message-id, content-length,
-/// in the client acknowledgement modes of STOMP 1.2 ack, and for a stored user message
-/// x-stream-offset.
+/// in the client acknowledgement modes of STOMP 1.2 ack, and for a stored message
+/// x-stream-offset or (a queue message) redelivered: never both.
 const BROKER_HEADERS: usize = 6;
 /// Bytes those but the destination take at most, with the command line, an added content-type
 /// and the frame's end, for the size check (512, and the longest `x-stream-offset` line). The

@@ -18,6 +18,7 @@ use crate::broker::{
 use crate::cluster::{Backplane, ClusterError, Forwarded, Holders};
 use crate::config::{ServerConfig, TenantConfig, DEFAULT_TENANT};
 use crate::history::order::Gate;
+use crate::history::queue::QueueStore;
 use crate::history::{Cursor, History, HistoryError};
 use crate::metrics::{DropReason, Metrics};
 use crate::plugin::{PluginLimits, PluginSlot};
@@ -56,9 +57,13 @@ pub struct Tenant {
     /// queue's end until [`Tenant::start`] hands it to the task that saves them.
     cursor_queue: Option<CursorQueue>,
     cursor_moves: Mutex<Option<mpsc::UnboundedReceiver<Arc<StreamCursor>>>>,
-    /// This tenant, for the tasks it starts (fills, cursor saving).
+    /// This tenant, for the tasks it starts (fills, cursor saving, queue reads).
     me: OnceLock<Weak<Tenant>>,
+    /// Its queues in a store shared by the cluster, and what reads them (see [`queues`]).
+    durable: Option<queues::Durable>,
 }
+
+mod queues;
 
 /// How many streams' stores may run at once per tenant.
 const TURNS: usize = 64;
@@ -136,6 +141,17 @@ async fn save_cursors(
 /// Topics with history: a prefix and the store of the topics it starts.
 pub type TopicStores = Vec<(String, Arc<dyn History>)>;
 
+/// Where a tenant keeps what it accepted.
+#[derive(Debug, Default)]
+pub struct TenantStores {
+    /// Its user messages; `None` when it opted out.
+    pub history: Option<Arc<dyn History>>,
+    /// Its topics with history.
+    pub topics: TopicStores,
+    /// Its queues, in a store shared by the cluster; `None`: in this node's memory.
+    pub queues: Option<Arc<dyn QueueStore>>,
+}
+
 /// Whose stream: a user's (with the messages of all their destinations) or a topic's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum StreamOf {
@@ -179,11 +195,15 @@ impl Tenant {
         config: &TenantConfig,
         server: &ServerConfig,
         node_backlog: &Arc<Budget>,
-        history: Option<Arc<dyn History>>,
-        topic_history: TopicStores,
+        stores: TenantStores,
         cluster: Arc<dyn Backplane>,
         metrics: Arc<Metrics>,
     ) -> Tenant {
+        let TenantStores {
+            history,
+            topics: topic_history,
+            queues,
+        } = stores;
         let plugin = Arc::new(PluginSlot::new(
             &config.id,
             config.plugin.clone(),
@@ -204,6 +224,7 @@ impl Tenant {
             (None, None)
         };
         Tenant {
+            durable: queues.map(queues::Durable::new),
             orders: Mutex::new(HashMap::new()),
             cursor_queue,
             cursor_moves: Mutex::new(cursor_moves),
@@ -341,6 +362,7 @@ impl Tenant {
         if let (Some(moves), Some(history)) = (moves, self.history.clone()) {
             tokio::spawn(save_cursors(moves, history, self.metrics.clone()));
         }
+        self.start_queues();
     }
 
     /// Makes ready to deliver `user`'s stored messages here in order, before a subscription
@@ -560,14 +582,12 @@ pub struct Tenants {
 }
 
 impl Tenants {
-    /// The tenants of `configs`, routing through `cluster`, storing user messages where
-    /// `store_for` says (`None`: nowhere) and topics with history where `topic_stores_for`
-    /// says (a prefix and its store each).
+    /// The tenants of `configs`, routing through `cluster`, keeping what they accept where
+    /// `stores_for` says.
     pub fn new(
         configs: &[TenantConfig],
         server: &ServerConfig,
-        store_for: &dyn Fn(&TenantConfig) -> Option<Arc<dyn History>>,
-        topic_stores_for: &dyn Fn(&TenantConfig) -> TopicStores,
+        stores_for: &dyn Fn(&TenantConfig) -> TenantStores,
         cluster: &Arc<dyn Backplane>,
         metrics: &Arc<Metrics>,
     ) -> Tenants {
@@ -581,8 +601,7 @@ impl Tenants {
                     t,
                     server,
                     &node_backlog,
-                    store_for(t),
-                    topic_stores_for(t),
+                    stores_for(t),
                     cluster.clone(),
                     metrics.clone(),
                 )
@@ -723,6 +742,12 @@ impl Tenant {
                     )
                 }
             },
+            Target::Queue(dest) if self.durable.is_some() => {
+                delivery.nodes = self.push_queue(dest, &content).await?;
+                delivery.stored = true;
+                delivery.queued = true;
+                None
+            }
             Target::Queue(dest) => {
                 // Local consumers first: a queue message never crosses nodes needlessly.
                 let forwarded = if self.broker.has_consumers(dest) {

@@ -255,7 +255,7 @@ async fn queues_deliver_each_message_once_cluster_wide() {
     let deadline = Instant::now() + WAIT;
     loop {
         let n: usize = redis::cmd("SCARD")
-            .arg("sb:default:consumers:/queue/jobs")
+            .arg("sb:{default:/queue/jobs}:consumers")
             .query_async(&mut conn)
             .await
             .unwrap();
@@ -265,7 +265,8 @@ async fn queues_deliver_each_message_once_cluster_wide() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Published on B, which has no consumer: each job goes to exactly one of A and C.
+    // Published on B, which has no consumer: stored in the queue's stream, A and C are told,
+    // and each job goes to exactly one of them.
     for i in 0..6 {
         let (status, answer) = publish_on(
             &b,
@@ -273,7 +274,8 @@ async fn queues_deliver_each_message_once_cluster_wide() {
         )
         .await;
         assert_eq!(status, 202, "{answer}");
-        assert_eq!(answer["nodes"], 1);
+        assert_eq!(answer["stored"], true, "{answer}");
+        assert_eq!(answer["nodes"], 2, "{answer}");
     }
     let mut got = Vec::new();
     for w in [&mut worker_a, &mut worker_c] {
@@ -506,7 +508,7 @@ async fn a_node_stopped_with_sigterm_leaves_the_cluster_at_once() {
     assert_eq!(answer["nodes"], 0, "{answer}");
     let presence = members(&redis, "sb:{default:carol}:presence").await;
     assert!(presence.is_empty(), "carol's presence: {presence:?}");
-    let consumers = members(&redis, "sb:default:consumers:/queue/jobs").await;
+    let consumers = members(&redis, "sb:{default:/queue/jobs}:consumers").await;
     assert!(consumers.is_empty(), "queue consumers: {consumers:?}");
     let mut conn = redis.client().await;
     let score: Option<f64> = redis::cmd("ZSCORE")
@@ -528,7 +530,7 @@ async fn a_node_restarted_under_its_id_withdraws_what_its_last_run_held() {
     await_ready(&a).await;
     // Without the withdrawal, node-a (alive again) stays in carol's presence for ever.
     await_presence(&redis, "carol", &[]).await;
-    let consumers = members(&redis, "sb:default:consumers:/queue/jobs").await;
+    let consumers = members(&redis, "sb:{default:/queue/jobs}:consumers").await;
     assert!(consumers.is_empty(), "queue consumers: {consumers:?}");
     let (status, answer) = publish_on(
         &b,

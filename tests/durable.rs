@@ -397,3 +397,135 @@ async fn a_topic_with_history_replays_on_either_node_while_both_publish() {
     assert_eq!(receipt.get("x-stream-recovered"), Some("true"));
     assert_eq!(stream_offsets(&replayed), (301..=400).collect::<Vec<u64>>());
 }
+
+/// Publishes `body` to queue `dest` through `node`'s API, expecting it stored.
+async fn to_queue(node: &NodeProcess, dest: &str, body: &str) {
+    let (status, answer) = http_request(
+        node.http,
+        "POST",
+        "/api/v1/tenants/default/publish",
+        Some(API_KEY),
+        &json!({"destination": dest, "content": body}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["stored"], true, "{answer}");
+}
+
+/// Waits until `dest` has consumers on `n` nodes in Redis.
+async fn await_consumers(redis: &Redis, dest: &str, n: usize) {
+    let mut conn = redis.client().await;
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let got: usize = redis::cmd("SCARD")
+            .arg(format!("sb:{{default:{dest}}}:consumers"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if got == n {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{dest}: {got} consumer nodes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// MESSAGE frames until `n` arrived (within 20 s), then nothing more for `quiet`.
+async fn receive(client: &mut Client, n: usize, quiet: Duration) -> Vec<Frame> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut frames = Vec::new();
+    while frames.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {n} arrived",
+            frames.len()
+        );
+        if let Some(frame) = client.recv_within(Duration::from_millis(500)).await {
+            assert_eq!(frame.command, Command::Message, "{frame:?}");
+            frames.push(frame);
+        }
+    }
+    frames.extend(drain(client, quiet).await);
+    frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_consumer_killed_with_its_node_leaves_what_it_did_not_acknowledge_to_another() {
+    let redis = Redis::start();
+    let (mut a, b) = two_nodes(&redis).await;
+    let mut on_a = user_on(&a, "worker-a").await;
+    on_a.subscribe("1", "/queue/jobs", "client-individual")
+        .await;
+    await_consumers(&redis, "/queue/jobs", 1).await;
+    const N: usize = 1_000;
+    for i in 0..N {
+        to_queue(&b, "/queue/jobs", &format!("job{i}")).await;
+    }
+    let held = receive(&mut on_a, N, Duration::from_millis(200)).await;
+    assert_eq!(
+        bodies(&held),
+        numbered("job", 0..N),
+        "all of them, once, in order"
+    );
+    // Half acknowledged (the last ACK's RECEIPT comes once the store removed them all)...
+    for (i, m) in held.iter().take(N / 2).enumerate() {
+        let mut ack = Frame::new(Command::Ack).header("id", m.get("ack").unwrap());
+        if i == N / 2 - 1 {
+            ack = ack.header("receipt", "acked");
+        }
+        on_a.send(ack).await;
+    }
+    on_a.await_receipt("acked").await;
+    // ...then its node is killed; a consumer on B gets the other half, marked redelivered.
+    a.kill9();
+    let mut on_b = user_on(&b, "worker-b").await;
+    on_b.subscribe("1", "/queue/jobs", "auto").await;
+    let got = receive(&mut on_b, N / 2, Duration::from_millis(1_500)).await;
+    let mut bodies_b = bodies(&got);
+    bodies_b.sort();
+    let mut expected = numbered("job", N / 2..N);
+    expected.sort();
+    assert_eq!(bodies_b, expected, "the unacknowledged half, each once");
+    assert!(
+        got.iter().all(|m| m.get("redelivered") == Some("true")),
+        "marked redelivered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_messages_wait_in_redis_for_a_consumer_and_survive_the_node_that_took_them() {
+    let redis = Redis::start();
+    let (mut a, b) = two_nodes(&redis).await;
+    // Stored through A while no node consumes the queue, then A is killed.
+    for i in 0..20 {
+        to_queue(&a, "/queue/later", &format!("l{i}")).await;
+    }
+    a.kill9();
+    let mut on_b = user_on(&b, "worker").await;
+    on_b.subscribe("1", "/queue/later", "auto").await;
+    let got = receive(&mut on_b, 20, Duration::from_millis(300)).await;
+    assert_eq!(bodies(&got), numbered("l", 0..20));
+    assert!(
+        got.iter().all(|m| m.get("redelivered").is_none()),
+        "first deliveries"
+    );
+    // A consumer that leaves without acknowledging gives back what it held.
+    let mut leaver = user_on(&b, "leaver").await;
+    leaver.subscribe("2", "/queue/handover", "client").await;
+    await_consumers(&redis, "/queue/handover", 1).await;
+    for i in 0..10 {
+        to_queue(&b, "/queue/handover", &format!("h{i}")).await;
+    }
+    receive(&mut leaver, 10, Duration::from_millis(100)).await;
+    drop(leaver);
+    await_consumers(&redis, "/queue/handover", 0).await;
+    // No consumer anywhere now: what it held waits in Redis for the next one.
+    let mut next = user_on(&b, "next").await;
+    next.subscribe("3", "/queue/handover", "auto").await;
+    let got = receive(&mut next, 10, Duration::from_millis(300)).await;
+    assert_eq!(bodies(&got), numbered("h", 0..10));
+    assert!(got.iter().all(|m| m.get("redelivered") == Some("true")));
+}

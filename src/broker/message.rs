@@ -5,6 +5,9 @@ use std::sync::OnceLock;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+use std::sync::Arc;
+
+use super::ticket::Ticket;
 use crate::stomp::{escape_into, Version};
 
 /// What a publisher sends: headers that travel to subscribers, and the body.
@@ -39,6 +42,11 @@ pub struct Message {
     /// Its place in its user's stream, when it was stored: MESSAGE frames carry the offset as
     /// `x-stream-offset`, and subscriptions fed from the stream deliver each offset once.
     stream: Option<Position>,
+    /// For a queue message kept in a shared store: its entry, removed once acknowledged.
+    ticket: Option<Arc<Ticket>>,
+    /// It may have been delivered before (given back by a consumer, or claimed from a node
+    /// that died holding it): its frames say `redelivered:true`.
+    redelivered: bool,
     /// Per version: the encoded tail, and whether it is valid UTF-8 (a WebSocket text message).
     tails: [OnceLock<(Bytes, bool)>; 3],
 }
@@ -51,9 +59,10 @@ const MESSAGE_OVERHEAD: usize = 192;
 static NEXT_MESSAGE: AtomicU64 = AtomicU64::new(1);
 
 /// Headers a publisher may not set, because the broker writes them itself per delivery.
-pub const RESERVED_HEADERS: [&str; 7] = [
+pub const RESERVED_HEADERS: [&str; 8] = [
     "destination",
     "x-stream-offset",
+    "redelivered",
     "subscription",
     "message-id",
     "ack",
@@ -74,7 +83,35 @@ impl Message {
             content,
             seq: NEXT_MESSAGE.fetch_add(1, Ordering::Relaxed),
             stream,
+            ticket: None,
+            redelivered: false,
             tails: Default::default(),
+        }
+    }
+
+    /// This queue message as the store entry `ticket`, redelivered or not.
+    pub fn with_ticket(mut self, ticket: Ticket, redelivered: bool) -> Message {
+        self.ticket = Some(Arc::new(ticket));
+        self.redelivered = redelivered;
+        self
+    }
+
+    /// The store entry it is, for a queue message kept in a shared store.
+    pub fn ticket(&self) -> Option<&Arc<Ticket>> {
+        self.ticket.as_ref()
+    }
+
+    /// True when its frames say `redelivered:true`.
+    pub fn is_redelivered(&self) -> bool {
+        self.redelivered
+    }
+
+    /// The same message, numbered alike, marked as delivered before (a consumer gave it
+    /// back).
+    pub fn redelivery(&self) -> Message {
+        Message {
+            redelivered: true,
+            ..self.compacted()
         }
     }
 
@@ -101,6 +138,8 @@ impl Message {
             },
             seq: self.seq,
             stream: self.stream,
+            ticket: self.ticket.clone(),
+            redelivered: self.redelivered,
             tails: Default::default(),
         }
     }
@@ -178,6 +217,9 @@ impl Message {
             out.put_slice(b"x-stream-offset:");
             out.put_slice(itoa(offset).as_bytes());
             out.put_u8(b'\n');
+        }
+        if self.redelivered {
+            out.put_slice(b"redelivered:true\n");
         }
         for (name, value) in &self.content.headers {
             put_value(name, version, &mut out);

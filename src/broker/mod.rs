@@ -21,6 +21,7 @@ pub mod destination;
 pub mod message;
 pub mod outbox;
 pub mod subscription;
+pub mod ticket;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -458,6 +459,8 @@ impl Broker {
     /// it), else to the front of the backlog, since it was first in line. Requeued messages are
     /// never refused for a full backlog: they were accepted once.
     pub fn requeue(&self, queue_name: &Arc<str>, message: Arc<Message>, from_session: &str) {
+        // It may have been seen: its next frames say so.
+        let message = Arc::new(message.redelivery());
         let mut index = self.index();
         let index = &mut *index;
         let queue = index
@@ -472,10 +475,64 @@ impl Broker {
                 return;
             }
         }
-        let message = Arc::new(message.compacted());
         self.backlog.force(message.weight());
         index.backlog_total += 1;
         queue.backlog.push_front(message);
+    }
+
+    /// Hands a queue message read from a shared store to a consumer here, or keeps it behind
+    /// the queue's backlog: it was accepted when it was stored, so no limit refuses it (what a
+    /// node reads ahead of its consumers is bounded by the reader, see
+    /// [`Broker::waiting`]).
+    pub fn enqueue(&self, message: Arc<Message>) {
+        let name: Arc<str> = Arc::from(message.destination());
+        let mut index = self.index();
+        let index = &mut *index;
+        let queue = index
+            .queues
+            .entry(name.clone())
+            .or_insert_with(|| Queue::named(name));
+        if queue.backlog.is_empty() && Self::hand_to_consumer(queue, &message, None).is_some() {
+            return;
+        }
+        self.backlog.force(message.weight());
+        index.backlog_total += 1;
+        queue.backlog.push_back(message);
+    }
+
+    /// Messages waiting in queue `dest`'s backlog here.
+    pub fn waiting(&self, dest: &str) -> usize {
+        self.index().queues.get(dest).map_or(0, |q| q.backlog.len())
+    }
+
+    /// Takes what waits in queue `dest`'s backlog when it has no consumer here any more (to
+    /// give entries of a shared store back to it); nothing while it has one.
+    pub fn take_backlog(&self, dest: &str) -> Vec<Arc<Message>> {
+        let mut index = self.index();
+        let index = &mut *index;
+        let Some(queue) = index.queues.get_mut(dest) else {
+            return Vec::new();
+        };
+        if !queue.consumers.is_empty() {
+            return Vec::new();
+        }
+        let taken: Vec<Arc<Message>> = queue.backlog.drain(..).collect();
+        index.queues.remove(dest);
+        index.backlog_total -= taken.len();
+        for message in &taken {
+            self.backlog.give_back(message.weight());
+        }
+        taken
+    }
+
+    /// Queues with a consumer here.
+    pub fn consumed_queues(&self) -> Vec<String> {
+        self.index()
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.consumers.is_empty())
+            .map(|(name, _)| name.to_string())
+            .collect()
     }
 
     fn fan_out(list: Option<SubList>, message: &Arc<Message>) -> Routed {

@@ -522,7 +522,12 @@ impl Subscription {
                 return Err(Refused::Full);
             }
             let frame = SharedHead::default().get(&self.subscription_line, self.version, message);
-            return self.endpoint.outbox.push_if_room(frame);
+            self.endpoint.outbox.push_if_room(frame)?;
+            // Delivered is acknowledged in auto mode: the store may drop its entry.
+            if let Some(ticket) = message.ticket() {
+                ticket.acknowledged(None);
+            }
+            return Ok(());
         }
         self.deliver_held(message, Some(queue))
     }

@@ -173,6 +173,9 @@ pub enum Kind {
     Topic,
     /// A queue.
     Queue,
+    /// A durable queue has new entries in the store (no content): a node with consumers of
+    /// it reads them.
+    QueueStored,
 }
 
 /// A message crossing nodes. Versioned by field names so that fields can be added (a

@@ -18,6 +18,7 @@
 
 pub mod memory;
 pub mod order;
+pub mod queue;
 
 use async_trait::async_trait;
 

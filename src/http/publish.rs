@@ -77,8 +77,9 @@ pub async fn publish(
                 // Stored: sessions of the user that subscribe later get it.
                 answer["stored"] = json!(d.stored);
             }
-            if matches!(target, Target::Topic(_)) && d.stored {
-                // A topic with history: a SUBSCRIBE with x-stream-offset can replay it.
+            if matches!(target, Target::Topic(_) | Target::Queue(_)) && d.stored {
+                // A topic with history (a SUBSCRIBE with x-stream-offset can replay it), or a
+                // durable queue (it survives the loss of a node).
                 answer["stored"] = json!(true);
             }
             if d.cluster_unreachable {

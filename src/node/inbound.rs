@@ -23,6 +23,10 @@ impl LocalNode for NodeInbound {
             warn!(tenant = %envelope.tenant, "message from another node for an unknown tenant");
             return;
         };
+        if envelope.kind == Kind::QueueStored {
+            tenant.queue_stored(&envelope.dest);
+            return;
+        }
         let Some(content) = envelope.content() else {
             warn!("message from another node with a broken body");
             return;
@@ -35,7 +39,7 @@ impl LocalNode for NodeInbound {
                 user,
                 dest: envelope.dest,
             },
-            (Kind::User, None) => return,
+            (Kind::User, None) | (Kind::QueueStored, _) => return,
         };
         node.metrics.received_remote.fetch_add(1, Ordering::Relaxed);
         // Local delivery only: forwarding again could loop between nodes.

@@ -11,16 +11,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::Budget;
+use crate::cluster::redis::queues::RedisQueues;
 use crate::cluster::redis::store::RedisHistory;
 use crate::cluster::redis::{RedisBackplane, RedisSettings};
 use crate::cluster::standalone::Standalone;
 use crate::cluster::{Backplane, LocalNode};
 use crate::config::{Config, HistoryConfig, ServerConfig, SockJsConfig, TenantConfig};
 use crate::history::memory::MemoryHistory;
+use crate::history::queue::QueueStore;
 use crate::history::History;
 use crate::metrics::Metrics;
 use crate::session;
-use crate::tenant::{Tenant, Tenants};
+use crate::tenant::{Tenant, TenantStores, Tenants};
 use crate::util::Ids;
 
 /// The node.
@@ -79,8 +81,7 @@ impl Node {
         let tenants = Arc::new(Tenants::new(
             &config.tenants,
             &config.server,
-            &|t| stores.store_for(t),
-            &|t| stores.topic_stores_for(t),
+            &|t| stores.stores_for(t, &config.server),
             &cluster,
             &metrics,
         ));
@@ -160,7 +161,27 @@ impl Stores {
         }
     }
 
-    /// The store of tenant `t`, unless it (or the node) opted out.
+    /// Where tenant `t` keeps what it accepts.
+    fn stores_for(&self, t: &TenantConfig, server: &ServerConfig) -> TenantStores {
+        TenantStores {
+            history: self.store_for(t),
+            topics: self.topic_stores_for(t),
+            // Queues survive a node only with a store the nodes share.
+            queues: self
+                .redis
+                .as_ref()
+                .filter(|_| t.durable_queues)
+                .map(|redis| {
+                    Arc::new(RedisQueues::new(
+                        redis.clone(),
+                        &t.id,
+                        server.max_queue_backlog,
+                    )) as Arc<dyn QueueStore>
+                }),
+        }
+    }
+
+    /// The store of tenant `t`'s user messages, unless it (or the node) opted out.
     fn store_for(&self, t: &TenantConfig) -> Option<Arc<dyn History>> {
         if !(self.history.enabled && t.history) {
             return None;

@@ -220,7 +220,7 @@ impl Session {
         let Some(tenant) = &self.tenant else { return };
         for sub in self.subs.values() {
             match &sub.target {
-                Target::Queue(dest) => tenant.broker.pump(dest),
+                Target::Queue(dest) => tenant.pump_queue(dest),
                 // A refusal means the connection is closing; its cursor stays where it was.
                 Target::User { .. } => {
                     let _ = sub.pump_stream();
@@ -303,7 +303,7 @@ impl Session {
             Command::Send => self.send(frame, receipt).await,
             Command::Subscribe => self.subscribe(&frame).await,
             Command::Unsubscribe => self.unsubscribe(&frame),
-            Command::Ack | Command::Nack => self.ack_or_nack(frame),
+            Command::Ack | Command::Nack => self.ack_or_nack(frame, receipt).await,
             Command::Begin => self.begin(&frame),
             Command::Commit => self.commit(&frame).await,
             Command::Abort => {
@@ -762,9 +762,13 @@ impl Session {
                 tenant.broker.requeue(&queue, message, self.id());
             }
         }
+        if let Target::Queue(dest) = &sub.target {
+            tenant.queue_consumer_left(dest);
+        }
     }
 
-    fn ack_or_nack(&mut self, frame: Frame) -> Outcome {
+    /// `receipt` is taken by an ACK that must wait for the store (see below).
+    async fn ack_or_nack(&mut self, frame: Frame, receipt: &mut Option<String>) -> Outcome {
         let header = if self.version == Version::V1_2 {
             "id"
         } else {
@@ -785,16 +789,52 @@ impl Session {
         };
         let settled = sub.settle(seq);
         let tenant = self.tenant();
-        if frame.command == Command::Nack {
-            for unacked in settled {
-                if let Some((queue, message)) = unacked.requeue {
-                    tenant.broker.requeue(&queue, message, self.id());
-                }
+        let mut stored = Vec::new();
+        for unacked in settled {
+            let Some((queue, message)) = unacked.requeue else {
+                continue;
+            };
+            if frame.command == Command::Nack {
+                tenant.broker.requeue(&queue, message, self.id());
+            } else if let Some(ticket) = message.ticket() {
+                // A durable queue's entry is removed from the store; a RECEIPT the client
+                // asked for comes once it is, so that an acknowledged message never comes
+                // again after this node dies.
+                let wait = receipt.is_some().then(|| {
+                    let (done, applied) = tokio::sync::oneshot::channel();
+                    stored.push(applied);
+                    done
+                });
+                ticket.acknowledged(wait);
             }
         }
         // Settling made room under the prefetch count and the budget.
         if let Target::Queue(dest) = &sub.target {
-            tenant.broker.pump(dest);
+            tenant.pump_queue(dest);
+        }
+        if !stored.is_empty() {
+            let receipt = receipt.take().map(|id| self.receipt(&id));
+            let route: Route = Box::pin(async move {
+                for applied in stored {
+                    if applied.await != Ok(true) {
+                        return Err(Fault::StoreUnavailable(
+                            "the acknowledgement could not be stored; the message may come again"
+                                .into(),
+                        ));
+                    }
+                }
+                Ok(())
+            });
+            self.handoff
+                .route(
+                    &self.endpoint,
+                    self.version,
+                    route,
+                    receipt,
+                    false,
+                    &self.ctx.tasks,
+                )
+                .await?;
         }
         Ok(())
     }
@@ -846,7 +886,7 @@ impl Session {
                         .map_err(|e| Fault::InvalidDestination(e.to_string()))?;
                     self.publish(target, frame, None).await?;
                 }
-                _ => self.ack_or_nack(frame)?,
+                _ => self.ack_or_nack(frame, &mut None).await?,
             }
         }
         Ok(())

@@ -43,8 +43,7 @@ fn harness_with(
             t,
             &config.server,
             &node_backlog,
-            None,
-            Vec::new(),
+            Default::default(),
             cluster.clone(),
             metrics.clone(),
         );

@@ -20,7 +20,11 @@
 //! - `sb:history:since`: when this Redis began keeping history (ms); set if absent by every
 //!   node as it connects. A node that saw it and finds it gone knows Redis lost its data and
 //!   records the time in `sb:history:lost`.
-//! - `sb:{tenant}:consumers:{queue}`: set of the nodes with consumers of that queue.
+//! - `sb:{tenant:queue}:consumers`: set of the nodes with consumers of that queue.
+//! - `sb:{tenant:queue}:queue`: the queue's messages (a durable queue), a Redis stream with
+//!   one consumer group, `g`, in which each node is a consumer named by its id; an entry is
+//!   deleted once acknowledged. Entries given back by a node are held by the consumer
+//!   [`RETURNED`] until a node claims them.
 //! - `sb:holdings:{node}`: set of what the node has announced (one member per user present and
 //!   queue consumed, see [`holding`]), so that a node that starts again under its id, or comes
 //!   back after an outage during which changes were lost, withdraws what it no longer holds.
@@ -119,8 +123,19 @@ pub const HISTORY_LOST: &str = "sb:history:lost";
 
 /// The set of nodes with consumers of queue `dest`.
 pub fn consumers(tenant: &str, dest: &str) -> String {
-    format!("sb:{tenant}:consumers:{dest}")
+    format!("sb:{{{tenant}:{dest}}}:consumers")
 }
+
+/// The stream of queue `dest`'s messages.
+pub fn queue_stream(tenant: &str, dest: &str) -> String {
+    format!("sb:{{{tenant}:{dest}}}:queue")
+}
+
+/// The consumer group of every queue stream.
+pub const QUEUE_GROUP: &str = "g";
+
+/// The consumer that holds entries a node gave back, until a node claims them.
+pub const RETURNED: &str = "~returned";
 
 /// The claim on the `n`-th ingress message whose bytes hash to `digest`.
 pub fn ingress_claim(tenant: &str, digest: &str, n: u64) -> String {
@@ -188,7 +203,8 @@ mod tests {
             "sb:{t:/topic/x}:topic-stream"
         );
         assert_eq!(topic_meta("t", "/topic/x"), "sb:{t:/topic/x}:topic-meta");
-        assert_eq!(consumers("t", "/queue/q"), "sb:t:consumers:/queue/q");
+        assert_eq!(consumers("t", "/queue/q"), "sb:{t:/queue/q}:consumers");
+        assert_eq!(queue_stream("t", "/queue/q"), "sb:{t:/queue/q}:queue");
         assert_eq!(ingress_claim("t", "ab", 2), "sb:t:ingress:ab:2");
     }
 

@@ -19,6 +19,7 @@ mod ingress;
 pub mod keys;
 mod outbound;
 mod presence;
+pub mod queues;
 pub mod store;
 mod supervisor;
 

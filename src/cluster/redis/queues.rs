@@ -1,0 +1,330 @@
+//! Durable queues in Redis, implementing [`QueueStore`]: one stream per queue
+//! (`sb:{tenant:queue}:queue`) with one consumer group in which every node is a consumer, so
+//! Redis itself records which node holds which entry until it is acknowledged.
+//!
+//! A push is one script: it appends the entry (refusing past the queue's limit) and reads the
+//! queue's consumer nodes in the same step; those nodes are told through their inbox that the
+//! queue has entries and read them with `XREADGROUP`, each only as many as its consumers can
+//! take soon, so an entry waits in Redis, not in a node, until a consumer has room. An entry
+//! is acknowledged and deleted in one pipeline per round of acknowledgements. A node that dies
+//! leaves its entries pending under its name; a node with consumers of the queue claims the
+//! entries of consumers that are not live nodes (`XPENDING` then `XCLAIM`) and delivers them
+//! again as `redelivered`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use redis::{Script, Value};
+
+use super::{keys, RedisBackplane};
+use crate::broker::Content;
+use crate::cluster::{Envelope, Kind};
+use crate::history::queue::{Entry, QueueStore};
+use crate::history::HistoryError;
+
+/// Appends an entry unless the queue holds its limit, and reads the queue's consumer nodes.
+/// The group is made with the stream, at its end: every entry is new to it.
+const PUSH: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('XGROUP', 'CREATE', KEYS[1], 'g', '$', 'MKSTREAM')
+elseif redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
+  return {0}
+end
+redis.call('XADD', KEYS[1], '*', 'h', ARGV[2], 'b', ARGV[3])
+return {1, redis.call('SMEMBERS', KEYS[2])}
+";
+
+/// Up to ARGV[2] entries no node took yet, for node ARGV[1].
+const TAKE: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local read = redis.call('XREADGROUP', 'GROUP', 'g', ARGV[1], 'COUNT', ARGV[2], 'STREAMS', KEYS[1], '>')
+if not read then return {} end
+return read[1][2]
+";
+
+/// Up to ARGV[2] entries held by consumers that are not among ARGV[3..] (the live nodes), now
+/// node ARGV[1]'s.
+const CLAIM: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
+local summary = redis.call('XPENDING', KEYS[1], 'g')
+if not summary[4] then return {} end
+local live = {}
+for i = 3, #ARGV do live[ARGV[i]] = true end
+local want = tonumber(ARGV[2])
+local out = {}
+for _, holder in ipairs(summary[4]) do
+  if #out >= want then break end
+  if not live[holder[1]] and holder[1] ~= ARGV[1] then
+    local pending = redis.call('XPENDING', KEYS[1], 'g', '-', '+', want - #out, holder[1])
+    local ids = {}
+    for _, p in ipairs(pending) do ids[#ids + 1] = p[1] end
+    if #ids > 0 then
+      for _, entry in ipairs(redis.call('XCLAIM', KEYS[1], 'g', ARGV[1], 0, unpack(ids))) do
+        if entry then out[#out + 1] = entry end
+      end
+    end
+  end
+end
+return out
+";
+
+/// One tenant's durable queues in Redis.
+#[derive(Debug)]
+pub struct RedisQueues {
+    backplane: Arc<RedisBackplane>,
+    tenant: String,
+    /// Entries one queue may hold (`server.max_queue_backlog`).
+    max_messages: usize,
+    scripts: Arc<(Script, Script, Script)>,
+}
+
+impl RedisQueues {
+    /// `tenant`'s queues through `backplane`'s connection, each holding at most
+    /// `max_messages` entries.
+    pub fn new(backplane: Arc<RedisBackplane>, tenant: &str, max_messages: usize) -> RedisQueues {
+        RedisQueues {
+            backplane,
+            tenant: tenant.to_string(),
+            max_messages,
+            scripts: Arc::new((Script::new(PUSH), Script::new(TAKE), Script::new(CLAIM))),
+        }
+    }
+
+    fn conn(&self) -> Result<MultiplexedConnection, HistoryError> {
+        self.backplane
+            .connection()
+            .map_err(|e| HistoryError::Unavailable(e.to_string()))
+    }
+
+    fn node(&self) -> &str {
+        &self.backplane.settings.node_id
+    }
+}
+
+#[async_trait]
+impl QueueStore for RedisQueues {
+    async fn push(&self, dest: &str, content: &Content) -> Result<usize, HistoryError> {
+        let mut conn = self.conn()?;
+        let headers = serde_json::to_string(&content.headers)
+            .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+        let consumers = keys::consumers(&self.tenant, dest);
+        let value: Value = self
+            .scripts
+            .0
+            .key(keys::queue_stream(&self.tenant, dest))
+            .key(&consumers)
+            .arg(self.max_messages)
+            .arg(headers)
+            .arg(content.body.as_ref())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        let Value::Array(parts) = value else {
+            return Err(malformed("push"));
+        };
+        let mut parts = parts.into_iter();
+        if !matches!(parts.next(), Some(Value::Int(1))) {
+            return Err(HistoryError::Full(format!(
+                "queue '{dest}' holds its limit of {} messages (server.max_queue_backlog)",
+                self.max_messages
+            )));
+        }
+        let members: Vec<String> = match parts.next() {
+            Some(Value::Array(m) | Value::Set(m)) => m.iter().filter_map(text).collect(),
+            _ => Vec::new(),
+        };
+        let nodes = self
+            .backplane
+            .only_live_others(&mut conn, &consumers, members)
+            .await
+            .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+        let notice = Envelope::new(
+            self.node(),
+            &self.tenant,
+            Kind::QueueStored,
+            None,
+            dest,
+            &Content::default(),
+        );
+        let mut told = 0;
+        for node in &nodes {
+            // A notice that does not reach a node is made up for by its next read.
+            if self.backplane.enqueue(keys::inbox(node), &notice).is_ok() {
+                told += 1;
+            }
+        }
+        Ok(told)
+    }
+
+    async fn take(&self, dest: &str, count: usize) -> Result<Vec<Entry>, HistoryError> {
+        let mut conn = self.conn()?;
+        let value: Value = self
+            .scripts
+            .1
+            .key(keys::queue_stream(&self.tenant, dest))
+            .arg(self.node())
+            .arg(count.max(1))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        entries(value, false)
+    }
+
+    async fn claim(&self, dest: &str, count: usize) -> Result<Vec<Entry>, HistoryError> {
+        let mut conn = self.conn()?;
+        let since = crate::util::unix_ms()
+            .saturating_sub(self.backplane.settings.node_ttl.as_millis() as u64);
+        let live: HashSet<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(keys::NODES)
+            .arg(since)
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+            .map_err(store_error)?;
+        let mut call = self.scripts.2.key(keys::queue_stream(&self.tenant, dest));
+        call.arg(self.node()).arg(count.max(1));
+        for node in &live {
+            call.arg(node);
+        }
+        let value: Value = call.invoke_async(&mut conn).await.map_err(store_error)?;
+        entries(value, true)
+    }
+
+    async fn acknowledge(&self, entries: &[(Arc<str>, String)]) -> Result<(), HistoryError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn()?;
+        let mut by_queue: Vec<(&str, Vec<&str>)> = Vec::new();
+        for (queue, id) in entries {
+            match by_queue.iter_mut().find(|(q, _)| *q == &**queue) {
+                Some((_, ids)) => ids.push(id),
+                None => by_queue.push((queue, vec![id])),
+            }
+        }
+        let mut pipe = redis::pipe();
+        for (queue, ids) in by_queue {
+            let key = keys::queue_stream(&self.tenant, queue);
+            pipe.cmd("XACK")
+                .arg(&key)
+                .arg(keys::QUEUE_GROUP)
+                .arg(&ids)
+                .ignore();
+            pipe.cmd("XDEL").arg(&key).arg(&ids).ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.map_err(store_error)
+    }
+
+    async fn give_back(&self, dest: &str, ids: &[String]) -> Result<(), HistoryError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn()?;
+        redis::cmd("XCLAIM")
+            .arg(keys::queue_stream(&self.tenant, dest))
+            .arg(keys::QUEUE_GROUP)
+            .arg(keys::RETURNED)
+            .arg(0)
+            .arg(ids)
+            .arg("JUSTID")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(store_error)
+    }
+}
+
+fn store_error(e: redis::RedisError) -> HistoryError {
+    if e.code() == Some("OOM") {
+        return HistoryError::Full(format!(
+            "Redis is at its maxmemory and refuses writes ({e})"
+        ));
+    }
+    HistoryError::Unavailable(e.to_string())
+}
+
+fn malformed(what: &str) -> HistoryError {
+    HistoryError::Unavailable(format!("unexpected answer from Redis ({what})"))
+}
+
+fn text(value: &Value) -> Option<String> {
+    match value {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        _ => None,
+    }
+}
+
+/// Stream entries `[[id, [h, headers, b, body]], ...]`.
+fn entries(value: Value, redelivered: bool) -> Result<Vec<Entry>, HistoryError> {
+    let list = match value {
+        Value::Array(list) => list,
+        Value::Nil => Vec::new(),
+        _ => return Err(malformed("entries")),
+    };
+    list.into_iter()
+        .filter(|e| !matches!(e, Value::Nil))
+        .map(|e| entry(e, redelivered).ok_or_else(|| malformed("entry")))
+        .collect()
+}
+
+fn entry(value: Value, redelivered: bool) -> Option<Entry> {
+    let Value::Array(parts) = value else {
+        return None;
+    };
+    let [id, fields] = <[Value; 2]>::try_from(parts).ok()?;
+    let Value::Array(fields) = fields else {
+        return None;
+    };
+    let (mut headers, mut body) = (Vec::new(), Bytes::new());
+    let mut fields = fields.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        match text(&name)?.as_str() {
+            "h" => headers = serde_json::from_str(&text(&value)?).ok()?,
+            "b" => {
+                if let Value::BulkString(b) = value {
+                    body = Bytes::from(b);
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(Entry {
+        id: text(&id)?,
+        content: Content { headers, body },
+        redelivered,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_are_read_back_with_their_id_and_content() {
+        let value = Value::Array(vec![
+            Value::Array(vec![
+                Value::BulkString(b"1700000000123-0".to_vec()),
+                Value::Array(vec![
+                    Value::BulkString(b"h".to_vec()),
+                    Value::BulkString(br#"[["x-job","7"]]"#.to_vec()),
+                    Value::BulkString(b"b".to_vec()),
+                    Value::BulkString(vec![0, 159, 1]),
+                ]),
+            ]),
+            Value::Nil,
+        ]);
+        let got = entries(value, true).unwrap();
+        assert_eq!(got.len(), 1, "a deleted entry is skipped");
+        assert_eq!(got[0].id, "1700000000123-0");
+        assert_eq!(
+            got[0].content.headers,
+            [("x-job".to_string(), "7".to_string())]
+        );
+        assert_eq!(&got[0].content.body[..], &[0, 159, 1]);
+        assert!(got[0].redelivered);
+        assert!(entries(Value::Nil, false).unwrap().is_empty());
+    }
+}
