@@ -529,3 +529,25 @@ async fn queue_messages_wait_in_redis_for_a_consumer_and_survive_the_node_that_t
     assert_eq!(bodies(&got), numbered("h", 0..10));
     assert!(got.iter().all(|m| m.get("redelivered") == Some("true")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_restarted_under_its_id_delivers_again_what_its_earlier_run_held() {
+    let redis = Redis::start();
+    let (mut a, _b) = two_nodes(&redis).await;
+    let mut holder = user_on(&a, "holder").await;
+    holder.subscribe("1", "/queue/restart", "client").await;
+    await_consumers(&redis, "/queue/restart", 1).await;
+    for i in 0..5 {
+        to_queue(&a, "/queue/restart", &format!("r{i}")).await;
+    }
+    receive(&mut holder, 5, Duration::from_millis(100)).await;
+    a.kill9();
+    // Back at once under the same id: node-a is live, but the entries were its earlier run's.
+    let a = NodeProcess::start("node-a", &redis.url(), &config());
+    await_ready(&a).await;
+    let mut next = user_on(&a, "next").await;
+    next.subscribe("1", "/queue/restart", "auto").await;
+    let got = receive(&mut next, 5, Duration::from_millis(300)).await;
+    assert_eq!(bodies(&got), numbered("r", 0..5));
+    assert!(got.iter().all(|m| m.get("redelivered") == Some("true")));
+}

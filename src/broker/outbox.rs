@@ -52,25 +52,33 @@ pub struct Item {
     pub tail: Bytes,
     /// Both are valid UTF-8: the frame can travel in a WebSocket text message.
     pub text: bool,
-    /// For a stored message: the mark the writer moves once it has written the frame.
+    /// For a stored message: the mark the writer records once it has written the frame.
     pub written: Option<Written>,
 }
 
-/// How far the writer got in a subscription's stream: the cursor moves on to an item's offset
-/// once the item was written to the socket (the cursor of an auto-acknowledged user
-/// subscription).
+/// What the writer must record once it has written an item.
 #[derive(Debug, Clone)]
-pub struct Written {
-    /// The subscription's cursor.
-    pub cursor: std::sync::Arc<super::cursor::StreamCursor>,
-    /// The item's offset.
-    pub offset: u64,
+pub enum Written {
+    /// A subscription's stream: its cursor moves on to the item's offset (the cursor of an
+    /// auto-acknowledged user subscription).
+    Cursor {
+        /// The subscription's cursor.
+        cursor: std::sync::Arc<super::cursor::StreamCursor>,
+        /// The item's offset.
+        offset: u64,
+    },
+    /// A durable queue's message delivered in `auto` mode: acknowledged once written, given
+    /// back if dropped unwritten.
+    Entry(std::sync::Arc<super::ticket::Delivered>),
 }
 
 impl Written {
-    /// Tells the cursor its frame was handed to the transport at `now_ms`.
+    /// Tells the mark its frame was handed to the transport at `now_ms`.
     pub fn record(&self, now_ms: u64) {
-        self.cursor.written(self.offset, now_ms);
+        match self {
+            Written::Cursor { cursor, offset } => cursor.written(*offset, now_ms),
+            Written::Entry(delivered) => delivered.record(),
+        }
     }
 }
 

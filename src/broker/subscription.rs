@@ -22,6 +22,7 @@ pub const DEFAULT_CONFIRMATION: Confirmation = Confirmation {
 use super::destination::Target;
 use super::message::{itoa, Message, Position};
 use super::outbox::{Item, Outbox, Refused, Written};
+use super::ticket::Delivered;
 use crate::stomp::{escape_into, Version};
 
 /// The part of a connection that routing needs: where to put frames and how to number them.
@@ -38,8 +39,8 @@ pub struct Endpoint {
     /// transactions, cached verdicts and partial frames; its subscriptions charge the queue
     /// messages they hold unacknowledged.
     pub budget: Budget,
-    /// Set once a stream subscription delivers here: only then does the writer look for the
-    /// marks it must move.
+    /// Set once a delivery here carries a mark the writer must record (a stream
+    /// subscription's cursor, a durable queue's entry): only then does it look for them.
     pub feeds_streams: std::sync::atomic::AtomicBool,
     /// Whether the connection is there to take frames (see [`super::cursor`]).
     pub attachment: Arc<Attachment>,
@@ -501,7 +502,7 @@ impl Subscription {
             let mut frame = heads.get(&self.subscription_line, self.version, message);
             if let (Some(cursor), Some(position)) = (cursor, message.position()) {
                 if position.epoch == cursor.epoch {
-                    frame.written = Some(Written {
+                    frame.written = Some(Written::Cursor {
                         cursor: cursor.clone(),
                         offset: position.offset,
                     });
@@ -521,13 +522,21 @@ impl Subscription {
             if !self.endpoint.outbox.has_room() {
                 return Err(Refused::Full);
             }
-            let frame = SharedHead::default().get(&self.subscription_line, self.version, message);
-            self.endpoint.outbox.push_if_room(frame)?;
-            // Delivered is acknowledged in auto mode: the store may drop its entry.
-            if let Some(ticket) = message.ticket() {
-                ticket.acknowledged(None);
+            let mut frame =
+                SharedHead::default().get(&self.subscription_line, self.version, message);
+            let Some(ticket) = message.ticket() else {
+                return self.endpoint.outbox.push_if_room(frame);
+            };
+            // Written is acknowledged in auto mode: the store drops its entry once the socket
+            // took the frame, and takes it back if the frame never gets there.
+            self.endpoint.feeds_streams.store(true, Ordering::Release);
+            let delivered = Delivered::new(ticket.clone());
+            frame.written = Some(Written::Entry(delivered.clone()));
+            let pushed = self.endpoint.outbox.push_if_room(frame);
+            if pushed.is_err() {
+                delivered.cancel();
             }
-            return Ok(());
+            return pushed;
         }
         self.deliver_held(message, Some(queue))
     }

@@ -245,10 +245,28 @@ async fn acknowledge(mut settled: mpsc::UnboundedReceiver<Settled>, store: Arc<d
         if settled.recv_many(&mut batch, ACK_BATCH).await == 0 {
             return;
         }
-        let entries: Vec<(Arc<str>, String)> = batch
+        // Entries whose frames never reached a socket go back to the queue, for a node with
+        // consumers to claim (this one included); a failure leaves them this node's, claimed
+        // once it stops.
+        let returned: Vec<(Arc<str>, String)> = batch
             .iter()
+            .filter(|s| s.returned)
             .map(|s| (s.queue.clone(), s.id.clone()))
             .collect();
+        for (queue, ids) in by_queue(&returned) {
+            if let Err(e) = store.give_back(queue, &ids).await {
+                warn!(queue, error = %e, "queue entries could not be given back; they are claimed when this node stops");
+            }
+        }
+        let entries: Vec<(Arc<str>, String)> = batch
+            .iter()
+            .filter(|s| !s.returned)
+            .map(|s| (s.queue.clone(), s.id.clone()))
+            .collect();
+        if entries.is_empty() {
+            batch.clear();
+            continue;
+        }
         let mut applied = false;
         for _ in 0..ACK_TRIES {
             match store.acknowledge(&entries).await {
@@ -272,4 +290,16 @@ async fn acknowledge(mut settled: mpsc::UnboundedReceiver<Settled>, store: Arc<d
             let _ = done.send(applied);
         }
     }
+}
+
+/// (queue, entry id) pairs grouped by queue.
+fn by_queue(entries: &[(Arc<str>, String)]) -> Vec<(&str, Vec<String>)> {
+    let mut grouped: Vec<(&str, Vec<String>)> = Vec::new();
+    for (queue, id) in entries {
+        match grouped.iter_mut().find(|(q, _)| *q == &**queue) {
+            Some((_, ids)) => ids.push(id.clone()),
+            None => grouped.push((queue, vec![id.clone()])),
+        }
+    }
+    grouped
 }

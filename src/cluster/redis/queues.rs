@@ -9,7 +9,9 @@
 //! is acknowledged and deleted in one pipeline per round of acknowledgements. A node that dies
 //! leaves its entries pending under its name; a node with consumers of the queue claims the
 //! entries of consumers that are not live nodes (`XPENDING` then `XCLAIM`) and delivers them
-//! again as `redelivered`.
+//! again as `redelivered`. A consumer is named by its node and its process's start, so a
+//! node restarted under its id claims what its earlier run held instead of leaving it
+//! pending for ever.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -45,19 +47,22 @@ if not read then return {} end
 return read[1][2]
 ";
 
-/// Up to ARGV[2] entries held by consumers that are not among ARGV[3..] (the live nodes), now
-/// node ARGV[1]'s.
+/// Up to ARGV[2] entries held by consumers of no live process, now consumer ARGV[1]'s (this
+/// process, `{node}#{start}`; ARGV[3] is its node, ARGV[4..] the live nodes). A consumer is
+/// live when its node is, unless its node is this one: then it is an earlier run of it.
 const CLAIM: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {} end
 local summary = redis.call('XPENDING', KEYS[1], 'g')
 if not summary[4] then return {} end
 local live = {}
-for i = 3, #ARGV do live[ARGV[i]] = true end
+for i = 4, #ARGV do live[ARGV[i]] = true end
 local want = tonumber(ARGV[2])
 local out = {}
 for _, holder in ipairs(summary[4]) do
   if #out >= want then break end
-  if not live[holder[1]] and holder[1] ~= ARGV[1] then
+  local node = string.match(holder[1], '^(.*)#[^#]*$')
+  local gone = not node or not live[node] or node == ARGV[3]
+  if gone and holder[1] ~= ARGV[1] then
     local pending = redis.call('XPENDING', KEYS[1], 'g', '-', '+', want - #out, holder[1])
     local ids = {}
     for _, p in ipairs(pending) do ids[#ids + 1] = p[1] end
@@ -78,6 +83,9 @@ pub struct RedisQueues {
     tenant: String,
     /// Entries one queue may hold (`server.max_queue_backlog`).
     max_messages: usize,
+    /// This process's consumer name in every queue's group: `{node}#{start, ms}`, so that a
+    /// node restarted under its id claims what its earlier run held.
+    consumer: String,
     scripts: Arc<(Script, Script, Script)>,
 }
 
@@ -86,6 +94,7 @@ impl RedisQueues {
     /// `max_messages` entries.
     pub fn new(backplane: Arc<RedisBackplane>, tenant: &str, max_messages: usize) -> RedisQueues {
         RedisQueues {
+            consumer: format!("{}#{}", backplane.settings.node_id, process_start_ms()),
             backplane,
             tenant: tenant.to_string(),
             max_messages,
@@ -102,6 +111,12 @@ impl RedisQueues {
     fn node(&self) -> &str {
         &self.backplane.settings.node_id
     }
+}
+
+/// When this process first asked, in ms: one consumer name for all of its tenants.
+fn process_start_ms() -> u64 {
+    static START: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *START.get_or_init(crate::util::unix_ms)
 }
 
 #[async_trait]
@@ -165,7 +180,7 @@ impl QueueStore for RedisQueues {
             .scripts
             .1
             .key(keys::queue_stream(&self.tenant, dest))
-            .arg(self.node())
+            .arg(&self.consumer)
             .arg(count.max(1))
             .invoke_async(&mut conn)
             .await
@@ -185,7 +200,7 @@ impl QueueStore for RedisQueues {
             .await
             .map_err(store_error)?;
         let mut call = self.scripts.2.key(keys::queue_stream(&self.tenant, dest));
-        call.arg(self.node()).arg(count.max(1));
+        call.arg(&self.consumer).arg(count.max(1)).arg(self.node());
         for node in &live {
             call.arg(node);
         }
