@@ -5,7 +5,8 @@
 //! reach the user exactly once; every other answer must say it did not (`503`, or
 //! `"online": false`). With user messages stored, the stricter account: every 202 reaches the
 //! user exactly once and in order, across a Redis stall, the user's node killed and a Redis
-//! restarted from its append-only file.
+//! restarted from its append-only file; and for a durable queue through the same faults,
+//! every 202 reaches a consumer, a second copy only as `redelivered:true`.
 
 mod support;
 
@@ -356,5 +357,166 @@ async fn every_stored_message_reaches_its_user_once_in_order_through_every_fault
         accepted >= 3 * DURABLE_ROUND,
         "only {accepted} of {} accepted ({refused} refused)",
         answers.len()
+    );
+}
+
+/// One queue message as a worker received it: its body and whether it said `redelivered`.
+type Job = (String, bool);
+
+/// A worker the way a backend's consumer behaves: connected to `first` and, whenever its
+/// connection dies, to `fallback`; consumes `/queue/work` in `client-individual` mode and
+/// ACKs each message as it arrives. Collects until it has been quiet a while after `done`.
+fn worker(
+    first: std::net::SocketAddr,
+    fallback: std::net::SocketAddr,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(Vec<Job>, usize)> {
+    tokio::spawn(async move {
+        let mut got = Vec::new();
+        let mut sessions = 0;
+        let mut node = first;
+        'sessions: loop {
+            let mut client = Client::tcp(node).await;
+            client
+                .send_raw(b"CONNECT\naccept-version:1.2\nheart-beat:0,0\nlogin:worker\n\n\0")
+                .await;
+            if client.recv_within(Duration::from_secs(5)).await.is_none() {
+                node = fallback;
+                continue;
+            }
+            client
+                .subscribe("1", "/queue/work", "client-individual")
+                .await;
+            sessions += 1;
+            loop {
+                match client.recv_within(Duration::from_secs(5)).await {
+                    Some(frame) if frame.command == stompbox::stomp::Command::Message => {
+                        let ack = frame.get("ack").unwrap().to_string();
+                        got.push((
+                            String::from_utf8_lossy(&frame.body).into_owned(),
+                            frame.get("redelivered") == Some("true"),
+                        ));
+                        client
+                            .send(
+                                stompbox::stomp::Frame::new(stompbox::stomp::Command::Ack)
+                                    .header("id", ack),
+                            )
+                            .await;
+                    }
+                    Some(_) => {}
+                    None if client.is_closed() => {
+                        node = fallback;
+                        continue 'sessions;
+                    }
+                    None if done.load(std::sync::atomic::Ordering::SeqCst) => break 'sessions,
+                    None => {}
+                }
+            }
+        }
+        (got, sessions)
+    })
+}
+
+async fn publish_job(b: &NodeProcess, i: usize) -> (u16, serde_json::Value) {
+    http_request(
+        b.http,
+        "POST",
+        "/api/v1/tenants/default/publish",
+        Some(API_KEY),
+        &json!({"destination": "/queue/work", "content": format!("j{i}")}).to_string(),
+    )
+    .await
+}
+
+/// Publishes `count` more jobs, IN_FLIGHT at a time at a steady pace.
+async fn publish_jobs(b: &NodeProcess, answers: &mut Vec<(u16, serde_json::Value)>, count: usize) {
+    let until = answers.len() + count;
+    while answers.len() < until {
+        let first = answers.len();
+        let batch = (first..first + IN_FLIGHT).map(|i| publish_job(b, i));
+        answers.extend(futures_util::future::join_all(batch).await);
+        tokio::time::sleep(EVERY).await;
+    }
+}
+
+/// The same faults for a durable queue: a worker on A, jobs through B while Redis is paused
+/// for 3 s, A is killed (the worker moves to B, and B claims what A held unacknowledged),
+/// and Redis is killed and restarted from its append-only file. Every job answered 202
+/// reaches the worker; one that comes twice says `redelivered:true` the second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_queued_message_reaches_a_consumer_through_every_fault() {
+    let mut redis = Redis::start_persistent();
+    let toml = config();
+    let mut a = NodeProcess::start("node-a", &redis.url(), &toml);
+    let b = NodeProcess::start("node-b", &redis.url(), &toml);
+    await_ready(&a).await;
+    await_ready(&b).await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = worker(a.stomp, b.stomp, done.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut answers = Vec::new();
+    publish_jobs(&b, &mut answers, DURABLE_ROUND).await;
+    redis.pause();
+    publish_jobs(&b, &mut answers, IN_FLIGHT * 4).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.resume();
+    publish_jobs(&b, &mut answers, DURABLE_ROUND).await;
+    a.kill9();
+    publish_jobs(&b, &mut answers, DURABLE_ROUND).await;
+    redis.kill();
+    publish_jobs(&b, &mut answers, IN_FLIGHT * 4).await;
+    redis.restart();
+    await_ready(&b).await;
+    publish_jobs(&b, &mut answers, DURABLE_ROUND).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (got, sessions) = reader.await.unwrap();
+
+    let mut copies: HashMap<&str, Vec<bool>> = HashMap::new();
+    for (body, redelivered) in &got {
+        copies.entry(body.as_str()).or_default().push(*redelivered);
+    }
+    let (mut accepted, mut lost, mut unmarked, mut untruthful) = (0, vec![], vec![], vec![]);
+    for (i, (status, answer)) in answers.iter().enumerate() {
+        let body = format!("j{i}");
+        let seen = copies.get(body.as_str()).cloned().unwrap_or_default();
+        if seen.iter().skip(1).any(|redelivered| !redelivered) {
+            unmarked.push(i);
+        }
+        match status {
+            202 if answer["stored"] == true => {
+                accepted += 1;
+                if seen.is_empty() {
+                    lost.push(i);
+                }
+            }
+            503 => {}
+            _ => untruthful.push(format!("{i}: {status} {answer}")),
+        }
+    }
+    let redelivered = got.iter().filter(|(_, r)| *r).count();
+    assert!(
+        untruthful.is_empty(),
+        "answers that are neither: {untruthful:?}"
+    );
+    assert!(
+        lost.is_empty(),
+        "{} of {accepted} accepted jobs never arrived: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+    assert!(
+        unmarked.is_empty(),
+        "came again without redelivered:true: {unmarked:?}"
+    );
+    assert!(sessions >= 2, "the worker moved to B");
+    assert!(
+        accepted >= 3 * DURABLE_ROUND,
+        "only {accepted} of {} accepted",
+        answers.len()
+    );
+    eprintln!(
+        "{accepted} jobs accepted, {} deliveries, {redelivered} redelivered",
+        got.len()
     );
 }
