@@ -26,6 +26,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{Script, Value};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{keys, RedisBackplane, RedisError};
 use crate::broker::Content;
@@ -33,27 +34,45 @@ use crate::history::{
     Appended, Cursor, History, HistoryError, Position, ReadFrom, Replay, Retention, StartAt, Stored,
 };
 
-/// Numbers, appends and reads presence in one step. The keys live twice the retention age,
-/// refreshed only when less than the age is left: every message is kept at least its age, and
-/// an append seldom pays (and propagates) an expiry.
+/// Numbers, appends and reads presence in one step, for each of a batch of messages (one
+/// call for what the node's appends queued meanwhile: a script call costs Redis more than the
+/// commands in it). The keys live twice the retention age, refreshed only once less than the
+/// age is left (the meta hash keeps when, `x`, so no append asks for a key's expiry): every
+/// message is kept at least its age, and an append seldom pays (and propagates) an expiry.
+/// `ARGV`: keys per message (3 for a user: meta, stream, presence; 2 for a topic), the
+/// retention count, its age and now, then per message its destination, headers, body and the
+/// epoch a new stream gets. Returns per message its epoch, offset and the presence read.
 const APPEND: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'e')
-if not epoch then
-  epoch = ARGV[7]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch)
+local per, cap, age, now = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local out = {}
+for i = 0, #KEYS / per - 1 do
+  local meta, stream, at = KEYS[i * per + 1], KEYS[i * per + 2], 4 + i * 4
+  local seen = redis.call('HMGET', meta, 'e', 'x')
+  local epoch = seen[1]
+  if not epoch then
+    epoch = ARGV[at + 4]
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'e', epoch)
+  end
+  local offset = redis.call('HINCRBY', meta, 'n', 1)
+  redis.call('XADD', stream, 'MAXLEN', '~', cap, offset .. '-' .. ARGV[4],
+    'd', ARGV[at + 1], 'h', ARGV[at + 2], 'b', ARGV[at + 3])
+  if not seen[2] or tonumber(seen[2]) < now then
+    redis.call('PEXPIRE', meta, 2 * age)
+    redis.call('PEXPIRE', stream, 2 * age)
+    redis.call('HSET', meta, 'x', now + age)
+  end
+  local members = {}
+  if per == 3 then members = redis.call('SMEMBERS', KEYS[i * per + 3]) end
+  out[#out + 1] = {epoch, offset, members}
 end
-local offset = redis.call('HINCRBY', KEYS[1], 'n', 1)
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], offset .. '-' .. ARGV[1],
-  'd', ARGV[4], 'h', ARGV[5], 'b', ARGV[6])
-if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then
-  redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[3]))
-  redis.call('PEXPIRE', KEYS[2], 2 * tonumber(ARGV[3]))
-end
-local members = {}
-if KEYS[3] then members = redis.call('SMEMBERS', KEYS[3]) end
-return {epoch, offset, members}
+return out
 ";
+
+/// Messages stored by one call of [`APPEND`].
+const APPEND_BATCH: usize = 64;
+/// Calls of [`APPEND`] under way at once: while they run, the next batch gathers.
+const APPENDS_IN_FLIGHT: usize = 2;
 
 /// The stream's epoch, last offset, oldest entry id, and the entries from a start id, of one
 /// destination or all; from the oldest when the epoch asked for is not the stream's.
@@ -73,22 +92,23 @@ return {meta[1], meta[2], first_id, out}
 
 /// Moves destinations' cursors (`c:{dest}`) on, each only within its stream's current epoch,
 /// and records whether one crossed from a lost epoch (`l:{dest}`): one call for a round of
-/// the saver. `KEYS` are the streams' meta hashes; `ARGV` the age, then per key its epoch,
-/// destination, offset and crossed flag.
+/// the saver. `KEYS` are the streams' meta hashes; `ARGV` per key its epoch, destination,
+/// offset and crossed flag. A cursor lives in its stream's meta hash, which the stream's
+/// appends keep from expiring while it holds messages, so saving one touches no expiry.
 const ADVANCE: &str = r"
-local ttl = tonumber(ARGV[1])
 for i, key in ipairs(KEYS) do
-  local at = 2 + (i - 1) * 4
-  local epoch, dest, offset, crossed = ARGV[at], ARGV[at + 1], ARGV[at + 2], ARGV[at + 3]
-  if redis.call('HGET', key, 'e') == epoch then
-    local saved = tonumber(redis.call('HGET', key, 'c:' .. dest) or '0')
-    if tonumber(offset) > saved then redis.call('HSET', key, 'c:' .. dest, offset) end
+  local at = (i - 1) * 4
+  local epoch, dest, offset, crossed = ARGV[at + 1], ARGV[at + 2], ARGV[at + 3], ARGV[at + 4]
+  local now = redis.call('HMGET', key, 'e', 'c:' .. dest, 'l:' .. dest)
+  if now[1] == epoch then
+    if tonumber(offset) > tonumber(now[2] or '0') then
+      redis.call('HSET', key, 'c:' .. dest, offset)
+    end
     if crossed == '1' then
-      redis.call('HSET', key, 'l:' .. dest, '1')
-    elseif redis.call('HEXISTS', key, 'l:' .. dest) == 1 then
+      if not now[3] then redis.call('HSET', key, 'l:' .. dest, '1') end
+    elseif now[3] then
       redis.call('HDEL', key, 'l:' .. dest)
     end
-    if redis.call('PTTL', key) < ttl then redis.call('PEXPIRE', key, 2 * ttl) end
   end
 end
 return 1
@@ -118,6 +138,115 @@ pub struct RedisHistory {
     scripts: Arc<Scripts>,
     /// Streams of topics (named by the topic, no presence), not of users.
     topics: bool,
+    /// Where appends queue for the task that stores them in batches (started by the first).
+    appends: std::sync::OnceLock<mpsc::UnboundedSender<Append>>,
+}
+
+/// A message on its way into a stream, and where its place (and the presence read with it)
+/// goes.
+#[derive(Debug)]
+struct Append {
+    keys: [String; 3],
+    dest: String,
+    headers: String,
+    body: Bytes,
+    new_epoch: u64,
+    stored: oneshot::Sender<Result<(Position, Vec<String>), HistoryError>>,
+}
+
+/// What the batching task needs of its store.
+#[derive(Debug, Clone)]
+struct Appender {
+    backplane: Arc<RedisBackplane>,
+    retention: Retention,
+    scripts: Arc<Scripts>,
+    topics: bool,
+}
+
+impl Appender {
+    /// Stores what queues, a batch per call, up to [`APPENDS_IN_FLIGHT`] calls at once, until
+    /// the store is gone. One stream's messages are never in two calls at once: its tenant
+    /// holds the stream's turn until an append is answered.
+    async fn run(self, mut queued: mpsc::UnboundedReceiver<Append>) {
+        let mut calls = futures_util::stream::FuturesUnordered::new();
+        let mut open = true;
+        loop {
+            let mut batch = Vec::with_capacity(APPEND_BATCH);
+            tokio::select! {
+                n = queued.recv_many(&mut batch, APPEND_BATCH), if open && calls.len() < APPENDS_IN_FLIGHT => {
+                    if n == 0 {
+                        open = false;
+                    } else {
+                        calls.push(self.clone().store(batch));
+                    }
+                }
+                Some(()) = futures_util::StreamExt::next(&mut calls), if !calls.is_empty() => {}
+                else => return,
+            }
+        }
+    }
+
+    async fn store(self, batch: Vec<Append>) {
+        let outcome = self.call(&batch).await;
+        match outcome {
+            Ok(placed) => {
+                for (append, placed) in batch.into_iter().zip(placed) {
+                    let _ = append.stored.send(Ok(placed));
+                }
+            }
+            Err(e) => {
+                for append in batch {
+                    let _ = append.stored.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    async fn call(&self, batch: &[Append]) -> Result<Vec<(Position, Vec<String>)>, HistoryError> {
+        let mut conn = self.backplane.connection().map_err(unavailable)?;
+        let per = if self.topics { 2 } else { 3 };
+        let now_ms = crate::util::unix_ms();
+        let mut call = self.scripts.append.prepare_invoke();
+        call.arg(per)
+            .arg(self.retention.max_messages)
+            .arg(self.retention.max_age_ms)
+            .arg(now_ms);
+        for append in batch {
+            for key in &append.keys[..per] {
+                call.key(key);
+            }
+            call.arg(&append.dest)
+                .arg(&append.headers)
+                .arg(append.body.as_ref())
+                .arg(append.new_epoch);
+        }
+        let value: Value = call.invoke_async(&mut conn).await.map_err(store_error)?;
+        let Value::Array(placed) = value else {
+            return Err(malformed("append"));
+        };
+        if placed.len() != batch.len() {
+            return Err(malformed("append count"));
+        }
+        placed
+            .into_iter()
+            .map(|one| {
+                let Value::Array(parts) = one else {
+                    return Err(malformed("append"));
+                };
+                let [epoch, offset, members] =
+                    <[Value; 3]>::try_from(parts).map_err(|_| malformed("append"))?;
+                let position = Position {
+                    epoch: number(&epoch).ok_or_else(|| malformed("epoch"))?,
+                    offset: number(&offset).ok_or_else(|| malformed("offset"))?,
+                };
+                let members = match members {
+                    Value::Array(m) | Value::Set(m) => m.iter().filter_map(text).collect(),
+                    _ => Vec::new(),
+                };
+                Ok((position, members))
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug)]
@@ -151,6 +280,7 @@ impl RedisHistory {
                 rewind: Script::new(REWIND),
             }),
             topics: false,
+            appends: std::sync::OnceLock::new(),
         }
     }
 
@@ -285,48 +415,44 @@ impl History for RedisHistory {
         dest: &str,
         content: &Content,
     ) -> Result<Appended, HistoryError> {
-        let mut conn = self.conn()?;
         let presence = keys::presence(&self.tenant, user);
         let headers = serde_json::to_string(&content.headers)
             .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
         let now_ms = crate::util::unix_ms();
-        // Distinct from any epoch this user's stream had before, even within one ms.
-        let new_epoch = now_ms * 1000 + crate::util::random_u64() % 1000;
-        let mut call = self.scripts.append.key(self.meta(user));
-        call.key(self.stream(user));
-        if !self.topics {
-            call.key(&presence);
-        }
-        let value: Value = call
-            .arg(now_ms)
-            .arg(self.retention.max_messages)
-            .arg(self.retention.max_age_ms)
-            .arg(dest)
-            .arg(headers)
-            .arg(content.body.as_ref())
-            .arg(new_epoch)
-            .invoke_async(&mut conn)
+        let (stored, placed) = oneshot::channel();
+        let append = Append {
+            keys: [self.meta(user), self.stream(user), presence.clone()],
+            dest: dest.to_string(),
+            headers,
+            body: content.body.clone(),
+            // Distinct from any epoch this user's stream had before, even within one ms.
+            new_epoch: now_ms * 1000 + crate::util::random_u64() % 1000,
+            stored,
+        };
+        self.appends
+            .get_or_init(|| {
+                let (queue, queued) = mpsc::unbounded_channel();
+                let appender = Appender {
+                    backplane: self.backplane.clone(),
+                    retention: self.retention,
+                    scripts: self.scripts.clone(),
+                    topics: self.topics,
+                };
+                tokio::spawn(appender.run(queued));
+                queue
+            })
+            .send(append)
+            .map_err(|_| HistoryError::Unavailable("the store is shutting down".into()))?;
+        let (position, members) = placed
             .await
-            .map_err(store_error)?;
-        let Value::Array(parts) = value else {
-            return Err(malformed("append"));
-        };
-        let [epoch, offset, members] =
-            <[Value; 3]>::try_from(parts).map_err(|_| malformed("append"))?;
-        let position = Position {
-            epoch: number(&epoch).ok_or_else(|| malformed("epoch"))?,
-            offset: number(&offset).ok_or_else(|| malformed("offset"))?,
-        };
+            .map_err(|_| HistoryError::Unavailable("the store is shutting down".into()))??;
         if self.topics {
             return Ok(Appended {
                 position,
                 holders: None,
             });
         }
-        let members: Vec<String> = match members {
-            Value::Array(m) | Value::Set(m) => m.iter().filter_map(text).collect(),
-            _ => Vec::new(),
-        };
+        let mut conn = self.conn()?;
         let holders = self
             .backplane
             .only_live_others(&mut conn, &presence, members)
@@ -433,7 +559,6 @@ impl History for RedisHistory {
         let mut conn = self.conn()?;
         for batch in cursors.chunks(ADVANCE_BATCH) {
             let mut call = self.scripts.advance.prepare_invoke();
-            call.arg(self.retention.max_age_ms);
             for (user, dest, cursor) in batch {
                 call.key(self.meta(user))
                     .arg(cursor.position.epoch)
