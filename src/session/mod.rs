@@ -522,7 +522,8 @@ impl Session {
         let overlaps = match &target {
             Target::User { dest, .. } => tenant.history_for(dest).is_some(),
             Target::Topic(dest) => tenant.topic_history_for(dest).is_some(),
-            Target::Queue(_) => false,
+            // Queued for the store at its first poll, in order.
+            Target::Queue(_) => tenant.durable_queues(),
         };
         let route: Route = Box::pin(async move {
             tenant

@@ -86,6 +86,11 @@ impl Tenant {
         Ok(told)
     }
 
+    /// True when this tenant's queues are kept in a store shared by the cluster.
+    pub fn durable_queues(&self) -> bool {
+        self.durable.is_some()
+    }
+
     /// Hands queue `dest`'s backlog to consumers with room, and reads more of a durable queue
     /// when little waits: called when a consumer of it may have gained room.
     pub fn pump_queue(&self, dest: &str) {

@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{Script, Value};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{keys, RedisBackplane};
 use crate::broker::Content;
@@ -27,17 +28,32 @@ use crate::cluster::{Envelope, Kind};
 use crate::history::queue::{Entry, QueueStore};
 use crate::history::HistoryError;
 
-/// Appends an entry unless the queue holds its limit, and reads the queue's consumer nodes.
-/// The group is made with the stream, at its end: every entry is new to it.
+/// For each of a batch of messages (`KEYS`: its queue's stream and consumer set; `ARGV`: the
+/// limit, then its headers and body): appends it unless the queue holds its limit, and reads
+/// the queue's consumer nodes; `{1, nodes}` or `{0}` (full) per message. A stream's group is
+/// made with it, at its end: every entry is new to the group.
 const PUSH: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 0 then
-  redis.call('XGROUP', 'CREATE', KEYS[1], 'g', '$', 'MKSTREAM')
-elseif redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then
-  return {0}
+local out = {}
+for i = 0, #KEYS / 2 - 1 do
+  local stream, consumers = KEYS[2 * i + 1], KEYS[2 * i + 2]
+  local full = false
+  if redis.call('EXISTS', stream) == 0 then
+    redis.call('XGROUP', 'CREATE', stream, 'g', '$', 'MKSTREAM')
+  elseif redis.call('XLEN', stream) >= tonumber(ARGV[1]) then
+    full = true
+  end
+  if full then
+    out[#out + 1] = {0}
+  else
+    redis.call('XADD', stream, '*', 'h', ARGV[2 * i + 2], 'b', ARGV[2 * i + 3])
+    out[#out + 1] = {1, redis.call('SMEMBERS', consumers)}
+  end
 end
-redis.call('XADD', KEYS[1], '*', 'h', ARGV[2], 'b', ARGV[3])
-return {1, redis.call('SMEMBERS', KEYS[2])}
+return out
 ";
+
+/// Messages stored by one call of [`PUSH`].
+const PUSH_BATCH: usize = 64;
 
 /// Up to ARGV[2] entries no node took yet, for node ARGV[1].
 const TAKE: &str = r"
@@ -76,6 +92,15 @@ end
 return out
 ";
 
+/// A message on its way into its queue, and where the number of nodes told goes.
+#[derive(Debug)]
+struct Push {
+    dest: String,
+    headers: String,
+    body: Bytes,
+    pushed: oneshot::Sender<Result<usize, HistoryError>>,
+}
+
 /// One tenant's durable queues in Redis.
 #[derive(Debug)]
 pub struct RedisQueues {
@@ -87,6 +112,8 @@ pub struct RedisQueues {
     /// node restarted under its id claims what its earlier run held.
     consumer: String,
     scripts: Arc<(Script, Script, Script)>,
+    /// Where pushes queue for the task that stores them (started by the first).
+    pushes: std::sync::OnceLock<mpsc::UnboundedSender<Push>>,
 }
 
 impl RedisQueues {
@@ -99,6 +126,7 @@ impl RedisQueues {
             tenant: tenant.to_string(),
             max_messages,
             scripts: Arc::new((Script::new(PUSH), Script::new(TAKE), Script::new(CLAIM))),
+            pushes: std::sync::OnceLock::new(),
         }
     }
 
@@ -111,6 +139,118 @@ impl RedisQueues {
     fn node(&self) -> &str {
         &self.backplane.settings.node_id
     }
+
+    fn pusher(&self) -> Pusher {
+        Pusher {
+            backplane: self.backplane.clone(),
+            tenant: self.tenant.clone(),
+            max_messages: self.max_messages,
+            scripts: self.scripts.clone(),
+        }
+    }
+}
+
+/// What the pushing task needs of its store.
+struct Pusher {
+    backplane: Arc<RedisBackplane>,
+    tenant: String,
+    max_messages: usize,
+    scripts: Arc<(Script, Script, Script)>,
+}
+
+impl Pusher {
+    /// Stores what queues, one batch per call and one call at a time (so a queue's entries
+    /// are in the order they were pushed), until the store is gone.
+    async fn run(self, mut queued: mpsc::UnboundedReceiver<Push>) {
+        let mut batch = Vec::with_capacity(PUSH_BATCH);
+        while queued.recv_many(&mut batch, PUSH_BATCH).await > 0 {
+            match self.store(&batch).await {
+                Ok(outcomes) => {
+                    for (push, outcome) in batch.drain(..).zip(outcomes) {
+                        let _ = push.pushed.send(outcome);
+                    }
+                }
+                Err(e) => {
+                    for push in batch.drain(..) {
+                        let _ = push.pushed.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One call for `batch`, then one notice per queue and consumer node: per message, the
+    /// nodes told, or why it was refused.
+    async fn store(
+        &self,
+        batch: &[Push],
+    ) -> Result<Vec<Result<usize, HistoryError>>, HistoryError> {
+        let mut conn = self
+            .backplane
+            .connection()
+            .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+        let mut call = self.scripts.0.prepare_invoke();
+        call.arg(self.max_messages);
+        for push in batch {
+            call.key(keys::queue_stream(&self.tenant, &push.dest))
+                .key(keys::consumers(&self.tenant, &push.dest))
+                .arg(&push.headers)
+                .arg(push.body.as_ref());
+        }
+        let value: Value = call.invoke_async(&mut conn).await.map_err(store_error)?;
+        let Value::Array(outcomes) = value else {
+            return Err(malformed("push"));
+        };
+        if outcomes.len() != batch.len() {
+            return Err(malformed("push count"));
+        }
+        // Per queue of the batch: the live other nodes with consumers, told once.
+        let mut told: Vec<(&str, usize)> = Vec::new();
+        let mut results = Vec::with_capacity(batch.len());
+        for (push, outcome) in batch.iter().zip(outcomes) {
+            let Value::Array(parts) = outcome else {
+                return Err(malformed("push"));
+            };
+            let mut parts = parts.into_iter();
+            if !matches!(parts.next(), Some(Value::Int(1))) {
+                results.push(Err(HistoryError::Full(format!(
+                    "queue '{}' holds its limit of {} messages (server.max_queue_backlog)",
+                    push.dest, self.max_messages
+                ))));
+                continue;
+            }
+            if let Some((_, nodes)) = told.iter().find(|(dest, _)| *dest == push.dest) {
+                results.push(Ok(*nodes));
+                continue;
+            }
+            let members: Vec<String> = match parts.next() {
+                Some(Value::Array(m) | Value::Set(m)) => m.iter().filter_map(text).collect(),
+                _ => Vec::new(),
+            };
+            let consumers = keys::consumers(&self.tenant, &push.dest);
+            let nodes = self
+                .backplane
+                .only_live_others(&mut conn, &consumers, members)
+                .await
+                .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+            let notice = Envelope::new(
+                &self.backplane.settings.node_id,
+                &self.tenant,
+                Kind::QueueStored,
+                None,
+                &push.dest,
+                &Content::default(),
+            );
+            // A notice that does not reach a node is made up for by its next read.
+            let reached = nodes
+                .iter()
+                .filter(|node| self.backplane.enqueue(keys::inbox(node), &notice).is_ok())
+                .count();
+            told.push((&push.dest, reached));
+            results.push(Ok(reached));
+        }
+        Ok(results)
+    }
 }
 
 /// When this process first asked, in ms: one consumer name for all of its tenants.
@@ -122,56 +262,27 @@ fn process_start_ms() -> u64 {
 #[async_trait]
 impl QueueStore for RedisQueues {
     async fn push(&self, dest: &str, content: &Content) -> Result<usize, HistoryError> {
-        let mut conn = self.conn()?;
         let headers = serde_json::to_string(&content.headers)
             .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
-        let consumers = keys::consumers(&self.tenant, dest);
-        let value: Value = self
-            .scripts
-            .0
-            .key(keys::queue_stream(&self.tenant, dest))
-            .key(&consumers)
-            .arg(self.max_messages)
-            .arg(headers)
-            .arg(content.body.as_ref())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(store_error)?;
-        let Value::Array(parts) = value else {
-            return Err(malformed("push"));
+        let (pushed, told) = oneshot::channel();
+        let push = Push {
+            dest: dest.to_string(),
+            headers,
+            body: content.body.clone(),
+            pushed,
         };
-        let mut parts = parts.into_iter();
-        if !matches!(parts.next(), Some(Value::Int(1))) {
-            return Err(HistoryError::Full(format!(
-                "queue '{dest}' holds its limit of {} messages (server.max_queue_backlog)",
-                self.max_messages
-            )));
-        }
-        let members: Vec<String> = match parts.next() {
-            Some(Value::Array(m) | Value::Set(m)) => m.iter().filter_map(text).collect(),
-            _ => Vec::new(),
-        };
-        let nodes = self
-            .backplane
-            .only_live_others(&mut conn, &consumers, members)
-            .await
-            .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
-        let notice = Envelope::new(
-            self.node(),
-            &self.tenant,
-            Kind::QueueStored,
-            None,
-            dest,
-            &Content::default(),
-        );
-        let mut told = 0;
-        for node in &nodes {
-            // A notice that does not reach a node is made up for by its next read.
-            if self.backplane.enqueue(keys::inbox(node), &notice).is_ok() {
-                told += 1;
-            }
-        }
-        Ok(told)
+        // Queued before anything is awaited: one session's SENDs reach the queue in the order
+        // it sent them, even while several are under way.
+        self.pushes
+            .get_or_init(|| {
+                let (queue, queued) = mpsc::unbounded_channel();
+                tokio::spawn(self.pusher().run(queued));
+                queue
+            })
+            .send(push)
+            .map_err(|_| HistoryError::Unavailable("the store is shutting down".into()))?;
+        told.await
+            .map_err(|_| HistoryError::Unavailable("the store is shutting down".into()))?
     }
 
     async fn take(&self, dest: &str, count: usize) -> Result<Vec<Entry>, HistoryError> {
