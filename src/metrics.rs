@@ -113,9 +113,9 @@ pub struct Metrics {
 /// The message store's counters.
 #[derive(Debug, Default)]
 pub struct StoreCounters {
-    /// User messages stored.
+    /// Messages stored: user messages, topic messages with history, durable queue messages.
     pub stored: AtomicU64,
-    /// User messages the store refused or could not take (answered 503 / ERROR).
+    /// Messages the store refused or could not take (answered 503 / ERROR).
     pub refused: AtomicU64,
     /// Stored messages that reached this node's subscriptions by reading a gap from the
     /// store rather than from the cluster.
@@ -124,6 +124,11 @@ pub struct StoreCounters {
     pub cursor_saves: AtomicU64,
     /// Cursors put back past deliveries that never counted (a connection ended just after).
     pub cursor_rewinds: AtomicU64,
+    /// Durable queue entries claimed here from a node that is gone (or given back).
+    pub queue_claimed: AtomicU64,
+    /// Durable queue entries this node gave back (no consumer here took them, or their frame
+    /// never reached a socket).
+    pub queue_returned: AtomicU64,
 }
 
 impl Metrics {
@@ -213,12 +218,12 @@ impl Metrics {
         for (name, help, value) in [
             (
                 "stompbox_stored_messages_total",
-                "User messages stored before they were answered or delivered.",
+                "Messages stored before they were answered or delivered (user, topic with history, durable queue).",
                 &self.store.stored,
             ),
             (
                 "stompbox_store_refused_total",
-                "User messages the store refused or could not take (answered 503 or ERROR).",
+                "Messages the store refused or could not take (answered 503 or ERROR).",
                 &self.store.refused,
             ),
             (
@@ -235,6 +240,16 @@ impl Metrics {
                 "stompbox_cursor_rewinds_total",
                 "Cursors put back past deliveries that never counted.",
                 &self.store.cursor_rewinds,
+            ),
+            (
+                "stompbox_queue_claimed_total",
+                "Durable queue entries claimed here from a node that is gone, or given back, and delivered again.",
+                &self.store.queue_claimed,
+            ),
+            (
+                "stompbox_queue_returned_total",
+                "Durable queue entries this node gave back to the queue.",
+                &self.store.queue_returned,
             ),
         ] {
             counter(&mut out, name, help, value.load(Ordering::Relaxed));

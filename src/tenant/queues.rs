@@ -119,6 +119,10 @@ impl Tenant {
         if ids.is_empty() {
             return;
         }
+        self.metrics
+            .store
+            .queue_returned
+            .fetch_add(ids.len() as u64, Ordering::Relaxed);
         let (store, dest) = (durable.store.clone(), dest.to_string());
         tokio::spawn(async move {
             // Failing, they stay this node's until it dies: then another claims them.
@@ -191,6 +195,12 @@ impl Tenant {
                 }
             };
             let full = entries.len() >= room;
+            if claim {
+                self.metrics
+                    .store
+                    .queue_claimed
+                    .fetch_add(entries.len() as u64, Ordering::Relaxed);
+            }
             for entry in entries {
                 self.broker
                     .enqueue(Arc::new(self.queue_message(durable, dest, entry)));
@@ -224,7 +234,11 @@ impl Tenant {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(settled) = settled {
-            tokio::spawn(acknowledge(settled, durable.store.clone()));
+            tokio::spawn(acknowledge(
+                settled,
+                durable.store.clone(),
+                self.metrics.clone(),
+            ));
         }
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
@@ -244,7 +258,11 @@ impl Tenant {
 
 /// Applies acknowledgements in batches until the tenant is gone; a batch the store refused is
 /// tried again (its entries stay pending meanwhile: acknowledged late, never lost).
-async fn acknowledge(mut settled: mpsc::UnboundedReceiver<Settled>, store: Arc<dyn QueueStore>) {
+async fn acknowledge(
+    mut settled: mpsc::UnboundedReceiver<Settled>,
+    store: Arc<dyn QueueStore>,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
     let mut batch = Vec::with_capacity(ACK_BATCH);
     loop {
         if settled.recv_many(&mut batch, ACK_BATCH).await == 0 {
@@ -258,6 +276,10 @@ async fn acknowledge(mut settled: mpsc::UnboundedReceiver<Settled>, store: Arc<d
             .filter(|s| s.returned)
             .map(|s| (s.queue.clone(), s.id.clone()))
             .collect();
+        metrics
+            .store
+            .queue_returned
+            .fetch_add(returned.len() as u64, Ordering::Relaxed);
         for (queue, ids) in by_queue(&returned) {
             if let Err(e) = store.give_back(queue, &ids).await {
                 warn!(queue, error = %e, "queue entries could not be given back; they are claimed when this node stops");

@@ -201,6 +201,9 @@ pub enum Load {
         rate: Option<(usize, u64)>,
         messages: usize,
     },
+    /// `consumers` of one queue (on node 2 of a cluster) and one publisher (on node 1) sending
+    /// `messages` as fast as it can.
+    ClusterQueue { consumers: usize, messages: usize },
     /// One hostile connection of `kind` (an `attack --kind` value) sending `count` frames at
     /// most, beside a bystander (`stompbox-bench attack`).
     Attack {
@@ -507,6 +510,27 @@ pub fn plan(small: bool, machine: &Machine) -> Vec<Case> {
         },
         RATE,
     ));
+    let consumers = pick(20, 100);
+    let queue_messages = pick(10_000, 100_000);
+    let mut c = case(
+        Scenario::Cluster,
+        "cluster-queue".into(),
+        format!(
+            "1 queue, {} consumers, {} msgs as fast as possible",
+            n(consumers),
+            n(queue_messages)
+        ),
+        &cluster,
+        Load::ClusterQueue {
+            consumers,
+            messages: queue_messages,
+        },
+        RATE,
+    );
+    c.note = "each message to one of the queue's consumers; 2 nodes + Redis: the consumers on \
+             node 2, the publisher on node 1, each message stored in the queue's Redis stream"
+        .into();
+    cases.push(c);
     // 7. one hostile connection, each as the hardening review found it, beside a bystander.
     let attacks = [
         ("transactions", pick(200, 16_000)),
@@ -635,6 +659,7 @@ fn user_dests(system: System, ep: &Endpoint, n: usize) -> Vec<String> {
 /// `tokens` is the file of per-user JWTs for stompbox's auth runs.
 pub fn args(load: &Load, system: System, ep: &Endpoint, tokens: Option<&Path>) -> Vec<String> {
     const TOPIC: &str = "/topic/bench";
+    const QUEUE: &str = "/queue/bench";
     let flags = |pairs: &[(&str, String)]| -> Vec<String> {
         pairs
             .iter()
@@ -751,6 +776,21 @@ pub fn args(load: &Load, system: System, ep: &Endpoint, tokens: Option<&Path>) -
             ("--count", count.to_string()),
             ("--secs", secs.to_string()),
         ]),
+        Load::ClusterQueue {
+            consumers,
+            messages,
+        } => {
+            let mut a = common(ep, consumers, QUEUE, QUEUE, &[], None);
+            a.extend(stomp_publish(ep, 1));
+            a.extend(flags(&[
+                // Queue interest reaches the other node through Redis first.
+                ("--settle-ms", "1000".into()),
+                ("--rate", "0".into()),
+                ("--messages", messages.to_string()),
+                ("--drain-ms", "5000".into()),
+            ]));
+            a
+        }
         Load::Cluster {
             users,
             rate,
@@ -808,6 +848,7 @@ mod tests {
                 "auth",
                 "cluster-steady",
                 "cluster-max",
+                "cluster-queue",
                 "attack-transactions",
                 "attack-destinations",
                 "attack-subscriptions",
