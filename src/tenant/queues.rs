@@ -111,6 +111,16 @@ impl Tenant {
     /// what waits here goes back to the store, for a node with consumers to claim.
     pub fn queue_consumer_left(&self, dest: &str) {
         let Some(durable) = &self.durable else { return };
+        if self.broker.has_consumers(dest) {
+            return;
+        }
+        // What a queue no one here consumes needs of this node: nothing (a read under way
+        // keeps its own until it ends).
+        durable
+            .reads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(dest);
         let waiting = self.broker.take_backlog(dest);
         let ids: Vec<String> = waiting
             .iter()
