@@ -73,8 +73,10 @@ const FILL_RETRY: Duration = Duration::from_millis(250);
 const CURSOR_BATCH: usize = 256;
 /// How often cursors with deliveries not counted yet are looked at again.
 const CURSOR_TICK: Duration = Duration::from_millis(10);
-/// The shortest time between two rounds of cursor saving that wrote something.
-const CURSOR_ROUND: Duration = Duration::from_millis(5);
+/// The shortest time between two rounds of cursor saving that wrote something: how far, at
+/// most, a cursor in the store is behind what a socket was given, so how many frames a node
+/// killed that instant may have its users' next sessions get again.
+const CURSOR_ROUND: Duration = Duration::from_millis(1);
 
 /// Saves the cursors that moved, until the tenant is gone: at once for what an ACK moved,
 /// and for `auto` deliveries once they count (see [`crate::broker::cursor`]), looking again
