@@ -263,27 +263,79 @@ fn dora(
     })
 }
 
-async fn publish_dora(b: &NodeProcess, i: usize) -> (u16, serde_json::Value) {
-    http_request(
-        b.http,
-        "POST",
-        "/api/v1/tenants/default/publish",
-        Some(API_KEY),
-        &json!({"receiver": "dora", "destination": "/queue/notice", "content": format!("d{i}")})
-            .to_string(),
-    )
-    .await
-}
+/// Message `i` of a durable accounting run, as the publish API's body.
+type Body = fn(usize) -> serde_json::Value;
 
-/// Publishes `count` more messages to dora, IN_FLIGHT at a time at a steady pace.
-async fn publish_round(b: &NodeProcess, answers: &mut Vec<(u16, serde_json::Value)>, count: usize) {
+/// Publishes `count` more messages, IN_FLIGHT at a time at a steady pace.
+async fn publish_round(
+    b: &NodeProcess,
+    answers: &mut Vec<(u16, serde_json::Value)>,
+    count: usize,
+    body: Body,
+) {
     let until = answers.len() + count;
     while answers.len() < until {
         let first = answers.len();
-        let batch = (first..first + IN_FLIGHT).map(|i| publish_dora(b, i));
+        let bodies: Vec<String> = (first..first + IN_FLIGHT)
+            .map(|i| body(i).to_string())
+            .collect();
+        let batch = bodies.iter().map(|body| {
+            http_request(
+                b.http,
+                "POST",
+                "/api/v1/tenants/default/publish",
+                Some(API_KEY),
+                body,
+            )
+        });
         answers.extend(futures_util::future::join_all(batch).await);
         tokio::time::sleep(EVERY).await;
     }
+}
+
+/// A client that reads until it has been quiet a while after its flag is set, given node A's
+/// and node B's STOMP addresses.
+type Reader<T> = fn(
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<T>;
+
+/// The durable accounting runs' faults: two nodes and a Redis with an append-only file, the
+/// reader on A, messages through B at a steady rate while Redis is paused for 3 s, then while
+/// A is killed (the reader moves to B), then while Redis is killed and restarted from its
+/// append-only file. The answers, in publish order, and what the reader got.
+async fn through_every_fault<T>(
+    reader: Reader<T>,
+    body: Body,
+) -> (Vec<(u16, serde_json::Value)>, T) {
+    let round = durable_round();
+    let mut redis = Redis::start_persistent();
+    let toml = config();
+    let mut a = NodeProcess::start("node-a", &redis.url(), &toml);
+    let b = NodeProcess::start("node-b", &redis.url(), &toml);
+    await_ready(&a).await;
+    await_ready(&b).await;
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = reader(a.stomp, b.stomp, done.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut answers = Vec::new();
+    publish_round(&b, &mut answers, round, body).await;
+    redis.pause();
+    publish_round(&b, &mut answers, IN_FLIGHT * 4, body).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    redis.resume();
+    publish_round(&b, &mut answers, round, body).await;
+    a.kill9();
+    publish_round(&b, &mut answers, round, body).await;
+    redis.kill();
+    publish_round(&b, &mut answers, IN_FLIGHT * 4, body).await;
+    redis.restart();
+    await_ready(&b).await;
+    publish_round(&b, &mut answers, round, body).await;
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    (answers, reader.await.unwrap())
 }
 
 /// The accounting, with user messages stored: dora on A, messages through B at a
@@ -295,32 +347,11 @@ async fn publish_round(b: &NodeProcess, answers: &mut Vec<(u16, serde_json::Valu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_stored_message_reaches_its_user_once_in_order_through_every_fault() {
     let round = durable_round();
-    let mut redis = Redis::start_persistent();
-    let toml = config();
-    let mut a = NodeProcess::start("node-a", &redis.url(), &toml);
-    let b = NodeProcess::start("node-b", &redis.url(), &toml);
-    await_ready(&a).await;
-    await_ready(&b).await;
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = dora(a.stomp, b.stomp, done.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let mut answers = Vec::new();
-    publish_round(&b, &mut answers, round).await;
-    redis.pause();
-    publish_round(&b, &mut answers, IN_FLIGHT * 4).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    redis.resume();
-    publish_round(&b, &mut answers, round).await;
-    a.kill9();
-    publish_round(&b, &mut answers, round).await;
-    redis.kill();
-    publish_round(&b, &mut answers, IN_FLIGHT * 4).await;
-    redis.restart();
-    await_ready(&b).await;
-    publish_round(&b, &mut answers, round).await;
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (got, sessions) = reader.await.unwrap();
+    let (answers, (got, sessions)) = through_every_fault(
+        dora,
+        |i| json!({"receiver": "dora", "destination": "/queue/notice", "content": format!("d{i}")}),
+    )
+    .await;
 
     let mut times: HashMap<&str, usize> = HashMap::new();
     for (_, body) in &got {
@@ -428,28 +459,6 @@ fn worker(
     })
 }
 
-async fn publish_job(b: &NodeProcess, i: usize) -> (u16, serde_json::Value) {
-    http_request(
-        b.http,
-        "POST",
-        "/api/v1/tenants/default/publish",
-        Some(API_KEY),
-        &json!({"destination": "/queue/work", "content": format!("j{i}")}).to_string(),
-    )
-    .await
-}
-
-/// Publishes `count` more jobs, IN_FLIGHT at a time at a steady pace.
-async fn publish_jobs(b: &NodeProcess, answers: &mut Vec<(u16, serde_json::Value)>, count: usize) {
-    let until = answers.len() + count;
-    while answers.len() < until {
-        let first = answers.len();
-        let batch = (first..first + IN_FLIGHT).map(|i| publish_job(b, i));
-        answers.extend(futures_util::future::join_all(batch).await);
-        tokio::time::sleep(EVERY).await;
-    }
-}
-
 /// The same faults for a durable queue: a worker on A, jobs through B while Redis is paused
 /// for 3 s, A is killed (the worker moves to B, and B claims what A held unacknowledged),
 /// and Redis is killed and restarted from its append-only file. Every job answered 202
@@ -457,32 +466,11 @@ async fn publish_jobs(b: &NodeProcess, answers: &mut Vec<(u16, serde_json::Value
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_queued_message_reaches_a_consumer_through_every_fault() {
     let round = durable_round();
-    let mut redis = Redis::start_persistent();
-    let toml = config();
-    let mut a = NodeProcess::start("node-a", &redis.url(), &toml);
-    let b = NodeProcess::start("node-b", &redis.url(), &toml);
-    await_ready(&a).await;
-    await_ready(&b).await;
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let reader = worker(a.stomp, b.stomp, done.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-
-    let mut answers = Vec::new();
-    publish_jobs(&b, &mut answers, round).await;
-    redis.pause();
-    publish_jobs(&b, &mut answers, IN_FLIGHT * 4).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    redis.resume();
-    publish_jobs(&b, &mut answers, round).await;
-    a.kill9();
-    publish_jobs(&b, &mut answers, round).await;
-    redis.kill();
-    publish_jobs(&b, &mut answers, IN_FLIGHT * 4).await;
-    redis.restart();
-    await_ready(&b).await;
-    publish_jobs(&b, &mut answers, round).await;
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (got, sessions) = reader.await.unwrap();
+    let (answers, (got, sessions)) = through_every_fault(
+        worker,
+        |i| json!({"destination": "/queue/work", "content": format!("j{i}")}),
+    )
+    .await;
 
     let mut copies: HashMap<&str, Vec<bool>> = HashMap::new();
     for (body, redelivered) in &got {

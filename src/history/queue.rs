@@ -46,7 +46,8 @@ pub trait QueueStore: Send + Sync + std::fmt::Debug {
     /// Removes acknowledged entries: (queue, entry id) pairs.
     async fn acknowledge(&self, entries: &[(Arc<str>, String)]) -> Result<(), HistoryError>;
 
-    /// Gives entries of `dest` this node took and never delivered back to the cluster (its
-    /// last consumer of the queue left), for a node with consumers to claim.
-    async fn give_back(&self, dest: &str, ids: &[String]) -> Result<(), HistoryError>;
+    /// Gives entries this node took and never delivered, (queue, entry id) pairs, back to the
+    /// cluster (its last consumer of the queue left, or a frame never reached its socket), for
+    /// a node with consumers to claim.
+    async fn give_back(&self, entries: &[(Arc<str>, String)]) -> Result<(), HistoryError>;
 }

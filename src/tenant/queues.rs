@@ -23,6 +23,7 @@ use super::Tenant;
 use crate::broker::ticket::{SettleQueue, Settled, Ticket};
 use crate::broker::{Content, Message, RouteError};
 use crate::history::queue::{Entry, QueueStore};
+use crate::metrics::Metrics;
 
 /// Entries a node keeps waiting per queue beyond what its consumers hold.
 pub const READ_AHEAD: usize = 64;
@@ -121,25 +122,17 @@ impl Tenant {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(dest);
-        let waiting = self.broker.take_backlog(dest);
-        let ids: Vec<String> = waiting
+        let waiting: Vec<(Arc<str>, String)> = self
+            .broker
+            .take_backlog(dest)
             .iter()
-            .filter_map(|m| m.ticket().map(|t| t.id.clone()))
+            .filter_map(|m| m.ticket().map(|t| (t.queue.clone(), t.id.clone())))
             .collect();
-        if ids.is_empty() {
+        if waiting.is_empty() {
             return;
         }
-        self.metrics
-            .store
-            .queue_returned
-            .fetch_add(ids.len() as u64, Ordering::Relaxed);
-        let (store, dest) = (durable.store.clone(), dest.to_string());
-        tokio::spawn(async move {
-            // Failing, they stay this node's until it dies: then another claims them.
-            if let Err(e) = store.give_back(&dest, &ids).await {
-                warn!(queue = %dest, error = %e, "queue entries could not be given back; they are claimed when this node stops");
-            }
-        });
+        let (store, metrics) = (durable.store.clone(), self.metrics.clone());
+        tokio::spawn(async move { give_back(&*store, &metrics, &waiting).await });
     }
 
     fn me(&self) -> Option<Arc<Tenant>> {
@@ -271,7 +264,7 @@ impl Tenant {
 async fn acknowledge(
     mut settled: mpsc::UnboundedReceiver<Settled>,
     store: Arc<dyn QueueStore>,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(ACK_BATCH);
     loop {
@@ -281,25 +274,15 @@ async fn acknowledge(
         // Entries whose frames never reached a socket go back to the queue, for a node with
         // consumers to claim (this one included); a failure leaves them this node's, claimed
         // once it stops.
-        let returned: Vec<(Arc<str>, String)> = batch
+        let (returned, entries): (Vec<_>, Vec<_>) = batch
             .iter()
-            .filter(|s| s.returned)
-            .map(|s| (s.queue.clone(), s.id.clone()))
-            .collect();
-        metrics
-            .store
-            .queue_returned
-            .fetch_add(returned.len() as u64, Ordering::Relaxed);
-        for (queue, ids) in by_queue(&returned) {
-            if let Err(e) = store.give_back(queue, &ids).await {
-                warn!(queue, error = %e, "queue entries could not be given back; they are claimed when this node stops");
-            }
+            .map(|s| (s.returned, (s.queue.clone(), s.id.clone())))
+            .partition(|(returned, _)| *returned);
+        let returned: Vec<(Arc<str>, String)> = returned.into_iter().map(|(_, e)| e).collect();
+        let entries: Vec<(Arc<str>, String)> = entries.into_iter().map(|(_, e)| e).collect();
+        if !returned.is_empty() {
+            give_back(&*store, &metrics, &returned).await;
         }
-        let entries: Vec<(Arc<str>, String)> = batch
-            .iter()
-            .filter(|s| !s.returned)
-            .map(|s| (s.queue.clone(), s.id.clone()))
-            .collect();
         if entries.is_empty() {
             batch.clear();
             continue;
@@ -329,14 +312,14 @@ async fn acknowledge(
     }
 }
 
-/// (queue, entry id) pairs grouped by queue.
-fn by_queue(entries: &[(Arc<str>, String)]) -> Vec<(&str, Vec<String>)> {
-    let mut grouped: Vec<(&str, Vec<String>)> = Vec::new();
-    for (queue, id) in entries {
-        match grouped.iter_mut().find(|(q, _)| *q == &**queue) {
-            Some((_, ids)) => ids.push(id.clone()),
-            None => grouped.push((queue, vec![id.clone()])),
-        }
+/// Gives `entries` back to the queue, counting them; failing, they stay this node's until it
+/// dies, and then another claims them.
+async fn give_back(store: &dyn QueueStore, metrics: &Metrics, entries: &[(Arc<str>, String)]) {
+    metrics
+        .store
+        .queue_returned
+        .fetch_add(entries.len() as u64, Ordering::Relaxed);
+    if let Err(e) = store.give_back(entries).await {
+        warn!(entries = entries.len(), error = %e, "queue entries could not be given back; they are claimed when this node stops");
     }
-    grouped
 }

@@ -22,6 +22,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{Script, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::store::{malformed, store_error, stream_entry, text};
 use super::{keys, RedisBackplane};
 use crate::broker::Content;
 use crate::cluster::{Envelope, Kind};
@@ -324,15 +325,8 @@ impl QueueStore for RedisQueues {
             return Ok(());
         }
         let mut conn = self.conn()?;
-        let mut by_queue: Vec<(&str, Vec<&str>)> = Vec::new();
-        for (queue, id) in entries {
-            match by_queue.iter_mut().find(|(q, _)| *q == &**queue) {
-                Some((_, ids)) => ids.push(id),
-                None => by_queue.push((queue, vec![id])),
-            }
-        }
         let mut pipe = redis::pipe();
-        for (queue, ids) in by_queue {
+        for (queue, ids) in by_queue(entries) {
             let key = keys::queue_stream(&self.tenant, queue);
             pipe.cmd("XACK")
                 .arg(&key)
@@ -344,43 +338,36 @@ impl QueueStore for RedisQueues {
         pipe.query_async::<()>(&mut conn).await.map_err(store_error)
     }
 
-    async fn give_back(&self, dest: &str, ids: &[String]) -> Result<(), HistoryError> {
-        if ids.is_empty() {
+    async fn give_back(&self, entries: &[(Arc<str>, String)]) -> Result<(), HistoryError> {
+        if entries.is_empty() {
             return Ok(());
         }
         let mut conn = self.conn()?;
-        redis::cmd("XCLAIM")
-            .arg(keys::queue_stream(&self.tenant, dest))
-            .arg(keys::QUEUE_GROUP)
-            .arg(keys::RETURNED)
-            .arg(0)
-            .arg(ids)
-            .arg("JUSTID")
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(store_error)
+        let mut pipe = redis::pipe();
+        for (queue, ids) in by_queue(entries) {
+            pipe.cmd("XCLAIM")
+                .arg(keys::queue_stream(&self.tenant, queue))
+                .arg(keys::QUEUE_GROUP)
+                .arg(keys::RETURNED)
+                .arg(0)
+                .arg(&ids)
+                .arg("JUSTID")
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.map_err(store_error)
     }
 }
 
-fn store_error(e: redis::RedisError) -> HistoryError {
-    if e.code() == Some("OOM") {
-        return HistoryError::Full(format!(
-            "Redis is at its maxmemory and refuses writes ({e})"
-        ));
+/// (queue, entry id) pairs grouped by queue, in the order the queues first appear.
+fn by_queue(entries: &[(Arc<str>, String)]) -> Vec<(&str, Vec<&str>)> {
+    let mut grouped: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (queue, id) in entries {
+        match grouped.iter_mut().find(|(q, _)| *q == &**queue) {
+            Some((_, ids)) => ids.push(id),
+            None => grouped.push((queue, vec![id])),
+        }
     }
-    HistoryError::Unavailable(e.to_string())
-}
-
-fn malformed(what: &str) -> HistoryError {
-    HistoryError::Unavailable(format!("unexpected answer from Redis ({what})"))
-}
-
-fn text(value: &Value) -> Option<String> {
-    match value {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        _ => None,
-    }
+    grouped
 }
 
 /// Stream entries `[[id, [h, headers, b, body]], ...]`.
@@ -397,29 +384,10 @@ fn entries(value: Value, redelivered: bool) -> Result<Vec<Entry>, HistoryError> 
 }
 
 fn entry(value: Value, redelivered: bool) -> Option<Entry> {
-    let Value::Array(parts) = value else {
-        return None;
-    };
-    let [id, fields] = <[Value; 2]>::try_from(parts).ok()?;
-    let Value::Array(fields) = fields else {
-        return None;
-    };
-    let (mut headers, mut body) = (Vec::new(), Bytes::new());
-    let mut fields = fields.into_iter();
-    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
-        match text(&name)?.as_str() {
-            "h" => headers = serde_json::from_str(&text(&value)?).ok()?,
-            "b" => {
-                if let Value::BulkString(b) = value {
-                    body = Bytes::from(b);
-                }
-            }
-            _ => {}
-        }
-    }
+    let (id, _, content) = stream_entry(value)?;
     Some(Entry {
-        id: text(&id)?,
-        content: Content { headers, body },
+        id,
+        content,
         redelivered,
     })
 }

@@ -651,7 +651,7 @@ fn unavailable(e: RedisError) -> HistoryError {
     HistoryError::Unavailable(e.to_string())
 }
 
-fn store_error(e: redis::RedisError) -> HistoryError {
+pub(super) fn store_error(e: redis::RedisError) -> HistoryError {
     if e.code() == Some("OOM") {
         return HistoryError::Full(format!(
             "Redis is at its maxmemory and refuses writes ({e})"
@@ -665,11 +665,11 @@ fn store_error(e: redis::RedisError) -> HistoryError {
     HistoryError::Unavailable(e.to_string())
 }
 
-fn malformed(what: &str) -> HistoryError {
+pub(super) fn malformed(what: &str) -> HistoryError {
     HistoryError::Unavailable(format!("unexpected answer from Redis ({what})"))
 }
 
-fn text(value: &Value) -> Option<String> {
+pub(super) fn text(value: &Value) -> Option<String> {
     match value {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
@@ -695,13 +695,13 @@ fn parse_id(id: &str) -> Option<(u64, u64)> {
     Some((offset.parse().ok()?, ms.parse().ok()?))
 }
 
-/// One stream entry: `[id, [d, dest, h, headers, b, body]]`.
-fn entry(value: Value, epoch: u64) -> Option<Stored> {
+/// One stream entry `[id, [field, value, ...]]` as its id, its destination (`d`, absent in a
+/// queue's entries) and its content (`h`: headers as JSON, `b`: body).
+pub(super) fn stream_entry(value: Value) -> Option<(String, Option<String>, Content)> {
     let Value::Array(parts) = value else {
         return None;
     };
     let [id, fields] = <[Value; 2]>::try_from(parts).ok()?;
-    let (offset, stored_at_ms) = parse_id(&text(&id)?)?;
     let Value::Array(fields) = fields else {
         return None;
     };
@@ -719,10 +719,17 @@ fn entry(value: Value, epoch: u64) -> Option<Stored> {
             _ => {}
         }
     }
+    Some((text(&id)?, dest, Content { headers, body }))
+}
+
+/// One entry of a user's or topic's stream: `[id, [d, dest, h, headers, b, body]]`.
+fn entry(value: Value, epoch: u64) -> Option<Stored> {
+    let (id, dest, content) = stream_entry(value)?;
+    let (offset, stored_at_ms) = parse_id(&id)?;
     Some(Stored {
         position: Position { epoch, offset },
         dest: dest?,
-        content: Content { headers, body },
+        content,
         stored_at_ms,
     })
 }
