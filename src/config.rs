@@ -138,8 +138,12 @@ impl Default for HistoryConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
-    /// `redis://host:port/db`; without it the node runs alone, in memory.
+    /// `redis://host:port/db`; without it (and without `redis_cluster`) the node runs alone,
+    /// in memory.
     pub redis: Option<String>,
+    /// Seed nodes of a Redis Cluster (`redis://host:port`); the node finds the shards itself.
+    /// Exclusive with `redis`.
+    pub redis_cluster: Vec<String>,
     /// This node's id in the cluster (default: generated at start).
     pub node_id: Option<String>,
     /// A node is dead when its heartbeat is older than this, in ms.
@@ -152,6 +156,7 @@ impl Default for ClusterConfig {
     fn default() -> ClusterConfig {
         ClusterConfig {
             redis: None,
+            redis_cluster: Vec::new(),
             node_id: None,
             node_ttl_ms: 10_000,
             presence_cache_ms: 2_000,
@@ -401,6 +406,8 @@ pub struct Overrides {
     pub admin_token: Option<String>,
     /// `--redis`.
     pub redis: Option<String>,
+    /// `--redis-cluster`.
+    pub redis_cluster: Option<Vec<String>>,
     /// `--node-id`.
     pub node_id: Option<String>,
 }
@@ -459,6 +466,9 @@ impl Config {
         }
         if let Some(redis) = overrides.redis {
             self.cluster.redis = Some(redis);
+        }
+        if let Some(seeds) = overrides.redis_cluster {
+            self.cluster.redis_cluster = seeds;
         }
         if let Some(id) = overrides.node_id {
             self.cluster.node_id = Some(id);
@@ -627,6 +637,30 @@ impl Config {
             redis::Client::open(url.as_str()).map_err(|e| {
                 invalid("cluster.redis", format!("'{url}' is not a Redis URL: {e}"))
             })?;
+            if !self.cluster.redis_cluster.is_empty() {
+                return Err(invalid(
+                    "cluster.redis_cluster",
+                    "names a Redis Cluster while cluster.redis names a single Redis: set one of them",
+                ));
+            }
+        }
+        for url in &self.cluster.redis_cluster {
+            use redis::IntoConnectionInfo;
+            let info = url.as_str().into_connection_info().map_err(|e| {
+                invalid("cluster.redis_cluster", format!("'{url}' is not a Redis URL: {e}"))
+            })?;
+            if !matches!(info.addr(), redis::ConnectionAddr::Tcp(..)) {
+                return Err(invalid(
+                    "cluster.redis_cluster",
+                    format!("'{url}' is not a redis://host:port URL"),
+                ));
+            }
+            if info.redis_settings().db() != 0 {
+                return Err(invalid(
+                    "cluster.redis_cluster",
+                    format!("'{url}' names database {}; a Redis Cluster has only database 0", info.redis_settings().db()),
+                ));
+            }
         }
         if let Some(id) = &self.cluster.node_id {
             if id.is_empty()

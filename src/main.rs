@@ -50,6 +50,10 @@ enum Command {
         /// Join a cluster through Redis: redis://HOST:PORT/DB.
         #[arg(long)]
         redis: Option<String>,
+        /// Join a cluster through a Redis Cluster: seed nodes, comma-separated
+        /// (redis://HOST:PORT,redis://HOST:PORT).
+        #[arg(long, value_delimiter = ',')]
+        redis_cluster: Option<Vec<String>>,
         /// This node's id in the cluster [default: generated].
         #[arg(long)]
         node_id: Option<String>,
@@ -161,6 +165,7 @@ fn main() -> ExitCode {
             api_key,
             admin_token,
             redis,
+            redis_cluster,
             node_id,
         } => {
             let overrides = Overrides {
@@ -169,6 +174,7 @@ fn main() -> ExitCode {
                 api_key,
                 admin_token,
                 redis,
+                redis_cluster,
                 node_id,
             };
             match serve(config, overrides) {
@@ -262,6 +268,26 @@ fn serve(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<(
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        if !config.cluster.redis_cluster.is_empty() {
+            // A cluster no seed leads to is a configuration mistake, not an outage to ride out.
+            let seeds = &config.cluster.redis_cluster;
+            match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                stompbox::cluster::redis::RedisBackplane::probe_cluster(seeds),
+            )
+            .await
+            {
+                Ok(Ok(primaries)) => info!(primaries = %primaries.join(", "), "Redis Cluster found"),
+                Ok(Err(e)) => anyhow::bail!(
+                    "invalid configuration: cluster.redis_cluster: no Redis Cluster answers at {}: {e}",
+                    seeds.join(", ")
+                ),
+                Err(_) => anyhow::bail!(
+                    "invalid configuration: cluster.redis_cluster: no Redis Cluster answered within 10 s at {}",
+                    seeds.join(", ")
+                ),
+            }
+        }
         let http = listen(config.server.http)
             .with_context(|| format!("binding the HTTP address {}", config.server.http))?;
         let stomp = listen(config.server.stomp)

@@ -68,6 +68,8 @@ pub struct Sample {
     pub kind: &'static str,
     /// The value now.
     pub value: u64,
+    /// One label, for a metric with a value per thing (`shard="host:port"`).
+    pub label: Option<(&'static str, String)>,
 }
 
 impl Sample {
@@ -78,6 +80,7 @@ impl Sample {
             help,
             kind: "counter",
             value,
+            label: None,
         }
     }
 
@@ -88,7 +91,14 @@ impl Sample {
             help,
             kind: "gauge",
             value,
+            label: None,
         }
+    }
+
+    /// This sample for one thing, named by a label.
+    pub fn labelled(mut self, name: &'static str, value: impl Into<String>) -> Sample {
+        self.label = Some((name, value.into()));
+        self
     }
 }
 
@@ -262,17 +272,27 @@ impl Metrics {
                 count.load(Ordering::Relaxed)
             );
         }
+        let mut described = std::collections::HashSet::new();
         for Sample {
             name,
             help,
             kind,
             value,
+            label,
         } in extra
         {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
+            if described.insert(*name) {
+                let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            }
+            match label {
+                Some((key, text)) => {
+                    let text = text.replace('\\', "\\\\").replace('"', "\\\"");
+                    let _ = writeln!(out, "{name}{{{key}=\"{text}\"}} {value}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name} {value}");
+                }
+            }
         }
         out
     }

@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::broker::Budget;
 use crate::cluster::redis::queues::RedisQueues;
 use crate::cluster::redis::store::RedisHistory;
-use crate::cluster::redis::{RedisBackplane, RedisSettings};
+use crate::cluster::redis::{RedisBackplane, RedisSettings, RedisTarget};
 use crate::cluster::standalone::Standalone;
 use crate::cluster::{Backplane, LocalNode};
 use crate::config::{Config, HistoryConfig, ServerConfig, SockJsConfig, TenantConfig};
@@ -58,9 +58,14 @@ impl Node {
             .clone()
             .unwrap_or_else(|| format!("{:08x}", crate::util::random_u64() as u32));
         // The one place that names a concrete backplane.
-        let redis = config.cluster.redis.as_ref().map(|url| {
+        let target = match (&config.cluster.redis, &config.cluster.redis_cluster) {
+            (Some(url), _) => Some(RedisTarget::Single(url.clone())),
+            (None, seeds) if !seeds.is_empty() => Some(RedisTarget::Cluster(seeds.clone())),
+            _ => None,
+        };
+        let redis = target.map(|target| {
             RedisBackplane::new(RedisSettings {
-                url: url.clone(),
+                target,
                 node_id: node_id.clone(),
                 node_ttl: std::time::Duration::from_millis(config.cluster.node_ttl_ms),
                 presence_cache: std::time::Duration::from_millis(config.cluster.presence_cache_ms),

@@ -115,8 +115,11 @@ pub fn topic_meta(tenant: &str, dest: &str) -> String {
     format!("sb:{{{tenant}:{dest}}}:topic-meta")
 }
 
-/// When this Redis began keeping history.
-pub const HISTORY_SINCE: &str = "sb:history:since";
+/// When the primary owning `tag`'s slot began keeping history (one mark per primary: each
+/// can lose its data alone).
+pub fn history_since(tag: &str) -> String {
+    format!("sb:{{{tag}}}:history:since")
+}
 
 /// When a node last found that Redis had lost its data.
 pub const HISTORY_LOST: &str = "sb:history:lost";

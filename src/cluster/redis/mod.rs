@@ -2,11 +2,19 @@
 //! messages, topic channels joined only while there are local subscribers, queue consumers per
 //! node, and the seed system's ingress channel.
 //!
-//! Split by job: [`keys`] (the layout of keys and channels), [`presence`] (where a user is, and
-//! its cache), [`outbound`] (the pipelined sender of messages for other nodes), [`supervisor`]
-//! (connecting and reconnecting), [`connected`] (one connected period: announce, heartbeat,
-//! dispatch, leave) and [`ingress`] (which node handles an ingress message). This file holds
-//! the shared state and the [`Backplane`] implementation.
+//! It runs on one Redis or on a Redis Cluster alike. Split by job: [`keys`] (the layout of keys
+//! and channels), [`slots`] (which slot a key is in, and the map of slots to primaries),
+//! [`shards`] (the command connections, one per primary, and routing by slot), [`resp`] and
+//! [`subscriber`] (the subscription connections, one per primary), [`membership`] (joining,
+//! heartbeat, announcements, dispatch, repair, leaving), [`presence`] (where a user is, and its
+//! cache), [`outbound`] (the pipelined sender of messages for other nodes) and [`ingress`]
+//! (which node handles an ingress message). This file holds the shared state and the
+//! [`Backplane`] implementation.
+//!
+//! On a Redis Cluster, messages for a node's inbox and for topics travel over sharded pub/sub
+//! (`SPUBLISH`/`SSUBSCRIBE`): a message costs work on the one primary that owns its channel,
+//! where a classic `PUBLISH` is copied to every node of the cluster. Presence notices and the
+//! seed-format ingress channel stay classic, because every node must hear them.
 //!
 //! A message published in the instant between a user's CONNECT on node A and B's cache
 //! learning of it (the time of one Redis PUBLISH, well under a millisecond on a LAN) is routed
@@ -14,22 +22,24 @@
 //! it. Dead nodes' presence entries are ignored at once (the liveness filter) and removed
 //! lazily by whichever node notices them.
 
-mod connected;
 mod ingress;
 pub mod keys;
+mod membership;
 mod outbound;
 mod presence;
 pub mod queues;
+pub mod resp;
+pub mod shards;
+pub mod slots;
 pub mod store;
-mod supervisor;
+mod subscriber;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::MultiplexedConnection;
 use redis::IntoConnectionInfo;
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -40,14 +50,34 @@ use tracing::warn;
 use super::{Backplane, ClusterError, Envelope, Forwarded, Holders, Kind, LocalNode};
 use crate::broker::{Content, Interest, Position};
 use crate::metrics::Sample;
-use connected::Control;
+use membership::Control;
 use presence::{LiveNodes, PresenceCache, UserKey};
+use shards::{Routed, Shards};
+
+/// Which Redis the backplane runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server: `redis://host:port/db`.
+    Single(String),
+    /// A Redis Cluster, found through these seed nodes (`redis://host:port`).
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// The URLs it names.
+    pub fn urls(&self) -> Vec<String> {
+        match self {
+            RedisTarget::Single(url) => vec![url.clone()],
+            RedisTarget::Cluster(seeds) => seeds.clone(),
+        }
+    }
+}
 
 /// Tunables of the Redis backplane.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
-    /// `redis://host:port/db`.
-    pub url: String,
+    /// The server or cluster.
+    pub target: RedisTarget,
     /// This node's id.
     pub node_id: String,
     /// A node is dead once its heartbeat is this old.
@@ -59,9 +89,9 @@ pub struct RedisSettings {
 }
 
 /// Why the Redis backplane could not do something.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RedisError {
-    /// The configured URL does not parse.
+    /// A configured URL does not parse (or names a database other than 0 for a cluster).
     #[error("invalid Redis URL '{url}': {source}")]
     InvalidUrl {
         /// The URL.
@@ -75,6 +105,9 @@ pub enum RedisError {
     /// A command failed or the connection broke.
     #[error("{0}")]
     Command(#[from] redis::RedisError),
+    /// Redis answered something other than what the command gives.
+    #[error("unexpected answer from Redis: {0}")]
+    Reply(String),
     /// The subscription connection was closed.
     #[error("the Redis connection was closed")]
     Closed,
@@ -86,7 +119,7 @@ pub enum RedisError {
     QueueFull,
     /// An envelope could not be encoded.
     #[error("an envelope could not be encoded: {0}")]
-    Encode(serde_json::Error),
+    Encode(String),
     /// The backplane was not started (or was stopped).
     #[error("the cluster backplane is not running")]
     NotStarted,
@@ -126,9 +159,9 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug)]
 pub struct RedisBackplane {
     settings: RedisSettings,
-    client: redis::Client,
-    /// The command connection while connected (set and cleared by the supervisor).
-    conn: RwLock<Option<MultiplexedConnection>>,
+    /// The primaries and their command connections.
+    shards: Shards,
+    /// Every slot is served and subscribed (set by the membership loop).
     ready: AtomicBool,
     last_error: Mutex<Option<String>>,
     /// The queues into the backplane's loops, created when it starts; each loop owns its
@@ -141,9 +174,9 @@ pub struct RedisBackplane {
     /// Topic channels this node is subscribed to (to tell its own echo in receiver counts).
     topics: Mutex<HashSet<String>>,
     queue_cursor: AtomicUsize,
-    /// This node has seen the store's `since` key (see [`store`]): finding it gone later
-    /// means Redis lost what it held.
-    store_seen: AtomicBool,
+    /// The store's `since` marks this node has seen (one per primary, see [`store`]): finding
+    /// one gone later means Redis lost what that primary held.
+    store_marks: Mutex<HashSet<String>>,
     tasks: TaskTracker,
     stop: CancellationToken,
     /// Counters.
@@ -153,24 +186,24 @@ pub struct RedisBackplane {
 impl RedisBackplane {
     /// A backplane for `settings`; nothing connects until it is started.
     pub fn new(settings: RedisSettings) -> Result<Arc<RedisBackplane>, RedisError> {
-        let invalid = |source| RedisError::InvalidUrl {
-            url: settings.url.clone(),
-            source,
+        let parse = |url: &String| {
+            url.as_str()
+                .into_connection_info()
+                .map_err(|source| RedisError::InvalidUrl {
+                    url: url.clone(),
+                    source,
+                })
         };
-        let info = settings
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(invalid)?;
-        // Without TCP_NODELAY a PUBLISH written while the previous one is unacknowledged
-        // waits for the peer's delayed ACK (up to 40 ms on Linux): the cross-node tail.
-        let info = info.set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(invalid)?;
+        let shards = match &settings.target {
+            RedisTarget::Single(url) => Shards::single(parse(url)?),
+            RedisTarget::Cluster(seeds) => {
+                Shards::cluster(seeds.iter().map(parse).collect::<Result<_, _>>()?)
+            }
+        };
         Ok(Arc::new(RedisBackplane {
             presence_cache: Mutex::new(PresenceCache::new(settings.presence_cache)),
             settings,
-            client,
-            conn: RwLock::new(None),
+            shards,
             ready: AtomicBool::new(false),
             last_error: Mutex::new(None),
             control: OnceLock::new(),
@@ -179,29 +212,29 @@ impl RedisBackplane {
             live_nodes: Mutex::new(LiveNodes::default()),
             topics: Mutex::new(HashSet::new()),
             queue_cursor: AtomicUsize::new(0),
-            store_seen: AtomicBool::new(false),
+            store_marks: Mutex::new(HashSet::new()),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             stats: ClusterStats::default(),
         }))
     }
 
-    /// The command connection, or why there is none.
-    fn connection(&self) -> Result<MultiplexedConnection, RedisError> {
-        if !self.ready.load(Ordering::Acquire) {
-            let reason = self
-                .last_error
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone()
-                .unwrap_or_else(|| "not connected".into());
-            return Err(RedisError::NotConnected(reason));
-        }
-        self.conn
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(|| RedisError::NotConnected("not connected".into()))
+    /// Whether a Redis Cluster is reachable through `seeds`: Ok with its primaries, or why
+    /// not (for refusing a configuration at start).
+    pub async fn probe_cluster(seeds: &[String]) -> Result<Vec<String>, String> {
+        let infos = seeds
+            .iter()
+            .map(|url| url.as_str().into_connection_info().map_err(|e| format!("'{url}': {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let shards = Shards::cluster(infos);
+        shards.repair().await.map_err(|e| e.to_string())?;
+        Ok(shards
+            .layout()
+            .topology
+            .primaries
+            .iter()
+            .map(|p| p.addr.clone())
+            .collect())
     }
 
     fn envelope(
@@ -238,7 +271,7 @@ impl Backplane for RedisBackplane {
             stop.clone(),
         ));
         self.tasks
-            .spawn(supervisor::run(self.clone(), local, control_rx, stop));
+            .spawn(membership::run(self.clone(), local, control_rx, stop));
         self.tasks.close();
     }
 
@@ -268,13 +301,12 @@ impl Backplane for RedisBackplane {
         stored: Option<Position>,
         holders: Holders<'_>,
     ) -> Result<Forwarded, ClusterError> {
-        let mut conn = self.connection()?;
         let nodes = match holders {
             Holders::Known(nodes) => nodes.to_vec(),
-            Holders::Cached => self.presence(&mut conn, tenant, user).await?,
+            Holders::Cached => self.presence(tenant, user).await?,
             Holders::Reread { skip } => {
                 self.presence_changed(&(tenant.to_string(), user.to_string()));
-                let mut nodes = self.presence(&mut conn, tenant, user).await?;
+                let mut nodes = self.presence(tenant, user).await?;
                 nodes.retain(|n| !skip.contains(n));
                 nodes
             }
@@ -319,7 +351,6 @@ impl Backplane for RedisBackplane {
         content: &Content,
         stored: Option<Position>,
     ) -> Result<Forwarded, ClusterError> {
-        self.connection()?;
         let channel = keys::topic_channel(tenant, dest);
         let envelope = self
             .envelope(tenant, Kind::Topic, None, dest, content)
@@ -342,14 +373,11 @@ impl Backplane for RedisBackplane {
         dest: &str,
         content: &Content,
     ) -> Result<Forwarded, ClusterError> {
-        let mut conn = self.connection()?;
         let key = keys::consumers(tenant, dest);
-        let members: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .map_err(RedisError::from)?;
-        let mut nodes = self.only_live_others(&mut conn, &key, members).await?;
+        let mut smembers = redis::cmd("SMEMBERS");
+        smembers.arg(&key);
+        let members: Vec<String> = self.shards.one(Routed::key(&key, smembers)).await?;
+        let mut nodes = self.only_live_others(&key, members).await?;
         if nodes.is_empty() {
             return Ok(Forwarded::default());
         }
@@ -368,10 +396,26 @@ impl Backplane for RedisBackplane {
     }
 
     fn describe(&self) -> serde_json::Value {
+        let layout = self.shards.layout();
+        let shards: Vec<serde_json::Value> = layout
+            .topology
+            .primaries
+            .iter()
+            .zip(&layout.links)
+            .map(|(primary, link)| {
+                json!({
+                    "primary": primary.addr,
+                    "slots": primary.slots,
+                    "connected": link.is_up(),
+                })
+            })
+            .collect();
         json!({
-            "mode": "redis",
+            "mode": if self.shards.is_cluster() { "redis-cluster" } else { "redis" },
             "node": self.settings.node_id,
             "ready": self.is_ready(),
+            "shards": shards,
+            "unowned_slots": layout.topology.unowned(),
             "error": self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         })
     }
@@ -379,7 +423,8 @@ impl Backplane for RedisBackplane {
     fn metrics(&self) -> Vec<Sample> {
         let s = &self.stats;
         let count = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        vec![
+        let layout = self.shards.layout();
+        let mut samples = vec![
             Sample::counter(
                 "stompbox_redis_reconnects_total",
                 "Reconnections to Redis.",
@@ -415,6 +460,32 @@ impl Backplane for RedisBackplane {
                 "Messages for other nodes that Redis did not take.",
                 count(&s.send_failures),
             ),
-        ]
+            Sample::gauge(
+                "stompbox_redis_unowned_slots",
+                "Hash slots no reachable Redis primary serves (0 when every slot is served).",
+                layout.topology.unowned() as u64,
+            ),
+        ];
+        let per_shard: [(&'static str, &'static str, bool); 3] = [
+            ("stompbox_redis_shard_up", "Whether this node's connection to a Redis primary is up, by primary.", false),
+            ("stompbox_redis_shard_commands_total", "Commands this node sent to a Redis primary, by primary.", true),
+            ("stompbox_redis_shard_failures_total", "Commands to a Redis primary that failed (connection lost, no answer), by primary.", true),
+        ];
+        for (index, (name, help, counter)) in per_shard.into_iter().enumerate() {
+            for link in &layout.links {
+                let value = match index {
+                    0 => u64::from(link.is_up()),
+                    1 => count(&link.commands),
+                    _ => count(&link.failures),
+                };
+                let sample = if counter {
+                    Sample::counter(name, help, value)
+                } else {
+                    Sample::gauge(name, help, value)
+                };
+                samples.push(sample.labelled("shard", &link.addr));
+            }
+        }
+        samples
     }
 }

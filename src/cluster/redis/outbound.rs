@@ -1,7 +1,8 @@
 //! Messages for other nodes: queued by the routing path without waiting, then sent by one
 //! task that pipelines whatever has queued up, messages for one channel in one PUBLISH (a JSON
-//! array of envelopes; a lone message goes as a bare envelope). Each message's sender learns
-//! through a oneshot how many subscribers Redis handed it to, or why it was not sent.
+//! array of envelopes; a lone message goes as a bare envelope), each PUBLISH to the primary
+//! owning its channel (`SPUBLISH` on a Redis Cluster). Each message's sender learns through a
+//! oneshot how many subscribers Redis handed it to, or why it was not sent.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::shards::Routed;
 use super::{RedisBackplane, RedisError};
 use crate::cluster::{ClusterError, Confirmation, Envelope};
 
@@ -93,7 +95,8 @@ impl RedisBackplane {
         envelope: &Envelope,
     ) -> Result<Confirmation, RedisError> {
         let queue = self.outgoing.get().ok_or(RedisError::NotStarted)?;
-        let payload = serde_json::to_vec(envelope).map_err(RedisError::Encode)?;
+        let payload =
+            serde_json::to_vec(envelope).map_err(|e| RedisError::Encode(e.to_string()))?;
         let (done, confirmation) = oneshot::channel();
         queue
             .try_send(Outgoing {
@@ -113,42 +116,38 @@ pub async fn send_loop(
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(SEND_BATCH);
+    let verb = if backplane.shards.is_cluster() {
+        "SPUBLISH"
+    } else {
+        "PUBLISH"
+    };
     while next_batch(&mut outgoing, &mut batch, SEND_BATCH, &stop).await {
         let groups = group_by_channel(&mut batch);
-        let result = match backplane.connection() {
-            Ok(mut conn) => {
-                let mut pipe = redis::pipe();
-                for group in &groups {
-                    pipe.cmd("PUBLISH").arg(&group.channel).arg(&group.payload);
-                }
-                pipe.query_async::<Vec<usize>>(&mut conn)
-                    .await
-                    .map_err(RedisError::from)
-            }
-            Err(e) => Err(e),
-        };
-        let sent: usize = groups.iter().map(|g| g.done.len()).sum();
-        match result {
-            Ok(receivers) => {
-                backplane
-                    .stats
-                    .forwarded
-                    .fetch_add(sent as u64, Ordering::Relaxed);
-                for (group, n) in groups.into_iter().zip(receivers) {
+        let commands = groups
+            .iter()
+            .map(|group| {
+                let mut publish = redis::cmd(verb);
+                publish.arg(&group.channel).arg(&group.payload);
+                Routed::key(&group.channel, publish)
+            })
+            .collect();
+        let replies = backplane.shards.run(commands).await;
+        for (group, reply) in groups.into_iter().zip(replies) {
+            let sent = group.done.len() as u64;
+            match reply.and_then(super::shards::decode::<usize>) {
+                Ok(n) => {
+                    backplane.stats.forwarded.fetch_add(sent, Ordering::Relaxed);
                     for done in group.done {
                         let _ = done.send(Ok(n));
                     }
                 }
-            }
-            Err(e) => {
-                warn!(error = %e, lost = sent, "messages for other nodes not sent");
-                backplane
-                    .stats
-                    .send_failures
-                    .fetch_add(sent as u64, Ordering::Relaxed);
-                let e = ClusterError::from(e);
-                for done in groups.into_iter().flat_map(|g| g.done) {
-                    let _ = done.send(Err(e.clone()));
+                Err(e) => {
+                    warn!(error = %e, lost = sent, channel = %group.channel, "messages for other nodes not sent");
+                    backplane.stats.send_failures.fetch_add(sent, Ordering::Relaxed);
+                    let e = ClusterError::from(e);
+                    for done in group.done {
+                        let _ = done.send(Err(e.clone()));
+                    }
                 }
             }
         }

@@ -16,12 +16,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::outbound::next_batch;
+use super::shards::Routed;
 use super::{keys, RedisBackplane, RedisError};
 
 /// A (tenant, user) pair.
@@ -149,12 +149,7 @@ impl RedisBackplane {
 
     /// Live nodes other than this one holding `user`'s sessions: from the cache when it may
     /// serve, else read inline.
-    pub(super) async fn presence(
-        &self,
-        conn: &mut MultiplexedConnection,
-        tenant: &str,
-        user: &str,
-    ) -> Result<Vec<String>, RedisError> {
+    pub(super) async fn presence(&self, tenant: &str, user: &str) -> Result<Vec<String>, RedisError> {
         let key = (tenant.to_string(), user.to_string());
         let refresh = self.refresh.get();
         let cached = self.cache().get(&key, Instant::now(), || {
@@ -164,10 +159,10 @@ impl RedisBackplane {
             return Ok(nodes);
         }
         let nodes = self
-            .read_presence(conn, std::slice::from_ref(&key))
-            .await?
+            .read_presence(std::slice::from_ref(&key))
+            .await
             .pop()
-            .unwrap_or_default();
+            .unwrap_or_else(|| Ok(Vec::new()))?;
         self.cache().store(key, nodes.clone(), Instant::now());
         Ok(nodes)
     }
@@ -182,49 +177,51 @@ impl RedisBackplane {
         self.cache().clear();
     }
 
-    /// The live other nodes holding each (tenant, user) of `keys`, in one pipeline of
-    /// `SMEMBERS`.
-    async fn read_presence(
-        &self,
-        conn: &mut MultiplexedConnection,
-        keys: &[UserKey],
-    ) -> Result<Vec<Vec<String>>, RedisError> {
+    /// The live other nodes holding each (tenant, user) of `keys`: one `SMEMBERS` each, a
+    /// pipeline per primary. Each user's answer stands alone: a primary that is down fails
+    /// only its own users.
+    async fn read_presence(&self, keys: &[UserKey]) -> Vec<Result<Vec<String>, RedisError>> {
         self.stats
             .presence_lookups
             .fetch_add(keys.len() as u64, Ordering::Relaxed);
         let set_keys: Vec<String> = keys.iter().map(|(t, u)| keys::presence(t, u)).collect();
-        let mut pipe = redis::pipe();
-        for set_key in &set_keys {
-            pipe.cmd("SMEMBERS").arg(set_key);
-        }
-        let sets: Vec<Vec<String>> = pipe.query_async(conn).await?;
+        let commands = set_keys
+            .iter()
+            .map(|set_key| {
+                let mut smembers = redis::cmd("SMEMBERS");
+                smembers.arg(set_key);
+                Routed::key(set_key, smembers)
+            })
+            .collect();
+        let sets = self.shards.run(commands).await;
         let mut read = Vec::with_capacity(sets.len());
         for (set_key, members) in set_keys.iter().zip(sets) {
-            read.push(self.only_live_others(conn, set_key, members).await?);
+            let members = members.and_then(super::shards::decode::<Vec<String>>);
+            read.push(match members {
+                Ok(members) => self.only_live_others(set_key, members).await,
+                Err(e) => Err(e),
+            });
         }
-        Ok(read)
+        read
     }
 
     /// Keeps the live nodes other than this one; removes dead ones from `set_key`.
     pub(super) async fn only_live_others(
         &self,
-        conn: &mut MultiplexedConnection,
         set_key: &str,
         members: Vec<String>,
     ) -> Result<Vec<String>, RedisError> {
         if members.is_empty() {
             return Ok(members);
         }
-        let live = self.live_nodes(conn).await?;
+        let live = self.live_nodes().await?;
         let (alive, dead): (Vec<String>, Vec<String>) =
             members.into_iter().partition(|n| live.contains(n));
         if !dead.is_empty() {
             debug!(key = set_key, ?dead, "removing dead nodes");
-            let _: Result<(), _> = redis::cmd("SREM")
-                .arg(set_key)
-                .arg(&dead)
-                .query_async(conn)
-                .await;
+            let mut srem = redis::cmd("SREM");
+            srem.arg(set_key).arg(&dead);
+            let _ = self.shards.run(vec![Routed::key(set_key, srem)]).await;
         }
         Ok(alive
             .into_iter()
@@ -232,10 +229,10 @@ impl RedisBackplane {
             .collect())
     }
 
-    async fn live_nodes(
-        &self,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<HashSet<String>, RedisError> {
+    /// The nodes whose heartbeat is recent, read at most every [`LIVE_NODES_CACHE`]. While
+    /// the primary holding them cannot be read, the last list read is used: routing goes on
+    /// with what was known rather than treating every node as dead.
+    pub(super) async fn live_nodes(&self) -> Result<HashSet<String>, RedisError> {
         {
             let cached = self.live_nodes.lock().unwrap_or_else(|e| e.into_inner());
             if cached
@@ -247,18 +244,26 @@ impl RedisBackplane {
         }
         let since =
             crate::util::unix_ms().saturating_sub(self.settings.node_ttl.as_millis() as u64);
-        let nodes: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(keys::NODES)
-            .arg(since)
-            .arg("+inf")
-            .query_async(conn)
-            .await?;
-        let nodes: HashSet<String> = nodes.into_iter().collect();
-        *self.live_nodes.lock().unwrap_or_else(|e| e.into_inner()) = LiveNodes {
-            nodes: nodes.clone(),
-            read_at: Some(Instant::now()),
-        };
-        Ok(nodes)
+        let mut range = redis::cmd("ZRANGEBYSCORE");
+        range.arg(keys::NODES).arg(since).arg("+inf");
+        let read: Result<Vec<String>, RedisError> =
+            self.shards.one(Routed::key(keys::NODES, range)).await;
+        let mut cached = self.live_nodes.lock().unwrap_or_else(|e| e.into_inner());
+        match read {
+            Ok(nodes) => {
+                let nodes: HashSet<String> = nodes.into_iter().collect();
+                *cached = LiveNodes {
+                    nodes: nodes.clone(),
+                    read_at: Some(Instant::now()),
+                };
+                Ok(nodes)
+            }
+            Err(e) if cached.read_at.is_some() => {
+                debug!(error = %e, "the live nodes could not be read; using the last list");
+                Ok(cached.nodes.clone())
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -270,22 +275,15 @@ pub async fn refresh_loop(
 ) {
     let mut keys = Vec::with_capacity(REFRESH_BATCH);
     while next_batch(&mut requests, &mut keys, REFRESH_BATCH, &stop).await {
-        let read = match backplane.connection() {
-            Ok(mut conn) => backplane.read_presence(&mut conn, &keys).await,
-            Err(e) => Err(e),
-        };
+        let read = backplane.read_presence(&keys).await;
         let mut cache = backplane.cache();
-        match read {
-            Ok(read) => {
-                let now = Instant::now();
-                for (key, nodes) in keys.drain(..).zip(read) {
-                    cache.refreshed(&key, nodes, now);
-                }
-            }
-            Err(e) => {
-                debug!(error = %e, "presence re-read failed; the entries are read again on use");
-                for key in &keys {
-                    cache.refresh_failed(key);
+        let now = Instant::now();
+        for (key, nodes) in keys.drain(..).zip(read) {
+            match nodes {
+                Ok(nodes) => cache.refreshed(&key, nodes, now),
+                Err(e) => {
+                    debug!(error = %e, "presence re-read failed; the entry is read again on use");
+                    cache.refresh_failed(&key);
                 }
             }
         }

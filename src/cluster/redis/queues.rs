@@ -13,17 +13,16 @@
 //! node restarted under its id claims what its earlier run held instead of leaving it
 //! pending for ever.
 
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::MultiplexedConnection;
-use redis::{Script, Value};
+use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use super::shards::{Lua, Routed};
 use super::store::{malformed, store_error, stream_entry, text};
-use super::{keys, RedisBackplane};
+use super::{keys, slots, RedisBackplane};
 use crate::broker::Content;
 use crate::cluster::{Envelope, Kind};
 use crate::history::queue::{Entry, QueueStore};
@@ -93,6 +92,10 @@ end
 return out
 ";
 
+static PUSH_SCRIPT: LazyLock<Lua> = LazyLock::new(|| Lua::new(PUSH));
+static TAKE_SCRIPT: LazyLock<Lua> = LazyLock::new(|| Lua::new(TAKE));
+static CLAIM_SCRIPT: LazyLock<Lua> = LazyLock::new(|| Lua::new(CLAIM));
+
 /// A message on its way into its queue, and where the number of nodes told goes.
 #[derive(Debug)]
 struct Push {
@@ -112,7 +115,6 @@ pub struct RedisQueues {
     /// This process's consumer name in every queue's group: `{node}#{start, ms}`, so that a
     /// node restarted under its id claims what its earlier run held.
     consumer: String,
-    scripts: Arc<(Script, Script, Script)>,
     /// Where pushes queue for the task that stores them (started by the first).
     pushes: std::sync::OnceLock<mpsc::UnboundedSender<Push>>,
 }
@@ -126,15 +128,21 @@ impl RedisQueues {
             backplane,
             tenant: tenant.to_string(),
             max_messages,
-            scripts: Arc::new((Script::new(PUSH), Script::new(TAKE), Script::new(CLAIM))),
             pushes: std::sync::OnceLock::new(),
         }
     }
 
-    fn conn(&self) -> Result<MultiplexedConnection, HistoryError> {
-        self.backplane
-            .connection()
-            .map_err(|e| HistoryError::Unavailable(e.to_string()))
+    /// Runs one command or script call.
+    async fn one<T: redis::FromRedisValue>(&self, routed: Routed) -> Result<T, HistoryError> {
+        self.backplane.shards.one(routed).await.map_err(store_error)
+    }
+
+    /// Runs commands (one pipeline per primary); the first failure, if any.
+    async fn all(&self, commands: Vec<Routed>) -> Result<(), HistoryError> {
+        for reply in self.backplane.shards.run(commands).await {
+            reply.map_err(store_error)?;
+        }
+        Ok(())
     }
 
     fn node(&self) -> &str {
@@ -146,7 +154,6 @@ impl RedisQueues {
             backplane: self.backplane.clone(),
             tenant: self.tenant.clone(),
             max_messages: self.max_messages,
-            scripts: self.scripts.clone(),
         }
     }
 }
@@ -156,7 +163,6 @@ struct Pusher {
     backplane: Arc<RedisBackplane>,
     tenant: String,
     max_messages: usize,
-    scripts: Arc<(Script, Script, Script)>,
 }
 
 impl Pusher {
@@ -165,75 +171,86 @@ impl Pusher {
     async fn run(self, mut queued: mpsc::UnboundedReceiver<Push>) {
         let mut batch = Vec::with_capacity(PUSH_BATCH);
         while queued.recv_many(&mut batch, PUSH_BATCH).await > 0 {
-            match self.store(&batch).await {
-                Ok(outcomes) => {
-                    for (push, outcome) in batch.drain(..).zip(outcomes) {
-                        let _ = push.pushed.send(outcome);
-                    }
-                }
-                Err(e) => {
-                    for push in batch.drain(..) {
-                        let _ = push.pushed.send(Err(e.clone()));
-                    }
-                }
+            let outcomes = self.store(&batch).await;
+            for (push, outcome) in batch.drain(..).zip(outcomes) {
+                let _ = push.pushed.send(outcome);
             }
         }
     }
 
-    /// One call for `batch`, then one notice per queue and consumer node: per message, the
-    /// nodes told, or why it was refused.
-    async fn store(
-        &self,
-        batch: &[Push],
-    ) -> Result<Vec<Result<usize, HistoryError>>, HistoryError> {
-        let mut conn = self
-            .backplane
-            .connection()
-            .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
-        let mut call = self.scripts.0.prepare_invoke();
-        call.arg(self.max_messages);
-        for push in batch {
-            call.key(keys::queue_stream(&self.tenant, &push.dest))
-                .key(keys::consumers(&self.tenant, &push.dest))
-                .arg(&push.headers)
-                .arg(push.body.as_ref());
-        }
-        let value: Value = call.invoke_async(&mut conn).await.map_err(store_error)?;
-        let Value::Array(outcomes) = value else {
-            return Err(malformed("push"));
-        };
-        if outcomes.len() != batch.len() {
-            return Err(malformed("push count"));
+    /// One call per group of `batch` that may share one (all together on a single Redis, per
+    /// queue's slot on a cluster), then one notice per queue and consumer node: per message,
+    /// the nodes told, or why it was refused.
+    async fn store(&self, batch: &[Push]) -> Vec<Result<usize, HistoryError>> {
+        let shards = &self.backplane.shards;
+        let streams: Vec<String> = batch
+            .iter()
+            .map(|p| keys::queue_stream(&self.tenant, &p.dest))
+            .collect();
+        let slots: Vec<u16> = streams.iter().map(|k| slots::slot(k.as_bytes())).collect();
+        let groups = shards.script_groups(&slots);
+        let calls = groups
+            .iter()
+            .map(|group| {
+                let mut call = PUSH_SCRIPT.call();
+                call.arg(self.max_messages);
+                for &i in group {
+                    call.key(&streams[i])
+                        .key(keys::consumers(&self.tenant, &batch[i].dest))
+                        .arg(&batch[i].headers)
+                        .arg(batch[i].body.as_ref());
+                }
+                call.routed()
+            })
+            .collect();
+        let replies = shards.run(calls).await;
+        let mut outcomes: Vec<Option<Result<Option<Vec<String>>, HistoryError>>> =
+            (0..batch.len()).map(|_| None).collect();
+        for (group, reply) in groups.iter().zip(replies) {
+            let parsed = reply.map_err(store_error).and_then(|v| pushed(v, group.len()));
+            match parsed {
+                Ok(each) => {
+                    for (&i, one) in group.iter().zip(each) {
+                        outcomes[i] = Some(Ok(one));
+                    }
+                }
+                Err(e) => {
+                    for &i in group {
+                        outcomes[i] = Some(Err(e.clone()));
+                    }
+                }
+            }
         }
         // Per queue of the batch: the live other nodes with consumers, told once.
         let mut told: Vec<(&str, usize)> = Vec::new();
         let mut results = Vec::with_capacity(batch.len());
         for (push, outcome) in batch.iter().zip(outcomes) {
-            let Value::Array(parts) = outcome else {
-                return Err(malformed("push"));
+            let members = match outcome.unwrap_or_else(|| Err(malformed("push count"))) {
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+                Ok(None) => {
+                    results.push(Err(HistoryError::Full(format!(
+                        "queue '{}' holds its limit of {} messages (server.max_queue_backlog)",
+                        push.dest, self.max_messages
+                    ))));
+                    continue;
+                }
+                Ok(Some(members)) => members,
             };
-            let mut parts = parts.into_iter();
-            if !matches!(parts.next(), Some(Value::Int(1))) {
-                results.push(Err(HistoryError::Full(format!(
-                    "queue '{}' holds its limit of {} messages (server.max_queue_backlog)",
-                    push.dest, self.max_messages
-                ))));
-                continue;
-            }
             if let Some((_, nodes)) = told.iter().find(|(dest, _)| *dest == push.dest) {
                 results.push(Ok(*nodes));
                 continue;
             }
-            let members: Vec<String> = match parts.next() {
-                Some(Value::Array(m) | Value::Set(m)) => m.iter().filter_map(text).collect(),
-                _ => Vec::new(),
-            };
             let consumers = keys::consumers(&self.tenant, &push.dest);
-            let nodes = self
-                .backplane
-                .only_live_others(&mut conn, &consumers, members)
-                .await
-                .map_err(|e| HistoryError::Unavailable(e.to_string()))?;
+            let nodes = match self.backplane.only_live_others(&consumers, members).await {
+                Ok(nodes) => nodes,
+                Err(e) => {
+                    results.push(Err(HistoryError::Unavailable(e.to_string())));
+                    continue;
+                }
+            };
             let notice = Envelope::new(
                 &self.backplane.settings.node_id,
                 &self.tenant,
@@ -250,8 +267,35 @@ impl Pusher {
             told.push((&push.dest, reached));
             results.push(Ok(reached));
         }
-        Ok(results)
+        results
     }
+}
+
+/// The answer of one [`PUSH`] call for `count` messages: per message, the queue's consumer
+/// nodes when it was stored, `None` when the queue was full.
+fn pushed(value: Value, count: usize) -> Result<Vec<Option<Vec<String>>>, HistoryError> {
+    let Value::Array(outcomes) = value else {
+        return Err(malformed("push"));
+    };
+    if outcomes.len() != count {
+        return Err(malformed("push count"));
+    }
+    outcomes
+        .into_iter()
+        .map(|outcome| {
+            let Value::Array(parts) = outcome else {
+                return Err(malformed("push"));
+            };
+            let mut parts = parts.into_iter();
+            if !matches!(parts.next(), Some(Value::Int(1))) {
+                return Ok(None);
+            }
+            Ok(Some(match parts.next() {
+                Some(Value::Array(m) | Value::Set(m)) => m.iter().filter_map(text).collect(),
+                _ => Vec::new(),
+            }))
+        })
+        .collect()
 }
 
 /// When this process first asked, in ms: one consumer name for all of its tenants.
@@ -287,74 +331,61 @@ impl QueueStore for RedisQueues {
     }
 
     async fn take(&self, dest: &str, count: usize) -> Result<Vec<Entry>, HistoryError> {
-        let mut conn = self.conn()?;
-        let value: Value = self
-            .scripts
-            .1
-            .key(keys::queue_stream(&self.tenant, dest))
+        let mut call = TAKE_SCRIPT.call();
+        call.key(keys::queue_stream(&self.tenant, dest))
             .arg(&self.consumer)
-            .arg(count.max(1))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(store_error)?;
-        entries(value, false)
+            .arg(count.max(1));
+        entries(self.one(call.routed()).await?, false)
     }
 
     async fn claim(&self, dest: &str, count: usize) -> Result<Vec<Entry>, HistoryError> {
-        let mut conn = self.conn()?;
-        let since = crate::util::unix_ms()
-            .saturating_sub(self.backplane.settings.node_ttl.as_millis() as u64);
-        let live: HashSet<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(keys::NODES)
-            .arg(since)
-            .arg("+inf")
-            .query_async(&mut conn)
-            .await
-            .map_err(store_error)?;
-        let mut call = self.scripts.2.key(keys::queue_stream(&self.tenant, dest));
-        call.arg(&self.consumer).arg(count.max(1)).arg(self.node());
+        let live = self.backplane.live_nodes().await.map_err(store_error)?;
+        let mut call = CLAIM_SCRIPT.call();
+        call.key(keys::queue_stream(&self.tenant, dest))
+            .arg(&self.consumer)
+            .arg(count.max(1))
+            .arg(self.node());
         for node in &live {
             call.arg(node);
         }
-        let value: Value = call.invoke_async(&mut conn).await.map_err(store_error)?;
-        entries(value, true)
+        entries(self.one(call.routed()).await?, true)
     }
 
     async fn acknowledge(&self, entries: &[(Arc<str>, String)]) -> Result<(), HistoryError> {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn()?;
-        let mut pipe = redis::pipe();
+        let mut commands = Vec::new();
         for (queue, ids) in by_queue(entries) {
             let key = keys::queue_stream(&self.tenant, queue);
-            pipe.cmd("XACK")
-                .arg(&key)
-                .arg(keys::QUEUE_GROUP)
-                .arg(&ids)
-                .ignore();
-            pipe.cmd("XDEL").arg(&key).arg(&ids).ignore();
+            let mut ack = redis::cmd("XACK");
+            ack.arg(&key).arg(keys::QUEUE_GROUP).arg(&ids);
+            let mut del = redis::cmd("XDEL");
+            del.arg(&key).arg(&ids);
+            commands.push(Routed::key(&key, ack));
+            commands.push(Routed::key(&key, del));
         }
-        pipe.query_async::<()>(&mut conn).await.map_err(store_error)
+        self.all(commands).await
     }
 
     async fn give_back(&self, entries: &[(Arc<str>, String)]) -> Result<(), HistoryError> {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut conn = self.conn()?;
-        let mut pipe = redis::pipe();
+        let mut commands = Vec::new();
         for (queue, ids) in by_queue(entries) {
-            pipe.cmd("XCLAIM")
-                .arg(keys::queue_stream(&self.tenant, queue))
+            let key = keys::queue_stream(&self.tenant, queue);
+            let mut claim = redis::cmd("XCLAIM");
+            claim
+                .arg(&key)
                 .arg(keys::QUEUE_GROUP)
                 .arg(keys::RETURNED)
                 .arg(0)
                 .arg(&ids)
-                .arg("JUSTID")
-                .ignore();
+                .arg("JUSTID");
+            commands.push(Routed::key(&key, claim));
         }
-        pipe.query_async::<()>(&mut conn).await.map_err(store_error)
+        self.all(commands).await
     }
 }
 

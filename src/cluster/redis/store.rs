@@ -18,17 +18,20 @@
 //!
 //! A topic's stream ([`RedisHistory::for_topics`]) is the same but for its key names and for
 //! reading no presence: its messages reach other nodes through the topic's channel.
+//!
+//! The scripts that take a batch of messages (append) or cursors (advance) take one owner's
+//! keys per item; on a Redis Cluster a script's keys must share a slot, so a batch is split
+//! per slot and the calls for one primary go as one pipeline.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use redis::aio::MultiplexedConnection;
-use redis::{Script, Value};
+use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{keys, RedisBackplane, RedisError};
+use super::shards::{Lua, Routed};
+use super::{keys, slots, RedisBackplane, RedisError};
 use crate::broker::Content;
 use crate::history::{
     Appended, Cursor, History, HistoryError, Position, ReadFrom, Replay, Retention, StartAt, Stored,
@@ -129,13 +132,17 @@ end
 return 1
 ";
 
+static APPEND_SCRIPT: LazyLock<Lua> = LazyLock::new(|| Lua::new(APPEND));
+static READ_SCRIPT: LazyLock<Lua> = LazyLock::new(|| Lua::new(READ));
+static ADVANCE_SCRIPT: LazyLock<Lua> = LazyLock::new(|| Lua::new(ADVANCE));
+static REWIND_SCRIPT: LazyLock<Lua> = LazyLock::new(|| Lua::new(REWIND));
+
 /// One tenant's user streams in Redis, or the streams of its topics with history.
 #[derive(Debug)]
 pub struct RedisHistory {
     backplane: Arc<RedisBackplane>,
     tenant: String,
     retention: Retention,
-    scripts: Arc<Scripts>,
     /// Streams of topics (named by the topic, no presence), not of users.
     topics: bool,
     /// Where appends queue for the task that stores them in batches (started by the first).
@@ -159,7 +166,6 @@ struct Append {
 struct Appender {
     backplane: Arc<RedisBackplane>,
     retention: Retention,
-    scripts: Arc<Scripts>,
     topics: bool,
 }
 
@@ -187,74 +193,92 @@ impl Appender {
     }
 
     async fn store(self, batch: Vec<Append>) {
-        let outcome = self.call(&batch).await;
-        match outcome {
-            Ok(placed) => {
-                for (append, placed) in batch.into_iter().zip(placed) {
-                    let _ = append.stored.send(Ok(placed));
-                }
-            }
-            Err(e) => {
-                for append in batch {
-                    let _ = append.stored.send(Err(e.clone()));
-                }
-            }
+        let outcomes = self.call(&batch).await;
+        for (append, outcome) in batch.into_iter().zip(outcomes) {
+            let _ = append.stored.send(outcome);
         }
     }
 
-    async fn call(&self, batch: &[Append]) -> Result<Vec<(Position, Vec<String>)>, HistoryError> {
-        let mut conn = self.backplane.connection().map_err(unavailable)?;
+    /// Per message of `batch`, where it was placed and the presence read with it (or why it
+    /// was not stored): one script call per group of messages that may share one.
+    async fn call(&self, batch: &[Append]) -> Vec<Result<(Position, Vec<String>), HistoryError>> {
         let per = if self.topics { 2 } else { 3 };
         let now_ms = crate::util::unix_ms();
-        let mut call = self.scripts.append.prepare_invoke();
-        call.arg(per)
-            .arg(self.retention.max_messages)
-            .arg(self.retention.max_age_ms)
-            .arg(now_ms);
-        for append in batch {
-            for key in &append.keys[..per] {
-                call.key(key);
+        let shards = &self.backplane.shards;
+        let slots: Vec<u16> = batch.iter().map(|a| slots::slot(a.keys[0].as_bytes())).collect();
+        let groups = shards.script_groups(&slots);
+        let calls = groups
+            .iter()
+            .map(|group| {
+                let mut call = APPEND_SCRIPT.call();
+                call.arg(per)
+                    .arg(self.retention.max_messages)
+                    .arg(self.retention.max_age_ms)
+                    .arg(now_ms);
+                for &i in group {
+                    let append = &batch[i];
+                    for key in &append.keys[..per] {
+                        call.key(key);
+                    }
+                    call.arg(&append.dest)
+                        .arg(&append.headers)
+                        .arg(append.body.as_ref())
+                        .arg(append.new_epoch);
+                }
+                call.routed()
+            })
+            .collect();
+        let replies = shards.run(calls).await;
+        let mut placed: Vec<Option<Result<(Position, Vec<String>), HistoryError>>> =
+            (0..batch.len()).map(|_| None).collect();
+        for (group, reply) in groups.iter().zip(replies) {
+            match reply.map_err(store_error).and_then(|v| placements(v, group.len())) {
+                Ok(each) => {
+                    for (&i, one) in group.iter().zip(each) {
+                        placed[i] = Some(Ok(one));
+                    }
+                }
+                Err(e) => {
+                    for &i in group {
+                        placed[i] = Some(Err(e.clone()));
+                    }
+                }
             }
-            call.arg(&append.dest)
-                .arg(&append.headers)
-                .arg(append.body.as_ref())
-                .arg(append.new_epoch);
-        }
-        let value: Value = call.invoke_async(&mut conn).await.map_err(store_error)?;
-        let Value::Array(placed) = value else {
-            return Err(malformed("append"));
-        };
-        if placed.len() != batch.len() {
-            return Err(malformed("append count"));
         }
         placed
             .into_iter()
-            .map(|one| {
-                let Value::Array(parts) = one else {
-                    return Err(malformed("append"));
-                };
-                let [epoch, offset, members] =
-                    <[Value; 3]>::try_from(parts).map_err(|_| malformed("append"))?;
-                let position = Position {
-                    epoch: number(&epoch).ok_or_else(|| malformed("epoch"))?,
-                    offset: number(&offset).ok_or_else(|| malformed("offset"))?,
-                };
-                let members = match members {
-                    Value::Array(m) | Value::Set(m) => m.iter().filter_map(text).collect(),
-                    _ => Vec::new(),
-                };
-                Ok((position, members))
-            })
+            .map(|p| p.unwrap_or_else(|| Err(malformed("append count"))))
             .collect()
     }
 }
 
-#[derive(Debug)]
-struct Scripts {
-    append: Script,
-    read: Script,
-    advance: Script,
-    rewind: Script,
+/// The answer of one [`APPEND`] call for `count` messages.
+fn placements(value: Value, count: usize) -> Result<Vec<(Position, Vec<String>)>, HistoryError> {
+    let Value::Array(placed) = value else {
+        return Err(malformed("append"));
+    };
+    if placed.len() != count {
+        return Err(malformed("append count"));
+    }
+    placed
+        .into_iter()
+        .map(|one| {
+            let Value::Array(parts) = one else {
+                return Err(malformed("append"));
+            };
+            let [epoch, offset, members] =
+                <[Value; 3]>::try_from(parts).map_err(|_| malformed("append"))?;
+            let position = Position {
+                epoch: number(&epoch).ok_or_else(|| malformed("epoch"))?,
+                offset: number(&offset).ok_or_else(|| malformed("offset"))?,
+            };
+            let members = match members {
+                Value::Array(m) | Value::Set(m) => m.iter().filter_map(text).collect(),
+                _ => Vec::new(),
+            };
+            Ok((position, members))
+        })
+        .collect()
 }
 
 /// What the read script gave.
@@ -273,12 +297,6 @@ impl RedisHistory {
             backplane,
             tenant: tenant.to_string(),
             retention,
-            scripts: Arc::new(Scripts {
-                append: Script::new(APPEND),
-                read: Script::new(READ),
-                advance: Script::new(ADVANCE),
-                rewind: Script::new(REWIND),
-            }),
             topics: false,
             appends: std::sync::OnceLock::new(),
         }
@@ -316,8 +334,9 @@ impl RedisHistory {
         }
     }
 
-    fn conn(&self) -> Result<MultiplexedConnection, HistoryError> {
-        self.backplane.connection().map_err(unavailable)
+    /// Runs one command or script call.
+    async fn one<T: redis::FromRedisValue>(&self, routed: Routed) -> Result<T, HistoryError> {
+        self.backplane.shards.one(routed).await.map_err(store_error)
     }
 
     /// The oldest offset a read may give: the retention count counted back from the last.
@@ -334,18 +353,13 @@ impl RedisHistory {
         dest: &str,
         epoch: Option<u64>,
     ) -> Result<Read, HistoryError> {
-        let mut conn = self.conn()?;
-        let value: Value = self
-            .scripts
-            .read
-            .key(self.meta(user))
+        let mut call = READ_SCRIPT.call();
+        call.key(self.meta(user))
             .key(self.stream(user))
             .arg(start)
             .arg(dest)
-            .arg(epoch.map(|e| e.to_string()).unwrap_or_default())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(store_error)?;
+            .arg(epoch.map(|e| e.to_string()).unwrap_or_default());
+        let value: Value = self.one(call.routed()).await?;
         let Value::Array(parts) = value else {
             return Err(malformed("read"));
         };
@@ -369,12 +383,9 @@ impl RedisHistory {
     /// Whether Redis was found to have lost its data within the retention's age: a user with
     /// no cursor may then have lost messages, and is told so.
     async fn lost_recently(&self) -> Result<bool, HistoryError> {
-        let mut conn = self.conn()?;
-        let lost: Option<u64> = redis::cmd("GET")
-            .arg(keys::HISTORY_LOST)
-            .query_async(&mut conn)
-            .await
-            .map_err(store_error)?;
+        let mut get = redis::cmd("GET");
+        get.arg(keys::HISTORY_LOST);
+        let lost: Option<u64> = self.one(Routed::key(keys::HISTORY_LOST, get)).await?;
         Ok(lost.is_some_and(|at| {
             crate::util::unix_ms().saturating_sub(at) < self.retention.max_age_ms
         }))
@@ -435,7 +446,6 @@ impl History for RedisHistory {
                 let appender = Appender {
                     backplane: self.backplane.clone(),
                     retention: self.retention,
-                    scripts: self.scripts.clone(),
                     topics: self.topics,
                 };
                 tokio::spawn(appender.run(queued));
@@ -452,10 +462,9 @@ impl History for RedisHistory {
                 holders: None,
             });
         }
-        let mut conn = self.conn()?;
         let holders = self
             .backplane
-            .only_live_others(&mut conn, &presence, members)
+            .only_live_others(&presence, members)
             .await
             .map_err(unavailable)?;
         Ok(Appended {
@@ -535,14 +544,10 @@ impl History for RedisHistory {
     }
 
     async fn head(&self, user: &str) -> Result<Position, HistoryError> {
-        let mut conn = self.conn()?;
-        let (epoch, last): (Option<u64>, Option<u64>) = redis::cmd("HMGET")
-            .arg(self.meta(user))
-            .arg("e")
-            .arg("n")
-            .query_async(&mut conn)
-            .await
-            .map_err(store_error)?;
+        let meta = self.meta(user);
+        let mut hmget = redis::cmd("HMGET");
+        hmget.arg(&meta).arg("e").arg("n");
+        let (epoch, last): (Option<u64>, Option<u64>) = self.one(Routed::key(&meta, hmget)).await?;
         // No stream yet: epoch 0, which the first message's epoch replaces.
         Ok(Position {
             epoch: epoch.unwrap_or(0),
@@ -556,17 +561,25 @@ impl History for RedisHistory {
     }
 
     async fn advance_many(&self, cursors: &[(String, String, Cursor)]) -> Result<(), HistoryError> {
-        let mut conn = self.conn()?;
-        for batch in cursors.chunks(ADVANCE_BATCH) {
-            let mut call = self.scripts.advance.prepare_invoke();
-            for (user, dest, cursor) in batch {
-                call.key(self.meta(user))
-                    .arg(cursor.position.epoch)
-                    .arg(dest)
-                    .arg(cursor.position.offset)
-                    .arg(if cursor.crossed { "1" } else { "0" });
+        let metas: Vec<String> = cursors.iter().map(|(user, _, _)| self.meta(user)).collect();
+        let slots: Vec<u16> = metas.iter().map(|m| slots::slot(m.as_bytes())).collect();
+        let mut calls = Vec::new();
+        for group in self.backplane.shards.script_groups(&slots) {
+            for chunk in group.chunks(ADVANCE_BATCH) {
+                let mut call = ADVANCE_SCRIPT.call();
+                for &i in chunk {
+                    let (_, dest, cursor) = &cursors[i];
+                    call.key(&metas[i])
+                        .arg(cursor.position.epoch)
+                        .arg(dest)
+                        .arg(cursor.position.offset)
+                        .arg(if cursor.crossed { "1" } else { "0" });
+                }
+                calls.push(call.routed());
             }
-            let _: i64 = call.invoke_async(&mut conn).await.map_err(store_error)?;
+        }
+        for reply in self.backplane.shards.run(calls).await {
+            reply.map_err(store_error)?;
         }
         Ok(())
     }
@@ -579,32 +592,26 @@ impl History for RedisHistory {
         saved: u64,
         to: u64,
     ) -> Result<(), HistoryError> {
-        let mut conn = self.conn()?;
-        let _: i64 = self
-            .scripts
-            .rewind
-            .key(self.meta(user))
+        let mut call = REWIND_SCRIPT.call();
+        call.key(self.meta(user))
             .arg(epoch)
             .arg(dest)
             .arg(saved)
-            .arg(to)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(store_error)?;
+            .arg(to);
+        let _: i64 = self.one(call.routed()).await?;
         Ok(())
     }
 
     async fn cursor(&self, user: &str, dest: &str) -> Result<Option<Cursor>, HistoryError> {
-        let mut conn = self.conn()?;
+        let meta = self.meta(user);
+        let mut hmget = redis::cmd("HMGET");
+        hmget
+            .arg(&meta)
+            .arg("e")
+            .arg(format!("c:{dest}"))
+            .arg(format!("l:{dest}"));
         let (epoch, offset, crossed): (Option<u64>, Option<u64>, Option<String>) =
-            redis::cmd("HMGET")
-                .arg(self.meta(user))
-                .arg("e")
-                .arg(format!("c:{dest}"))
-                .arg(format!("l:{dest}"))
-                .query_async(&mut conn)
-                .await
-                .map_err(store_error)?;
+            self.one(Routed::key(&meta, hmget)).await?;
         Ok(match (epoch, offset) {
             (Some(epoch), Some(offset)) => Some(Cursor {
                 position: Position { epoch, offset },
@@ -623,35 +630,16 @@ impl History for RedisHistory {
     }
 }
 
-impl RedisBackplane {
-    /// Marks when this Redis began keeping history, and records that it lost its data when
-    /// this node had seen that mark before and finds it gone.
-    pub(super) async fn note_store(&self, conn: &mut MultiplexedConnection) {
-        let now = crate::util::unix_ms();
-        let created: Result<Option<String>, _> = redis::cmd("SET")
-            .arg(keys::HISTORY_SINCE)
-            .arg(now)
-            .arg("NX")
-            .query_async(conn)
-            .await;
-        let Ok(created) = created else { return };
-        let seen_before = self.store_seen.swap(true, Ordering::AcqRel);
-        if created.is_some() && seen_before {
-            tracing::warn!("Redis lost the stored messages; users without a cursor are told their history is not complete");
-            let _: Result<(), _> = redis::cmd("SET")
-                .arg(keys::HISTORY_LOST)
-                .arg(now)
-                .query_async(conn)
-                .await;
-        }
-    }
-}
-
 fn unavailable(e: RedisError) -> HistoryError {
     HistoryError::Unavailable(e.to_string())
 }
 
-pub(super) fn store_error(e: redis::RedisError) -> HistoryError {
+/// What a failed store command means for the message: Redis full, not known whether it
+/// was stored (no answer in time), or not stored.
+pub(super) fn store_error(e: RedisError) -> HistoryError {
+    let RedisError::Command(e) = e else {
+        return unavailable(e);
+    };
     if e.code() == Some("OOM") {
         return HistoryError::Full(format!(
             "Redis is at its maxmemory and refuses writes ({e})"
