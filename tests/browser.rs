@@ -98,8 +98,8 @@ fn run_script(script: &str, args: &[String]) {
 
 fn start_pair() -> (Redis, NodeProcess, NodeProcess) {
     let redis = Redis::start();
-    let a = NodeProcess::start("browser-a", &redis.url(), &config());
-    let b = NodeProcess::start("browser-b", &redis.url(), &config());
+    let a = NodeProcess::start("browser-a", &redis, &config());
+    let b = NodeProcess::start("browser-b", &redis, &config());
     (redis, a, b)
 }
 
@@ -131,7 +131,7 @@ fn a_page_loses_nothing_through_reloads_and_its_node_killed() {
     // One node per case (each is killed in its case), and one that publishes and takes the
     // last page over.
     let mut nodes: Vec<NodeProcess> = (0..8)
-        .map(|i| NodeProcess::start(&format!("reload-{i}"), &redis.url(), &config()))
+        .map(|i| NodeProcess::start(&format!("reload-{i}"), &redis, &config()))
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     let addrs: Vec<String> = nodes.iter().map(|n| n.http.to_string()).collect();
@@ -158,7 +158,7 @@ fn a_page_loses_nothing_through_reloads_and_its_node_killed() {
 fn sockjs_client_in_node() {
     require_tools();
     let redis = Redis::start();
-    let node = NodeProcess::start("browser-node", &redis.url(), &config());
+    let node = NodeProcess::start("browser-node", &redis, &config());
     run_script(
         "node_sockjs.mjs",
         &[

@@ -85,8 +85,8 @@ async fn await_online(b: &NodeProcess) {
 async fn run(fault: Fault) {
     let mut redis = Redis::start();
     let toml = config();
-    let mut a = NodeProcess::start("node-a", &redis.url(), &toml);
-    let b = NodeProcess::start("node-b", &redis.url(), &toml);
+    let mut a = NodeProcess::start("node-a", &redis, &toml);
+    let b = NodeProcess::start("node-b", &redis, &toml);
     await_ready(&a).await;
     await_ready(&b).await;
     let mut readers = vec![collect(carol_on(&a).await)];
@@ -114,7 +114,7 @@ async fn run(fault: Fault) {
         Fault::RedisPaused => redis.resume(),
         Fault::RedisRestartedEmpty => redis.restart(),
         Fault::NodeRestarted => {
-            a = NodeProcess::start("node-a", &redis.url(), &toml);
+            a = NodeProcess::start("node-a", &redis, &toml);
             await_ready(&a).await;
             readers.push(collect(carol_on(&a).await));
         }
@@ -312,8 +312,8 @@ async fn through_every_fault<T>(
     let round = durable_round();
     let mut redis = Redis::start_persistent();
     let toml = config();
-    let mut a = NodeProcess::start("node-a", &redis.url(), &toml);
-    let b = NodeProcess::start("node-b", &redis.url(), &toml);
+    let mut a = NodeProcess::start("node-a", &redis, &toml);
+    let b = NodeProcess::start("node-b", &redis, &toml);
     await_ready(&a).await;
     await_ready(&b).await;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -1,12 +1,14 @@
-//! The cluster with real processes: one `redis-server` and three `stompbox` nodes per test,
-//! driven over WebSocket, TCP and the publish API.
+//! The cluster with real processes: three `stompbox` nodes per test on a `redis-server` of the
+//! test's own, driven over WebSocket, TCP and the publish API. Every test but the one that
+//! kills the single Redis runs twice: on one Redis, and on a Redis Cluster of three primaries
+//! with a replica each (`on_both!`).
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::cluster::{await_ready, NodeProcess, Redis};
+use support::cluster::{await_ready, Backend, Backing, NodeProcess};
 use support::*;
 
 const QUIET: Duration = Duration::from_millis(300);
@@ -24,12 +26,12 @@ fn at_most_once(toml: String) -> String {
     format!("[history]\nenabled = false\n{toml}")
 }
 
-fn three_nodes(redis: &Redis) -> [NodeProcess; 3] {
+fn three_nodes(redis: &impl Backing) -> [NodeProcess; 3] {
     three_nodes_with(redis, &config(""))
 }
 
-fn three_nodes_with(redis: &Redis, toml: &str) -> [NodeProcess; 3] {
-    ["node-a", "node-b", "node-c"].map(|id| NodeProcess::start(id, &redis.url(), toml))
+fn three_nodes_with(redis: &impl Backing, toml: &str) -> [NodeProcess; 3] {
+    ["node-a", "node-b", "node-c"].map(|id| NodeProcess::start(id, &redis, toml))
 }
 
 async fn publish_on(node: &NodeProcess, body: serde_json::Value) -> (u16, serde_json::Value) {
@@ -50,25 +52,15 @@ async fn ws_on(node: &NodeProcess, user: &str) -> Client {
 }
 
 /// The members of a set in Redis.
-async fn members(redis: &Redis, key: &str) -> Vec<String> {
-    let mut conn = redis.client().await;
-    redis::cmd("SMEMBERS")
-        .arg(key)
-        .query_async(&mut conn)
-        .await
-        .unwrap()
+async fn members(redis: &Backend, key: &str) -> Vec<String> {
+    redis.query(redis::cmd("SMEMBERS").arg(key)).await
 }
 
 /// Waits until Redis shows `user` present on exactly `nodes`.
-async fn await_presence(redis: &Redis, user: &str, nodes: &[&str]) {
-    let mut conn = redis.client().await;
+async fn await_presence(redis: &Backend, user: &str, nodes: &[&str]) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let mut members: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(format!("sb:{{default:{user}}}:presence"))
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_default();
+        let mut members = members(redis, &format!("sb:{{default:{user}}}:presence")).await;
         members.sort();
         if members == nodes {
             return;
@@ -81,17 +73,16 @@ async fn await_presence(redis: &Redis, user: &str, nodes: &[&str]) {
     }
 }
 
-/// Waits until `channel` has `count` subscribers (nodes) in Redis.
-async fn await_subscribers(redis: &Redis, channel: &str, count: usize) {
-    let mut conn = redis.client().await;
+/// Waits until `channel` (a node's inbox, a topic: sharded on a Redis Cluster; or classic)
+/// has `count` subscribers (nodes) in Redis.
+async fn await_subscribers(redis: &Backend, channel: &str, classic: bool, count: usize) {
     let deadline = Instant::now() + WAIT;
     loop {
-        let (_, n): (String, usize) = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(channel)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let n = if classic {
+            redis.classic_subscribers(channel).await
+        } else {
+            redis.subscribers(channel).await
+        };
         if n == count {
             return;
         }
@@ -106,15 +97,15 @@ async fn await_subscribers(redis: &Redis, channel: &str, count: usize) {
 /// Nodes A and B (with `node_ttl_ms`), carol on A over TCP subscribed to her notices, and dave
 /// on A consuming `/queue/jobs`, with carol's presence in Redis.
 async fn carol_and_a_worker_on_a(
-    redis: &Redis,
+    redis: &Backend,
     node_ttl_ms: u64,
 ) -> (NodeProcess, NodeProcess, Client, Client) {
     let toml = config("").replace(
         "node_ttl_ms = 2000",
         &format!("node_ttl_ms = {node_ttl_ms}"),
     );
-    let a = NodeProcess::start("node-a", &redis.url(), &toml);
-    let b = NodeProcess::start("node-b", &redis.url(), &toml);
+    let a = NodeProcess::start("node-a", &redis, &toml);
+    let b = NodeProcess::start("node-b", &redis, &toml);
     await_ready(&a).await;
     await_ready(&b).await;
     let mut carol = Client::tcp(a.stomp).await;
@@ -126,9 +117,8 @@ async fn carol_and_a_worker_on_a(
     (a, b, carol, worker)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_on_node_a_receives_what_a_backend_sends_through_node_b() {
-    let redis = Redis::start();
+on_both!(a_user_on_node_a_receives_what_a_backend_sends_through_node_b);
+async fn a_user_on_node_a_receives_what_a_backend_sends_through_node_b(redis: Backend) {
     let [a, b, c] = three_nodes(&redis);
     for n in [&a, &b, &c] {
         await_ready(n).await;
@@ -178,9 +168,8 @@ async fn a_user_on_node_a_receives_what_a_backend_sends_through_node_b() {
     assert_eq!(answer["nodes"], 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_copy_per_session_across_nodes_for_users_and_topics() {
-    let redis = Redis::start();
+on_both!(one_copy_per_session_across_nodes_for_users_and_topics);
+async fn one_copy_per_session_across_nodes_for_users_and_topics(redis: Backend) {
     let [a, b, c] = three_nodes(&redis);
     for n in [&a, &b, &c] {
         await_ready(n).await;
@@ -211,7 +200,7 @@ async fn one_copy_per_session_across_nodes_for_users_and_topics() {
         s.subscribe("t", "/topic/news", "auto").await;
         subs.push(s);
     }
-    await_subscribers(&redis, "sb:default:topic:/topic/news", 3).await;
+    await_subscribers(&redis, "sb:default:topic:/topic/news", false, 3).await;
     let (_, answer) = publish_on(
         &b,
         json!({"destination": "/topic/news", "content": "via API on B"}),
@@ -237,12 +226,11 @@ async fn one_copy_per_session_across_nodes_for_users_and_topics() {
         )
         .await;
     last_on_c.expect(stompbox::stomp::Command::Receipt).await;
-    await_subscribers(&redis, "sb:default:topic:/topic/news", 2).await;
+    await_subscribers(&redis, "sb:default:topic:/topic/news", false, 2).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queues_deliver_each_message_once_cluster_wide() {
-    let redis = Redis::start();
+on_both!(queues_deliver_each_message_once_cluster_wide);
+async fn queues_deliver_each_message_once_cluster_wide(redis: Backend) {
     let [a, b, c] = three_nodes(&redis);
     for n in [&a, &b, &c] {
         await_ready(n).await;
@@ -251,14 +239,11 @@ async fn queues_deliver_each_message_once_cluster_wide() {
     let mut worker_c = ws_on(&c, "w2").await;
     worker_a.subscribe("q", "/queue/jobs", "auto").await;
     worker_c.subscribe("q", "/queue/jobs", "auto").await;
-    let mut conn = redis.client().await;
     let deadline = Instant::now() + WAIT;
     loop {
-        let n: usize = redis::cmd("SCARD")
-            .arg("sb:{default:/queue/jobs}:consumers")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let n: usize = redis
+            .query(redis::cmd("SCARD").arg("sb:{default:/queue/jobs}:consumers"))
+            .await;
         if n == 2 {
             break;
         }
@@ -287,9 +272,8 @@ async fn queues_deliver_each_message_once_cluster_wide() {
     assert_eq!(got, (0..6).map(|i| format!("job{i}")).collect::<Vec<_>>());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn seed_format_ingress_reaches_the_user_exactly_once() {
-    let redis = Redis::start();
+on_both!(seed_format_ingress_reaches_the_user_exactly_once);
+async fn seed_format_ingress_reaches_the_user_exactly_once(redis: Backend) {
     let [a, b, c] = three_nodes(&redis);
     for n in [&a, &b, &c] {
         await_ready(n).await;
@@ -297,21 +281,16 @@ async fn seed_format_ingress_reaches_the_user_exactly_once() {
     let mut alice = ws_on(&b, "alice").await;
     alice.subscribe("1", "/user/queue/orders", "auto").await;
     await_presence(&redis, "alice", &["node-b"]).await;
-    await_subscribers(&redis, "seed:push", 3).await;
-    let mut conn = redis.client().await;
+    await_subscribers(&redis, "seed:push", true, 3).await;
     // What the replaced system's backends publish, unchanged; the same payload twice is two
     // messages.
     let payload =
         json!({"receiver": "alice", "channelCode": "ORDER_STATUS", "content": {"order": 42}})
             .to_string();
     for _ in 0..2 {
-        let receivers: usize = redis::cmd("PUBLISH")
-            .arg("seed:push")
-            .arg(&payload)
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        assert_eq!(receivers, 3, "every node listens");
+        let _receivers: usize = redis
+            .query(redis::cmd("PUBLISH").arg("seed:push").arg(&payload))
+            .await;
     }
     alice.expect_message(r#"{"order":42}"#).await;
     alice.expect_message(r#"{"order":42}"#).await;
@@ -328,7 +307,7 @@ async fn seed_format_ingress_reaches_the_user_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_keeps_local_delivery_and_recovers_without_reconnecting_clients() {
-    let mut redis = Redis::start();
+    let mut redis = Backend::single();
     let [a, b, c] = three_nodes_with(&redis, &at_most_once(config("")));
     for n in [&a, &b, &c] {
         await_ready(n).await;
@@ -339,7 +318,7 @@ async fn redis_outage_keeps_local_delivery_and_recovers_without_reconnecting_cli
     reader.subscribe("t", "/topic/news", "auto").await;
     await_presence(&redis, "alice", &["node-a"]).await;
 
-    redis.kill();
+    redis.single_redis().kill();
     let deadline = Instant::now() + WAIT;
     loop {
         let (status, _) = http_request(a.http, "GET", "/readyz", None, "").await;
@@ -368,12 +347,12 @@ async fn redis_outage_keeps_local_delivery_and_recovers_without_reconnecting_cli
     assert!(answer["error"].as_str().unwrap().contains("Redis"));
 
     // Redis comes back empty: nodes reconnect, re-announce and re-subscribe by themselves.
-    redis.restart();
+    redis.single_redis().restart();
     for n in [&a, &b, &c] {
         await_ready(n).await;
     }
     await_presence(&redis, "alice", &["node-a"]).await;
-    await_subscribers(&redis, "sb:default:topic:/topic/news", 1).await;
+    await_subscribers(&redis, "sb:default:topic:/topic/news", false, 1).await;
     let (status, answer) = publish_on(
         &b,
         json!({"receiver": "alice", "destination": "/queue/notice", "content": "after"}),
@@ -390,9 +369,8 @@ async fn redis_outage_keeps_local_delivery_and_recovers_without_reconnecting_cli
     assert!(a.metric("stompbox_redis_reconnects_total").await >= 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_node_leaves_presence_and_the_others_keep_flowing() {
-    let redis = Redis::start();
+on_both!(a_killed_node_leaves_presence_and_the_others_keep_flowing);
+async fn a_killed_node_leaves_presence_and_the_others_keep_flowing(redis: Backend) {
     let [a, b, mut c] = three_nodes(&redis);
     for n in [&a, &b, &c] {
         await_ready(n).await;
@@ -437,15 +415,14 @@ async fn a_killed_node_leaves_presence_and_the_others_keep_flowing() {
     }
 }
 
+on_both!(an_old_presence_entry_routes_while_it_is_read_again);
 /// A presence change whose `sb:presence` notice never arrived (here Redis is edited behind the
 /// nodes' backs) reaches a node through the background re-read of an old cache entry; until
 /// that re-read lands, the old entry keeps routing instead of making a message wait on Redis.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_old_presence_entry_routes_while_it_is_read_again() {
-    let redis = Redis::start();
+async fn an_old_presence_entry_routes_while_it_is_read_again(redis: Backend) {
     let toml = at_most_once(config(""));
-    let a = NodeProcess::start("node-a", &redis.url(), &toml);
-    let b = NodeProcess::start("node-b", &redis.url(), &toml);
+    let a = NodeProcess::start("node-a", &redis, &toml);
+    let b = NodeProcess::start("node-b", &redis, &toml);
     await_ready(&a).await;
     await_ready(&b).await;
     let mut alice = ws_on(&a, "alice").await;
@@ -458,13 +435,13 @@ async fn an_old_presence_entry_routes_while_it_is_read_again() {
     assert_eq!((status, &answer["nodes"]), (202, &json!(1)), "{answer}");
     alice.expect_message("first").await;
 
-    let mut conn = redis.client().await;
-    let _: () = redis::cmd("SREM")
-        .arg("sb:{default:alice}:presence")
-        .arg("node-a")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let _: () = redis
+        .query(
+            redis::cmd("SREM")
+                .arg("sb:{default:alice}:presence")
+                .arg("node-a"),
+        )
+        .await;
     // Past presence_cache_ms (1 s): node B's entry is old, still used, and read again.
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let (_, answer) = publish_on(&b, to_alice("old entry")).await;
@@ -488,9 +465,8 @@ async fn an_old_presence_entry_routes_while_it_is_read_again() {
     assert!(b.metric("stompbox_presence_lookups_total").await >= 2);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_stopped_with_sigterm_leaves_the_cluster_at_once() {
-    let redis = Redis::start();
+on_both!(a_node_stopped_with_sigterm_leaves_the_cluster_at_once);
+async fn a_node_stopped_with_sigterm_leaves_the_cluster_at_once(redis: Backend) {
     // A long node_ttl_ms: an answer that waited for A's heartbeat to expire would take 30 s.
     let (mut a, b, mut carol, _worker) = carol_and_a_worker_on_a(&redis, 30_000).await;
 
@@ -510,23 +486,18 @@ async fn a_node_stopped_with_sigterm_leaves_the_cluster_at_once() {
     assert!(presence.is_empty(), "carol's presence: {presence:?}");
     let consumers = members(&redis, "sb:{default:/queue/jobs}:consumers").await;
     assert!(consumers.is_empty(), "queue consumers: {consumers:?}");
-    let mut conn = redis.client().await;
-    let score: Option<f64> = redis::cmd("ZSCORE")
-        .arg("sb:nodes")
-        .arg("node-a")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let score: Option<f64> = redis
+        .query(redis::cmd("ZSCORE").arg("sb:nodes").arg("node-a"))
+        .await;
     assert_eq!(score, None, "node-a is no longer a live node");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_restarted_under_its_id_withdraws_what_its_last_run_held() {
-    let redis = Redis::start();
+on_both!(a_node_restarted_under_its_id_withdraws_what_its_last_run_held);
+async fn a_node_restarted_under_its_id_withdraws_what_its_last_run_held(redis: Backend) {
     let (mut a, b, _carol, _worker) = carol_and_a_worker_on_a(&redis, 2_000).await;
 
     a.kill9();
-    let a = NodeProcess::start("node-a", &redis.url(), &config(""));
+    let a = NodeProcess::start("node-a", &redis, &config(""));
     await_ready(&a).await;
     // Without the withdrawal, node-a (alive again) stays in carol's presence for ever.
     await_presence(&redis, "carol", &[]).await;
@@ -547,9 +518,8 @@ async fn a_node_restarted_under_its_id_withdraws_what_its_last_run_held() {
     await_presence(&redis, "carol", &["node-a"]).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_no_node_took_is_not_answered_as_sent() {
-    let redis = Redis::start();
+on_both!(a_message_no_node_took_is_not_answered_as_sent);
+async fn a_message_no_node_took_is_not_answered_as_sent(redis: Backend) {
     // A long node_ttl_ms: A stays "live" by its heartbeat long after it was killed.
     let (mut a, b, _carol, _worker) = carol_and_a_worker_on_a(&redis, 30_000).await;
     let notice = json!({"receiver": "carol", "destination": "/queue/notice", "content": "n"});
@@ -557,7 +527,7 @@ async fn a_message_no_node_took_is_not_answered_as_sent() {
     assert_eq!((status, &answer["nodes"]), (202, &json!(1)), "{answer}");
 
     a.kill9();
-    await_subscribers(&redis, "sb:inbox:node-a", 0).await;
+    await_subscribers(&redis, "sb:inbox:node-a", false, 0).await;
     for _ in 0..20 {
         let (status, answer) = publish_on(&b, notice.clone()).await;
         assert_eq!(status, 202, "{answer}");

@@ -24,8 +24,8 @@ fn config() -> String {
 
 async fn two_nodes(redis: &Redis) -> (NodeProcess, NodeProcess) {
     let toml = config();
-    let a = NodeProcess::start("node-a", &redis.url(), &toml);
-    let b = NodeProcess::start("node-b", &redis.url(), &toml);
+    let a = NodeProcess::start("node-a", &redis, &toml);
+    let b = NodeProcess::start("node-b", &redis, &toml);
     await_ready(&a).await;
     await_ready(&b).await;
     (a, b)
@@ -543,7 +543,7 @@ async fn a_node_restarted_under_its_id_delivers_again_what_its_earlier_run_held(
     receive(&mut holder, 5, Duration::from_millis(100)).await;
     a.kill9();
     // Back at once under the same id: node-a is live, but the entries were its earlier run's.
-    let a = NodeProcess::start("node-a", &redis.url(), &config());
+    let a = NodeProcess::start("node-a", &redis, &config());
     await_ready(&a).await;
     let mut next = user_on(&a, "next").await;
     next.subscribe("1", "/queue/restart", "auto").await;

@@ -8,6 +8,9 @@
 //!   stomp=…` line and knows both addresses; kill, terminate and restart on the same ports.
 //! - [`Redis`]: a `redis-server` of its own on a free port, without persistence; kill, pause
 //!   (SIGSTOP), resume and restart on the same port.
+//! - [`RedisCluster`]: a Redis Cluster of such servers (primaries and replicas, made with
+//!   `redis-cli --cluster create`), with its faults: a primary killed until its replica takes
+//!   over, a whole shard stopped, slots moved with `redis-cli --cluster reshard`.
 //! - [`http`]: a minimal HTTP/1.1 client over tokio, one request per connection.
 //! - [`jwt`]: an HS256 JSON Web Token signer.
 //!
@@ -18,6 +21,7 @@
 mod node;
 mod process;
 mod redis;
+mod redis_cluster;
 
 pub mod http;
 pub mod jwt;
@@ -28,6 +32,7 @@ use std::time::{Duration, Instant};
 pub use node::{parse_listening, Node, NodeBuilder};
 pub use process::{signal, Log, Process, Signal};
 pub use redis::Redis;
+pub use redis_cluster::RedisCluster;
 
 /// Why something the kit started is not usable.
 #[derive(Debug, thiserror::Error)]

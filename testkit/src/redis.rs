@@ -19,7 +19,16 @@ pub struct Redis {
     process: Option<Process>,
     /// Where its append-only file lives, when it keeps one.
     aof_dir: Option<PathBuf>,
+    /// For a Redis Cluster node: the directory of its cluster state file (kept across a
+    /// restart, so it rejoins its cluster), the cluster's node timeout in ms, and the port of
+    /// its cluster bus.
+    cluster: Option<(PathBuf, u64, u16)>,
 }
+
+/// Held while a server picks its port and starts: two servers started at once by one test
+/// binary could otherwise be handed the same free port, and the second would find the
+/// first listening on it.
+static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Redis {
     /// `redis-server` from the PATH, its output kept in memory.
@@ -29,12 +38,39 @@ impl Redis {
 
     /// The server at `bin`, its output to `log`.
     pub fn start_with(bin: impl Into<PathBuf>, log: Log) -> Result<Redis, Error> {
+        let _turn = STARTING.lock().unwrap_or_else(|e| e.into_inner());
         let mut redis = Redis {
             bin: bin.into(),
             port: free_port(),
             log,
             process: None,
             aof_dir: None,
+            cluster: None,
+        };
+        redis.launch()?;
+        Ok(redis)
+    }
+
+    /// A Redis Cluster node (`--cluster-enabled yes`) on a free port, its cluster state file in
+    /// `dir`, declaring a peer failed after `node_timeout_ms`; not yet part of a cluster (see
+    /// [`crate::RedisCluster`]). Without persistence: restarted, it rejoins empty.
+    pub fn start_cluster_node(dir: &std::path::Path, node_timeout_ms: u64) -> Result<Redis, Error> {
+        let _turn = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+        let port = free_port();
+        // The bus port is chosen too (not left at port + 10000, which may be taken).
+        let bus = loop {
+            let bus = free_port();
+            if bus != port {
+                break bus;
+            }
+        };
+        let mut redis = Redis {
+            bin: "redis-server".into(),
+            port,
+            log: Log::memory(),
+            process: None,
+            aof_dir: None,
+            cluster: Some((dir.to_path_buf(), node_timeout_ms, bus)),
         };
         redis.launch()?;
         Ok(redis)
@@ -43,6 +79,7 @@ impl Redis {
     /// `redis-server` from the PATH with an append-only file (`appendfsync everysec`, Redis's
     /// default), so that what it acknowledged survives it being killed and restarted.
     pub fn start_persistent() -> Result<Redis, Error> {
+        let _turn = STARTING.lock().unwrap_or_else(|e| e.into_inner());
         let port = free_port();
         let dir =
             std::env::temp_dir().join(format!("stompbox-redis-{}-{port}", std::process::id()));
@@ -56,29 +93,52 @@ impl Redis {
             log: Log::memory(),
             process: None,
             aof_dir: Some(dir),
+            cluster: None,
         };
         redis.launch()?;
         Ok(redis)
     }
 
+    /// Where it writes files: its own directory, so that nothing it writes (a replica keeps
+    /// the snapshot it synced from its primary in `dump.rdb`) is read by another server.
+    fn work_dir(&self) -> PathBuf {
+        match (&self.aof_dir, &self.cluster) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some((dir, _, _))) => dir.join(format!("node-{}", self.port)),
+            (None, None) => std::env::temp_dir().join(format!(
+                "stompbox-redis-{}-{}",
+                std::process::id(),
+                self.port
+            )),
+        }
+    }
+
     fn launch(&mut self) -> Result<(), Error> {
+        let dir = self.work_dir();
+        if self.aof_dir.is_none() {
+            // Started empty, every time: a snapshot left by an earlier run is not loaded.
+            let _ = std::fs::remove_file(dir.join("dump.rdb"));
+        }
+        std::fs::create_dir_all(&dir).map_err(|source| Error::Spawn {
+            what: format!("redis-server (its directory {})", dir.display()),
+            source,
+        })?;
         let mut command = Command::new(&self.bin);
         command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
-        match &self.aof_dir {
-            Some(dir) => {
-                command.args([
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "everysec",
-                ]);
-                command.arg("--dir").arg(dir);
-            }
-            None => {
-                command.args(["--save", "", "--appendonly", "no"]);
-            }
+        command.arg("--dir").arg(&dir);
+        if self.aof_dir.is_some() {
+            command.args(["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]);
+        } else {
+            command.args(["--save", "", "--appendonly", "no"]);
+        }
+        if let Some((dir, timeout_ms, bus)) = &self.cluster {
+            command
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout"])
+                .arg(timeout_ms.to_string())
+                .arg("--cluster-port")
+                .arg(bus.to_string())
+                .arg("--cluster-config-file")
+                .arg(dir.join(format!("nodes-{}.conf", self.port)));
         }
         let mut process =
             Process::spawn("redis-server", command, self.log.clone(), self.log.clone())?;
@@ -142,9 +202,7 @@ impl Redis {
 impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
-        if let Some(dir) = &self.aof_dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        let _ = std::fs::remove_dir_all(self.work_dir());
     }
 }
 

@@ -1,6 +1,8 @@
-//! Real processes for cluster tests: `redis-server` on a free port, and `stompbox` nodes
-//! started from the built binary, each killed when the test ends (even on failure). Both come
-//! from the test kit (`testkit/`); these wrappers add what the cluster tests ask of them.
+//! Real processes for cluster tests: `redis-server` on a free port (or a Redis Cluster of three
+//! primaries with a replica each), and `stompbox` nodes started from the built binary, each
+//! killed when the test ends (even on failure). They come from the test kit (`testkit/`);
+//! these wrappers add what the cluster tests ask of them. [`on_both`] runs one test body on a
+//! single Redis and on a Redis Cluster.
 
 use std::net::SocketAddr;
 
@@ -66,6 +68,122 @@ impl Redis {
     }
 }
 
+/// What a test's nodes run on.
+pub trait Backing {
+    /// The `stompbox serve` flags that join it.
+    fn node_args(&self) -> Vec<String>;
+}
+
+impl<T: Backing + ?Sized> Backing for &T {
+    fn node_args(&self) -> Vec<String> {
+        (**self).node_args()
+    }
+}
+
+impl Backing for Redis {
+    fn node_args(&self) -> Vec<String> {
+        vec!["--redis".into(), self.url()]
+    }
+}
+
+/// One Redis or a Redis Cluster, for a test that runs on both.
+pub enum Backend {
+    Single(Redis),
+    Cluster(stompbox_testkit::RedisCluster),
+}
+
+impl Backing for Backend {
+    fn node_args(&self) -> Vec<String> {
+        match self {
+            Backend::Single(redis) => redis.node_args(),
+            Backend::Cluster(cluster) => {
+                vec!["--redis-cluster".into(), cluster.seeds().join(",")]
+            }
+        }
+    }
+}
+
+impl Backend {
+    /// A fresh redis-server.
+    pub fn single() -> Backend {
+        Backend::Single(Redis::start())
+    }
+
+    /// A fresh Redis Cluster: 3 primaries, one replica each.
+    pub fn cluster() -> Backend {
+        Backend::Cluster(
+            stompbox_testkit::RedisCluster::start(3, 1)
+                .unwrap_or_else(|e| panic!("{e} (scripts/test.sh installs redis-server)")),
+        )
+    }
+
+    /// Runs `cmd` where its key lives; panics when Redis refuses it.
+    pub async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> T {
+        match self {
+            Backend::Single(redis) => {
+                let mut conn = redis.client().await;
+                cmd.query_async(&mut conn).await.unwrap()
+            }
+            Backend::Cluster(cluster) => {
+                let client = redis::cluster::ClusterClient::new(cluster.seeds()).unwrap();
+                let mut conn = client.get_async_connection().await.unwrap();
+                cmd.query_async(&mut conn).await.unwrap()
+            }
+        }
+    }
+
+    /// How many nodes subscribe to `channel` (a node's inbox, a topic: sharded channels on a
+    /// Redis Cluster).
+    pub async fn subscribers(&self, channel: &str) -> usize {
+        self.numsub(channel, true).await
+    }
+
+    /// How many nodes subscribe to the classic channel `channel` (presence notices, the
+    /// seed-format ingress channel): on a Redis Cluster, summed over every node.
+    pub async fn classic_subscribers(&self, channel: &str) -> usize {
+        self.numsub(channel, false).await
+    }
+
+    async fn numsub(&self, channel: &str, sharded: bool) -> usize {
+        match self {
+            Backend::Single(_) => {
+                let reply: Vec<redis::Value> =
+                    self.query(redis::cmd("PUBSUB").arg("NUMSUB").arg(channel)).await;
+                match reply.get(1) {
+                    Some(redis::Value::Int(n)) => *n as usize,
+                    _ => 0,
+                }
+            }
+            Backend::Cluster(cluster) => cluster.subscribers(channel, sharded),
+        }
+    }
+
+    /// The single Redis, for faults only it has (killed, restarted empty).
+    pub fn single_redis(&mut self) -> &mut Redis {
+        match self {
+            Backend::Single(redis) => redis,
+            Backend::Cluster(_) => panic!("this test needs a single Redis"),
+        }
+    }
+}
+
+/// Runs `$body(backend)` as two tests, `$name::single_redis` and `$name::redis_cluster`.
+#[macro_export]
+macro_rules! on_both {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn single_redis() {
+                super::$name($crate::support::cluster::Backend::single()).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis_cluster() {
+                super::$name($crate::support::cluster::Backend::cluster()).await
+            }
+        }
+    };
+}
+
 /// A `stompbox serve` process.
 pub struct NodeProcess {
     pub id: String,
@@ -75,11 +193,12 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts node `id` in the cluster of `redis_url` with `toml` as its config file.
-    pub fn start(id: &str, redis_url: &str, toml: &str) -> NodeProcess {
+    /// Starts node `id` in the cluster on `backing` with `toml` as its config file.
+    pub fn start(id: &str, backing: &impl Backing, toml: &str) -> NodeProcess {
         let inner = stompbox_testkit::Node::builder(env!("CARGO_BIN_EXE_stompbox"))
             .name(id)
-            .args(["--node-id", id, "--redis", redis_url])
+            .args(["--node-id", id])
+            .args(backing.node_args())
             .config(toml)
             .env("RUST_LOG", "warn")
             .start()

@@ -268,10 +268,10 @@ impl Membership {
         }
         *bp.topics.lock().unwrap_or_else(|e| e.into_inner()) = self.topics.clone();
         if !fresh.is_empty() || self.gap {
-            if !self.joined {
-                // Live before announcing: other nodes route only to live nodes.
-                self.heartbeat().await;
-            }
+            // Live before announcing: other nodes route only to live nodes, and after an
+            // outage every node's heartbeat is old until it beats again.
+            bp.hold_off_pruning();
+            self.heartbeat().await;
             self.announce(Some(&fresh)).await;
             self.note_store(Some(&fresh)).await;
             bp.forget_presence();

@@ -177,6 +177,10 @@ pub struct RedisBackplane {
     /// The store's `since` marks this node has seen (one per primary, see [`store`]): finding
     /// one gone later means Redis lost what that primary held.
     store_marks: Mutex<HashSet<String>>,
+    /// Until when (ms) dead nodes are only skipped, not removed from presence sets: after
+    /// this node reconnects, other nodes' heartbeats may be old only because Redis could not
+    /// be reached, and they have one `node_ttl_ms` to beat again.
+    prune_after_ms: AtomicU64,
     tasks: TaskTracker,
     stop: CancellationToken,
     /// Counters.
@@ -213,6 +217,7 @@ impl RedisBackplane {
             topics: Mutex::new(HashSet::new()),
             queue_cursor: AtomicUsize::new(0),
             store_marks: Mutex::new(HashSet::new()),
+            prune_after_ms: AtomicU64::new(0),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             stats: ClusterStats::default(),

@@ -167,6 +167,13 @@ impl RedisBackplane {
         Ok(nodes)
     }
 
+    /// Skips dead nodes without removing them for one `node_ttl_ms` from now (see
+    /// `prune_after_ms`).
+    pub(super) fn hold_off_pruning(&self) {
+        let until = crate::util::unix_ms() + self.settings.node_ttl.as_millis() as u64;
+        self.prune_after_ms.store(until, Ordering::Relaxed);
+    }
+
     /// Drops a user's entry (a presence notice arrived).
     pub(super) fn presence_changed(&self, key: &UserKey) {
         self.cache().invalidate(key);
@@ -217,7 +224,7 @@ impl RedisBackplane {
         let live = self.live_nodes().await?;
         let (alive, dead): (Vec<String>, Vec<String>) =
             members.into_iter().partition(|n| live.contains(n));
-        if !dead.is_empty() {
+        if !dead.is_empty() && crate::util::unix_ms() > self.prune_after_ms.load(Ordering::Relaxed) {
             debug!(key = set_key, ?dead, "removing dead nodes");
             let mut srem = redis::cmd("SREM");
             srem.arg(set_key).arg(&dead);
