@@ -4,7 +4,8 @@
 //! several nodes publish to them at once, and across a Redis restart that keeps its
 //! append-only file; a Redis that restarts empty starts a new epoch and the client is told.
 //! A topic with history is one stream for the cluster: a subscriber on either node replays it
-//! from where it asks while both nodes publish, every offset once and in order.
+//! from where it asks while both nodes publish, every offset once and in order. Every test but
+//! those that restart or kill the single Redis runs on one Redis and on a Redis Cluster.
 
 mod support;
 
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use stompbox::stomp::{Command, Frame};
-use support::cluster::{await_ready, NodeProcess, Redis};
+use support::cluster::{await_ready, Backend, Backing, NodeProcess, Redis};
 use support::*;
 
 fn config() -> String {
@@ -22,7 +23,7 @@ fn config() -> String {
     )
 }
 
-async fn two_nodes(redis: &Redis) -> (NodeProcess, NodeProcess) {
+async fn two_nodes(redis: &impl Backing) -> (NodeProcess, NodeProcess) {
     let toml = config();
     let a = NodeProcess::start("node-a", &redis, &toml);
     let b = NodeProcess::start("node-b", &redis, &toml);
@@ -86,9 +87,8 @@ fn numbered(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| format!("{prefix}{i}")).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_published_on_another_node_between_connect_and_subscribe_arrives() {
-    let redis = Redis::start();
+on_both!(a_message_published_on_another_node_between_connect_and_subscribe_arrives);
+async fn a_message_published_on_another_node_between_connect_and_subscribe_arrives(redis: Backend) {
     let (a, b) = two_nodes(&redis).await;
     for round in 0..5 {
         let user = format!("alice{round}");
@@ -102,9 +102,8 @@ async fn a_message_published_on_another_node_between_connect_and_subscribe_arriv
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_offline_user_gets_everything_once_on_any_node_and_a_move_loses_nothing() {
-    let redis = Redis::start();
+on_both!(an_offline_user_gets_everything_once_on_any_node_and_a_move_loses_nothing);
+async fn an_offline_user_gets_everything_once_on_any_node_and_a_move_loses_nothing(redis: Backend) {
     let (a, b) = two_nodes(&redis).await;
     for i in 0..10 {
         let answer = stored(&a, "bob", &format!("m{i}")).await;
@@ -135,9 +134,8 @@ async fn an_offline_user_gets_everything_once_on_any_node_and_a_move_loses_nothi
     assert_eq!(receipt.get("x-stream-recovered"), Some("true"));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publishes_through_both_nodes_at_once_arrive_in_offset_order_without_gaps() {
-    let redis = Redis::start();
+on_both!(publishes_through_both_nodes_at_once_arrive_in_offset_order_without_gaps);
+async fn publishes_through_both_nodes_at_once_arrive_in_offset_order_without_gaps(redis: Backend) {
     let (a, b) = two_nodes(&redis).await;
     let mut carol = user_on(&a, "carol").await;
     subscribe(&mut carol, &[]).await;
@@ -176,9 +174,8 @@ async fn publishes_through_both_nodes_at_once_arrive_in_offset_order_without_gap
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_resumes_from_its_offset_on_another_node_and_learns_when_history_is_gone() {
-    let redis = Redis::start();
+on_both!(a_client_resumes_from_its_offset_on_another_node_and_learns_when_history_is_gone);
+async fn a_client_resumes_from_its_offset_on_another_node_and_learns_when_history_is_gone(redis: Backend) {
     let (a, b) = two_nodes(&redis).await;
     for i in 0..10 {
         stored(&a, "dave", &format!("m{i}")).await;
@@ -300,9 +297,8 @@ async fn a_store_that_cannot_be_reached_refuses_with_the_reason() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_on_its_way_when_the_page_went_comes_again_on_another_node() {
-    let redis = Redis::start();
+on_both!(a_message_on_its_way_when_the_page_went_comes_again_on_another_node);
+async fn a_message_on_its_way_when_the_page_went_comes_again_on_another_node(redis: Backend) {
     let (a, b) = two_nodes(&redis).await;
     let mut ivy = user_on(&a, "ivy").await;
     subscribe(&mut ivy, &[]).await;
@@ -331,9 +327,8 @@ fn stream_offsets(frames: &[Frame]) -> Vec<u64> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_topic_with_history_replays_on_either_node_while_both_publish() {
-    let redis = Redis::start();
+on_both!(a_topic_with_history_replays_on_either_node_while_both_publish);
+async fn a_topic_with_history_replays_on_either_node_while_both_publish(redis: Backend) {
     let (a, b) = two_nodes(&redis).await;
     const EACH: usize = 200;
     const TOPIC: &str = "/topic/prices/acme";
@@ -413,15 +408,12 @@ async fn to_queue(node: &NodeProcess, dest: &str, body: &str) {
 }
 
 /// Waits until `dest` has consumers on `n` nodes in Redis.
-async fn await_consumers(redis: &Redis, dest: &str, n: usize) {
-    let mut conn = redis.client().await;
+async fn await_consumers(redis: &Backend, dest: &str, n: usize) {
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let got: usize = redis::cmd("SCARD")
-            .arg(format!("sb:{{default:{dest}}}:consumers"))
-            .query_async(&mut conn)
-            .await
-            .unwrap();
+        let got: usize = redis
+            .query(redis::cmd("SCARD").arg(format!("sb:{{default:{dest}}}:consumers")))
+            .await;
         if got == n {
             return;
         }
@@ -452,9 +444,8 @@ async fn receive(client: &mut Client, n: usize, quiet: Duration) -> Vec<Frame> {
     frames
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queue_consumer_killed_with_its_node_leaves_what_it_did_not_acknowledge_to_another() {
-    let redis = Redis::start();
+on_both!(a_queue_consumer_killed_with_its_node_leaves_what_it_did_not_acknowledge_to_another);
+async fn a_queue_consumer_killed_with_its_node_leaves_what_it_did_not_acknowledge_to_another(redis: Backend) {
     let (mut a, b) = two_nodes(&redis).await;
     let mut on_a = user_on(&a, "worker-a").await;
     on_a.subscribe("1", "/queue/jobs", "client-individual")
@@ -495,9 +486,8 @@ async fn a_queue_consumer_killed_with_its_node_leaves_what_it_did_not_acknowledg
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queue_messages_wait_in_redis_for_a_consumer_and_survive_the_node_that_took_them() {
-    let redis = Redis::start();
+on_both!(queue_messages_wait_in_redis_for_a_consumer_and_survive_the_node_that_took_them);
+async fn queue_messages_wait_in_redis_for_a_consumer_and_survive_the_node_that_took_them(redis: Backend) {
     let (mut a, b) = two_nodes(&redis).await;
     // Stored through A while no node consumes the queue, then A is killed.
     for i in 0..20 {
@@ -530,9 +520,8 @@ async fn queue_messages_wait_in_redis_for_a_consumer_and_survive_the_node_that_t
     assert!(got.iter().all(|m| m.get("redelivered") == Some("true")));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_restarted_under_its_id_delivers_again_what_its_earlier_run_held() {
-    let redis = Redis::start();
+on_both!(a_node_restarted_under_its_id_delivers_again_what_its_earlier_run_held);
+async fn a_node_restarted_under_its_id_delivers_again_what_its_earlier_run_held(redis: Backend) {
     let (mut a, _b) = two_nodes(&redis).await;
     let mut holder = user_on(&a, "holder").await;
     holder.subscribe("1", "/queue/restart", "client").await;
