@@ -150,6 +150,12 @@ pub struct ClusterConfig {
     pub node_ttl_ms: u64,
     /// How long a node trusts a cached "user → nodes" lookup without an invalidation, in ms.
     pub presence_cache_ms: u64,
+    /// Replicas that must confirm a stored message (`WAIT`) before it is answered as
+    /// accepted; 0 (the default) answers once the primary stored it.
+    pub replica_acks: usize,
+    /// How long an append waits for those confirmations, in ms; past it the message is
+    /// answered 503.
+    pub replica_ack_timeout_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -160,6 +166,8 @@ impl Default for ClusterConfig {
             node_id: None,
             node_ttl_ms: 10_000,
             presence_cache_ms: 2_000,
+            replica_acks: 0,
+            replica_ack_timeout_ms: 100,
         }
     }
 }
@@ -647,7 +655,10 @@ impl Config {
         for url in &self.cluster.redis_cluster {
             use redis::IntoConnectionInfo;
             let info = url.as_str().into_connection_info().map_err(|e| {
-                invalid("cluster.redis_cluster", format!("'{url}' is not a Redis URL: {e}"))
+                invalid(
+                    "cluster.redis_cluster",
+                    format!("'{url}' is not a Redis URL: {e}"),
+                )
             })?;
             if !matches!(info.addr(), redis::ConnectionAddr::Tcp(..)) {
                 return Err(invalid(
@@ -658,7 +669,10 @@ impl Config {
             if info.redis_settings().db() != 0 {
                 return Err(invalid(
                     "cluster.redis_cluster",
-                    format!("'{url}' names database {}; a Redis Cluster has only database 0", info.redis_settings().db()),
+                    format!(
+                        "'{url}' names database {}; a Redis Cluster has only database 0",
+                        info.redis_settings().db()
+                    ),
                 ));
             }
         }
@@ -674,6 +688,15 @@ impl Config {
                     format!("'{id}' is not a node id: use 1 to 64 of A-Z a-z 0-9 - _"),
                 ));
             }
+        }
+        if self.cluster.replica_acks > 16 {
+            return Err(invalid("cluster.replica_acks", "must be at most 16"));
+        }
+        if !(1..=1_500).contains(&self.cluster.replica_ack_timeout_ms) {
+            return Err(invalid(
+                "cluster.replica_ack_timeout_ms",
+                "must be between 1 and 1500 (a Redis command gets 2 s in all)",
+            ));
         }
         if self.cluster.node_ttl_ms < 1_000 {
             return Err(invalid("cluster.node_ttl_ms", "must be at least 1000"));

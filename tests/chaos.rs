@@ -15,15 +15,12 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::cluster::{await_ready, NodeProcess, Redis};
+use support::traffic::{publish_round, Account, Body, EVERY, IN_FLIGHT};
 use support::*;
 
-/// Messages published before the fault and after the recovery (more go out during it), and
-/// the pause between two rounds of publishes.
+/// Messages published before the fault and after the recovery (more go out during it).
 const BEFORE: usize = 1_000;
 const AFTER: usize = 1_000;
-const EVERY: Duration = Duration::from_millis(2);
-/// Publishes in flight at once.
-const IN_FLIGHT: usize = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
@@ -263,36 +260,6 @@ fn dora(
     })
 }
 
-/// Message `i` of a durable accounting run, as the publish API's body.
-type Body = fn(usize) -> serde_json::Value;
-
-/// Publishes `count` more messages, IN_FLIGHT at a time at a steady pace.
-async fn publish_round(
-    b: &NodeProcess,
-    answers: &mut Vec<(u16, serde_json::Value)>,
-    count: usize,
-    body: Body,
-) {
-    let until = answers.len() + count;
-    while answers.len() < until {
-        let first = answers.len();
-        let bodies: Vec<String> = (first..first + IN_FLIGHT)
-            .map(|i| body(i).to_string())
-            .collect();
-        let batch = bodies.iter().map(|body| {
-            http_request(
-                b.http,
-                "POST",
-                "/api/v1/tenants/default/publish",
-                Some(API_KEY),
-                body,
-            )
-        });
-        answers.extend(futures_util::future::join_all(batch).await);
-        tokio::time::sleep(EVERY).await;
-    }
-}
-
 /// A client that reads until it has been quiet a while after its flag is set, given node A's
 /// and node B's STOMP addresses.
 type Reader<T> = fn(
@@ -321,19 +288,19 @@ async fn through_every_fault<T>(
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let mut answers = Vec::new();
-    publish_round(&b, &mut answers, round, body).await;
+    publish_round(&b, &mut answers, round, &body).await;
     redis.pause();
-    publish_round(&b, &mut answers, IN_FLIGHT * 4, body).await;
+    publish_round(&b, &mut answers, IN_FLIGHT * 4, &body).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     redis.resume();
-    publish_round(&b, &mut answers, round, body).await;
+    publish_round(&b, &mut answers, round, &body).await;
     a.kill9();
-    publish_round(&b, &mut answers, round, body).await;
+    publish_round(&b, &mut answers, round, &body).await;
     redis.kill();
-    publish_round(&b, &mut answers, IN_FLIGHT * 4, body).await;
+    publish_round(&b, &mut answers, IN_FLIGHT * 4, &body).await;
     redis.restart();
     await_ready(&b).await;
-    publish_round(&b, &mut answers, round, body).await;
+    publish_round(&b, &mut answers, round, &body).await;
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     (answers, reader.await.unwrap())
 }
@@ -353,43 +320,9 @@ async fn every_stored_message_reaches_its_user_once_in_order_through_every_fault
     )
     .await;
 
-    let mut times: HashMap<&str, usize> = HashMap::new();
-    for (_, body) in &got {
-        *times.entry(body.as_str()).or_default() += 1;
-    }
-    let (mut accepted, mut refused, mut lost, mut twice, mut untruthful) =
-        (0, 0, vec![], vec![], vec![]);
-    for (i, (status, answer)) in answers.iter().enumerate() {
-        let body = format!("d{i}");
-        let n = times.get(body.as_str()).copied().unwrap_or(0);
-        if n > 1 {
-            twice.push(i);
-        }
-        match status {
-            202 if answer["stored"] == true => {
-                accepted += 1;
-                if n == 0 {
-                    lost.push(i);
-                }
-            }
-            503 => refused += 1,
-            _ => untruthful.push(format!("{i}: {status} {answer}")),
-        }
-    }
-    let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
-    let in_order = offsets.windows(2).all(|w| w[0] < w[1]);
-    assert!(
-        untruthful.is_empty(),
-        "answers that are neither: {untruthful:?}"
-    );
-    assert!(
-        lost.is_empty(),
-        "{} of {accepted} accepted messages never arrived: {:?}",
-        lost.len(),
-        &lost[..lost.len().min(20)]
-    );
-    assert!(twice.is_empty(), "arrived twice: {twice:?}");
-    assert!(in_order, "not in stream order: {offsets:?}");
+    let account = Account::of(&answers, &got, |i| format!("d{i}"));
+    account.assert_nothing_lost();
+    let (accepted, refused) = (account.accepted, account.refused);
     eprintln!(
         "{accepted} accepted, {refused} refused, {} received in order over {sessions} sessions",
         got.len()

@@ -175,7 +175,9 @@ async fn publishes_through_both_nodes_at_once_arrive_in_offset_order_without_gap
 }
 
 on_both!(a_client_resumes_from_its_offset_on_another_node_and_learns_when_history_is_gone);
-async fn a_client_resumes_from_its_offset_on_another_node_and_learns_when_history_is_gone(redis: Backend) {
+async fn a_client_resumes_from_its_offset_on_another_node_and_learns_when_history_is_gone(
+    redis: Backend,
+) {
     let (a, b) = two_nodes(&redis).await;
     for i in 0..10 {
         stored(&a, "dave", &format!("m{i}")).await;
@@ -445,7 +447,9 @@ async fn receive(client: &mut Client, n: usize, quiet: Duration) -> Vec<Frame> {
 }
 
 on_both!(a_queue_consumer_killed_with_its_node_leaves_what_it_did_not_acknowledge_to_another);
-async fn a_queue_consumer_killed_with_its_node_leaves_what_it_did_not_acknowledge_to_another(redis: Backend) {
+async fn a_queue_consumer_killed_with_its_node_leaves_what_it_did_not_acknowledge_to_another(
+    redis: Backend,
+) {
     let (mut a, b) = two_nodes(&redis).await;
     let mut on_a = user_on(&a, "worker-a").await;
     on_a.subscribe("1", "/queue/jobs", "client-individual")
@@ -487,7 +491,9 @@ async fn a_queue_consumer_killed_with_its_node_leaves_what_it_did_not_acknowledg
 }
 
 on_both!(queue_messages_wait_in_redis_for_a_consumer_and_survive_the_node_that_took_them);
-async fn queue_messages_wait_in_redis_for_a_consumer_and_survive_the_node_that_took_them(redis: Backend) {
+async fn queue_messages_wait_in_redis_for_a_consumer_and_survive_the_node_that_took_them(
+    redis: Backend,
+) {
     let (mut a, b) = two_nodes(&redis).await;
     // Stored through A while no node consumes the queue, then A is killed.
     for i in 0..20 {

@@ -69,6 +69,10 @@ impl Node {
                 node_id: node_id.clone(),
                 node_ttl: std::time::Duration::from_millis(config.cluster.node_ttl_ms),
                 presence_cache: std::time::Duration::from_millis(config.cluster.presence_cache_ms),
+                replica_acks: config.cluster.replica_acks,
+                replica_ack_timeout: std::time::Duration::from_millis(
+                    config.cluster.replica_ack_timeout_ms,
+                ),
                 ingress: config
                     .tenants
                     .iter()

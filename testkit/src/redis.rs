@@ -127,7 +127,14 @@ impl Redis {
         command.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"]);
         command.arg("--dir").arg(&dir);
         if self.aof_dir.is_some() {
-            command.args(["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]);
+            command.args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+            ]);
         } else {
             command.args(["--save", "", "--appendonly", "no"]);
         }
@@ -137,6 +144,9 @@ impl Redis {
                 .arg(timeout_ms.to_string())
                 .arg("--cluster-port")
                 .arg(bus.to_string())
+                // The shards that answer keep serving while another is down (Redis's default
+                // stops the whole cluster), as stompbox's guide tells operators to set.
+                .args(["--cluster-require-full-coverage", "no"])
                 .arg("--cluster-config-file")
                 .arg(dir.join(format!("nodes-{}.conf", self.port)));
         }

@@ -88,17 +88,21 @@ impl Backing for Redis {
 
 /// One Redis or a Redis Cluster, for a test that runs on both.
 pub enum Backend {
-    Single(Redis),
+    Single(Box<Redis>),
     Cluster(stompbox_testkit::RedisCluster),
+}
+
+impl Backing for stompbox_testkit::RedisCluster {
+    fn node_args(&self) -> Vec<String> {
+        vec!["--redis-cluster".into(), self.seeds().join(",")]
+    }
 }
 
 impl Backing for Backend {
     fn node_args(&self) -> Vec<String> {
         match self {
             Backend::Single(redis) => redis.node_args(),
-            Backend::Cluster(cluster) => {
-                vec!["--redis-cluster".into(), cluster.seeds().join(",")]
-            }
+            Backend::Cluster(cluster) => cluster.node_args(),
         }
     }
 }
@@ -106,7 +110,7 @@ impl Backing for Backend {
 impl Backend {
     /// A fresh redis-server.
     pub fn single() -> Backend {
-        Backend::Single(Redis::start())
+        Backend::Single(Box::new(Redis::start()))
     }
 
     /// A fresh Redis Cluster: 3 primaries, one replica each.
@@ -147,8 +151,9 @@ impl Backend {
     async fn numsub(&self, channel: &str, sharded: bool) -> usize {
         match self {
             Backend::Single(_) => {
-                let reply: Vec<redis::Value> =
-                    self.query(redis::cmd("PUBSUB").arg("NUMSUB").arg(channel)).await;
+                let reply: Vec<redis::Value> = self
+                    .query(redis::cmd("PUBSUB").arg("NUMSUB").arg(channel))
+                    .await;
                 match reply.get(1) {
                     Some(redis::Value::Int(n)) => *n as usize,
                     _ => 0,

@@ -563,6 +563,7 @@ pub async fn http_raw(
 }
 
 pub mod cluster;
+pub mod traffic;
 
 /// GET `path` and return the body as text.
 pub async fn http_text(addr: SocketAddr, path: &str) -> String {

@@ -48,7 +48,9 @@ const ANNOUNCE_BATCH: usize = 1000;
 /// costs a pipeline per batch, not a round trip per user.
 const CONTROL_BATCH: usize = 1000;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// At most this long between attempts to reach what is down: a replica that took over is
+/// found within it.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The subscription connection to one primary and what it is subscribed to.
 struct Listener {
@@ -156,11 +158,7 @@ pub async fn run(
 impl Membership {
     fn mark_down(&self, reason: &RedisError, logged: &mut bool) {
         self.bp.ready.store(false, Ordering::Release);
-        *self
-            .bp
-            .last_error
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
+        *self.bp.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.to_string());
         if !*logged {
             warn!(error = %reason, "Redis not fully reachable; serving what can be served and retrying");
             *logged = true;
@@ -196,18 +194,29 @@ impl Membership {
         let sharded = layout.topology.cluster;
         // Subscription connections: one per connected primary, made again after its loss.
         let mut fresh = Vec::new();
-        let live: HashSet<&str> = layout.links.iter().filter(|l| l.is_up()).map(|l| l.addr.as_str()).collect();
+        let live: HashSet<&str> = layout
+            .links
+            .iter()
+            .filter(|l| l.is_up())
+            .map(|l| l.addr.as_str())
+            .collect();
         self.listeners.retain(|addr, _| live.contains(&**addr));
         for (index, link) in layout.links.iter().enumerate() {
             if !link.is_up() {
                 continue;
             }
             let connects = link.connects.load(Ordering::Acquire);
-            if self.listeners.get(link.addr.as_str()).is_some_and(|l| l.connects == connects) {
+            if self
+                .listeners
+                .get(link.addr.as_str())
+                .is_some_and(|l| l.connects == connects)
+            {
                 continue;
             }
             self.listeners.remove(link.addr.as_str());
-            let Some(info) = bp.shards.info_for(&link.addr) else { continue };
+            let Some(info) = bp.shards.info_for(&link.addr) else {
+                continue;
+            };
             match Subscriber::connect(&link.addr, &info, self.events.clone()).await {
                 Ok(subscriber) => {
                     self.listeners.insert(
@@ -235,7 +244,10 @@ impl Membership {
                 .iter()
                 .find(|l| self.listeners.contains_key(l.addr.as_str()));
             if let Some(link) = host {
-                let listener = self.listeners.get_mut(link.addr.as_str()).expect("listener exists");
+                let listener = self
+                    .listeners
+                    .get_mut(link.addr.as_str())
+                    .expect("listener exists");
                 match listener.subscriber.subscribe(&classic, false).await {
                     Ok(()) => listener.classic = true,
                     Err(_) => bp.shards.drop_link(link),
@@ -246,7 +258,9 @@ impl Membership {
         }
         // Every listener's channels as this node wants them on its primary now.
         for (index, link) in layout.links.iter().enumerate() {
-            let Some(listener) = self.listeners.get(link.addr.as_str()) else { continue };
+            let Some(listener) = self.listeners.get(link.addr.as_str()) else {
+                continue;
+            };
             let wanted = self.wanted(&layout, index);
             let add: Vec<String> = wanted.difference(&listener.channels).cloned().collect();
             let remove: Vec<String> = listener.channels.difference(&wanted).cloned().collect();
@@ -257,7 +271,10 @@ impl Membership {
             .await;
             match outcome {
                 Ok(()) => {
-                    let listener = self.listeners.get_mut(link.addr.as_str()).expect("listener exists");
+                    let listener = self
+                        .listeners
+                        .get_mut(link.addr.as_str())
+                        .expect("listener exists");
                     listener.channels = wanted;
                 }
                 Err(e) => {
@@ -277,7 +294,10 @@ impl Membership {
             bp.forget_presence();
             if self.joined {
                 bp.stats.reconnects.fetch_add(1, Ordering::Relaxed);
-                info!(shards = fresh.len(), "Redis connection restored; presence and subscriptions restored");
+                info!(
+                    shards = fresh.len(),
+                    "Redis connection restored; presence and subscriptions restored"
+                );
                 self.local.resumed();
             } else if served.is_ok() {
                 info!(node = %bp.settings.node_id, "joined the cluster");
@@ -290,9 +310,14 @@ impl Membership {
         }
         served?;
         let complete = layout.serves_every_slot()
-            && layout.links.iter().all(|l| self.listeners.contains_key(l.addr.as_str()));
+            && layout
+                .links
+                .iter()
+                .all(|l| self.listeners.contains_key(l.addr.as_str()));
         if !complete {
-            return Err(RedisError::NotConnected("a subscription connection is missing".into()));
+            return Err(RedisError::NotConnected(
+                "a subscription connection is missing".into(),
+            ));
         }
         bp.ready.store(true, Ordering::Release);
         *bp.last_error.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -351,7 +376,11 @@ impl Membership {
                 .arg("NX")
                 .arg("PX")
                 .arg(CLAIM_TTL_MS);
-            let won: Option<String> = bp.shards.one(Routed::key(&claim, set)).await.unwrap_or(None);
+            let won: Option<String> = bp
+                .shards
+                .one(Routed::key(&claim, set))
+                .await
+                .unwrap_or(None);
             if won.is_some() {
                 bp.stats.ingress_handled.fetch_add(1, Ordering::Relaxed);
                 self.local.ingress(&tenant, payload);
@@ -392,10 +421,18 @@ impl Membership {
         let node = &bp.settings.node_id;
         let ttl_ms = bp.settings.node_ttl.as_millis() as u64;
         let mut alive = redis::cmd("SET");
-        alive.arg(keys::alive(node)).arg("1").arg("PX").arg(ttl_ms).arg("GET");
+        alive
+            .arg(keys::alive(node))
+            .arg("1")
+            .arg("PX")
+            .arg(ttl_ms)
+            .arg("GET");
         let mut live = redis::cmd("ZADD");
         live.arg(keys::NODES).arg(crate::util::unix_ms()).arg(node);
-        let mut batch = vec![Routed::key(keys::alive(node), alive), Routed::key(keys::NODES, live)];
+        let mut batch = vec![
+            Routed::key(keys::alive(node), alive),
+            Routed::key(keys::NODES, live),
+        ];
         // A primary nothing else asked lately is asked too: a stalled one is found here.
         let layout = bp.shards.layout();
         for index in 0..layout.links.len() {
@@ -428,14 +465,21 @@ impl Membership {
             .unwrap_or_default();
         let held: HashSet<String> = holdings
             .iter()
-            .flat_map(|(tenant, interests)| interests.iter().filter_map(move |i| keys::holding(tenant, i)))
+            .flat_map(|(tenant, interests)| {
+                interests
+                    .iter()
+                    .filter_map(move |i| keys::holding(tenant, i))
+            })
             .collect();
         let stale: Vec<(String, Interest)> = recorded
             .difference(&held)
             .filter_map(|member| keys::parse_holding(member))
             .collect();
         if !stale.is_empty() {
-            info!(count = stale.len(), "withdrawing what this node announced and no longer holds");
+            info!(
+                count = stale.len(),
+                "withdrawing what this node announced and no longer holds"
+            );
         }
         let layout = bp.shards.layout();
         let wanted = |routed: &Routed| match only {
@@ -480,19 +524,32 @@ impl Membership {
             None => (0..layout.links.len()).collect(),
         };
         for index in indexes {
-            let Some(slot) = layout.topology.any_slot_of(index) else { continue };
+            let Some(slot) = layout.topology.any_slot_of(index) else {
+                continue;
+            };
             let key = keys::history_since(slots::tag_for(slot));
             let mut set = redis::cmd("SET");
             set.arg(&key).arg(now).arg("NX");
-            let Ok(created) = bp.shards.one::<Option<String>>(Routed::key(&key, set)).await else {
+            let Ok(created) = bp
+                .shards
+                .one::<Option<String>>(Routed::key(&key, set))
+                .await
+            else {
                 continue;
             };
-            let seen_before = !bp.store_marks.lock().unwrap_or_else(|e| e.into_inner()).insert(key);
+            let seen_before = !bp
+                .store_marks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key);
             if created.is_some() && seen_before {
                 warn!("Redis lost stored messages; users without a cursor are told their history is not complete");
                 let mut lost = redis::cmd("SET");
                 lost.arg(keys::HISTORY_LOST).arg(now);
-                let _ = bp.shards.one::<()>(Routed::key(keys::HISTORY_LOST, lost)).await;
+                let _ = bp
+                    .shards
+                    .one::<()>(Routed::key(keys::HISTORY_LOST, lost))
+                    .await;
             }
         }
     }
@@ -512,7 +569,9 @@ impl Membership {
                 Control::Interest(tenant, Interest::Topic { dest, held }) => {
                     failed |= !flush(&bp, &mut batch).await;
                     self.answer(&mut settled, failed);
-                    failed |= !self.apply_topic(&keys::topic_channel(&tenant, &dest), held).await;
+                    failed |= !self
+                        .apply_topic(&keys::topic_channel(&tenant, &dest), held)
+                        .await;
                 }
                 Control::Interest(tenant, interest) => {
                     bp.push_interest(&mut batch, &tenant, &interest);
@@ -608,7 +667,9 @@ impl Membership {
         match tokio::time::timeout(REDIS_TIMEOUT, bp.shards.run(batch)).await {
             Ok(replies) => match replies.into_iter().find_map(Result::err) {
                 None => info!(node = %node, "left the cluster"),
-                Some(e) => warn!(error = %e, "leaving the cluster failed in part; other nodes notice within node_ttl_ms"),
+                Some(e) => {
+                    warn!(error = %e, "leaving the cluster failed in part; other nodes notice within node_ttl_ms")
+                }
             },
             Err(_) => warn!("leaving the cluster timed out; other nodes notice within node_ttl_ms"),
         }

@@ -86,6 +86,10 @@ pub struct RedisSettings {
     pub presence_cache: Duration,
     /// `(tenant, channel)` pairs of seed-format ingress channels.
     pub ingress: Vec<(String, String)>,
+    /// Replicas that must confirm a stored message before it counts as stored (0: none).
+    pub replica_acks: usize,
+    /// How long to wait for them.
+    pub replica_ack_timeout: Duration,
 }
 
 /// Why the Redis backplane could not do something.
@@ -105,6 +109,16 @@ pub enum RedisError {
     /// A command failed or the connection broke.
     #[error("{0}")]
     Command(#[from] redis::RedisError),
+    /// The primary stored it, but not enough replicas confirmed it in time.
+    #[error("stored on the Redis primary but confirmed by {got} of {wanted} replicas within {ms} ms, so it may not survive a failover")]
+    Unconfirmed {
+        /// Replicas that confirmed.
+        got: usize,
+        /// Replicas asked for.
+        wanted: usize,
+        /// How long was waited.
+        ms: u64,
+    },
     /// Redis answered something other than what the command gives.
     #[error("unexpected answer from Redis: {0}")]
     Reply(String),
@@ -229,7 +243,11 @@ impl RedisBackplane {
     pub async fn probe_cluster(seeds: &[String]) -> Result<Vec<String>, String> {
         let infos = seeds
             .iter()
-            .map(|url| url.as_str().into_connection_info().map_err(|e| format!("'{url}': {e}")))
+            .map(|url| {
+                url.as_str()
+                    .into_connection_info()
+                    .map_err(|e| format!("'{url}': {e}"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let shards = Shards::cluster(infos);
         shards.repair().await.map_err(|e| e.to_string())?;
@@ -472,9 +490,21 @@ impl Backplane for RedisBackplane {
             ),
         ];
         let per_shard: [(&'static str, &'static str, bool); 3] = [
-            ("stompbox_redis_shard_up", "Whether this node's connection to a Redis primary is up, by primary.", false),
-            ("stompbox_redis_shard_commands_total", "Commands this node sent to a Redis primary, by primary.", true),
-            ("stompbox_redis_shard_failures_total", "Commands to a Redis primary that failed (connection lost, no answer), by primary.", true),
+            (
+                "stompbox_redis_shard_up",
+                "Whether this node's connection to a Redis primary is up, by primary.",
+                false,
+            ),
+            (
+                "stompbox_redis_shard_commands_total",
+                "Commands this node sent to a Redis primary, by primary.",
+                true,
+            ),
+            (
+                "stompbox_redis_shard_failures_total",
+                "Commands to a Redis primary that failed (connection lost, no answer), by primary.",
+                true,
+            ),
         ];
         for (index, (name, help, counter)) in per_shard.into_iter().enumerate() {
             for link in &layout.links {

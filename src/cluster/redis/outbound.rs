@@ -143,7 +143,10 @@ pub async fn send_loop(
                 }
                 Err(e) => {
                     warn!(error = %e, lost = sent, channel = %group.channel, "messages for other nodes not sent");
-                    backplane.stats.send_failures.fetch_add(sent, Ordering::Relaxed);
+                    backplane
+                        .stats
+                        .send_failures
+                        .fetch_add(sent, Ordering::Relaxed);
                     let e = ClusterError::from(e);
                     for done in group.done {
                         let _ = done.send(Err(e.clone()));

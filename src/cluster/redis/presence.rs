@@ -149,7 +149,11 @@ impl RedisBackplane {
 
     /// Live nodes other than this one holding `user`'s sessions: from the cache when it may
     /// serve, else read inline.
-    pub(super) async fn presence(&self, tenant: &str, user: &str) -> Result<Vec<String>, RedisError> {
+    pub(super) async fn presence(
+        &self,
+        tenant: &str,
+        user: &str,
+    ) -> Result<Vec<String>, RedisError> {
         let key = (tenant.to_string(), user.to_string());
         let refresh = self.refresh.get();
         let cached = self.cache().get(&key, Instant::now(), || {
@@ -224,7 +228,8 @@ impl RedisBackplane {
         let live = self.live_nodes().await?;
         let (alive, dead): (Vec<String>, Vec<String>) =
             members.into_iter().partition(|n| live.contains(n));
-        if !dead.is_empty() && crate::util::unix_ms() > self.prune_after_ms.load(Ordering::Relaxed) {
+        if !dead.is_empty() && crate::util::unix_ms() > self.prune_after_ms.load(Ordering::Relaxed)
+        {
             debug!(key = set_key, ?dead, "removing dead nodes");
             let mut srem = redis::cmd("SREM");
             srem.arg(set_key).arg(&dead);

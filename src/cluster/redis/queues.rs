@@ -203,11 +203,16 @@ impl Pusher {
                 call.routed()
             })
             .collect();
-        let replies = shards.run(calls).await;
+        let settings = &self.backplane.settings;
+        let replies = shards
+            .run_confirmed(calls, settings.replica_acks, settings.replica_ack_timeout)
+            .await;
         let mut outcomes: Vec<Option<Result<Option<Vec<String>>, HistoryError>>> =
             (0..batch.len()).map(|_| None).collect();
         for (group, reply) in groups.iter().zip(replies) {
-            let parsed = reply.map_err(store_error).and_then(|v| pushed(v, group.len()));
+            let parsed = reply
+                .map_err(store_error)
+                .and_then(|v| pushed(v, group.len()));
             match parsed {
                 Ok(each) => {
                     for (&i, one) in group.iter().zip(each) {

@@ -57,7 +57,8 @@ pub struct ProtocolError(String);
 
 /// Encodes a command.
 pub fn command<A: AsRef<[u8]>>(args: &[A]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>());
+    let mut out =
+        Vec::with_capacity(16 + args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>());
     out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
     for arg in args {
         let arg = arg.as_ref();
@@ -97,7 +98,9 @@ fn measure(buf: &[u8], at: usize, depth: usize) -> Result<Option<usize>, Protoco
         b'+' | b'-' | b':' => Ok(Some(next)),
         b'$' => {
             let len = length(line)?;
-            let Some(len) = len else { return Ok(Some(next)) };
+            let Some(len) = len else {
+                return Ok(Some(next));
+            };
             if len > MAX_BULK {
                 return Err(ProtocolError(format!("a bulk string of {len} bytes")));
             }

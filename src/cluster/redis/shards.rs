@@ -164,7 +164,10 @@ impl Link {
 
     /// Whether it is up.
     pub fn is_up(&self) -> bool {
-        self.conn.read().unwrap_or_else(|e| e.into_inner()).is_some()
+        self.conn
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
     }
 
     fn set(&self, conn: Option<MultiplexedConnection>) {
@@ -257,7 +260,10 @@ impl Shards {
 
     /// The layout now.
     pub fn layout(&self) -> Arc<Layout> {
-        self.layout.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.layout
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Resolves when a connection failed or the map went out of date since the last
@@ -400,7 +406,9 @@ impl Shards {
         let mut shards = redis::cmd("CLUSTER");
         shards.arg("SHARDS");
         for link in &old.links {
-            let Some(mut conn) = link.conn() else { continue };
+            let Some(mut conn) = link.conn() else {
+                continue;
+            };
             match shards.query_async::<Value>(&mut conn).await {
                 Ok(reply) => match Topology::from_shards(&reply) {
                     Ok(t) if !t.primaries.is_empty() => return Ok(t),
@@ -435,7 +443,11 @@ impl Shards {
     /// Groups are in the order of their first item; each keeps its items' order.
     pub fn script_groups(&self, slots: &[u16]) -> Vec<Vec<usize>> {
         if !self.cluster {
-            return if slots.is_empty() { Vec::new() } else { vec![(0..slots.len()).collect()] };
+            return if slots.is_empty() {
+                Vec::new()
+            } else {
+                vec![(0..slots.len()).collect()]
+            };
         }
         let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
         let mut at: HashMap<u16, usize> = HashMap::new();
@@ -449,6 +461,73 @@ impl Shards {
             }
         }
         groups.into_iter().map(|(_, items)| items).collect()
+    }
+
+    /// Runs `calls` like [`Shards::run`] and, when `acks > 0`, a `WAIT acks timeout` after
+    /// the last of them on each primary, in the same pipeline: a call whose primary's
+    /// replicas did not all confirm in time fails with [`RedisError::Unconfirmed`]. One
+    /// `WAIT` per primary per batch, however many messages the batch carries.
+    pub async fn run_confirmed(
+        &self,
+        mut calls: Vec<Routed>,
+        acks: usize,
+        timeout: Duration,
+    ) -> Vec<Result<Value, RedisError>> {
+        if acks == 0 || calls.is_empty() {
+            return self.run(calls).await;
+        }
+        let layout = self.layout();
+        let primary_of = |r: &Routed| layout.topology.owner(r.slot);
+        let mut last: HashMap<usize, u16> = HashMap::new();
+        for call in &calls {
+            if let Some(p) = primary_of(call) {
+                last.insert(p, call.slot);
+            }
+        }
+        let primaries: Vec<Option<usize>> = calls.iter().map(primary_of).collect();
+        let count = calls.len();
+        let waits: Vec<usize> = last.keys().copied().collect();
+        let ms = timeout.as_millis() as u64;
+        for p in &waits {
+            let mut wait = redis::cmd("WAIT");
+            wait.arg(acks).arg(ms);
+            calls.push(Routed {
+                slot: last[p],
+                cmd: wait,
+                script: None,
+            });
+        }
+        let mut replies = self.run(calls).await;
+        let confirmed: HashMap<usize, usize> = waits
+            .iter()
+            .zip(replies.drain(count..))
+            .map(|(p, reply)| {
+                (
+                    *p,
+                    reply
+                        .ok()
+                        .and_then(|v| decode::<usize>(v).ok())
+                        .unwrap_or(0),
+                )
+            })
+            .collect();
+        replies
+            .into_iter()
+            .zip(primaries)
+            .map(|(reply, primary)| {
+                let got = primary
+                    .and_then(|p| confirmed.get(&p).copied())
+                    .unwrap_or(0);
+                match reply {
+                    Ok(_) if got < acks => Err(RedisError::Unconfirmed {
+                        got,
+                        wanted: acks,
+                        ms,
+                    }),
+                    other => other,
+                }
+            })
+            .collect()
     }
 
     /// Runs one command.
@@ -498,7 +577,8 @@ impl Shards {
                 let replies = match outcome {
                     Ok(replies) => replies,
                     Err(e) => {
-                        link.failures.fetch_add(items.len() as u64, Ordering::Relaxed);
+                        link.failures
+                            .fetch_add(items.len() as u64, Ordering::Relaxed);
                         if is_connection_fault(&e) {
                             self.drop_link(&link);
                         }
@@ -584,7 +664,9 @@ impl Shards {
                 .query_async::<String>(&mut conn)
                 .await?;
         }
-        let again: Vec<usize> = (0..items.len()).filter(|&k| is_noscript(&replies[k])).collect();
+        let again: Vec<usize> = (0..items.len())
+            .filter(|&k| is_noscript(&replies[k]))
+            .collect();
         let retry: Vec<(usize, Routed, Target)> = again.iter().map(|&k| items[k].clone()).collect();
         let second = pipeline(&mut conn, link, &retry).await?;
         for (k, reply) in again.into_iter().zip(second) {
@@ -619,7 +701,8 @@ async fn pipeline(
         asking.push(ask);
         pipe.add_command(routed.cmd.clone());
     }
-    link.commands.fetch_add(pipe.len() as u64, Ordering::Relaxed);
+    link.commands
+        .fetch_add(pipe.len() as u64, Ordering::Relaxed);
     let mut all: Vec<RedisResult<Value>> = pipe.query_async(conn).await?;
     // Drop the answers to ASKING, keeping one reply per item.
     let mut replies = Vec::with_capacity(items.len());
@@ -723,12 +806,17 @@ mod tests {
     #[test]
     fn a_script_call_is_routed_by_its_first_key() {
         let mut call = ECHO.call();
-        call.key("sb:{t:alice}:meta").key("sb:{t:alice}:stream").arg(7);
+        call.key("sb:{t:alice}:meta")
+            .key("sb:{t:alice}:stream")
+            .arg(7);
         let routed = call.routed();
         assert_eq!(routed.slot, slots::slot(b"t:alice"));
         assert_eq!(routed.script, Some("return KEYS[1]"));
         let packed = String::from_utf8_lossy(&routed.cmd.get_packed_command()).into_owned();
-        assert!(packed.contains("EVALSHA") && packed.contains(&ECHO.hash), "{packed}");
+        assert!(
+            packed.contains("EVALSHA") && packed.contains(&ECHO.hash),
+            "{packed}"
+        );
     }
 
     #[test]

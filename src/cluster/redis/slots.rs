@@ -109,7 +109,7 @@ impl Topology {
             let nodes = field(&fields, "nodes")
                 .and_then(items)
                 .ok_or("a shard has no nodes")?;
-            let primary = nodes.iter().filter_map(|n| pairs(n)).find(|node| {
+            let primary = nodes.iter().filter_map(pairs).find(|node| {
                 field_text(node, "role").as_deref() == Some("master")
                     && field_text(node, "health").as_deref() == Some("online")
             });

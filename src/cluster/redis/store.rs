@@ -201,11 +201,14 @@ impl Appender {
 
     /// Per message of `batch`, where it was placed and the presence read with it (or why it
     /// was not stored): one script call per group of messages that may share one.
-    async fn call(&self, batch: &[Append]) -> Vec<Result<(Position, Vec<String>), HistoryError>> {
+    async fn call(&self, batch: &[Append]) -> Vec<Placed> {
         let per = if self.topics { 2 } else { 3 };
         let now_ms = crate::util::unix_ms();
         let shards = &self.backplane.shards;
-        let slots: Vec<u16> = batch.iter().map(|a| slots::slot(a.keys[0].as_bytes())).collect();
+        let slots: Vec<u16> = batch
+            .iter()
+            .map(|a| slots::slot(a.keys[0].as_bytes()))
+            .collect();
         let groups = shards.script_groups(&slots);
         let calls = groups
             .iter()
@@ -228,11 +231,16 @@ impl Appender {
                 call.routed()
             })
             .collect();
-        let replies = shards.run(calls).await;
-        let mut placed: Vec<Option<Result<(Position, Vec<String>), HistoryError>>> =
-            (0..batch.len()).map(|_| None).collect();
+        let settings = &self.backplane.settings;
+        let replies = shards
+            .run_confirmed(calls, settings.replica_acks, settings.replica_ack_timeout)
+            .await;
+        let mut placed: Vec<Option<Placed>> = (0..batch.len()).map(|_| None).collect();
         for (group, reply) in groups.iter().zip(replies) {
-            match reply.map_err(store_error).and_then(|v| placements(v, group.len())) {
+            match reply
+                .map_err(store_error)
+                .and_then(|v| placements(v, group.len()))
+            {
                 Ok(each) => {
                     for (&i, one) in group.iter().zip(each) {
                         placed[i] = Some(Ok(one));
@@ -251,6 +259,9 @@ impl Appender {
             .collect()
     }
 }
+
+/// Where one message was placed and the presence read with it, or why it was not stored.
+type Placed = Result<(Position, Vec<String>), HistoryError>;
 
 /// The answer of one [`APPEND`] call for `count` messages.
 fn placements(value: Value, count: usize) -> Result<Vec<(Position, Vec<String>)>, HistoryError> {

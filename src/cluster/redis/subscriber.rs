@@ -284,11 +284,17 @@ mod tests {
         Reply::Bulk(Some(Bytes::copy_from_slice(s.as_bytes())))
     }
 
-    fn waiting(kind: &'static str, channels: &[&str]) -> (Pending, oneshot::Receiver<Result<(), RedisError>>) {
+    fn waiting(
+        kind: &'static str,
+        channels: &[&str],
+    ) -> (Pending, oneshot::Receiver<Result<(), RedisError>>) {
         let (done, rx) = oneshot::channel();
         let pending = Pending {
             kind,
-            channels: channels.iter().map(|c| Bytes::copy_from_slice(c.as_bytes())).collect(),
+            channels: channels
+                .iter()
+                .map(|c| Bytes::copy_from_slice(c.as_bytes()))
+                .collect(),
             done,
         };
         (pending, rx)
