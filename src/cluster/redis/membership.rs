@@ -76,6 +76,9 @@ struct Membership {
     joined: bool,
     /// Something may have been missed since the last repair (a moved slot's subscription).
     gap: bool,
+    /// Primaries whose presence and queue keys are not announced since they came (back):
+    /// kept until an announcement on them succeeds.
+    unannounced: HashSet<Arc<str>>,
     claims: Claims,
 }
 
@@ -95,6 +98,7 @@ pub async fn run(
         topics: HashSet::new(),
         joined: false,
         gap: false,
+        unannounced: HashSet::new(),
         claims: Claims::default(),
     };
     let mut backoff = FIRST_BACKOFF;
@@ -144,7 +148,11 @@ pub async fn run(
                 if m.joined && m.heartbeat().await {
                     warn!("Redis lost this node's keys (restarted empty?); announcing everything again");
                     bp.stats.resyncs.fetch_add(1, Ordering::Relaxed);
-                    m.announce(None).await;
+                    if m.announce(None).await.is_err() {
+                        let all: Vec<Arc<str>> = m.listeners.keys().cloned().collect();
+                        m.unannounced.extend(all);
+                        repair_at.get_or_insert_with(tokio::time::Instant::now);
+                    }
                     m.note_store(None).await;
                     bp.forget_presence();
                     m.local.resumed();
@@ -284,25 +292,37 @@ impl Membership {
             }
         }
         *bp.topics.lock().unwrap_or_else(|e| e.into_inner()) = self.topics.clone();
-        if !fresh.is_empty() || self.gap {
+        for &index in &fresh {
+            self.unannounced.insert(layout.links[index].addr.as_str().into());
+        }
+        self.unannounced.retain(|addr| self.listeners.contains_key(addr));
+        if !self.unannounced.is_empty() || self.gap {
+            let targets: Vec<usize> = (0..layout.links.len())
+                .filter(|&i| self.unannounced.contains(layout.links[i].addr.as_str()))
+                .collect();
             // Live before announcing: other nodes route only to live nodes, and after an
             // outage every node's heartbeat is old until it beats again.
             bp.hold_off_pruning();
             self.heartbeat().await;
-            self.announce(Some(&fresh)).await;
-            self.note_store(Some(&fresh)).await;
+            if let Err(e) = self.announce(Some(&targets)).await {
+                // Said again at the next repair, until it is written.
+                warn!(error = %e, "announcing what this node holds failed; retrying");
+                return Err(e);
+            }
+            self.unannounced.clear();
+            self.note_store(Some(&targets)).await;
             bp.forget_presence();
             if self.joined {
                 bp.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                 info!(
-                    shards = fresh.len(),
+                    shards = targets.len(),
                     "Redis connection restored; presence and subscriptions restored"
                 );
                 self.local.resumed();
             } else if served.is_ok() {
                 info!(node = %bp.settings.node_id, "joined the cluster");
                 self.joined = true;
-            } else if !fresh.is_empty() {
+            } else if !targets.is_empty() {
                 // Part of the deployment answers: serve it, and count the rest as an outage.
                 self.joined = true;
             }
@@ -451,8 +471,8 @@ impl Membership {
     /// Makes Redis show what this node holds on the given primaries (all, for `None`):
     /// withdraws what it announced before and no longer holds (an earlier run under this
     /// node id, or changes lost during an outage), then announces everything it holds now.
-    /// Nothing it still holds is withdrawn even for a moment.
-    async fn announce(&self, only: Option<&[usize]>) {
+    /// Nothing it still holds is withdrawn even for a moment. The first failure, if any.
+    async fn announce(&self, only: Option<&[usize]>) -> Result<(), RedisError> {
         let bp = &self.bp;
         let node = &bp.settings.node_id;
         let holdings = self.local.holdings();
@@ -501,16 +521,15 @@ impl Membership {
             }
         }
         commands.retain(|r| wanted(r));
-        let mut batch = Vec::new();
-        for command in commands {
-            batch.push(command);
-            if batch.len() >= ANNOUNCE_BATCH {
-                bp.shards.run(std::mem::take(&mut batch)).await;
+        let mut first_error = None;
+        for batch in commands.chunks(ANNOUNCE_BATCH) {
+            for reply in bp.shards.run(batch.to_vec()).await {
+                if let Err(e) = reply {
+                    first_error.get_or_insert(e);
+                }
             }
         }
-        if !batch.is_empty() {
-            bp.shards.run(batch).await;
-        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Marks, on each given primary, when it began keeping history, and records that Redis
