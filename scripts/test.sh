@@ -79,6 +79,12 @@ ensure_node_clients() {
 # all that is needed; no service is started here).
 ensure_redis() {
     have redis-server || apt_install redis-server
+    # redis-cli makes and reshards the Redis Clusters of the cluster tests (Debian ships it
+    # in redis-tools, which redis-server depends on). Sharded pub/sub needs Redis 7.
+    have redis-cli || apt_install redis-tools
+    local version
+    version="$(redis-server --version | sed -n 's/.*v=\([0-9]*\)\..*/\1/p')"
+    [ "${version:-0}" -ge 7 ] || die "redis-server ${version:-?} is too old: the Redis Cluster tests need Redis 7 (sharded pub/sub)"
 }
 
 # The wasm32-wasip2 target: the tests build the example and hostile plugins with it.

@@ -790,6 +790,45 @@ mod tests {
     }
 
     #[test]
+    fn a_redis_cluster_is_named_by_its_seeds_and_checked() {
+        let seeds = "[cluster]\nredis_cluster = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\n";
+        let config = Config::from_toml(seeds)
+            .unwrap()
+            .finish(Overrides::default())
+            .unwrap();
+        assert_eq!(config.cluster.redis_cluster.len(), 2);
+        for (toml, says) in [
+            (
+                "[cluster]\nredis = \"redis://127.0.0.1:6379/0\"\nredis_cluster = [\"redis://127.0.0.1:7000\"]\n",
+                "set one of them",
+            ),
+            (
+                "[cluster]\nredis_cluster = [\"redis://127.0.0.1:7000/2\"]\n",
+                "only database 0",
+            ),
+            ("[cluster]\nredis_cluster = [\"nonsense\"]\n", "not a Redis URL"),
+            ("[cluster]\nreplica_acks = 17\n", "at most 16"),
+            ("[cluster]\nreplica_ack_timeout_ms = 0\n", "between 1 and 1500"),
+        ] {
+            let err = Config::from_toml(toml)
+                .unwrap()
+                .finish(Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("cluster."), "{err}");
+            assert!(err.contains(says), "{toml}: {err}");
+        }
+        // The flag names the seeds too.
+        let config = Config::default()
+            .finish(Overrides {
+                redis_cluster: Some(vec!["redis://127.0.0.1:7000".into()]),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(config.cluster.redis_cluster, ["redis://127.0.0.1:7000"]);
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         let err = Config::from_toml("[server]\nmax_frame_byte = 10\n").unwrap_err();
         assert!(err.to_string().contains("max_frame_byte"), "{err}");

@@ -3,7 +3,8 @@
 //! stream of stored messages to her through node B's API. A primary killed (its replica takes
 //! over), slots moved to another primary with `redis-cli --cluster reshard`, a whole shard
 //! stopped: every message answered 202 reaches her once and in order, every other answer is a
-//! 503, and users of the shards that answer are not affected.
+//! 503, and users of the shards that answer are not affected. And a seed list that leads to
+//! no cluster is refused at start.
 
 mod support;
 
@@ -311,4 +312,23 @@ async fn a_stopped_shard_fails_only_its_own_users() {
             break;
         }
     }
+}
+
+/// A seed list no Redis Cluster answers at is a configuration mistake: the node refuses to
+/// start and names the key.
+#[test]
+fn a_node_refuses_to_start_when_no_seed_answers() {
+    let port = stompbox_testkit::free_port();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_stompbox"))
+        .args(["serve", "--http", "127.0.0.1:0", "--stomp", "127.0.0.1:0"])
+        .arg("--redis-cluster")
+        .arg(format!("redis://127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        said.contains("cluster.redis_cluster") && said.contains(&port.to_string()),
+        "{said}"
+    );
 }

@@ -17,8 +17,9 @@
 //!   with history (`[[tenants.topic_history]]`), one stream per topic; the meta hash has no
 //!   cursors (a topic's subscribers name their own start). The suffixes differ from a user's,
 //!   so a user named like a topic never shares its keys.
-//! - `sb:history:since`: when this Redis began keeping history (ms); set if absent by every
-//!   node as it connects. A node that saw it and finds it gone knows Redis lost its data and
+//! - `sb:{tag}:history:since`: when a primary began keeping history (ms), one per primary (the
+//!   tag is one that hashes to a slot it serves); set if absent by every node as it connects to
+//!   that primary. A node that saw it and finds it gone knows that primary lost its data and
 //!   records the time in `sb:history:lost`.
 //! - `sb:{tenant:queue}:consumers`: set of the nodes with consumers of that queue.
 //! - `sb:{tenant:queue}:queue`: the queue's messages (a durable queue), a Redis stream with
@@ -29,10 +30,16 @@
 //!   queue consumed, see [`holding`]), so that a node that starts again under its id, or comes
 //!   back after an outage during which changes were lost, withdraws what it no longer holds.
 //! - `sb:{tenant}:ingress:{sha256}:{n}`: the claim on the n-th ingress message with those bytes.
-//! - channel `sb:inbox:{node}`: messages for one node (user and queue messages).
-//! - channel `sb:{tenant}:topic:{dest}`: a topic; subscribed only by nodes with subscribers.
+//! - channel `sb:inbox:{node}`: messages for one node (user and queue messages); sharded on a
+//!   Redis Cluster.
+//! - channel `sb:{tenant}:topic:{dest}`: a topic; subscribed only by nodes with subscribers;
+//!   sharded on a Redis Cluster.
 //! - channel `sb:presence`: "a user's presence changed" (`{tenant}\0{user}`), which drops that
-//!   entry from every node's presence cache.
+//!   entry from every node's presence cache; classic, so every node hears it.
+//!
+//! On a Redis Cluster the single-key commands go to their key's primary; `sb:nodes`,
+//! `sb:alive:{node}`, `sb:holdings:{node}` and `sb:history:lost` live where their names hash.
+//! While the primary holding `sb:nodes` is down, nodes route with the list they read last.
 
 use crate::broker::Interest;
 

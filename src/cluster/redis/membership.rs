@@ -48,6 +48,9 @@ const ANNOUNCE_BATCH: usize = 1000;
 /// costs a pipeline per batch, not a round trip per user.
 const CONTROL_BATCH: usize = 1000;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// How often a Redis Cluster's map is read again when nothing prompted it: a primary added,
+/// or replicas that were still listed as primaries when the map was read, are seen within it.
+const MAP_EVERY: Duration = Duration::from_secs(10);
 /// At most this long between attempts to reach what is down: a replica that took over is
 /// found within it.
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
@@ -104,8 +107,11 @@ pub async fn run(
     let mut backoff = FIRST_BACKOFF;
     let mut repair_at = Some(tokio::time::Instant::now());
     let mut outage_logged = false;
-    let mut beat = tokio::time::interval(bp.settings.node_ttl / 4);
+    let beat_every = bp.settings.node_ttl / 4;
+    let mut beat = tokio::time::interval(beat_every);
     beat.tick().await;
+    let beats_per_map = (MAP_EVERY.as_millis() / beat_every.as_millis().max(1)).max(1) as u64;
+    let mut beats: u64 = 0;
     let mut changes = Vec::with_capacity(CONTROL_BATCH);
     loop {
         let due = repair_at.unwrap_or_else(|| tokio::time::Instant::now() + MAX_BACKOFF);
@@ -158,6 +164,10 @@ pub async fn run(
                     m.local.resumed();
                 }
                 m.claims.expire(Instant::now());
+                beats += 1;
+                if bp.shards.is_cluster() && beats % beats_per_map == 0 {
+                    bp.shards.mark_stale();
+                }
             }
         }
     }
