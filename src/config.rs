@@ -791,7 +791,8 @@ mod tests {
 
     #[test]
     fn a_redis_cluster_is_named_by_its_seeds_and_checked() {
-        let seeds = "[cluster]\nredis_cluster = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\n";
+        let seeds =
+            "[cluster]\nredis_cluster = [\"redis://127.0.0.1:7000\", \"redis://127.0.0.1:7001\"]\n";
         let config = Config::from_toml(seeds)
             .unwrap()
             .finish(Overrides::default())

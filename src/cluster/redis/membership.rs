@@ -28,7 +28,7 @@ use tracing::{info, warn};
 use super::ingress::{Claims, CLAIM_TTL_MS};
 use super::shards::{Layout, Routed};
 use super::slots;
-use super::subscriber::{Event, Subscriber};
+use super::subscriber::{Event, Source, Subscriber};
 use super::{keys, RedisBackplane, RedisError, REDIS_TIMEOUT};
 use crate::broker::Interest;
 use crate::cluster::{Envelope, LocalNode};
@@ -71,7 +71,7 @@ struct Listener {
 struct Membership {
     bp: Arc<RedisBackplane>,
     local: Arc<dyn LocalNode>,
-    events: mpsc::UnboundedSender<(Arc<str>, Event)>,
+    events: mpsc::UnboundedSender<(Source, Event)>,
     listeners: HashMap<Arc<str>, Listener>,
     /// Topic channels this node wants (it has local subscribers).
     topics: HashSet<String>,
@@ -139,8 +139,8 @@ pub async fn run(
                 repair_at = Some(tokio::time::Instant::now());
             }
             arrival = arrived.recv() => {
-                let Some((addr, event)) = arrival else { return };
-                if m.on_event(&addr, event).await && repair_at.is_none() {
+                let Some((source, event)) = arrival else { return };
+                if m.on_event(&source, event).await && repair_at.is_none() {
                     repair_at = Some(tokio::time::Instant::now());
                 }
             }
@@ -303,9 +303,11 @@ impl Membership {
         }
         *bp.topics.lock().unwrap_or_else(|e| e.into_inner()) = self.topics.clone();
         for &index in &fresh {
-            self.unannounced.insert(layout.links[index].addr.as_str().into());
+            self.unannounced
+                .insert(layout.links[index].addr.as_str().into());
         }
-        self.unannounced.retain(|addr| self.listeners.contains_key(addr));
+        self.unannounced
+            .retain(|addr| self.listeners.contains_key(addr));
         if !self.unannounced.is_empty() || self.gap {
             let targets: Vec<usize> = (0..layout.links.len())
                 .filter(|&i| self.unannounced.contains(layout.links[i].addr.as_str()))
@@ -355,12 +357,19 @@ impl Membership {
     }
 
     /// Handles what a subscription connection reported; true when a repair is needed.
-    async fn on_event(&mut self, addr: &Arc<str>, event: Event) -> bool {
+    async fn on_event(&mut self, source: &Source, event: Event) -> bool {
+        let addr = &source.addr;
+        // A late event of a connection already replaced says nothing about the new one.
+        let current = self
+            .listeners
+            .get(addr)
+            .is_some_and(|l| l.subscriber.id == source.id);
         match event {
             Event::Message { channel, payload } => {
                 self.on_message(&channel, &payload).await;
                 false
             }
+            Event::Unsubscribed(_) | Event::Lost(_) if !current => false,
             Event::Unsubscribed(channel) => {
                 // The channel's slot moved: subscribe where it lives now, and read again
                 // what may have been sent to it in between.

@@ -18,7 +18,7 @@ use tokio_util::sync::DropGuard;
 use super::resp::{self, Reply};
 use super::{RedisError, REDIS_TIMEOUT};
 
-/// What a subscription connection reports.
+/// What a subscription connection reports, tagged with its [`Source`].
 #[derive(Debug)]
 pub enum Event {
     /// A message on a subscribed channel.
@@ -32,6 +32,16 @@ pub enum Event {
     Unsubscribed(String),
     /// The connection ended; the reason.
     Lost(String),
+}
+
+/// Which subscription connection an event is from: its primary, and the connection (a new
+/// one to the same primary has a new id, so a late event of the old one is told apart).
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// `host:port` of the primary.
+    pub addr: Arc<str>,
+    /// The connection.
+    pub id: u64,
 }
 
 /// A subscribe or unsubscribe waiting for its confirmations.
@@ -51,6 +61,8 @@ struct Request {
 /// A subscription connection; dropping it closes the connection.
 #[derive(Debug)]
 pub struct Subscriber {
+    /// Tells its events from those of other connections to the same primary.
+    pub id: u64,
     requests: mpsc::UnboundedSender<Request>,
     _close: DropGuard,
 }
@@ -61,7 +73,7 @@ impl Subscriber {
     pub async fn connect(
         addr: &str,
         info: &ConnectionInfo,
-        events: mpsc::UnboundedSender<(Arc<str>, Event)>,
+        events: mpsc::UnboundedSender<(Source, Event)>,
     ) -> Result<Subscriber, RedisError> {
         let stream = tokio::time::timeout(REDIS_TIMEOUT, TcpStream::connect(addr))
             .await
@@ -91,9 +103,15 @@ impl Subscriber {
         }
         let (requests, queued) = mpsc::unbounded_channel();
         let close = tokio_util::sync::CancellationToken::new();
-        let addr: Arc<str> = addr.into();
-        tokio::spawn(run(stream, buf, queued, events, addr, close.clone()));
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let source = Source {
+            addr: addr.into(),
+            id,
+        };
+        tokio::spawn(run(stream, buf, queued, events, source, close.clone()));
         Ok(Subscriber {
+            id,
             requests,
             _close: close.drop_guard(),
         })
@@ -185,8 +203,8 @@ async fn run(
     mut stream: TcpStream,
     mut buf: BytesMut,
     mut requests: mpsc::UnboundedReceiver<Request>,
-    events: mpsc::UnboundedSender<(Arc<str>, Event)>,
-    addr: Arc<str>,
+    events: mpsc::UnboundedSender<(Source, Event)>,
+    source: Source,
     close: tokio_util::sync::CancellationToken,
 ) {
     let mut pending: VecDeque<Pending> = VecDeque::new();
@@ -195,7 +213,7 @@ async fn run(
         match resp::decode(&mut buf) {
             Ok(Some(reply)) => {
                 if let Some(event) = handle(reply, &mut pending) {
-                    if events.send((addr.clone(), event)).is_err() {
+                    if events.send((source.clone(), event)).is_err() {
                         return;
                     }
                 }
@@ -229,7 +247,7 @@ async fn run(
             .done
             .send(Err(RedisError::NotConnected(reason.clone())));
     }
-    let _ = events.send((addr, Event::Lost(reason)));
+    let _ = events.send((source, Event::Lost(reason)));
 }
 
 /// Applies one reply to the waiting requests; what to report, if anything.
