@@ -165,7 +165,7 @@ pub async fn run(
                 }
                 m.claims.expire(Instant::now());
                 beats += 1;
-                if bp.shards.is_cluster() && beats % beats_per_map == 0 {
+                if bp.shards.is_cluster() && beats.is_multiple_of(beats_per_map) {
                     bp.shards.mark_stale();
                 }
             }
