@@ -72,16 +72,21 @@ async fn reader(
     })
 }
 
-/// A probe message to `user` through `node`: its status and answer.
-async fn probe(node: &NodeProcess, user: &str) -> (u16, serde_json::Value) {
+/// `content` to `user`'s notices through `node`'s API: its status and answer.
+async fn notify(node: &NodeProcess, user: &str, content: &str) -> (u16, serde_json::Value) {
     http_request(
         node.http,
         "POST",
         "/api/v1/tenants/default/publish",
         Some(API_KEY),
-        &json!({"receiver": user, "destination": "/queue/notice", "content": "probe"}).to_string(),
+        &json!({"receiver": user, "destination": "/queue/notice", "content": content}).to_string(),
     )
     .await
+}
+
+/// A probe message to `user` through `node`: its status and answer.
+async fn probe(node: &NodeProcess, user: &str) -> (u16, serde_json::Value) {
+    notify(node, user, "probe").await
 }
 
 /// Waits until `node` routes to `user` (her presence is visible to it).
@@ -261,28 +266,13 @@ async fn a_stopped_shard_fails_only_its_own_users() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for i in 0..20 {
-        let to = |user: &str| json!({"receiver": user, "destination": "/queue/notice", "content": format!("x{i}")});
-        let (status, answer) = http_request(
-            b.http,
-            "POST",
-            "/api/v1/tenants/default/publish",
-            Some(API_KEY),
-            &to(&dora).to_string(),
-        )
-        .await;
+        let (status, answer) = notify(&b, &dora, &format!("x{i}")).await;
         assert_eq!(status, 503, "{answer}");
         assert!(
             answer["error"].as_str().unwrap().contains("Redis"),
             "{answer}"
         );
-        let (status, answer) = http_request(
-            b.http,
-            "POST",
-            "/api/v1/tenants/default/publish",
-            Some(API_KEY),
-            &to(&eve).to_string(),
-        )
-        .await;
+        let (status, answer) = notify(&b, &eve, &format!("x{i}")).await;
         assert_eq!(status, 202, "{answer}");
         assert_eq!(answer["stored"], true, "{answer}");
         assert_eq!(answer["online"], true, "{answer}");
@@ -297,14 +287,7 @@ async fn a_stopped_shard_fails_only_its_own_users() {
     cluster.await_healthy(Duration::from_secs(20)).unwrap();
     await_ready(&b).await;
     await_routed(&b, &dora).await;
-    let (status, answer) = http_request(
-        b.http,
-        "POST",
-        "/api/v1/tenants/default/publish",
-        Some(API_KEY),
-        &json!({"receiver": dora, "destination": "/queue/notice", "content": "back"}).to_string(),
-    )
-    .await;
+    let (status, answer) = notify(&b, &dora, "back").await;
     assert_eq!(status, 202, "{answer}");
     loop {
         let frame = dora_client.recv().await;

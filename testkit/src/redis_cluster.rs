@@ -106,15 +106,7 @@ impl RedisCluster {
 
     /// Ports of the primaries serving slots now.
     pub fn primaries(&self) -> Vec<u16> {
-        let mut ports: Vec<u16> = self
-            .view()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| n.primary && !n.failed && !n.slots.is_empty())
-            .map(|n| n.port)
-            .collect();
-        ports.sort_unstable();
-        ports
+        serving(&self.view().unwrap_or_default())
     }
 
     /// Ports of the replicas of the primary at `port`.
@@ -146,15 +138,7 @@ impl RedisCluster {
             let views: Vec<Vec<u16>> = running
                 .iter()
                 .filter_map(|&port| cli(port, &["CLUSTER", "NODES"]).ok())
-                .map(|text| {
-                    let mut primaries: Vec<u16> = parse_nodes(&text)
-                        .into_iter()
-                        .filter(|n| n.primary && !n.failed && !n.slots.is_empty())
-                        .map(|n| n.port)
-                        .collect();
-                    primaries.sort_unstable();
-                    primaries
-                })
+                .map(|text| serving(&parse_nodes(&text)))
                 .collect();
             let agreed = views.len() == running.len() && views.windows(2).all(|w| w[0] == w[1]);
             if ok && agreed {
@@ -233,6 +217,17 @@ fn run(mut command: Command, what: &str) -> Result<String, Error> {
         ))));
     }
     Ok(text)
+}
+
+/// Ports of the primaries in `view` that serve slots and are not failed, in order.
+fn serving(view: &[ClusterNode]) -> Vec<u16> {
+    let mut ports: Vec<u16> = view
+        .iter()
+        .filter(|n| n.primary && !n.failed && !n.slots.is_empty())
+        .map(|n| n.port)
+        .collect();
+    ports.sort_unstable();
+    ports
 }
 
 /// The lines of `CLUSTER NODES`: `id ip:port@cport flags primary ping pong epoch link slots...`.

@@ -21,7 +21,7 @@ use redis::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::shards::{Lua, Routed};
-use super::store::{malformed, store_error, stream_entry, text};
+use super::store::{batched, malformed, store_error, stream_entry, text};
 use super::{keys, slots, RedisBackplane};
 use crate::broker::Content;
 use crate::cluster::{Envelope, Kind};
@@ -182,55 +182,28 @@ impl Pusher {
     /// queue's slot on a cluster), then one notice per queue and consumer node: per message,
     /// the nodes told, or why it was refused.
     async fn store(&self, batch: &[Push]) -> Vec<Result<usize, HistoryError>> {
-        let shards = &self.backplane.shards;
         let streams: Vec<String> = batch
             .iter()
             .map(|p| keys::queue_stream(&self.tenant, &p.dest))
             .collect();
         let slots: Vec<u16> = streams.iter().map(|k| slots::slot(k.as_bytes())).collect();
-        let groups = shards.script_groups(&slots);
-        let calls = groups
-            .iter()
-            .map(|group| {
-                let mut call = PUSH_SCRIPT.call();
-                call.arg(self.max_messages);
-                for &i in group {
-                    call.key(&streams[i])
-                        .key(keys::consumers(&self.tenant, &batch[i].dest))
-                        .arg(&batch[i].headers)
-                        .arg(batch[i].body.as_ref());
-                }
-                call.routed()
-            })
-            .collect();
-        let settings = &self.backplane.settings;
-        let replies = shards
-            .run_confirmed(calls, settings.replica_acks, settings.replica_ack_timeout)
-            .await;
-        let mut outcomes: Vec<Option<Result<Option<Vec<String>>, HistoryError>>> =
-            (0..batch.len()).map(|_| None).collect();
-        for (group, reply) in groups.iter().zip(replies) {
-            let parsed = reply
-                .map_err(store_error)
-                .and_then(|v| pushed(v, group.len()));
-            match parsed {
-                Ok(each) => {
-                    for (&i, one) in group.iter().zip(each) {
-                        outcomes[i] = Some(Ok(one));
-                    }
-                }
-                Err(e) => {
-                    for &i in group {
-                        outcomes[i] = Some(Err(e.clone()));
-                    }
-                }
+        let build = |group: &[usize]| {
+            let mut call = PUSH_SCRIPT.call();
+            call.arg(self.max_messages);
+            for &i in group {
+                call.key(&streams[i])
+                    .key(keys::consumers(&self.tenant, &batch[i].dest))
+                    .arg(&batch[i].headers)
+                    .arg(batch[i].body.as_ref());
             }
-        }
+            call.routed()
+        };
+        let outcomes = batched(&self.backplane, &slots, build, "push", pushed).await;
         // Per queue of the batch: the live other nodes with consumers, told once.
         let mut told: Vec<(&str, usize)> = Vec::new();
         let mut results = Vec::with_capacity(batch.len());
         for (push, outcome) in batch.iter().zip(outcomes) {
-            let members = match outcome.unwrap_or_else(|| Err(malformed("push count"))) {
+            let members = match outcome {
                 Err(e) => {
                     results.push(Err(e));
                     continue;
@@ -276,31 +249,20 @@ impl Pusher {
     }
 }
 
-/// The answer of one [`PUSH`] call for `count` messages: per message, the queue's consumer
-/// nodes when it was stored, `None` when the queue was full.
-fn pushed(value: Value, count: usize) -> Result<Vec<Option<Vec<String>>>, HistoryError> {
-    let Value::Array(outcomes) = value else {
+/// One message's part of a [`PUSH`] answer: the queue's consumer nodes when it was stored,
+/// `None` when the queue was full.
+fn pushed(outcome: Value) -> Result<Option<Vec<String>>, HistoryError> {
+    let Value::Array(parts) = outcome else {
         return Err(malformed("push"));
     };
-    if outcomes.len() != count {
-        return Err(malformed("push count"));
+    let mut parts = parts.into_iter();
+    if !matches!(parts.next(), Some(Value::Int(1))) {
+        return Ok(None);
     }
-    outcomes
-        .into_iter()
-        .map(|outcome| {
-            let Value::Array(parts) = outcome else {
-                return Err(malformed("push"));
-            };
-            let mut parts = parts.into_iter();
-            if !matches!(parts.next(), Some(Value::Int(1))) {
-                return Ok(None);
-            }
-            Ok(Some(match parts.next() {
-                Some(Value::Array(m) | Value::Set(m)) => m.iter().filter_map(text).collect(),
-                _ => Vec::new(),
-            }))
-        })
-        .collect()
+    Ok(Some(match parts.next() {
+        Some(Value::Array(m) | Value::Set(m)) => m.iter().filter_map(text).collect(),
+        _ => Vec::new(),
+    }))
 }
 
 /// When this process first asked, in ms: one consumer name for all of its tenants.

@@ -230,7 +230,7 @@ impl Shards {
 
     /// A Redis Cluster reached first through `seeds`; nothing is served until its map is read.
     pub fn cluster(seeds: Vec<ConnectionInfo>) -> Shards {
-        Shards::with(seeds, true, unowned_topology())
+        Shards::with(seeds, true, Topology::unserved())
     }
 
     fn with(seeds: Vec<ConnectionInfo>, cluster: bool, topology: Topology) -> Shards {
@@ -278,12 +278,9 @@ impl Shards {
         }
     }
 
-    /// The map may be out of date (a slot moved): read it again at the next repair.
+    /// A connection failed or the map may be out of date (a slot moved): the owner repairs at
+    /// the next chance.
     pub fn mark_stale(&self) {
-        self.mark_dirty();
-    }
-
-    fn mark_dirty(&self) {
         self.dirty.store(true, Ordering::Release);
         self.changed.notify_waiters();
     }
@@ -294,7 +291,7 @@ impl Shards {
             warn!(shard = %link.addr, "Redis connection lost");
         }
         link.set(None);
-        self.mark_dirty();
+        self.mark_stale();
     }
 
     /// Reads the map again (for a cluster) and connects every primary without a connection.
@@ -302,18 +299,13 @@ impl Shards {
     pub async fn repair(&self) -> Result<(), RedisError> {
         self.dirty.store(false, Ordering::Release);
         if self.cluster {
+            // Reading the map connects what is in it.
             let seen = self.layout().generation;
             self.refresh(seen).await?;
+        } else {
+            self.connect_missing(&self.layout()).await;
         }
         let layout = self.layout();
-        join_all(
-            layout
-                .links
-                .iter()
-                .filter(|l| !l.is_up())
-                .map(|l| self.connect_link(l)),
-        )
-        .await;
         if layout.serves_every_slot() {
             Ok(())
         } else {
@@ -329,6 +321,12 @@ impl Shards {
                 (true, n) => format!("{n} slots have no primary"),
             }))
         }
+    }
+
+    /// Connects, at once, every link of `layout` that has no connection.
+    async fn connect_missing(&self, layout: &Layout) {
+        let missing = layout.links.iter().filter(|l| !l.is_up());
+        join_all(missing.map(|l| self.connect_link(l))).await;
     }
 
     async fn connect_link(&self, link: &Link) {
@@ -389,14 +387,7 @@ impl Shards {
             links,
             generation: old.generation + 1,
         });
-        join_all(
-            fresh
-                .links
-                .iter()
-                .filter(|l| !l.is_up())
-                .map(|l| self.connect_link(l)),
-        )
-        .await;
+        self.connect_missing(&fresh).await;
         *self.layout.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
     }
@@ -625,7 +616,7 @@ impl Shards {
                 if let Err(e) = self.refresh(layout.generation).await {
                     debug!(error = %e, "re-reading the Redis Cluster map failed");
                 }
-                self.mark_dirty();
+                self.mark_stale();
             }
         }
         results
@@ -767,12 +758,6 @@ fn no_primary(layout: &Layout, slot: u16) -> RedisError {
         )),
         None => RedisError::NotConnected(format!("no reachable Redis primary serves slot {slot}")),
     }
-}
-
-/// An empty cluster map: nothing is served until the map is read.
-fn unowned_topology() -> Topology {
-    let empty = Value::Array(Vec::new());
-    Topology::from_shards(&empty).expect("an empty map parses")
 }
 
 /// `host:port` of a connection.

@@ -94,6 +94,15 @@ impl Topology {
         }
     }
 
+    /// A Redis Cluster whose map is not read yet: no slot is served.
+    pub fn unserved() -> Topology {
+        Topology {
+            owner: vec![UNOWNED; SLOTS].into_boxed_slice(),
+            primaries: Vec::new(),
+            cluster: true,
+        }
+    }
+
     /// The topology in a `CLUSTER SHARDS` reply: per shard, its slot ranges and the primary
     /// that is online. A shard whose primary is not online (failed, or a failover under way)
     /// leaves its slots unowned.

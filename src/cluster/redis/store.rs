@@ -204,91 +204,93 @@ impl Appender {
     async fn call(&self, batch: &[Append]) -> Vec<Placed> {
         let per = if self.topics { 2 } else { 3 };
         let now_ms = crate::util::unix_ms();
-        let shards = &self.backplane.shards;
         let slots: Vec<u16> = batch
             .iter()
             .map(|a| slots::slot(a.keys[0].as_bytes()))
             .collect();
-        let groups = shards.script_groups(&slots);
-        let calls = groups
-            .iter()
-            .map(|group| {
-                let mut call = APPEND_SCRIPT.call();
-                call.arg(per)
-                    .arg(self.retention.max_messages)
-                    .arg(self.retention.max_age_ms)
-                    .arg(now_ms);
-                for &i in group {
-                    let append = &batch[i];
-                    for key in &append.keys[..per] {
-                        call.key(key);
-                    }
-                    call.arg(&append.dest)
-                        .arg(&append.headers)
-                        .arg(append.body.as_ref())
-                        .arg(append.new_epoch);
+        let build = |group: &[usize]| {
+            let mut call = APPEND_SCRIPT.call();
+            call.arg(per)
+                .arg(self.retention.max_messages)
+                .arg(self.retention.max_age_ms)
+                .arg(now_ms);
+            for &i in group {
+                let append = &batch[i];
+                for key in &append.keys[..per] {
+                    call.key(key);
                 }
-                call.routed()
-            })
-            .collect();
-        let settings = &self.backplane.settings;
-        let replies = shards
-            .run_confirmed(calls, settings.replica_acks, settings.replica_ack_timeout)
-            .await;
-        let mut placed: Vec<Option<Placed>> = (0..batch.len()).map(|_| None).collect();
-        for (group, reply) in groups.iter().zip(replies) {
-            match reply
-                .map_err(store_error)
-                .and_then(|v| placements(v, group.len()))
-            {
-                Ok(each) => {
-                    for (&i, one) in group.iter().zip(each) {
-                        placed[i] = Some(Ok(one));
-                    }
-                }
-                Err(e) => {
-                    for &i in group {
-                        placed[i] = Some(Err(e.clone()));
-                    }
-                }
+                call.arg(&append.dest)
+                    .arg(&append.headers)
+                    .arg(append.body.as_ref())
+                    .arg(append.new_epoch);
             }
-        }
-        placed
-            .into_iter()
-            .map(|p| p.unwrap_or_else(|| Err(malformed("append count"))))
-            .collect()
+            call.routed()
+        };
+        batched(&self.backplane, &slots, build, "append", placement).await
     }
 }
 
 /// Where one message was placed and the presence read with it, or why it was not stored.
 type Placed = Result<(Position, Vec<String>), HistoryError>;
 
-/// The answer of one [`APPEND`] call for `count` messages.
-fn placements(value: Value, count: usize) -> Result<Vec<(Position, Vec<String>)>, HistoryError> {
-    let Value::Array(placed) = value else {
+/// One message's part of an [`APPEND`] answer: `[epoch, offset, presence]`.
+fn placement(one: Value) -> Result<(Position, Vec<String>), HistoryError> {
+    let Value::Array(parts) = one else {
         return Err(malformed("append"));
     };
-    if placed.len() != count {
-        return Err(malformed("append count"));
+    let [epoch, offset, members] =
+        <[Value; 3]>::try_from(parts).map_err(|_| malformed("append"))?;
+    let position = Position {
+        epoch: number(&epoch).ok_or_else(|| malformed("epoch"))?,
+        offset: number(&offset).ok_or_else(|| malformed("offset"))?,
+    };
+    let members = match members {
+        Value::Array(m) | Value::Set(m) => m.iter().filter_map(text).collect(),
+        _ => Vec::new(),
+    };
+    Ok((position, members))
+}
+
+/// Stores a batch with one script call per group of items that may share one (all together
+/// on a single Redis, per slot on a cluster; `slots` has each item's), each call made by
+/// `build` from its items' positions and confirmed by replicas as the settings ask; per item,
+/// what `parse` reads from its part of its call's answer (a list, one element per item), or
+/// why its call failed.
+pub(super) async fn batched<T>(
+    backplane: &RedisBackplane,
+    slots: &[u16],
+    build: impl Fn(&[usize]) -> Routed,
+    what: &str,
+    parse: impl Fn(Value) -> Result<T, HistoryError>,
+) -> Vec<Result<T, HistoryError>> {
+    let shards = &backplane.shards;
+    let settings = &backplane.settings;
+    let groups = shards.script_groups(slots);
+    let calls = groups.iter().map(|group| build(group)).collect();
+    let replies = shards
+        .run_confirmed(calls, settings.replica_acks, settings.replica_ack_timeout)
+        .await;
+    let mut each: Vec<Option<Result<T, HistoryError>>> = (0..slots.len()).map(|_| None).collect();
+    for (group, reply) in groups.iter().zip(replies) {
+        let answers = reply.map_err(store_error).and_then(|value| match value {
+            Value::Array(answers) if answers.len() == group.len() => Ok(answers),
+            _ => Err(malformed(what)),
+        });
+        match answers {
+            Ok(answers) => {
+                for (&i, answer) in group.iter().zip(answers) {
+                    each[i] = Some(parse(answer));
+                }
+            }
+            Err(e) => {
+                for &i in group {
+                    each[i] = Some(Err(e.clone()));
+                }
+            }
+        }
     }
-    placed
-        .into_iter()
-        .map(|one| {
-            let Value::Array(parts) = one else {
-                return Err(malformed("append"));
-            };
-            let [epoch, offset, members] =
-                <[Value; 3]>::try_from(parts).map_err(|_| malformed("append"))?;
-            let position = Position {
-                epoch: number(&epoch).ok_or_else(|| malformed("epoch"))?,
-                offset: number(&offset).ok_or_else(|| malformed("offset"))?,
-            };
-            let members = match members {
-                Value::Array(m) | Value::Set(m) => m.iter().filter_map(text).collect(),
-                _ => Vec::new(),
-            };
-            Ok((position, members))
-        })
+    each.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(malformed(what))))
         .collect()
 }
 
