@@ -334,6 +334,100 @@ pub struct TenantConfig {
     /// (backends, command-line tools) are always allowed.
     #[serde(default)]
     pub allowed_origins: Vec<String>,
+    /// Destination prefixes of the tenant's backend (Spring's application destination
+    /// prefixes): a client SEND to `/app/...` is handed to the backend through
+    /// `[tenants.upstream]` instead of being routed to subscribers. `[]` turns it off.
+    #[serde(default = "default_app_prefixes")]
+    pub app_prefixes: Vec<String>,
+    /// Where messages to `app_prefixes`, and connection events, go (`[tenants.upstream]`).
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+}
+
+fn default_app_prefixes() -> Vec<String> {
+    vec!["/app".to_string()]
+}
+
+/// `[tenants.upstream]`: the tenant's backend side. Client SENDs to an application prefix and
+/// the connection events named in `events` are written to a Redis stream (`stream = true`),
+/// POSTed to a signed webhook (`webhook_url`), or both.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Append each item to a Redis stream on the cluster's Redis (needs `[cluster] redis` or
+    /// `redis_cluster`); backends read it with consumer groups.
+    pub stream: bool,
+    /// The stream's key (default `sb:{tenant}:upstream`).
+    pub stream_key: Option<String>,
+    /// Entries the stream keeps, about (`XADD MAXLEN ~`).
+    pub stream_max_len: usize,
+    /// POST each batch of items, as JSON, to this `http://` URL.
+    pub webhook_url: Option<String>,
+    /// The key of the webhook's HMAC-SHA256 signature (at least 16 characters).
+    pub webhook_secret: Option<String>,
+    /// How long one POST may take, in ms.
+    pub webhook_timeout_ms: u64,
+    /// How many times a failed POST (a connection error, a timeout, a 5xx, 408 or 429) is tried
+    /// again, with backoff, before its items count as not accepted.
+    pub webhook_retries: u32,
+    /// Bytes of items waiting for each of the two (stream, webhook) at most; beyond it a SEND
+    /// is refused with an ERROR, and an event is counted as dropped.
+    pub queue_bytes: usize,
+    /// Items in one stream write or one POST at most.
+    pub batch_max: usize,
+    /// Connection events to hand over besides messages: `connect`, `disconnect`,
+    /// `subscribe`, `unsubscribe`.
+    pub events: Vec<EventKind>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> UpstreamConfig {
+        UpstreamConfig {
+            stream: false,
+            stream_key: None,
+            stream_max_len: 100_000,
+            webhook_url: None,
+            webhook_secret: None,
+            webhook_timeout_ms: 5_000,
+            webhook_retries: 5,
+            queue_bytes: 8 << 20,
+            batch_max: 100,
+            events: Vec::new(),
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// True when anything receives what this tenant hands over.
+    pub fn is_enabled(&self) -> bool {
+        self.stream || self.webhook_url.is_some()
+    }
+}
+
+/// A kind of connection event a tenant's backend may hear of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// A session connected (after its CONNECT was authenticated).
+    Connect,
+    /// A session ended, with the reason.
+    Disconnect,
+    /// A session subscribed to a destination.
+    Subscribe,
+    /// A session unsubscribed (or its subscription ended with it).
+    Unsubscribe,
+}
+
+impl EventKind {
+    /// Its name in items and configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Connect => "connect",
+            EventKind::Disconnect => "disconnect",
+            EventKind::Subscribe => "subscribe",
+            EventKind::Unsubscribe => "unsubscribe",
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -366,6 +460,8 @@ impl TenantConfig {
             topic_history: Vec::new(),
             durable_queues: true,
             allowed_origins: Vec::new(),
+            app_prefixes: default_app_prefixes(),
+            upstream: UpstreamConfig::default(),
         }
     }
 
@@ -761,12 +857,88 @@ impl Config {
                     ));
                 }
             }
+            self.validate_upstream(i, tenant)?;
             if let Some(k) = tenant.api_keys.iter().position(|k| k.len() < 8) {
                 return Err(invalid(
                     format!("tenants[{i}].api_keys[{k}]"),
                     "an API key must have at least 8 characters",
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Checks a tenant's application prefixes and `[tenants.upstream]`.
+    fn validate_upstream(&self, i: usize, tenant: &TenantConfig) -> Result<(), ConfigError> {
+        for (j, prefix) in tenant.app_prefixes.iter().enumerate() {
+            let bare = prefix.trim_end_matches('/');
+            let routed = ["/topic", "/queue", "/user"].iter().any(|p| {
+                bare == *p
+                    || bare.starts_with(&format!("{p}/"))
+                    || p.starts_with(&format!("{bare}/"))
+            });
+            if !bare.starts_with('/') || bare.len() < 2 || routed {
+                return Err(invalid(
+                    format!("tenants[{i}].app_prefixes[{j}]"),
+                    "must be a destination prefix such as /app, apart from /topic, /queue and /user",
+                ));
+            }
+        }
+        let u = &tenant.upstream;
+        let key = |name: &str| format!("tenants[{i}].upstream.{name}");
+        if u.stream && self.cluster.redis.is_none() && self.cluster.redis_cluster.is_empty() {
+            return Err(invalid(
+                key("stream"),
+                "needs a Redis: set cluster.redis or cluster.redis_cluster, or use upstream.webhook_url",
+            ));
+        }
+        if u.stream_key.as_ref().is_some_and(|k| k.is_empty()) {
+            return Err(invalid(key("stream_key"), "must not be empty"));
+        }
+        if u.stream_max_len < 1_000 {
+            return Err(invalid(key("stream_max_len"), "must be at least 1000"));
+        }
+        if let Some(url) = &u.webhook_url {
+            crate::web::client::parse_url(url)
+                .map_err(|e| invalid(key("webhook_url"), format!("'{url}': {e}")))?;
+            if u.webhook_secret.as_ref().is_none_or(|s| s.len() < 16) {
+                return Err(invalid(
+                    key("webhook_secret"),
+                    "a webhook needs a secret of at least 16 characters to sign its requests",
+                ));
+            }
+        } else if u.webhook_secret.is_some() {
+            return Err(invalid(
+                key("webhook_url"),
+                "a webhook_secret is set but no webhook_url",
+            ));
+        }
+        if !(100..=60_000).contains(&u.webhook_timeout_ms) {
+            return Err(invalid(
+                key("webhook_timeout_ms"),
+                "must be between 100 and 60000",
+            ));
+        }
+        if u.webhook_retries > 20 {
+            return Err(invalid(key("webhook_retries"), "must be at most 20"));
+        }
+        if u.queue_bytes < 4 * self.server.max_frame_bytes {
+            return Err(invalid(
+                key("queue_bytes"),
+                format!(
+                    "must be at least 4 × server.max_frame_bytes ({})",
+                    4 * self.server.max_frame_bytes
+                ),
+            ));
+        }
+        if !(1..=10_000).contains(&u.batch_max) {
+            return Err(invalid(key("batch_max"), "must be between 1 and 10000"));
+        }
+        if !u.events.is_empty() && !u.is_enabled() {
+            return Err(invalid(
+                key("events"),
+                "events are named but nothing receives them: set upstream.stream or upstream.webhook_url",
+            ));
         }
         Ok(())
     }
@@ -880,6 +1052,42 @@ mod tests {
                 "[[tenants]]\nid = \"a\"\n[[tenants.topic_history]]\nprefix = \"/topic/x\"\nmax_age_ms = 9\n",
                 "tenants[0].topic_history[0].max_age_ms",
             ),
+            (
+                "[[tenants]]\nid = \"a\"\napp_prefixes = [\"/topic\"]\n",
+                "tenants[0].app_prefixes[0]",
+            ),
+            (
+                "[[tenants]]\nid = \"a\"\napp_prefixes = [\"app\"]\n",
+                "tenants[0].app_prefixes[0]",
+            ),
+            (
+                "[[tenants]]\nid = \"a\"\n[tenants.upstream]\nstream = true\n",
+                "tenants[0].upstream.stream",
+            ),
+            (
+                "[[tenants]]\nid = \"a\"\n[tenants.upstream]\nwebhook_url = \"https://x/\"\nwebhook_secret = \"0123456789abcdef\"\n",
+                "tenants[0].upstream.webhook_url",
+            ),
+            (
+                "[[tenants]]\nid = \"a\"\n[tenants.upstream]\nwebhook_url = \"http://x/\"\n",
+                "tenants[0].upstream.webhook_secret",
+            ),
+            (
+                "[[tenants]]\nid = \"a\"\n[tenants.upstream]\nwebhook_url = \"http://x/\"\nwebhook_secret = \"short\"\n",
+                "tenants[0].upstream.webhook_secret",
+            ),
+            (
+                "[[tenants]]\nid = \"a\"\n[tenants.upstream]\nevents = [\"connect\"]\n",
+                "tenants[0].upstream.events",
+            ),
+            (
+                "[cluster]\nredis = \"redis://127.0.0.1/\"\n[[tenants]]\nid = \"a\"\n[tenants.upstream]\nstream = true\nqueue_bytes = 10\n",
+                "tenants[0].upstream.queue_bytes",
+            ),
+            (
+                "[[tenants]]\nid = \"a\"\n[tenants.upstream]\nwebhook_url = \"http://x/\"\nwebhook_secret = \"0123456789abcdef\"\nwebhook_timeout_ms = 5\n",
+                "tenants[0].upstream.webhook_timeout_ms",
+            ),
         ] {
             let err = Config::from_toml(toml)
                 .unwrap()
@@ -887,6 +1095,28 @@ mod tests {
                 .unwrap_err();
             assert!(err.to_string().contains(key), "{toml}: {err}");
         }
+    }
+
+    #[test]
+    fn an_upstream_takes_a_stream_a_webhook_and_events() {
+        let config = Config::from_toml(
+            "[cluster]\nredis = \"redis://127.0.0.1/\"\n[[tenants]]\nid = \"a\"\napp_prefixes = [\"/app\", \"/backend/\"]\n[tenants.upstream]\nstream = true\nwebhook_url = \"http://127.0.0.1:9/hook\"\nwebhook_secret = \"0123456789abcdef\"\nevents = [\"connect\", \"disconnect\"]\n",
+        )
+        .unwrap()
+        .finish(Overrides::default())
+        .unwrap();
+        let u = &config.tenants[0].upstream;
+        assert!(u.stream && u.is_enabled());
+        assert_eq!(u.events, vec![EventKind::Connect, EventKind::Disconnect]);
+        assert_eq!(
+            TenantConfig::new("b").app_prefixes,
+            vec!["/app".to_string()]
+        );
+        let err = Config::from_toml(
+            "[[tenants]]\nid = \"a\"\n[tenants.upstream]\nevents = [\"typing\"]\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("typing"), "{err}");
     }
 
     #[test]

@@ -23,5 +23,6 @@ pub mod sockjs;
 pub mod stomp;
 pub mod tenant;
 pub mod transport;
+pub mod upstream;
 pub mod util;
 pub mod web;

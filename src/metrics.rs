@@ -40,7 +40,7 @@ impl DropReason {
 }
 
 /// Why sessions ended with an ERROR, as labels of `stompbox_session_errors_total`.
-pub const SESSION_ERRORS: [&str; 13] = [
+pub const SESSION_ERRORS: [&str; 14] = [
     "authentication_denied",
     "access_denied",
     "policy_unavailable",
@@ -51,6 +51,7 @@ pub const SESSION_ERRORS: [&str; 13] = [
     "shutdown",
     "transport_error",
     "not_accepted",
+    "upstream_refused",
     "store_unavailable",
     "limit",
     "protocol_error",
@@ -68,8 +69,8 @@ pub struct Sample {
     pub kind: &'static str,
     /// The value now.
     pub value: u64,
-    /// One label, for a metric with a value per thing (`shard="host:port"`).
-    pub label: Option<(&'static str, String)>,
+    /// Labels, for a metric with a value per thing (`shard="host:port"`).
+    pub labels: Vec<(&'static str, String)>,
 }
 
 impl Sample {
@@ -80,7 +81,7 @@ impl Sample {
             help,
             kind: "counter",
             value,
-            label: None,
+            labels: Vec::new(),
         }
     }
 
@@ -91,13 +92,13 @@ impl Sample {
             help,
             kind: "gauge",
             value,
-            label: None,
+            labels: Vec::new(),
         }
     }
 
-    /// This sample for one thing, named by a label.
+    /// This sample for one thing, named by a label (one more, when called again).
     pub fn labelled(mut self, name: &'static str, value: impl Into<String>) -> Sample {
-        self.label = Some((name, value.into()));
+        self.labels.push((name, value.into()));
         self
     }
 }
@@ -272,26 +273,39 @@ impl Metrics {
                 count.load(Ordering::Relaxed)
             );
         }
+        // The text format wants each metric's samples together, after its one HELP and TYPE.
+        let mut names: Vec<&str> = Vec::new();
+        for sample in extra {
+            if !names.contains(&sample.name) {
+                names.push(sample.name);
+            }
+        }
+        let grouped = names
+            .iter()
+            .flat_map(|n| extra.iter().filter(move |s| s.name == *n));
         let mut described = std::collections::HashSet::new();
         for Sample {
             name,
             help,
             kind,
             value,
-            label,
-        } in extra
+            labels,
+        } in grouped
         {
             if described.insert(*name) {
                 let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             }
-            match label {
-                Some((key, text)) => {
-                    let text = text.replace('\\', "\\\\").replace('"', "\\\"");
-                    let _ = writeln!(out, "{name}{{{key}=\"{text}\"}} {value}");
-                }
-                None => {
-                    let _ = writeln!(out, "{name} {value}");
-                }
+            if labels.is_empty() {
+                let _ = writeln!(out, "{name} {value}");
+            } else {
+                let labels: Vec<String> = labels
+                    .iter()
+                    .map(|(key, text)| {
+                        let text = text.replace('\\', "\\\\").replace('"', "\\\"");
+                        format!("{key}=\"{text}\"")
+                    })
+                    .collect();
+                let _ = writeln!(out, "{name}{{{}}} {value}", labels.join(","));
             }
         }
         out

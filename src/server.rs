@@ -49,6 +49,7 @@ pub async fn run(node: Arc<Node>, http: TcpListener, stomp: TcpListener) -> std:
             "grace period over; closing the remaining connections"
         );
     }
+    node.stop_upstream().await;
     node.cluster.stop().await;
     Ok(())
 }

@@ -23,6 +23,7 @@ use crate::history::{Cursor, History, HistoryError};
 use crate::metrics::{DropReason, Metrics};
 use crate::plugin::{PluginLimits, PluginSlot};
 use crate::policy::Policy;
+use crate::upstream::Upstream;
 use crate::web::origin::AllowedOrigins;
 
 /// A tenant: a separate namespace of destinations and users with its own keys and policy.
@@ -61,6 +62,8 @@ pub struct Tenant {
     me: OnceLock<Weak<Tenant>>,
     /// Its queues in a store shared by the cluster, and what reads them (see [`queues`]).
     durable: Option<queues::Durable>,
+    /// Its backend side: messages to its application prefixes, and connection events.
+    pub upstream: Upstream,
 }
 
 mod queues;
@@ -200,6 +203,7 @@ impl Tenant {
         stores: TenantStores,
         cluster: Arc<dyn Backplane>,
         metrics: Arc<Metrics>,
+        node_id: &str,
     ) -> Tenant {
         let TenantStores {
             history,
@@ -226,6 +230,7 @@ impl Tenant {
             (None, None)
         };
         Tenant {
+            upstream: Upstream::new(config, node_id, &cluster),
             durable: queues.map(queues::Durable::new),
             orders: Mutex::new(HashMap::new()),
             cursor_queue,
@@ -365,6 +370,7 @@ impl Tenant {
             tokio::spawn(save_cursors(moves, history, self.metrics.clone()));
         }
         self.start_queues();
+        self.upstream.start();
     }
 
     /// Makes ready to deliver `user`'s stored messages here in order, before a subscription
@@ -592,6 +598,7 @@ impl Tenants {
         stores_for: &dyn Fn(&TenantConfig) -> TenantStores,
         cluster: &Arc<dyn Backplane>,
         metrics: &Arc<Metrics>,
+        node_id: &str,
     ) -> Tenants {
         // One ceiling for the queues of every tenant, so that together they cannot take the
         // node's memory either.
@@ -606,6 +613,7 @@ impl Tenants {
                     stores_for(t),
                     cluster.clone(),
                     metrics.clone(),
+                    node_id,
                 )
             })
             .collect()

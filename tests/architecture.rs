@@ -22,10 +22,13 @@ const RULES: &[(&str, &[&str])] = &[
     // The Redis backplane also keeps the shared store of user messages: it owns the Redis
     // layout, the connection and the liveness filter the store's presence read needs.
     ("cluster", &["broker", "history", "metrics", "util"]),
+    // What a tenant hands its backend: the stream is written through the backplane.
+    ("upstream", &["cluster", "config", "metrics", "web", "util"]),
     (
         "tenant",
         &[
-            "broker", "cluster", "config", "history", "metrics", "plugin", "policy", "web", "util",
+            "broker", "cluster", "config", "history", "metrics", "plugin", "policy", "upstream",
+            "web", "util",
         ],
     ),
     ("publish", &["broker", "metrics", "stomp", "tenant", "util"]),
@@ -36,10 +39,12 @@ const RULES: &[(&str, &[&str])] = &[
             "util",
         ],
     ),
+    // `config` and `upstream` for the items a session hands its tenant's backend.
     (
         "session",
         &[
-            "broker", "history", "metrics", "policy", "stomp", "tenant", "util",
+            "broker", "config", "history", "metrics", "policy", "stomp", "tenant", "upstream",
+            "util",
         ],
     ),
     (

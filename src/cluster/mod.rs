@@ -141,6 +141,15 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
         dest: &str,
         content: &Content,
     ) -> Result<Forwarded, ClusterError>;
+    /// Appends `entries` (each an entry's fields) to the Redis stream `key`, which keeps about
+    /// `max_len` entries: a tenant's stream for its backends. Fails when Redis did not take
+    /// them all, and always on a node without Redis.
+    async fn append_stream(
+        &self,
+        key: &str,
+        entries: Vec<Vec<(&'static str, Vec<u8>)>>,
+        max_len: usize,
+    ) -> Result<(), ClusterError>;
     /// True while the cluster can route (always, for a single node).
     fn is_ready(&self) -> bool;
     /// A short description for health output.

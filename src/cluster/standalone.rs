@@ -55,6 +55,17 @@ impl Backplane for Standalone {
         Ok(Forwarded::default())
     }
 
+    async fn append_stream(
+        &self,
+        _: &str,
+        _: Vec<Vec<(&'static str, Vec<u8>)>>,
+        _: usize,
+    ) -> Result<(), ClusterError> {
+        Err(ClusterError::Unavailable(
+            "this node runs without Redis, so it has no stream for the backend".into(),
+        ))
+    }
+
     fn is_ready(&self) -> bool {
         true
     }

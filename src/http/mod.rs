@@ -120,6 +120,9 @@ async fn metrics(axum::extract::State(node): axum::extract::State<Arc<Node>>) ->
         ),
     ];
     extra.extend(node.cluster.metrics());
+    for tenant in node.tenants() {
+        extra.extend(tenant.upstream.samples());
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -93,6 +93,7 @@ impl Node {
             &|t| stores.stores_for(t, &config.server),
             &cluster,
             &metrics,
+            &node_id,
         ));
         let ids = Arc::new(Ids::new(node_id.clone()));
         let tasks = TaskTracker::new();
@@ -243,6 +244,15 @@ impl Node {
         }
         let local: Arc<dyn LocalNode> = Arc::new(inbound::NodeInbound(Arc::downgrade(self)));
         self.cluster.clone().start(local);
+    }
+
+    /// Sends on what the tenants still hold for their backends (the sessions' last events
+    /// included) and stops their delivery: after the sessions closed, before the node leaves
+    /// the cluster (a stream needs Redis).
+    pub async fn stop_upstream(&self) {
+        for tenant in self.tenants() {
+            tenant.upstream.stop().await;
+        }
     }
 }
 

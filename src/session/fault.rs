@@ -75,6 +75,8 @@ pub enum Fault {
     ServerFrame(Command),
     /// The broker refused a SEND (a full queue backlog).
     NotAccepted(String),
+    /// The tenant's backend did not take a SEND to an application destination (the reason).
+    Upstream(String),
     /// The codec refused the bytes.
     MalformedFrame(String),
     /// Nothing arrived within the negotiated heart-beat.
@@ -118,6 +120,7 @@ impl Fault {
             Fault::UnknownMessage(_) => "unknown message".into(),
             Fault::ServerFrame(_) => "unexpected frame".into(),
             Fault::NotAccepted(_) => "message not accepted".into(),
+            Fault::Upstream(_) => "message not accepted by the backend".into(),
             Fault::MalformedFrame(_) => "malformed frame".into(),
             Fault::HeartBeatTimeout => "heart-beat timeout".into(),
             Fault::ConnectTimeout(_) => "CONNECT timeout".into(),
@@ -157,6 +160,9 @@ impl Fault {
                 format!("{} requires a '{name}' header", command.as_str())
             }
             Fault::InvalidDestination(why) | Fault::NotAccepted(why) => why.clone(),
+            Fault::Upstream(why) => format!(
+                "{why}; the message was not handed to the tenant's backend, send it again later"
+            ),
             Fault::UnknownTransaction(id) => {
                 format!("no transaction '{id}' was begun on this connection")
             }
@@ -244,6 +250,7 @@ impl Fault {
             Fault::ShuttingDown => "shutdown",
             Fault::Transport(_) => "transport_error",
             Fault::NotAccepted(_) => "not_accepted",
+            Fault::Upstream(_) => "upstream_refused",
             Fault::StoreUnavailable(_) => "store_unavailable",
             Fault::TooManySubscriptions(_)
             | Fault::TooManyTransactions(_)

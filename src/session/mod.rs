@@ -31,11 +31,13 @@ use crate::broker::destination::{self, Target};
 use crate::broker::message::RESERVED_HEADERS;
 use crate::broker::Message;
 use crate::broker::{AckMode, Content, Endpoint, Subscription};
+use crate::config::EventKind;
 use crate::history::{ReadFrom, StartAt};
 use crate::metrics::Metrics;
 use crate::policy::{ConnectInfo, Operation, Principal, TransportKind};
 use crate::stomp::{encode, Command, Frame, Version};
 use crate::tenant::{Tenant, Tenants};
+use crate::upstream::ItemKind;
 use crate::util::Ids;
 
 /// What the driver does after a frame.
@@ -149,6 +151,17 @@ pub struct Session {
     /// Headers the next RECEIPT carries (a SUBSCRIBE's replay: whether it recovered all).
     receipt_headers: Vec<(&'static str, String)>,
     heartbeat_in: Option<Duration>,
+    /// Why the session ended, for the backend's `disconnect` event: a fault's label, or
+    /// `client` for a DISCONNECT; `None` until then (the connection closed).
+    end_reason: Option<&'static str>,
+}
+
+/// Where a SEND goes.
+enum Sending {
+    /// To subscribers, through the broker.
+    Route(Target),
+    /// To the tenant's backend: a destination under an application prefix.
+    Backend(String),
 }
 
 type Outcome = Result<(), Fault>;
@@ -181,6 +194,7 @@ impl Session {
             verdict_bytes: 0,
             receipt_headers: Vec::new(),
             heartbeat_in: None,
+            end_reason: None,
         }
     }
 
@@ -318,6 +332,7 @@ impl Session {
                 let last = receipt.take().map(|id| self.receipt(&id));
                 self.handoff.finish(&self.endpoint, last, &self.ctx.tasks);
                 self.phase = Phase::Closed;
+                self.end_reason = Some("client");
                 Ok(())
             }
             Command::Connected | Command::Message | Command::Receipt | Command::Error => {
@@ -399,6 +414,20 @@ impl Session {
             connected = connected.header("user-name", user.clone());
         }
         debug!(tenant = %tenant.id, user = ?principal.user, version = version.as_str(), "connected");
+        if tenant.upstream.wants(EventKind::Connect) {
+            let mut event = tenant.upstream.item(
+                ItemKind::Event(EventKind::Connect),
+                self.id(),
+                principal.user.as_deref(),
+            );
+            event
+                .fields
+                .push(("transport", self.peer.transport.as_str().into()));
+            if let Some(addr) = &self.peer.remote_addr {
+                event.fields.push(("remote_addr", addr.clone()));
+            }
+            tenant.upstream.event(event);
+        }
         self.tenant = Some(tenant);
         self.principal = principal;
         self.phase = Phase::Connected;
@@ -486,26 +515,82 @@ impl Session {
         // The policy's verdict comes first, so a denied destination reads "access denied"
         // whatever its shape.
         self.authorize(Operation::Send, &dest).await?;
-        let target =
-            destination::for_send(&dest).map_err(|e| Fault::InvalidDestination(e.to_string()))?;
+        let sending = self.sending(&dest)?;
         let Some(frame) = self.in_transaction(frame)? else {
             return Ok(());
         };
         let receipt = receipt.take().map(|id| self.receipt(&id));
-        self.publish(target, frame, receipt).await
+        match sending {
+            Sending::Route(target) => self.publish(target, frame, receipt).await,
+            Sending::Backend(dest) => self.hand_to_backend(dest, frame, receipt).await,
+        }
     }
 
-    /// Hands a SEND's message to the sequencer for routing; `receipt` is written once it is
-    /// routed.
-    async fn publish(&mut self, target: Target, frame: Frame, receipt: Option<Bytes>) -> Outcome {
-        let headers = frame
-            .headers
+    /// Where a SEND to `dest` goes: the tenant's backend for an application destination, else
+    /// the subscribers the destination names.
+    fn sending(&self, dest: &str) -> Result<Sending, Fault> {
+        if self.tenant().upstream.is_application(dest) {
+            return Ok(Sending::Backend(dest.to_string()));
+        }
+        destination::for_send(dest)
+            .map(Sending::Route)
+            .map_err(|e| Fault::InvalidDestination(e.to_string()))
+    }
+
+    /// The message's headers as receivers see them: the client's, but for the frame's own and
+    /// a claimed sender.
+    fn message_headers(&self, headers: Vec<(String, String)>) -> Vec<(String, String)> {
+        let headers = headers
             .into_iter()
             .filter(|(k, _)| {
                 k != "transaction" && k != SENDER_HEADER && !RESERVED_HEADERS.contains(&k.as_str())
             })
             .collect();
-        let mut headers = dedup_first(headers);
+        dedup_first(headers)
+    }
+
+    /// Hands a SEND to an application destination to the tenant's backend, in order with the
+    /// session's other SENDs; `receipt` is written once the backend took it, and a message it
+    /// did not take ends the session with an ERROR saying why.
+    async fn hand_to_backend(
+        &mut self,
+        dest: String,
+        frame: Frame,
+        receipt: Option<Bytes>,
+    ) -> Outcome {
+        let tenant = self.tenant();
+        let mut item = tenant
+            .upstream
+            .item(ItemKind::Message, self.id(), self.user());
+        item.fields.push(("destination", dest));
+        item.headers = self.message_headers(frame.headers);
+        // Copied out of the read buffer it was cut from: it may wait in the queue a while.
+        item.body = Some(Bytes::copy_from_slice(&frame.body));
+        let accepted = tenant.upstream.message(item);
+        let route: Route = Box::pin(async move {
+            accepted
+                .map_err(|e| Fault::Upstream(e.to_string()))?
+                .wait()
+                .await
+                .map_err(|e| Fault::Upstream(e.to_string()))
+        });
+        // Queued in order above, so what follows may go on meanwhile.
+        self.handoff
+            .route(
+                &self.endpoint,
+                self.version,
+                route,
+                receipt,
+                true,
+                &self.ctx.tasks,
+            )
+            .await
+    }
+
+    /// Hands a SEND's message to the sequencer for routing; `receipt` is written once it is
+    /// routed.
+    async fn publish(&mut self, target: Target, frame: Frame, receipt: Option<Bytes>) -> Outcome {
+        let mut headers = self.message_headers(frame.headers);
         // Whoever the client claims to be in its headers, receivers learn who sent it.
         if let Some(user) = &self.principal.user {
             headers.push((SENDER_HEADER.to_string(), user.clone()));
@@ -620,6 +705,7 @@ impl Session {
         let sub = Arc::new(sub);
         tenant.subscribe(sub.clone());
         self.subs.insert(id, sub.clone());
+        self.subscription_event(&tenant, EventKind::Subscribe, &sub);
         if let Some(history) = history {
             // Registered first, so live messages wait in the subscription while the stream is
             // read; then what was stored after the cursor (or where the client asked), then
@@ -723,12 +809,30 @@ impl Session {
         Ok(())
     }
 
+    /// Tells the tenant's backend of a subscription made or ended, when it asked to hear.
+    fn subscription_event(&self, tenant: &Tenant, kind: EventKind, sub: &Subscription) {
+        if !tenant.upstream.wants(kind) {
+            return;
+        }
+        let mut event = tenant
+            .upstream
+            .item(ItemKind::Event(kind), self.id(), self.user());
+        let dest = match &sub.target {
+            Target::Topic(dest) | Target::Queue(dest) => dest.clone(),
+            Target::User { dest, .. } => destination::user_facing(dest),
+        };
+        event.fields.push(("destination", dest));
+        event.fields.push(("subscription", sub.id.to_string()));
+        tenant.upstream.event(event);
+    }
+
     fn drop_subscription(&self, sub: &Arc<Subscription>) {
         let Some(tenant) = &self.tenant else { return };
         self.endpoint
             .budget
             .give_back(subscription_weight(&sub.id, &sub.target));
         tenant.unsubscribe(sub);
+        self.subscription_event(tenant, EventKind::Unsubscribe, sub);
         let held = sub.close();
         if let (Some(history), Target::User { user, dest }, Some(cursor)) = (
             tenant.history().cloned(),
@@ -883,9 +987,10 @@ impl Session {
                 Command::Send => {
                     // Checked and authorized when it was sent into the transaction.
                     let dest = frame.get("destination").unwrap_or_default();
-                    let target = destination::for_send(dest)
-                        .map_err(|e| Fault::InvalidDestination(e.to_string()))?;
-                    self.publish(target, frame, None).await?;
+                    match self.sending(dest)? {
+                        Sending::Route(target) => self.publish(target, frame, None).await?,
+                        Sending::Backend(dest) => self.hand_to_backend(dest, frame, None).await?,
+                    }
                 }
                 _ => self.ack_or_nack(frame, &mut None).await?,
             }
@@ -912,6 +1017,7 @@ impl Session {
     fn fail(&mut self, fault: &Fault, receipt: Option<&str>) {
         debug!(session = %self.id(), reason = fault.label(), message = %fault.message(), detail = %fault.detail(), "session error");
         self.ctx.metrics.session_error(fault.label());
+        self.end_reason.get_or_insert(fault.label());
         let error = self.encode(&error_frame(fault, receipt));
         self.handoff
             .finish(&self.endpoint, Some(error), &self.ctx.tasks);
@@ -939,6 +1045,18 @@ impl Session {
         }
         if let (Some(tenant), Some(user)) = (&self.tenant, &self.principal.user) {
             tenant.user_disconnected(user);
+        }
+        if let Some(tenant) = &self.tenant {
+            if tenant.upstream.wants(EventKind::Disconnect) {
+                let mut event = tenant.upstream.item(
+                    ItemKind::Event(EventKind::Disconnect),
+                    self.id(),
+                    self.user(),
+                );
+                let reason = self.end_reason.unwrap_or("closed");
+                event.fields.push(("reason", reason.to_string()));
+                tenant.upstream.event(event);
+            }
         }
         self.tenant = None;
         self.phase = Phase::Closed;

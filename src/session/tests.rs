@@ -46,6 +46,7 @@ fn harness_with(
             Default::default(),
             cluster.clone(),
             metrics.clone(),
+            "n1",
         );
         match &policy {
             Some(p) => tenant.with_policy(p.clone()),
@@ -793,6 +794,14 @@ impl Backplane for Held {
     }
     async fn to_queue(&self, _: &str, _: &str, _: &Content) -> Result<Forwarded, ClusterError> {
         Ok(Forwarded::default())
+    }
+    async fn append_stream(
+        &self,
+        _: &str,
+        _: Vec<Vec<(&'static str, Vec<u8>)>>,
+        _: usize,
+    ) -> Result<(), ClusterError> {
+        Ok(())
     }
     fn is_ready(&self) -> bool {
         true

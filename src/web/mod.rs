@@ -3,6 +3,7 @@
 //! writes, WebSocket framing, message reassembly and WebSocket connections. A leaf below both,
 //! so that the transports and the SockJS layer never import the HTTP API.
 
+pub mod client;
 pub mod origin;
 pub mod socket;
 pub mod websocket;

@@ -29,6 +29,9 @@
 //! - `sb:holdings:{node}`: set of what the node has announced (one member per user present and
 //!   queue consumed, see [`holding`]), so that a node that starts again under its id, or comes
 //!   back after an outage during which changes were lost, withdraws what it no longer holds.
+//! - `sb:{tenant}:upstream`: a tenant's stream for its backends (`[tenants.upstream] stream`,
+//!   unless `stream_key` names another): one entry per client message to an application
+//!   prefix or connection event, written by `crate::upstream::stream`, read by the backends.
 //! - `sb:{tenant}:ingress:{sha256}:{n}`: the claim on the n-th ingress message with those bytes.
 //! - channel `sb:inbox:{node}`: messages for one node (user and queue messages); sharded on a
 //!   Redis Cluster.
@@ -52,6 +55,11 @@ pub const PRESENCE_CHANNEL: &str = "sb:presence";
 /// The key whose disappearance tells a node that Redis lost its data.
 pub fn alive(node: &str) -> String {
     format!("sb:alive:{node}")
+}
+
+/// A tenant's stream for its backends, unless its config names another key.
+pub fn upstream(tenant: &str) -> String {
+    format!("sb:{{{tenant}}}:upstream")
 }
 
 /// The set of what `node` has announced.

@@ -414,6 +414,37 @@ impl Backplane for RedisBackplane {
         })
     }
 
+    async fn append_stream(
+        &self,
+        key: &str,
+        entries: Vec<Vec<(&'static str, Vec<u8>)>>,
+        max_len: usize,
+    ) -> Result<(), ClusterError> {
+        let calls = entries
+            .into_iter()
+            .map(|fields| {
+                let mut xadd = redis::cmd("XADD");
+                xadd.arg(key).arg("MAXLEN").arg("~").arg(max_len).arg("*");
+                for (name, value) in fields {
+                    xadd.arg(name).arg(value);
+                }
+                Routed::key(key, xadd)
+            })
+            .collect();
+        let replies = self
+            .shards
+            .run_confirmed(
+                calls,
+                self.settings.replica_acks,
+                self.settings.replica_ack_timeout,
+            )
+            .await;
+        for reply in replies {
+            reply?;
+        }
+        Ok(())
+    }
+
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
