@@ -25,7 +25,7 @@ use tracing::debug;
 use tokio_util::task::TaskTracker;
 
 pub use fault::Fault;
-use sequencer::{Handoff, Route};
+use sequencer::{Handoff, Receipt, Route};
 
 use crate::broker::destination::{self, Target};
 use crate::broker::message::RESERVED_HEADERS;
@@ -519,7 +519,7 @@ impl Session {
         let Some(frame) = self.in_transaction(frame)? else {
             return Ok(());
         };
-        let receipt = receipt.take().map(|id| self.receipt(&id));
+        let receipt = receipt.take().map(|id| self.receipt_of(&id));
         match sending {
             Sending::Route(target) => self.publish(target, frame, receipt).await,
             Sending::Backend(dest) => self.hand_to_backend(dest, frame, receipt).await,
@@ -556,7 +556,7 @@ impl Session {
         &mut self,
         dest: String,
         frame: Frame,
-        receipt: Option<Bytes>,
+        receipt: Option<Receipt>,
     ) -> Outcome {
         let tenant = self.tenant();
         let mut item = tenant
@@ -589,7 +589,7 @@ impl Session {
 
     /// Hands a SEND's message to the sequencer for routing; `receipt` is written once it is
     /// routed.
-    async fn publish(&mut self, target: Target, frame: Frame, receipt: Option<Bytes>) -> Outcome {
+    async fn publish(&mut self, target: Target, frame: Frame, receipt: Option<Receipt>) -> Outcome {
         let mut headers = self.message_headers(frame.headers);
         // Whoever the client claims to be in its headers, receivers learn who sent it.
         if let Some(user) = &self.principal.user {
@@ -918,7 +918,7 @@ impl Session {
             tenant.pump_queue(dest);
         }
         if !stored.is_empty() {
-            let receipt = receipt.take().map(|id| self.receipt(&id));
+            let receipt = receipt.take().map(|id| self.receipt_of(&id));
             let route: Route = Box::pin(async move {
                 for applied in stored {
                     if applied.await != Ok(true) {
@@ -1000,6 +1000,13 @@ impl Session {
 
     fn encode(&self, frame: &Frame) -> Bytes {
         encode_frame(frame, self.version)
+    }
+
+    fn receipt_of(&self, id: &str) -> Receipt {
+        Receipt {
+            id: id.to_string(),
+            frame: self.receipt(id),
+        }
     }
 
     fn receipt(&self, id: &str) -> Bytes {

@@ -37,6 +37,16 @@ use crate::stomp::Version;
 /// A route that may still be waiting for the cluster; `Err` ends the session with that fault.
 pub type Route = Pin<Box<dyn Future<Output = Result<(), Fault>> + Send>>;
 
+/// The RECEIPT a route asked for: written once it is routed, and named (`receipt-id`) by
+/// the ERROR when it fails.
+#[derive(Debug, Clone)]
+pub struct Receipt {
+    /// The client's `receipt` header.
+    pub id: String,
+    /// The RECEIPT frame, encoded.
+    pub frame: Bytes,
+}
+
 /// Routes queued at most before the session waits (one client's SENDs to a stalled Redis).
 pub const MAX_PENDING: usize = 1024;
 /// Routes that fix their order at their first poll, running at once at most.
@@ -44,7 +54,7 @@ pub const IN_FLIGHT: usize = 256;
 
 enum Job {
     /// Route, then write the receipt (if any); `overlaps`: it may run beside later jobs.
-    Route(Route, Option<Bytes>, bool),
+    Route(Route, Option<Receipt>, bool),
     /// A reply frame, already encoded.
     Reply(Bytes),
     /// End the outbox with this last frame.
@@ -88,7 +98,7 @@ impl Handoff {
         endpoint: &Arc<Endpoint>,
         version: Version,
         mut route: Route,
-        receipt: Option<Bytes>,
+        receipt: Option<Receipt>,
         overlaps: bool,
         tasks: &TaskTracker,
     ) -> Result<(), Fault> {
@@ -97,7 +107,7 @@ impl Handoff {
             if let Poll::Ready(result) = route.as_mut().poll(&mut cx) {
                 result?;
                 if let Some(receipt) = receipt {
-                    let _ = endpoint.outbox.push_control(receipt);
+                    let _ = endpoint.outbox.push_control(receipt.frame);
                 }
                 return Ok(());
             }
@@ -171,7 +181,7 @@ impl Sequencer {
     async fn defer(
         self: &Arc<Self>,
         route: Route,
-        receipt: Option<Bytes>,
+        receipt: Option<Receipt>,
         overlaps: bool,
         tasks: &TaskTracker,
     ) {
@@ -251,11 +261,12 @@ impl Sequencer {
                     match result {
                         Ok(()) => {
                             if let Some(receipt) = receipt {
-                                let _ = self.endpoint.outbox.push_control(receipt);
+                                let _ = self.endpoint.outbox.push_control(receipt.frame);
                             }
                         }
                         Err(fault) => {
-                            let error = encode_frame(&error_frame(&fault, None), self.version);
+                            let id = receipt.as_ref().map(|r| r.id.as_str());
+                            let error = encode_frame(&error_frame(&fault, id), self.version);
                             self.endpoint.outbox.finish(Some(error));
                             let mut queue = self.lock();
                             queue.jobs.clear();
@@ -277,7 +288,7 @@ impl Sequencer {
 
 /// What a job leaves to be done once every job before it is done.
 enum Effect {
-    Routed(Result<(), Fault>, Option<Bytes>),
+    Routed(Result<(), Fault>, Option<Receipt>),
     Reply(Bytes),
     Finish(Option<Bytes>),
 }
@@ -333,7 +344,10 @@ mod tests {
                 &endpoint,
                 Version::V1_2,
                 Box::pin(async { Ok(()) }),
-                Some(Bytes::from("R1")),
+                Some(Receipt {
+                    id: String::from("R1"),
+                    frame: Bytes::from("R1"),
+                }),
                 false,
                 &tasks,
             )
@@ -355,7 +369,10 @@ mod tests {
                 &endpoint,
                 Version::V1_2,
                 route,
-                Some(Bytes::from("R1")),
+                Some(Receipt {
+                    id: String::from("R1"),
+                    frame: Bytes::from("R1"),
+                }),
                 false,
                 &tasks,
             )
@@ -366,7 +383,10 @@ mod tests {
                 &endpoint,
                 Version::V1_2,
                 Box::pin(async { Ok(()) }),
-                Some(Bytes::from("R2")),
+                Some(Receipt {
+                    id: String::from("R2"),
+                    frame: Bytes::from("R2"),
+                }),
                 false,
                 &tasks,
             )
@@ -408,7 +428,10 @@ mod tests {
                     &endpoint,
                     Version::V1_2,
                     route,
-                    Some(Bytes::from(receipt)),
+                    Some(Receipt {
+                        id: String::from(receipt),
+                        frame: Bytes::from(receipt),
+                    }),
                     overlaps,
                     &tasks,
                 )

@@ -25,6 +25,7 @@ mod redis_cluster;
 
 pub mod http;
 pub mod jwt;
+pub mod webhook;
 
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -33,6 +34,7 @@ pub use node::{parse_listening, Node, NodeBuilder};
 pub use process::{signal, Log, Process, Signal};
 pub use redis::Redis;
 pub use redis_cluster::RedisCluster;
+pub use webhook::WebhookReceiver;
 
 /// Why something the kit started is not usable.
 #[derive(Debug, thiserror::Error)]

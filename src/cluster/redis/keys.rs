@@ -31,7 +31,7 @@
 //!   back after an outage during which changes were lost, withdraws what it no longer holds.
 //! - `sb:{tenant}:upstream`: a tenant's stream for its backends (`[tenants.upstream] stream`,
 //!   unless `stream_key` names another): one entry per client message to an application
-//!   prefix or connection event, written by `crate::upstream::stream`, read by the backends.
+//!   prefix or connection event, written through `Backplane::append_stream`, read by the backends.
 //! - `sb:{tenant}:ingress:{sha256}:{n}`: the claim on the n-th ingress message with those bytes.
 //! - channel `sb:inbox:{node}`: messages for one node (user and queue messages); sharded on a
 //!   Redis Cluster.
