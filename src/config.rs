@@ -234,6 +234,10 @@ pub struct ServerConfig {
     pub plugin_poll_ms: u64,
     /// Serve the demo page at `/` (and the browser-test page at `/test.html`).
     pub demo_page: bool,
+    /// The largest batch publish body read, in bytes (`POST .../publish/batch`).
+    pub max_batch_bytes: usize,
+    /// Messages in one batch publish at most.
+    pub max_batch_messages: usize,
 }
 
 impl Default for ServerConfig {
@@ -263,6 +267,8 @@ impl Default for ServerConfig {
             admin_token: None,
             plugin_poll_ms: 1_000,
             demo_page: true,
+            max_batch_bytes: 16 << 20,
+            max_batch_messages: 10_000,
         }
     }
 }
@@ -629,6 +635,12 @@ impl Config {
                 ));
             }
         }
+        at_least(
+            "max_batch_bytes",
+            s.max_batch_bytes,
+            2 * s.max_frame_bytes + 4096,
+        )?;
+        at_least("max_batch_messages", s.max_batch_messages, 1)?;
         if s.connect_timeout_ms == 0 {
             return Err(invalid("server.connect_timeout_ms", "must be more than 0"));
         }

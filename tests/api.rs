@@ -291,3 +291,117 @@ async fn an_oversized_request_body_gets_a_json_error() {
         "a JSON error body: {answer}"
     );
 }
+
+async fn batch(node: &TestNode, content_type: &str, body: &str) -> (u16, serde_json::Value) {
+    let response = stompbox_testkit::http::send(
+        node.http,
+        &stompbox_testkit::http::Request::new("POST", "/api/v1/tenants/default/publish/batch")
+            .header("Host", "test")
+            .header("Content-Type", content_type)
+            .bearer(API_KEY)
+            .body(body.as_bytes().to_vec()),
+    )
+    .await
+    .unwrap();
+    let json = response.json().unwrap_or_else(|| json!(response.text()));
+    (response.status, json)
+}
+
+#[tokio::test]
+async fn a_batch_gives_one_result_per_message_and_keeps_each_receivers_order() {
+    let node = TestNode::default().await;
+    let mut alice = tcp_user(&node, "alice").await;
+    alice.subscribe("1", "/user/queue/n", "auto").await;
+    let mut bob = tcp_user(&node, "bob").await;
+    bob.subscribe("1", "/user/queue/n", "auto").await;
+    let mut messages = Vec::new();
+    for i in 0..50 {
+        messages.push(
+            json!({"receiver": "alice", "destination": "/queue/n", "content": format!("a{i}")}),
+        );
+        messages.push(
+            json!({"receiver": "bob", "destination": "/queue/n", "content": format!("b{i}")}),
+        );
+    }
+    // Mixed in: a message without content, one to no known kind of destination, one that is
+    // not an object.
+    messages.insert(3, json!({"receiver": "alice", "destination": "/queue/n"}));
+    messages.insert(7, json!({"destination": "/nowhere", "content": "x"}));
+    messages.insert(9, json!(42));
+    let (status, answer) = batch(&node, "application/json", &json!(messages).to_string()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["accepted"], 100);
+    assert_eq!(answer["failed"], 3);
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 103);
+    for (i, result) in results.iter().enumerate() {
+        if [3, 7, 9].contains(&i) {
+            assert_eq!(result["status"], 400, "{i}: {result}");
+            assert!(
+                result["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{result}"
+            );
+        } else {
+            assert_eq!(result["status"], 202, "{i}: {result}");
+            assert_eq!(result["online"], true);
+        }
+    }
+    assert!(results[7]["error"].as_str().unwrap().contains("/nowhere"));
+    for i in 0..50 {
+        alice.expect_message(&format!("a{i}")).await;
+        bob.expect_message(&format!("b{i}")).await;
+    }
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_in_ndjson_is_answered_in_ndjson() {
+    let node = TestNode::default().await;
+    let mut c = tcp_user(&node, "alice").await;
+    c.subscribe("1", "/topic/t", "auto").await;
+    let body = "{\"destination\": \"/topic/t\", \"content\": \"one\"}\n\n{not json\n{\"destination\": \"/topic/t\", \"content\": \"two\"}\n";
+    let (status, answer) = batch(&node, "application/x-ndjson", body).await;
+    assert_eq!(status, 200);
+    let lines: Vec<serde_json::Value> = answer
+        .as_str()
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines
+            .iter()
+            .map(|l| l["status"].clone())
+            .collect::<Vec<_>>(),
+        vec![json!(202), json!(400), json!(202)]
+    );
+    assert!(lines[1]["error"].as_str().unwrap().contains("invalid JSON"));
+    c.expect_message("one").await;
+    c.expect_message("two").await;
+    node.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_names_its_limits_and_needs_the_api_key() {
+    let node = TestNode::start("[server]\nmax_batch_messages = 3\n").await;
+    let four = json!([1, 2, 3, 4]).to_string();
+    let (status, answer) = batch(&node, "application/json", &four).await;
+    assert_eq!(status, 413);
+    assert!(answer["error"]
+        .as_str()
+        .unwrap()
+        .contains("server.max_batch_messages"));
+    let (status, answer) = batch(&node, "application/json", "{\"not\": \"an array\"}").await;
+    assert_eq!(status, 400);
+    assert!(answer["error"].as_str().unwrap().contains("JSON array"));
+    let (status, _) = http_request(
+        node.http,
+        "POST",
+        "/api/v1/tenants/default/publish/batch",
+        Some("wrong-key-123"),
+        "[]",
+    )
+    .await;
+    assert_eq!(status, 401);
+    node.stop().await;
+}

@@ -49,6 +49,10 @@ pub fn router(node: Arc<Node>) -> Router {
             post(publish::publish).layer(DefaultBodyLimit::max(body_limit)),
         )
         .route(
+            "/api/v1/tenants/{tenant}/publish/batch",
+            post(publish::publish_batch).layer(DefaultBodyLimit::max(node.server.max_batch_bytes)),
+        )
+        .route(
             "/admin/v1/tenants/{tenant}/plugin",
             get(admin::plugin_status)
                 .put(admin::plugin_upload)
