@@ -47,10 +47,10 @@ pub fn authorized(
     headers: &HeaderMap,
 ) -> Result<Arc<Tenant>, Response> {
     let Some(tenant) = node.tenant(tenant_id).cloned() else {
-        return Err(json_error(
+        return Err(Box::new(json_error(
             StatusCode::NOT_FOUND,
             &format!("unknown tenant '{tenant_id}'"),
-        ));
+        )));
     };
     let key = crate::web::bearer(headers);
     if key.is_some_and(|k| tenant.accepts_api_key(k)) {
@@ -68,7 +68,7 @@ pub fn authorized(
         header::WWW_AUTHENTICATE,
         "Bearer".parse().expect("static header"),
     );
-    Err(response)
+    Err(Box::new(response))
 }
 
 /// The 202 answer's body for a message routed as `d`.
@@ -119,7 +119,7 @@ pub async fn publish(
     };
     let tenant = match authorized(&node, &tenant_id, &headers) {
         Ok(tenant) => tenant,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let (status, answer) = publish_one(&node, &tenant, &body).await;
     (status, Json(answer)).into_response()
@@ -168,7 +168,7 @@ pub async fn publish_batch(
     };
     let tenant = match authorized(&node, &tenant_id, &headers) {
         Ok(tenant) => tenant,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let ndjson = headers
         .get(header::CONTENT_TYPE)
