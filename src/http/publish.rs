@@ -45,7 +45,7 @@ pub fn authorized(
     node: &Node,
     tenant_id: &str,
     headers: &HeaderMap,
-) -> Result<Arc<Tenant>, Response> {
+) -> Result<Arc<Tenant>, Box<Response>> {
     let Some(tenant) = node.tenant(tenant_id).cloned() else {
         return Err(Box::new(json_error(
             StatusCode::NOT_FOUND,
