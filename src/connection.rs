@@ -134,6 +134,10 @@ async fn read_loop<I: TransportIn>(
                 session.close(Fault::ShuttingDown);
                 return;
             }
+            () = endpoint.kicked.notified() => {
+                session.close(Fault::Disconnected);
+                return;
+            }
             // The writer took what was queued: a queue backlog may flow on.
             () = endpoint.outbox.room() => session.pump_queues(),
             read = inbound.fill(&mut buf) => match read {

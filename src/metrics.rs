@@ -40,7 +40,7 @@ impl DropReason {
 }
 
 /// Why sessions ended with an ERROR, as labels of `stompbox_session_errors_total`.
-pub const SESSION_ERRORS: [&str; 14] = [
+pub const SESSION_ERRORS: [&str; 16] = [
     "authentication_denied",
     "access_denied",
     "policy_unavailable",
@@ -49,6 +49,8 @@ pub const SESSION_ERRORS: [&str; 14] = [
     "connect_timeout",
     "frame_timeout",
     "shutdown",
+    "disconnected",
+    "banned",
     "transport_error",
     "not_accepted",
     "upstream_refused",

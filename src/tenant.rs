@@ -13,7 +13,8 @@ use tracing::{debug, warn};
 
 use crate::broker::cursor::{CursorQueue, StreamCursor};
 use crate::broker::{
-    BacklogLimits, Broker, Budget, Content, Interest, Position, RouteError, Subscription, Target,
+    BacklogLimits, Broker, Budget, Content, Endpoint, Interest, Position, RouteError, Subscription,
+    Target,
 };
 use crate::cluster::{Backplane, ClusterError, Forwarded, Holders};
 use crate::config::{ServerConfig, TenantConfig, DEFAULT_TENANT};
@@ -64,6 +65,8 @@ pub struct Tenant {
     durable: Option<queues::Durable>,
     /// Its backend side: messages to its application prefixes, and connection events.
     pub upstream: Upstream,
+    /// Users who may not connect until when (ms): bans from the disconnect API.
+    bans: Mutex<HashMap<String, u64>>,
 }
 
 mod queues;
@@ -231,6 +234,7 @@ impl Tenant {
         };
         Tenant {
             upstream: Upstream::new(config, node_id, &cluster),
+            bans: Mutex::new(HashMap::new()),
             durable: queues.map(queues::Durable::new),
             orders: Mutex::new(HashMap::new()),
             cursor_queue,
@@ -333,13 +337,13 @@ impl Tenant {
     }
 
     /// Records a session of `user` (cluster presence for the first).
-    pub fn user_connected(&self, user: &str) {
-        self.mirror(self.broker.user_connected(user));
+    pub fn user_connected(&self, user: &str, session: &Arc<Endpoint>) {
+        self.mirror(self.broker.user_connected(user, session));
     }
 
     /// Forgets a session of `user` (cluster presence for the last).
-    pub fn user_disconnected(&self, user: &str) {
-        let change = self.broker.user_disconnected(user);
+    pub fn user_disconnected(&self, user: &str, session: &Arc<Endpoint>) {
+        let change = self.broker.user_disconnected(user, session);
         if change.is_some() {
             self.lock_orders().remove(&StreamOf::User(user.to_string()));
         }
@@ -565,6 +569,35 @@ impl Tenant {
     /// The tenant's plugin slot (status, reload).
     pub fn plugin(&self) -> &Arc<PluginSlot> {
         &self.plugin
+    }
+
+    /// Refuses `user`'s connections until `until_ms` (a later ban of the same user wins).
+    pub fn ban(&self, user: &str, until_ms: u64) {
+        let mut bans = self.bans.lock().unwrap_or_else(|e| e.into_inner());
+        let now = crate::util::unix_ms();
+        bans.retain(|_, until| *until > now);
+        if until_ms > now {
+            let until = bans.entry(user.to_string()).or_insert(until_ms);
+            *until = (*until).max(until_ms);
+        }
+    }
+
+    /// Until when `user` may not connect, while a ban is in force.
+    pub fn banned_until(&self, user: &str) -> Option<u64> {
+        let bans = self.bans.lock().unwrap_or_else(|e| e.into_inner());
+        bans.get(user)
+            .copied()
+            .filter(|until| *until > crate::util::unix_ms())
+    }
+
+    /// Closes `user`'s sessions on this node, each with an ERROR saying it was disconnected
+    /// by the server: how many.
+    pub fn disconnect_user(&self, user: &str) -> usize {
+        let sessions = self.broker.user_endpoints(user);
+        for session in &sessions {
+            session.kick();
+        }
+        sessions.len()
     }
 
     /// True when `key` is one of the tenant's API keys. Compares every key in full, so timing

@@ -379,3 +379,56 @@ async fn a_stream_and_a_webhook_both_take_each_message() {
     assert_eq!(streamed.len(), 2);
     assert_eq!(field(&streamed[1], "id"), hooked[1]["id"].as_str().unwrap());
 }
+
+#[tokio::test]
+async fn a_disconnect_event_says_why_the_session_ended() {
+    let receiver = WebhookReceiver::start(SECRET).await;
+    let node = TestNode::start(&webhook_config(
+        &receiver.url(),
+        "events = [\"connect\", \"disconnect\"]\n",
+    ))
+    .await;
+    let mut alice = tcp_user(&node, "alice").await;
+    let (status, _) = http_request(
+        node.http,
+        "DELETE",
+        "/api/v1/tenants/default/users/alice/sessions",
+        Some(API_KEY),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200);
+    alice.expect_error("disconnected by the server").await;
+    let mut bob = tcp_user(&node, "bob").await;
+    bob.send(
+        Frame::new(Command::Subscribe)
+            .header("destination", "/nowhere")
+            .header("id", "1"),
+    )
+    .await;
+    bob.expect_error("invalid destination").await;
+    let events = receiver.wait_items(4, WAIT).await;
+    let summary: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            (
+                format!(
+                    "{} {}",
+                    e["type"].as_str().unwrap(),
+                    e["user"].as_str().unwrap()
+                ),
+                e["reason"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("connect alice".to_string(), String::new()),
+            ("disconnect alice".to_string(), "disconnected".to_string()),
+            ("connect bob".to_string(), String::new()),
+            ("disconnect bob".to_string(), "protocol_error".to_string()),
+        ]
+    );
+    node.stop().await;
+}

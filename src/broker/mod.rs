@@ -166,7 +166,9 @@ impl Queue {
 
 #[derive(Debug, Default)]
 struct User {
-    sessions: usize,
+    /// The user's sessions here (their outboxes), so that they can be closed from outside
+    /// (the disconnect API).
+    sessions: Vec<Arc<Endpoint>>,
     dests: HashMap<String, SubList>,
 }
 
@@ -199,25 +201,26 @@ impl Broker {
     }
 
     /// Records a session of `user`; the first one is an interest change.
-    pub fn user_connected(&self, user: &str) -> Option<Interest> {
+    pub fn user_connected(&self, user: &str, session: &Arc<Endpoint>) -> Option<Interest> {
         let mut index = self.index();
         let entry = index.users.entry(user.to_string()).or_default();
-        entry.sessions += 1;
-        (entry.sessions == 1).then(|| Interest::User {
+        entry.sessions.push(session.clone());
+        (entry.sessions.len() == 1).then(|| Interest::User {
             user: user.to_string(),
             held: true,
         })
     }
 
     /// Forgets a session of `user`; the last one is an interest change.
-    pub fn user_disconnected(&self, user: &str) -> Option<Interest> {
+    pub fn user_disconnected(&self, user: &str, session: &Arc<Endpoint>) -> Option<Interest> {
         let mut index = self.index();
         let entry = index.users.get_mut(user)?;
-        if entry.sessions == 0 {
-            return None;
-        }
-        entry.sessions -= 1;
-        let last = entry.sessions == 0;
+        let at = entry
+            .sessions
+            .iter()
+            .position(|s| Arc::ptr_eq(s, session))?;
+        entry.sessions.swap_remove(at);
+        let last = entry.sessions.is_empty();
         if last && entry.dests.is_empty() {
             index.users.remove(user);
         }
@@ -232,9 +235,53 @@ impl Broker {
         self.index()
             .users
             .iter()
-            .filter(|(_, u)| u.sessions > 0)
+            .filter(|(_, u)| !u.sessions.is_empty())
             .map(|(name, _)| name.clone())
             .collect()
+    }
+
+    /// Up to `limit` users with sessions here whose names sort after `after`, in order (a
+    /// page of the presence API).
+    pub fn connected_users_after(&self, after: Option<&str>, limit: usize) -> Vec<String> {
+        let index = self.index();
+        let mut names: Vec<&String> = index
+            .users
+            .iter()
+            .filter(|(name, u)| !u.sessions.is_empty() && after.is_none_or(|a| name.as_str() > a))
+            .map(|(name, _)| name)
+            .collect();
+        if names.len() > limit {
+            names.select_nth_unstable(limit);
+            names.truncate(limit);
+        }
+        names.sort_unstable();
+        names.into_iter().cloned().collect()
+    }
+
+    /// The outboxes of `user`'s sessions here.
+    pub fn user_endpoints(&self, user: &str) -> Vec<Arc<Endpoint>> {
+        self.index()
+            .users
+            .get(user)
+            .map_or_else(Vec::new, |u| u.sessions.clone())
+    }
+
+    /// Subscriptions to `dest` here: a topic, a queue, or a user destination as clients
+    /// subscribe to it (`/user/queue/x`), summed over the users.
+    pub fn subscriber_count(&self, dest: &str) -> usize {
+        let index = self.index();
+        if let Some(inner) = dest.strip_prefix("/user") {
+            return index
+                .users
+                .values()
+                .filter_map(|u| u.dests.get(inner))
+                .map(|l| l.len())
+                .sum();
+        }
+        if dest.starts_with("/queue/") {
+            return index.queues.get(dest).map_or(0, |q| q.consumers.len());
+        }
+        index.topics.get(dest).map_or(0, |l| l.len())
     }
 
     /// Topics and queues with local subscribers (for re-subscribing after a reconnect).
@@ -270,7 +317,7 @@ impl Broker {
 
     /// Sessions `user` has on this node.
     pub fn user_sessions(&self, user: &str) -> usize {
-        self.index().users.get(user).map_or(0, |u| u.sessions)
+        self.index().users.get(user).map_or(0, |u| u.sessions.len())
     }
 
     /// Adds a subscription to the index. A new queue consumer first receives what the queue
@@ -335,7 +382,7 @@ impl Broker {
                             entry.dests.remove(dest);
                         }
                     }
-                    if entry.sessions == 0 && entry.dests.is_empty() {
+                    if entry.sessions.is_empty() && entry.dests.is_empty() {
                         index.users.remove(user);
                     }
                 }

@@ -46,6 +46,9 @@ pub struct Endpoint {
     pub attachment: Arc<Attachment>,
     /// How long it must stay after a stored frame for the frame to count as delivered.
     pub confirmation: Confirmation,
+    /// Signalled when the server closes the session from outside it (the disconnect API):
+    /// the connection's reader ends it with an ERROR that says so.
+    pub kicked: tokio::sync::Notify,
     next_seq: AtomicU64,
 }
 
@@ -61,8 +64,15 @@ impl Endpoint {
             feeds_streams: std::sync::atomic::AtomicBool::new(false),
             attachment: Arc::new(Attachment::default()),
             confirmation: DEFAULT_CONFIRMATION,
+            kicked: tokio::sync::Notify::new(),
             next_seq: AtomicU64::new(1),
         }
+    }
+
+    /// Asks the connection to close its session as disconnected by the server (a permit is
+    /// kept if its reader is busy, so the request is never lost).
+    pub fn kick(&self) {
+        self.kicked.notify_one();
     }
 
     /// This endpoint counting a stored frame as delivered once the connection stayed

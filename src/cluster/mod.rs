@@ -150,6 +150,12 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
         entries: Vec<Vec<(&'static str, Vec<u8>)>>,
         max_len: usize,
     ) -> Result<(), ClusterError>;
+    /// Asks every other live node `query` and gathers their replies within about a second;
+    /// nodes that did not reply in time are listed as missing. A single node has no others.
+    async fn ask_others(&self, query: &Query) -> Result<Replies, ClusterError>;
+    /// Records that `tenant`'s `user` may not connect until `until_ms` (ms since the epoch),
+    /// so that nodes joining later learn it too.
+    async fn ban(&self, tenant: &str, user: &str, until_ms: u64) -> Result<(), ClusterError>;
     /// True while the cluster can route (always, for a single node).
     fn is_ready(&self) -> bool;
     /// A short description for health output.
@@ -170,6 +176,75 @@ pub trait LocalNode: Send + Sync {
     /// The cluster connection was lost and is back (or Redis lost its data): messages sent
     /// to this node meanwhile may not have arrived, so stored ones are read again.
     fn resumed(&self);
+    /// Answers a question another node asked about what this node holds.
+    fn answer(&self, query: &Query) -> Reply;
+    /// `tenant`'s `user` may not connect until `until_ms` (read from the cluster on joining).
+    fn banned(&self, tenant: &str, user: &str, until_ms: u64);
+}
+
+/// A question every node answers about what it holds: the presence and disconnect APIs ask
+/// it of every node and add the replies up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "q", rename_all = "snake_case")]
+pub enum Query {
+    /// How many sessions `user` has on the node.
+    Sessions {
+        /// The tenant.
+        tenant: String,
+        /// The user.
+        user: String,
+    },
+    /// Users with sessions on the node: up to `limit` names sorting after `after`, in order.
+    Users {
+        /// The tenant.
+        tenant: String,
+        /// The last name of the page before.
+        after: Option<String>,
+        /// The page's size.
+        limit: usize,
+    },
+    /// How many subscriptions `dest` has on the node.
+    Subscribers {
+        /// The tenant.
+        tenant: String,
+        /// The destination as clients subscribe to it.
+        dest: String,
+    },
+    /// Close `user`'s sessions on the node (and refuse their CONNECTs until `until_ms`, when
+    /// it is later than now): how many were closed.
+    Disconnect {
+        /// The tenant.
+        tenant: String,
+        /// The user.
+        user: String,
+        /// Until when the user may not connect again (0: no ban).
+        until_ms: u64,
+    },
+}
+
+/// One node's reply to a [`Query`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "r", rename_all = "snake_case")]
+pub enum Reply {
+    /// A count (sessions, subscriptions, sessions closed).
+    Count {
+        /// The count.
+        n: usize,
+    },
+    /// A page of user names.
+    Users {
+        /// The names, in order.
+        names: Vec<String>,
+    },
+}
+
+/// What the other nodes replied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Replies {
+    /// Each node that replied, and its reply.
+    pub by_node: Vec<(String, Reply)>,
+    /// Live nodes that did not reply in time.
+    pub missing: Vec<String>,
 }
 
 /// What kind of destination an envelope is for.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Backplane, ClusterError, Forwarded, Holders, LocalNode};
+use super::{Backplane, ClusterError, Forwarded, Holders, LocalNode, Query, Replies};
 use crate::broker::{Content, Interest, Position};
 use crate::metrics::Sample;
 
@@ -64,6 +64,14 @@ impl Backplane for Standalone {
         Err(ClusterError::Unavailable(
             "this node runs without Redis, so it has no stream for the backend".into(),
         ))
+    }
+
+    async fn ask_others(&self, _: &Query) -> Result<Replies, ClusterError> {
+        Ok(Replies::default())
+    }
+
+    async fn ban(&self, _: &str, _: &str, _: u64) -> Result<(), ClusterError> {
+        Ok(())
     }
 
     fn is_ready(&self) -> bool {

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod demo;
+pub mod presence;
 pub mod publish;
 
 use std::sync::Arc;
@@ -51,6 +52,16 @@ pub fn router(node: Arc<Node>) -> Router {
         .route(
             "/api/v1/tenants/{tenant}/publish/batch",
             post(publish::publish_batch).layer(DefaultBodyLimit::max(node.server.max_batch_bytes)),
+        )
+        .route("/api/v1/tenants/{tenant}/users", get(presence::users))
+        .route("/api/v1/tenants/{tenant}/users/{user}", get(presence::user))
+        .route(
+            "/api/v1/tenants/{tenant}/users/{user}/sessions",
+            axum::routing::delete(presence::disconnect),
+        )
+        .route(
+            "/api/v1/tenants/{tenant}/destinations/{*destination}",
+            get(presence::destination),
         )
         .route(
             "/admin/v1/tenants/{tenant}/plugin",

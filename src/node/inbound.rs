@@ -9,7 +9,7 @@ use tracing::warn;
 
 use super::Node;
 use crate::broker::{Interest, Target};
-use crate::cluster::{Envelope, Kind, LocalNode};
+use crate::cluster::{Envelope, Kind, LocalNode, Query, Reply};
 use crate::metrics::DropReason;
 use crate::publish::{self, PublishError};
 
@@ -78,6 +78,19 @@ impl LocalNode for NodeInbound {
                 (t.id.clone(), interests)
             })
             .collect()
+    }
+
+    fn answer(&self, query: &Query) -> Reply {
+        match self.0.upgrade() {
+            Some(node) => node.answer_here(query),
+            None => Reply::Count { n: 0 },
+        }
+    }
+
+    fn banned(&self, tenant: &str, user: &str, until_ms: u64) {
+        if let Some(tenant) = self.0.upgrade().and_then(|n| n.tenant(tenant).cloned()) {
+            tenant.ban(user, until_ms);
+        }
     }
 
     fn resumed(&self) {

@@ -15,7 +15,7 @@ use crate::cluster::redis::queues::RedisQueues;
 use crate::cluster::redis::store::RedisHistory;
 use crate::cluster::redis::{RedisBackplane, RedisSettings, RedisTarget};
 use crate::cluster::standalone::Standalone;
-use crate::cluster::{Backplane, LocalNode};
+use crate::cluster::{Backplane, LocalNode, Query, Reply};
 use crate::config::{Config, HistoryConfig, ServerConfig, SockJsConfig, TenantConfig};
 use crate::history::memory::MemoryHistory;
 use crate::history::queue::QueueStore;
@@ -244,6 +244,39 @@ impl Node {
         }
         let local: Arc<dyn LocalNode> = Arc::new(inbound::NodeInbound(Arc::downgrade(self)));
         self.cluster.clone().start(local);
+    }
+
+    /// Answers `query` from what this node holds (the presence and disconnect APIs ask every
+    /// node this, this one directly).
+    pub fn answer_here(&self, query: &Query) -> Reply {
+        let count = |n| Reply::Count { n };
+        match query {
+            Query::Sessions { tenant, user } => count(
+                self.tenant(tenant)
+                    .map_or(0, |t| t.broker.user_sessions(user)),
+            ),
+            Query::Users {
+                tenant,
+                after,
+                limit,
+            } => Reply::Users {
+                names: self.tenant(tenant).map_or_else(Vec::new, |t| {
+                    t.broker.connected_users_after(after.as_deref(), *limit)
+                }),
+            },
+            Query::Subscribers { tenant, dest } => count(
+                self.tenant(tenant)
+                    .map_or(0, |t| t.broker.subscriber_count(dest)),
+            ),
+            Query::Disconnect {
+                tenant,
+                user,
+                until_ms,
+            } => count(self.tenant(tenant).map_or(0, |t| {
+                t.ban(user, *until_ms);
+                t.disconnect_user(user)
+            })),
+        }
     }
 
     /// Sends on what the tenants still hold for their backends (the sessions' last events

@@ -87,6 +87,11 @@ pub enum Fault {
     FrameTimeout(u64),
     /// The node is stopping.
     ShuttingDown,
+    /// The tenant's backend closed the user's sessions (the disconnect API).
+    Disconnected,
+    /// The user may not connect until then (ms since the epoch): a ban from the disconnect
+    /// API.
+    Banned(u64),
     /// The transport failed.
     Transport(String),
 }
@@ -126,6 +131,8 @@ impl Fault {
             Fault::ConnectTimeout(_) => "CONNECT timeout".into(),
             Fault::FrameTimeout(_) => "frame timeout".into(),
             Fault::ShuttingDown => "server shutting down".into(),
+            Fault::Disconnected => "disconnected by the server".into(),
+            Fault::Banned(_) => "user banned".into(),
             Fault::Transport(_) => "transport error".into(),
         }
     }
@@ -218,6 +225,15 @@ impl Fault {
             Fault::ShuttingDown => {
                 "the server is shutting down; reconnect to another node or later".into()
             }
+            Fault::Disconnected => {
+                "the application closed every session of this user (logout or suspension)".into()
+            }
+            Fault::Banned(until_ms) => format!(
+                "the application refuses this user's connections for {} more seconds",
+                until_ms
+                    .saturating_sub(crate::util::unix_ms())
+                    .div_ceil(1000)
+            ),
         }
     }
 
@@ -248,6 +264,8 @@ impl Fault {
             Fault::ConnectTimeout(_) => "connect_timeout",
             Fault::FrameTimeout(_) => "frame_timeout",
             Fault::ShuttingDown => "shutdown",
+            Fault::Disconnected => "disconnected",
+            Fault::Banned(_) => "banned",
             Fault::Transport(_) => "transport_error",
             Fault::NotAccepted(_) => "not_accepted",
             Fault::Upstream(_) => "upstream_refused",

@@ -378,6 +378,13 @@ impl Session {
             .await
             .map_err(Fault::Authentication)?;
 
+        if let Some(until) = principal
+            .user
+            .as_deref()
+            .and_then(|u| tenant.banned_until(u))
+        {
+            return Err(Fault::Banned(until));
+        }
         let [server_send, server_recv] = if version == Version::V1_0 {
             [0, 0]
         } else {
@@ -403,7 +410,7 @@ impl Session {
             .then(|| Duration::from_millis(in_ms).mul_f64(self.ctx.limits.heartbeat_tolerance));
 
         if let Some(user) = &principal.user {
-            tenant.user_connected(user);
+            tenant.user_connected(user, &self.endpoint);
         }
         let mut connected = Frame::new(Command::Connected)
             .header("version", version.as_str())
@@ -1051,7 +1058,7 @@ impl Session {
             self.drop_subscription(sub);
         }
         if let (Some(tenant), Some(user)) = (&self.tenant, &self.principal.user) {
-            tenant.user_disconnected(user);
+            tenant.user_disconnected(user, &self.endpoint);
         }
         if let Some(tenant) = &self.tenant {
             if tenant.upstream.wants(EventKind::Disconnect) {

@@ -803,6 +803,15 @@ impl Backplane for Held {
     ) -> Result<(), ClusterError> {
         Ok(())
     }
+    async fn ask_others(
+        &self,
+        _: &crate::cluster::Query,
+    ) -> Result<crate::cluster::Replies, ClusterError> {
+        Ok(Default::default())
+    }
+    async fn ban(&self, _: &str, _: &str, _: u64) -> Result<(), ClusterError> {
+        Ok(())
+    }
     fn is_ready(&self) -> bool {
         true
     }

@@ -37,6 +37,11 @@
 //!   Redis Cluster.
 //! - channel `sb:{tenant}:topic:{dest}`: a topic; subscribed only by nodes with subscribers;
 //!   sharded on a Redis Cluster.
+//! - channel `sb:ask`: a question to every node (the presence and disconnect APIs), JSON
+//!   `{"id", "from", "query"}`; classic, so every node hears it. Replies go to the asking
+//!   node's inbox as `{"answer": id, "node", "reply"}`.
+//! - `sb:{tenant}:bans`: sorted set, user → until when (ms) they may not connect (the
+//!   disconnect API's ban); read by a node as it announces itself.
 //! - channel `sb:presence`: "a user's presence changed" (`{tenant}\0{user}`), which drops that
 //!   entry from every node's presence cache; classic, so every node hears it.
 //!
@@ -48,6 +53,14 @@ use crate::broker::Interest;
 
 /// The sorted set of live nodes and their last heartbeat.
 pub const NODES: &str = "sb:nodes";
+
+/// The channel of questions to every node.
+pub const ASK_CHANNEL: &str = "sb:ask";
+
+/// A tenant's bans.
+pub fn bans(tenant: &str) -> String {
+    format!("sb:{{{tenant}}}:bans")
+}
 
 /// The channel of presence-change notices.
 pub const PRESENCE_CHANNEL: &str = "sb:presence";

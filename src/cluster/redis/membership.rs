@@ -198,7 +198,10 @@ impl Membership {
 
     /// The classic channels: presence notices and the seed-format ingress channels.
     fn classic_channels(&self) -> Vec<String> {
-        let mut channels = vec![keys::PRESENCE_CHANNEL.to_string()];
+        let mut channels = vec![
+            keys::PRESENCE_CHANNEL.to_string(),
+            keys::ASK_CHANNEL.to_string(),
+        ];
         channels.extend(self.bp.settings.ingress.iter().map(|(_, c)| c.clone()));
         channels
     }
@@ -323,6 +326,8 @@ impl Membership {
             }
             self.unannounced.clear();
             self.note_store(Some(&targets)).await;
+            let tenants: Vec<String> = self.local.holdings().into_iter().map(|(t, _)| t).collect();
+            bp.load_bans(&self.local, &tenants).await;
             bp.forget_presence();
             if self.joined {
                 bp.stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -401,6 +406,10 @@ impl Membership {
             }
             return;
         }
+        if channel == keys::ASK_CHANNEL.as_bytes() {
+            bp.answer_asked(&self.local, payload);
+            return;
+        }
         let ingress = bp
             .settings
             .ingress
@@ -432,6 +441,10 @@ impl Membership {
     /// Delivers the envelopes of a message on an inbox or topic channel (one, or a JSON array).
     fn deliver_envelopes(&self, channel: &[u8], payload: &[u8]) {
         let bp = &self.bp;
+        if payload.starts_with(super::asks::REPLY_START) {
+            bp.replied(payload);
+            return;
+        }
         let envelopes = if payload.first() == Some(&b'[') {
             serde_json::from_slice::<Vec<Envelope>>(payload)
         } else {

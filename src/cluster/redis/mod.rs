@@ -22,6 +22,7 @@
 //! it. Dead nodes' presence entries are ignored at once (the liveness filter) and removed
 //! lazily by whichever node notices them.
 
+mod asks;
 mod ingress;
 pub mod keys;
 mod membership;
@@ -47,7 +48,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-use super::{Backplane, ClusterError, Envelope, Forwarded, Holders, Kind, LocalNode};
+use super::{
+    Backplane, ClusterError, Envelope, Forwarded, Holders, Kind, LocalNode, Query, Replies,
+};
 use crate::broker::{Content, Interest, Position};
 use crate::metrics::Sample;
 use membership::Control;
@@ -195,6 +198,8 @@ pub struct RedisBackplane {
     /// this node reconnects, other nodes' heartbeats may be old only because Redis could not
     /// be reached, and they have one `node_ttl_ms` to beat again.
     prune_after_ms: AtomicU64,
+    /// Questions to the other nodes awaiting their replies (see [`asks`]).
+    waiting: asks::Waiting,
     tasks: TaskTracker,
     stop: CancellationToken,
     /// Counters.
@@ -232,6 +237,7 @@ impl RedisBackplane {
             queue_cursor: AtomicUsize::new(0),
             store_marks: Mutex::new(HashSet::new()),
             prune_after_ms: AtomicU64::new(0),
+            waiting: Default::default(),
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
             stats: ClusterStats::default(),
@@ -443,6 +449,14 @@ impl Backplane for RedisBackplane {
             reply?;
         }
         Ok(())
+    }
+
+    async fn ask_others(&self, query: &Query) -> Result<Replies, ClusterError> {
+        Ok(self.ask(query).await?)
+    }
+
+    async fn ban(&self, tenant: &str, user: &str, until_ms: u64) -> Result<(), ClusterError> {
+        Ok(self.record_ban(tenant, user, until_ms).await?)
     }
 
     fn is_ready(&self) -> bool {
