@@ -35,9 +35,12 @@ ensure_python() {
     fi
 }
 
-# tests/clients/.venv with tests/clients/requirements.txt.
+# tests/clients/.venv with tests/clients/requirements.txt (the test clients, schemathesis) and
+# examples/backend-python/requirements.txt (the example backend the tests run).
 ensure_python_clients() {
-    local req="$CLIENTS/requirements.txt" stamp="$VENV/.requirements.sha256"
+    local reqs=("$CLIENTS/requirements.txt" "$ROOT/examples/backend-python/requirements.txt")
+    local stamp="$VENV/.requirements.sha256" want
+    want="$(cat "${reqs[@]}" | sha256sum | cut -d' ' -f1)"
     if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
         log "tests/clients/.venv is broken (its Python moved?); recreating it"
         rm -rf "$VENV"
@@ -50,10 +53,11 @@ ensure_python_clients() {
             python3 -m venv "$VENV" || die "python3 -m venv fails even with python3-venv installed"
         fi
     fi
-    if [ "${FORCE_INSTALL:-0}" = 1 ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$(sha "$req")" ]; then
-        log "pip install -r tests/clients/requirements.txt"
-        "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$req"
-        sha "$req" >"$stamp"
+    if [ "${FORCE_INSTALL:-0}" = 1 ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+        log "pip install -r tests/clients/requirements.txt -r examples/backend-python/requirements.txt"
+        "$VENV/bin/python" -m pip install --disable-pip-version-check --no-input -q \
+            -r "${reqs[0]}" -r "${reqs[1]}"
+        echo "$want" >"$stamp"
     fi
 }
 
@@ -63,14 +67,18 @@ ensure_node() {
     have npm || apt_install npm
 }
 
-# tests/clients/node_modules from the committed package-lock.json.
+# node_modules of tests/clients (the test clients) and examples/backend-node (the example
+# backend the tests run), each from its committed package-lock.json.
 ensure_node_clients() {
-    local lock="$CLIENTS/package-lock.json" stamp="$CLIENTS/node_modules/.stompbox-lock.sha256"
-    if [ "${FORCE_INSTALL:-0}" = 1 ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$(sha "$lock")" ]; then
-        log "npm ci in tests/clients"
-        (cd "$CLIENTS" && npm ci --no-audit --no-fund --loglevel=error)
-        sha "$lock" >"$stamp"
-    fi
+    local dir lock stamp
+    for dir in "$CLIENTS" "$ROOT/examples/backend-node"; do
+        lock="$dir/package-lock.json" stamp="$dir/node_modules/.stompbox-lock.sha256"
+        if [ "${FORCE_INSTALL:-0}" = 1 ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$(sha "$lock")" ]; then
+            log "npm ci in ${dir#"$ROOT"/}"
+            (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+            sha "$lock" >"$stamp"
+        fi
+    done
 }
 
 # --- hooks for what later tests will need (not installed yet) ---------------------------------

@@ -169,3 +169,69 @@ fn sockjs_client_in_node() {
         ],
     );
 }
+
+/// The example backends (`examples/backend-node`, `examples/backend-python`) each answer a
+/// browser's SEND to `/app/echo` (sockjs-client + stompjs, the seed's client code): the node
+/// writes it to the tenant's stream, the backend reads it with a consumer group and replies
+/// through the publish API to the sender's `reply-to`: `tests/browser/app_echo.mjs`.
+#[test]
+fn the_example_backends_answer_a_browsers_send_to_app() {
+    require_tools();
+    let redis = Redis::start();
+    let node = NodeProcess::start(
+        "echo-node",
+        &redis,
+        &format!(
+            "[[tenants]]\nid = \"default\"\napi_keys = [\"{API_KEY}\"]\n[tenants.upstream]\nstream = true\n"
+        ),
+    );
+    let python = root().join("tests/clients/.venv/bin/python");
+    assert!(
+        python.exists()
+            && root()
+                .join("examples/backend-node/node_modules/redis")
+                .exists(),
+        "the example backends' packages are missing: run scripts/test.sh"
+    );
+    let backends: [(&str, std::process::Command); 2] = [
+        ("backend-node", {
+            let mut c = Command::new("node");
+            c.arg(root().join("examples/backend-node/backend.mjs"));
+            c
+        }),
+        ("backend-python", {
+            let mut c = Command::new(&python);
+            c.arg(root().join("examples/backend-python/backend.py"));
+            c
+        }),
+    ];
+    for (name, mut command) in backends {
+        command
+            .env("REDIS_URL", redis.url())
+            .env("STOMPBOX_URL", format!("http://{}", node.http))
+            .env("API_KEY", API_KEY)
+            .env("TENANT", "default");
+        let mut backend = stompbox_testkit::Process::spawn(
+            name,
+            command,
+            stompbox_testkit::Log::memory(),
+            stompbox_testkit::Log::memory(),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        run_script(
+            "app_echo.mjs",
+            &[
+                "--http".into(),
+                node.http.to_string(),
+                "--expect".into(),
+                "echo: hello from the browser".into(),
+            ],
+        );
+        assert!(
+            backend.try_wait().is_none(),
+            "{name} exited: {}",
+            backend.output()
+        );
+        backend.kill();
+    }
+}

@@ -53,6 +53,7 @@ pub fn router(node: Arc<Node>) -> Router {
             "/api/v1/tenants/{tenant}/publish/batch",
             post(publish::publish_batch).layer(DefaultBodyLimit::max(node.server.max_batch_bytes)),
         )
+        .route("/api/v1/openapi.json", get(openapi))
         .route("/api/v1/tenants/{tenant}/users", get(presence::users))
         .route("/api/v1/tenants/{tenant}/users/{user}", get(presence::user))
         .route(
@@ -144,6 +145,17 @@ async fn metrics(axum::extract::State(node): axum::extract::State<Arc<Node>>) ->
             "text/plain; version=0.0.4",
         )],
         node.metrics.render(&extra),
+    )
+        .into_response()
+}
+
+/// The OpenAPI 3.1 document of the HTTP API (`tests/openapi.rs` checks the node against it).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
     )
         .into_response()
 }
