@@ -23,6 +23,7 @@ mod storm;
 mod subscriber;
 mod suite;
 mod template;
+mod upstream;
 mod ws;
 
 use clap::{Parser, Subcommand};
@@ -47,6 +48,11 @@ enum Command {
     Storm(storm::StormOpts),
     /// Run the benchmark's scenarios (A B A B) and print one Markdown table.
     Suite(Box<suite::SuiteOpts>),
+    /// Clients SENDing to an application destination with receipts: how many the backend
+    /// side accepted per second, and the SEND→RECEIPT latency.
+    Upstream(upstream::UpstreamOpts),
+    /// A local webhook receiver that checks signatures and counts items.
+    WebhookSink(upstream::SinkOpts),
     /// Print free TCP ports on 127.0.0.1, one a line (for scripts that configure servers).
     FreePort {
         /// How many, all different.
@@ -77,6 +83,8 @@ fn main() -> anyhow::Result<()> {
         Command::NullBroker(opts) => null_broker::main(opts),
         Command::Storm(opts) => storm::main(opts),
         Command::Suite(opts) => suite::main(*opts),
+        Command::Upstream(opts) => upstream::main(opts),
+        Command::WebhookSink(opts) => upstream::sink(opts),
         Command::FreePort { count } => {
             // Held open together, so the kernel hands out different ones.
             let listeners = (0..count)
