@@ -5,6 +5,7 @@
 # Every accepted message is accounted for: the stream's length, or the receiver's item count,
 # must reach the number of RECEIPTs.
 #   scripts/upstream-bench.sh [--clients N] [--window W] [--seconds S] [--rounds R]
+# BATCH_MAX=N sets the tenant's upstream.batch_max (100 by default).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,7 +39,8 @@ cleanup() {
 trap cleanup EXIT
 ulimit -n 20000 2>/dev/null || true
 
-read -r REDIS_PORT HTTP_PORT STOMP_PORT < <("$BIN/stompbox-bench" free-port --count 3 | tr '\n' ' ')
+mapfile -t PORTS < <("$BIN/stompbox-bench" free-port --count 3)
+REDIS_PORT=${PORTS[0]} HTTP_PORT=${PORTS[1]} STOMP_PORT=${PORTS[2]}
 redis-server --port "$REDIS_PORT" --save '' --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 &
 PIDS+=($!)
 SECRET=bench-webhook-secret-0123
@@ -51,7 +53,8 @@ SINK="$(sed -n 's/^listening //p' "$WORK/sink.log")"
 node() {
     local mode="$1" upstream
     if [ "$mode" = stream ]; then
-        upstream='stream = true'
+        upstream='stream = true
+stream_max_len = 100000000'
     else
         upstream="webhook_url = \"http://$SINK/hook\"
 webhook_secret = \"$SECRET\""
@@ -62,6 +65,7 @@ max_connections = 20000
 [[tenants]]
 id = "default"
 [tenants.upstream]
+batch_max = ${BATCH_MAX:-100}
 $upstream
 TOML
     RUST_LOG=warn "$BIN/stompbox" serve --config "$WORK/$mode.toml" --http "127.0.0.1:$HTTP_PORT" \
