@@ -21,8 +21,16 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Fails (never skips) when Chromium or the npm packages are not installed.
-fn require_tools() {
+/// One browser test at a time: each drives Chromium and node processes, and the reload test
+/// times its faults against the nodes' delivery confirmation (50 ms), which a machine busy
+/// with a second Chromium can stretch.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Fails (never skips) when Chromium or the npm packages are not installed; holds the other
+/// browser tests off until the caller is done.
+#[must_use]
+fn require_tools() -> std::sync::MutexGuard<'static, ()> {
+    let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for (path, what) in [
         (PathBuf::from("/usr/bin/chromium"), "Chromium"),
         (
@@ -40,6 +48,7 @@ fn require_tools() {
             path.display()
         );
     }
+    turn
 }
 
 fn config() -> String {
@@ -105,7 +114,7 @@ fn start_pair() -> (Redis, NodeProcess, NodeProcess) {
 
 #[test]
 fn chromium_clients_over_sockjs_and_websocket() {
-    require_tools();
+    let _turn = require_tools();
     let (_redis, a, b) = start_pair();
     // Let each node see the other in the cluster before the cross-node cases.
     std::thread::sleep(Duration::from_millis(500));
@@ -126,7 +135,7 @@ fn chromium_clients_over_sockjs_and_websocket() {
 /// reloads and the death of its node, per client case: `tests/browser/reload.mjs`.
 #[test]
 fn a_page_loses_nothing_through_reloads_and_its_node_killed() {
-    require_tools();
+    let _turn = require_tools();
     let redis = Redis::start();
     // One node per case (each is killed in its case), and one that publishes and takes the
     // last page over.
@@ -156,7 +165,7 @@ fn a_page_loses_nothing_through_reloads_and_its_node_killed() {
 
 #[test]
 fn sockjs_client_in_node() {
-    require_tools();
+    let _turn = require_tools();
     let redis = Redis::start();
     let node = NodeProcess::start("browser-node", &redis, &config());
     run_script(
@@ -176,7 +185,7 @@ fn sockjs_client_in_node() {
 /// through the publish API to the sender's `reply-to`: `tests/browser/app_echo.mjs`.
 #[test]
 fn the_example_backends_answer_a_browsers_send_to_app() {
-    require_tools();
+    let _turn = require_tools();
     let redis = Redis::start();
     let node = NodeProcess::start(
         "echo-node",
