@@ -28,7 +28,6 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Fails (never skips) when Chromium or the npm packages are not installed; holds the other
 /// browser tests off until the caller is done.
-#[must_use]
 fn require_tools() -> std::sync::MutexGuard<'static, ()> {
     let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     for (path, what) in [

@@ -138,26 +138,21 @@ async fn publish_all(opts: &Arc<StormOpts>) -> anyhow::Result<()> {
                     conn.write_all(&out).await?;
                     let mut answered = 0;
                     while answered < chunk.len() {
-                        loop {
-                            match http::parse_response(&buf)? {
-                                Some(response) => {
-                                    if response.status != 202
-                                        || !contains(response.body, b"\"stored\":true")
-                                    {
-                                        bail!(
-                                            "publish answered {} {}",
-                                            response.status,
-                                            String::from_utf8_lossy(response.body)
-                                        );
-                                    }
-                                    let len = response.len;
-                                    buf.drain(..len);
-                                    answered += 1;
-                                    if answered == chunk.len() {
-                                        break;
-                                    }
-                                }
-                                None => break,
+                        while let Some(response) = http::parse_response(&buf)? {
+                            if response.status != 202
+                                || !contains(response.body, b"\"stored\":true")
+                            {
+                                bail!(
+                                    "publish answered {} {}",
+                                    response.status,
+                                    String::from_utf8_lossy(response.body)
+                                );
+                            }
+                            let len = response.len;
+                            buf.drain(..len);
+                            answered += 1;
+                            if answered == chunk.len() {
+                                break;
                             }
                         }
                         if answered < chunk.len() {

@@ -141,13 +141,13 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
         dest: &str,
         content: &Content,
     ) -> Result<Forwarded, ClusterError>;
-    /// Appends `entries` (each an entry's fields) to the Redis stream `key`, which keeps about
-    /// `max_len` entries: a tenant's stream for its backends. Fails when Redis did not take
-    /// them all, and always on a node without Redis.
+    /// Appends `entries` to the Redis stream `key`, which keeps about `max_len` entries: a
+    /// tenant's stream for its backends. Fails when Redis did not take them all, and always
+    /// on a node without Redis.
     async fn append_stream(
         &self,
         key: &str,
-        entries: Vec<Vec<(&'static str, Vec<u8>)>>,
+        entries: &[&(dyn StreamEntry + Sync)],
         max_len: usize,
     ) -> Result<(), ClusterError>;
     /// Asks every other live node `query` and gathers their replies within about a second;
@@ -162,6 +162,13 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     fn describe(&self) -> serde_json::Value;
     /// The backplane's own counters and gauges for `/metrics`.
     fn metrics(&self) -> Vec<Sample>;
+}
+
+/// One entry of a stream for a tenant's backends: it writes its fields straight into the
+/// command that appends it, so that an entry is not built twice on its way to Redis.
+pub trait StreamEntry {
+    /// Calls `field` with each field's name and value, in order.
+    fn write_fields(&self, field: &mut dyn FnMut(&str, &[u8]));
 }
 
 /// This node, as the backplane calls it: where messages from other nodes are delivered.

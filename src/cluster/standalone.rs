@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{Backplane, ClusterError, Forwarded, Holders, LocalNode, Query, Replies};
+use super::{Backplane, ClusterError, Forwarded, Holders, LocalNode, Query, Replies, StreamEntry};
 use crate::broker::{Content, Interest, Position};
 use crate::metrics::Sample;
 
@@ -58,7 +58,7 @@ impl Backplane for Standalone {
     async fn append_stream(
         &self,
         _: &str,
-        _: Vec<Vec<(&'static str, Vec<u8>)>>,
+        _: &[&(dyn StreamEntry + Sync)],
         _: usize,
     ) -> Result<(), ClusterError> {
         Err(ClusterError::Unavailable(

@@ -798,7 +798,7 @@ impl Backplane for Held {
     async fn append_stream(
         &self,
         _: &str,
-        _: Vec<Vec<(&'static str, Vec<u8>)>>,
+        _: &[&(dyn crate::cluster::StreamEntry + Sync)],
         _: usize,
     ) -> Result<(), ClusterError> {
         Ok(())

@@ -5,6 +5,8 @@
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+use crate::cluster::StreamEntry;
+
 /// What an item is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ItemKind {
@@ -112,28 +114,51 @@ impl Item {
         object
     }
 
-    /// The item as the fields of a stream entry: the JSON object's names, `headers` as a JSON
-    /// text and `body` as its bytes (Redis values hold any bytes).
-    pub fn stream_fields(&self) -> Vec<(&'static str, Vec<u8>)> {
-        let mut fields: Vec<(&'static str, Vec<u8>)> = vec![
-            ("type", self.kind.as_str().into()),
-            ("id", self.id.clone().into_bytes()),
-            ("time", self.time_ms.to_string().into_bytes()),
-            ("tenant", self.tenant.clone().into_bytes()),
-            ("node", self.node.clone().into_bytes()),
-            ("session", self.session.clone().into_bytes()),
-        ];
+    /// The item as the fields of a stream entry (see [`StreamEntry`]), collected.
+    pub fn stream_fields(&self) -> Vec<(String, Vec<u8>)> {
+        let mut fields = Vec::new();
+        self.write_fields(&mut |name, value| fields.push((name.to_string(), value.to_vec())));
+        fields
+    }
+
+    /// The headers as a JSON object's text, written into `out`.
+    fn write_headers_json(&self, out: &mut String) {
+        out.push('{');
+        for (i, (name, value)) in self.headers.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            // A JSON string of each: serde's escaping, without building a map first.
+            out.push_str(&serde_json::to_string(name).unwrap_or_default());
+            out.push(':');
+            out.push_str(&serde_json::to_string(value).unwrap_or_default());
+        }
+        out.push('}');
+    }
+}
+
+/// The item as the fields of a stream entry: the JSON object's names, `headers` as a JSON text
+/// and `body` as its bytes (Redis values hold any bytes). Written straight into the command.
+impl StreamEntry for Item {
+    fn write_fields(&self, field: &mut dyn FnMut(&str, &[u8])) {
+        field("type", self.kind.as_str().as_bytes());
+        field("id", self.id.as_bytes());
+        field("time", self.time_ms.to_string().as_bytes());
+        field("tenant", self.tenant.as_bytes());
+        field("node", self.node.as_bytes());
+        field("session", self.session.as_bytes());
         if let Some(user) = &self.user {
-            fields.push(("user", user.clone().into_bytes()));
+            field("user", user.as_bytes());
         }
         for (name, value) in &self.fields {
-            fields.push((name, value.clone().into_bytes()));
+            field(name, value.as_bytes());
         }
         if self.kind == ItemKind::Message {
-            fields.push(("headers", self.headers_json().to_string().into_bytes()));
-            fields.push(("body", self.body.clone().unwrap_or_default().to_vec()));
+            let mut headers = String::with_capacity(64);
+            self.write_headers_json(&mut headers);
+            field("headers", headers.as_bytes());
+            field("body", self.body.as_deref().unwrap_or_default());
         }
-        fields
     }
 }
 
@@ -166,7 +191,7 @@ mod tests {
         assert_eq!(json["headers"]["reply-to"], "/user/queue/replies");
         assert_eq!(json["body"], "hi");
         let fields = item.stream_fields();
-        let get = |name: &str| fields.iter().find(|(n, _)| *n == name).unwrap().1.clone();
+        let get = |name: &str| fields.iter().find(|(n, _)| n == name).unwrap().1.clone();
         assert_eq!(get("destination"), b"/app/echo");
         assert_eq!(get("body"), b"hi");
         let headers: Value = serde_json::from_slice(&get("headers")).unwrap();

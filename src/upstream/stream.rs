@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use super::item::Item;
 use super::outlet::{Refusal, Sink};
-use crate::cluster::Backplane;
+use crate::cluster::{Backplane, StreamEntry};
 
 /// Tries of a failed append after the first (about 1.5 s with backoff: a Redis reconnect or
 /// a failover's promotion).
@@ -45,9 +45,12 @@ impl Sink for Stream {
     }
 
     async fn deliver(&self, items: &[Arc<Item>]) -> Result<(), Refusal> {
-        let entries = items.iter().map(|i| i.stream_fields()).collect();
+        let entries: Vec<&(dyn StreamEntry + Sync)> = items
+            .iter()
+            .map(|i| &**i as &(dyn StreamEntry + Sync))
+            .collect();
         self.cluster
-            .append_stream(&self.key, entries, self.max_len)
+            .append_stream(&self.key, &entries, self.max_len)
             .await
             .map_err(|e| Refusal::Transient(format!("stream {}: {e}", self.key)))
     }

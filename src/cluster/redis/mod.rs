@@ -50,6 +50,7 @@ use tracing::warn;
 
 use super::{
     Backplane, ClusterError, Envelope, Forwarded, Holders, Kind, LocalNode, Query, Replies,
+    StreamEntry,
 };
 use crate::broker::{Content, Interest, Position};
 use crate::metrics::Sample;
@@ -423,17 +424,17 @@ impl Backplane for RedisBackplane {
     async fn append_stream(
         &self,
         key: &str,
-        entries: Vec<Vec<(&'static str, Vec<u8>)>>,
+        entries: &[&(dyn StreamEntry + Sync)],
         max_len: usize,
     ) -> Result<(), ClusterError> {
         let calls = entries
-            .into_iter()
-            .map(|fields| {
+            .iter()
+            .map(|entry| {
                 let mut xadd = redis::cmd("XADD");
                 xadd.arg(key).arg("MAXLEN").arg("~").arg(max_len).arg("*");
-                for (name, value) in fields {
+                entry.write_fields(&mut |name, value| {
                     xadd.arg(name).arg(value);
-                }
+                });
                 Routed::key(key, xadd)
             })
             .collect();
