@@ -24,6 +24,19 @@ async fn user_on(node: &NodeProcess, user: &str) -> Client {
     client
 }
 
+/// A CONNECT as `user` on `node` that gets an ERROR saying `why`.
+async fn refused(node: &NodeProcess, user: &str, why: &str) {
+    let mut client = Client::tcp(node.stomp).await;
+    client
+        .send(
+            stompbox::stomp::Frame::new(Command::Connect)
+                .header("accept-version", "1.2")
+                .header("userid", user),
+        )
+        .await;
+    client.expect_error(why).await;
+}
+
 /// Presence and subscriber counts asked of either node add up both nodes' sessions.
 async fn presence_is_cluster_wide(backend: Backend) {
     let a = NodeProcess::start("node-a", &backend, &config());
@@ -126,26 +139,11 @@ async fn disconnect_closes_every_session_and_a_ban_holds(backend: Backend) {
     // Bob stays.
     bob.send_to("/topic/x", "still here").await;
 
-    let mut again = Client::tcp(b.stomp).await;
-    again
-        .send(
-            stompbox::stomp::Frame::new(Command::Connect)
-                .header("accept-version", "1.2")
-                .header("userid", "alice"),
-        )
-        .await;
-    again.expect_error("user banned").await;
+    refused(&b, "alice", "user banned").await;
     // A node that joins during the ban learns it from Redis.
     let c = NodeProcess::start("node-c", &backend, &config());
     await_ready(&c).await;
-    let mut on_c = Client::tcp(c.stomp).await;
-    on_c.send(
-        stompbox::stomp::Frame::new(Command::Connect)
-            .header("accept-version", "1.2")
-            .header("userid", "alice"),
-    )
-    .await;
-    on_c.expect_error("user banned").await;
+    refused(&c, "alice", "user banned").await;
 
     tokio::time::sleep(Duration::from_millis(3200)).await;
     let _back = user_on(&b, "alice").await;

@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::Refused;
 use crate::node::Node;
 use crate::plugin::Installed;
 use crate::tenant::Tenant;
@@ -18,34 +19,25 @@ use crate::web::{body_error, json_error};
 /// Largest plugin upload.
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
 
-/// An admin request refused before it reached the tenant.
-struct Refusal(StatusCode, String);
-
-impl IntoResponse for Refusal {
-    fn into_response(self) -> Response {
-        json_error(self.0, &self.1)
-    }
-}
-
-fn authorize(node: &Node, headers: &HeaderMap, tenant_id: &str) -> Result<Arc<Tenant>, Refusal> {
+fn authorize(node: &Node, headers: &HeaderMap, tenant_id: &str) -> Result<Arc<Tenant>, Refused> {
     let Some(token) = node.server.admin_token.as_deref() else {
-        return Err(Refusal(
+        return Err(Refused::new(
             StatusCode::FORBIDDEN,
-            "the admin API is disabled: start the node with --admin-token or set server.admin_token".into(),
+            "the admin API is disabled: start the node with --admin-token or set server.admin_token",
         ));
     };
     let ok = crate::web::bearer(headers)
         .is_some_and(|given| crate::util::constant_time_eq(given.as_bytes(), token.as_bytes()));
     if !ok {
-        return Err(Refusal(
+        return Err(Refused::new(
             StatusCode::UNAUTHORIZED,
-            "missing or invalid 'Authorization: Bearer <admin token>'".into(),
+            "missing or invalid 'Authorization: Bearer <admin token>'",
         ));
     }
     node.tenant(tenant_id).cloned().ok_or_else(|| {
-        Refusal(
+        Refused::new(
             StatusCode::NOT_FOUND,
-            format!("unknown tenant '{tenant_id}'"),
+            &format!("unknown tenant '{tenant_id}'"),
         )
     })
 }

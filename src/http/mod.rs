@@ -17,8 +17,64 @@ use serde_json::json;
 
 use crate::metrics::Sample;
 use crate::node::Node;
+use crate::tenant::Tenant;
 use crate::transport::{sockjs, ws};
 use crate::web::json_error;
+
+/// A request refused before its handler did its work: the JSON error answer, boxed so that
+/// a handler's `Result` stays small.
+pub struct Refused(Box<Response>);
+
+impl Refused {
+    /// A JSON error `{"error": message}` with `status`.
+    pub fn new(status: StatusCode, message: &str) -> Refused {
+        Refused(Box::new(json_error(status, message)))
+    }
+}
+
+impl From<Response> for Refused {
+    fn from(answer: Response) -> Refused {
+        Refused(Box::new(answer))
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+/// The tenant named in the path, when the request carries one of its API keys; else the
+/// answer that says what is wrong (404, or 401 with `WWW-Authenticate`).
+pub fn api_tenant(
+    node: &Node,
+    tenant_id: &str,
+    headers: &axum::http::HeaderMap,
+) -> Result<Arc<Tenant>, Refused> {
+    let Some(tenant) = node.tenant(tenant_id).cloned() else {
+        return Err(Refused::new(
+            StatusCode::NOT_FOUND,
+            &format!("unknown tenant '{tenant_id}'"),
+        ));
+    };
+    let key = crate::web::bearer(headers);
+    if key.is_some_and(|k| tenant.accepts_api_key(k)) {
+        return Ok(tenant);
+    }
+    let message = if !tenant.has_api_keys() {
+        format!("tenant '{tenant_id}' has no API keys configured; set api_keys in its config or start the node with --api-key")
+    } else if key.is_none() {
+        "missing 'Authorization: Bearer <API key>' header".to_string()
+    } else {
+        "invalid API key".to_string()
+    };
+    let mut response = json_error(StatusCode::UNAUTHORIZED, &message);
+    response.headers_mut().insert(
+        axum::http::header::WWW_AUTHENTICATE,
+        "Bearer".parse().expect("static header"),
+    );
+    Err(response.into())
+}
 
 /// The largest publish body read: a message of at most a frame, plus room for JSON quoting.
 fn publish_body_limit(node: &Node) -> usize {

@@ -20,10 +20,9 @@ use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::publish::authorized;
+use super::{api_tenant, Refused};
 use crate::cluster::{Query, Replies, Reply};
 use crate::node::Node;
-use crate::web::json_error;
 
 /// Users in one page unless asked otherwise, and at most.
 const DEFAULT_PAGE: usize = 100;
@@ -32,10 +31,10 @@ const MAX_PAGE: usize = 1000;
 const MAX_BAN_SECONDS: u64 = 30 * 24 * 3600;
 
 /// Asks every node: this one's reply first, then the others'.
-async fn ask_all(node: &Node, query: Query) -> Result<Replies, Response> {
+async fn ask_all(node: &Node, query: Query) -> Result<Replies, Refused> {
     let here = node.answer_here(&query);
     let mut replies = node.cluster.ask_others(&query).await.map_err(|e| {
-        json_error(
+        Refused::new(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("the other nodes could not be asked: {e}"),
         )
@@ -58,39 +57,27 @@ fn counts(replies: &Replies, name: &str) -> (usize, Vec<Value>) {
     (total, nodes)
 }
 
-macro_rules! tenant_or_answer {
-    ($node:expr, $tenant:expr, $headers:expr) => {
-        match authorized(&$node, &$tenant, &$headers) {
-            Ok(tenant) => tenant,
-            Err(answer) => return *answer,
-        }
-    };
-}
-
 /// `GET .../users/{user}`: whether the user is online, with how many sessions on which nodes.
 pub async fn user(
     State(node): State<Arc<Node>>,
     Path((tenant_id, user)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Response {
-    let tenant = tenant_or_answer!(node, tenant_id, headers);
+) -> Result<Response, Refused> {
+    let tenant = api_tenant(&node, &tenant_id, &headers)?;
     let query = Query::Sessions {
         tenant: tenant.id.clone(),
         user: user.clone(),
     };
-    let replies = match ask_all(&node, query).await {
-        Ok(replies) => replies,
-        Err(answer) => return answer,
-    };
+    let replies = ask_all(&node, query).await?;
     let (sessions, nodes) = counts(&replies, "sessions");
-    Json(json!({
+    Ok(Json(json!({
         "user": user,
         "online": sessions > 0,
         "sessions": sessions,
         "nodes": nodes,
         "unanswered": replies.missing,
     }))
-    .into_response()
+    .into_response())
 }
 
 /// The query string of the users list.
@@ -106,20 +93,20 @@ pub async fn users(
     Path(tenant_id): Path<String>,
     headers: HeaderMap,
     page: Result<QueryString<Page>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let tenant = tenant_or_answer!(node, tenant_id, headers);
+) -> Result<Response, Refused> {
+    let tenant = api_tenant(&node, &tenant_id, &headers)?;
     let Ok(QueryString(page)) = page else {
-        return json_error(
+        return Err(Refused::new(
             StatusCode::BAD_REQUEST,
             "the query string takes cursor (from next_cursor) and limit (1 to 1000)",
-        );
+        ));
     };
     let limit = page.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return json_error(
+        return Err(Refused::new(
             StatusCode::BAD_REQUEST,
             &format!("limit must be between 1 and {MAX_PAGE}, got {limit}"),
-        );
+        ));
     }
     let after = match page.cursor.as_deref().filter(|c| !c.is_empty()) {
         None => None,
@@ -130,10 +117,10 @@ pub async fn users(
         {
             Some(name) => Some(name),
             None => {
-                return json_error(
+                return Err(Refused::new(
                     StatusCode::BAD_REQUEST,
                     "cursor is not one this API gave (use next_cursor as it came)",
-                )
+                ))
             }
         },
     };
@@ -142,10 +129,7 @@ pub async fn users(
         after,
         limit,
     };
-    let replies = match ask_all(&node, query).await {
-        Ok(replies) => replies,
-        Err(answer) => return answer,
-    };
+    let replies = ask_all(&node, query).await?;
     let mut union = BTreeSet::new();
     for (_, reply) in &replies.by_node {
         if let Reply::Users { names } = reply {
@@ -156,12 +140,12 @@ pub async fn users(
     let next = (page.len() == limit).then(|| {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(page[limit - 1].as_bytes())
     });
-    Json(json!({
+    Ok(Json(json!({
         "users": page,
         "next_cursor": next,
         "unanswered": replies.missing,
     }))
-    .into_response()
+    .into_response())
 }
 
 /// `GET .../destinations/{destination}`: subscriptions to a destination, cluster-wide. The
@@ -171,8 +155,8 @@ pub async fn destination(
     State(node): State<Arc<Node>>,
     Path((tenant_id, dest)): Path<(String, String)>,
     headers: HeaderMap,
-) -> Response {
-    let tenant = tenant_or_answer!(node, tenant_id, headers);
+) -> Result<Response, Refused> {
+    let tenant = api_tenant(&node, &tenant_id, &headers)?;
     let dest = if dest.starts_with('/') {
         dest
     } else {
@@ -182,27 +166,24 @@ pub async fn destination(
         .iter()
         .any(|p| dest.starts_with(p) && dest.len() > p.len());
     if !known {
-        return json_error(
+        return Err(Refused::new(
             StatusCode::BAD_REQUEST,
             &format!("'{dest}' is not a destination clients subscribe to: /topic/..., /queue/... or /user/queue/..."),
-        );
+        ));
     }
     let query = Query::Subscribers {
         tenant: tenant.id.clone(),
         dest: dest.clone(),
     };
-    let replies = match ask_all(&node, query).await {
-        Ok(replies) => replies,
-        Err(answer) => return answer,
-    };
+    let replies = ask_all(&node, query).await?;
     let (subscribers, nodes) = counts(&replies, "subscribers");
-    Json(json!({
+    Ok(Json(json!({
         "destination": dest,
         "subscribers": subscribers,
         "nodes": nodes,
         "unanswered": replies.missing,
     }))
-    .into_response()
+    .into_response())
 }
 
 /// The query string of a disconnect.
@@ -219,20 +200,20 @@ pub async fn disconnect(
     Path((tenant_id, user)): Path<(String, String)>,
     headers: HeaderMap,
     ban: Result<QueryString<Ban>, axum::extract::rejection::QueryRejection>,
-) -> Response {
-    let tenant = tenant_or_answer!(node, tenant_id, headers);
+) -> Result<Response, Refused> {
+    let tenant = api_tenant(&node, &tenant_id, &headers)?;
     let Ok(QueryString(ban)) = ban else {
-        return json_error(
+        return Err(Refused::new(
             StatusCode::BAD_REQUEST,
             "ban_seconds must be a whole number of seconds",
-        );
+        ));
     };
     let seconds = ban.ban_seconds.unwrap_or(0);
     if seconds > MAX_BAN_SECONDS {
-        return json_error(
+        return Err(Refused::new(
             StatusCode::BAD_REQUEST,
             &format!("ban_seconds must be at most {MAX_BAN_SECONDS} (30 days)"),
-        );
+        ));
     }
     let until_ms = if seconds > 0 {
         crate::util::unix_ms() + seconds * 1000
@@ -242,10 +223,10 @@ pub async fn disconnect(
     if until_ms > 0 {
         // Written first, so that a node joining meanwhile learns it too.
         if let Err(e) = node.cluster.ban(&tenant.id, &user, until_ms).await {
-            return json_error(
+            return Err(Refused::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!("the ban could not be recorded, so nothing was closed: {e}"),
-            );
+            ));
         }
     }
     let query = Query::Disconnect {
@@ -253,17 +234,14 @@ pub async fn disconnect(
         user: user.clone(),
         until_ms,
     };
-    let replies = match ask_all(&node, query).await {
-        Ok(replies) => replies,
-        Err(answer) => return answer,
-    };
+    let replies = ask_all(&node, query).await?;
     let (closed, nodes) = counts(&replies, "closed");
-    Json(json!({
+    Ok(Json(json!({
         "user": user,
         "closed": closed,
         "nodes": nodes,
         "banned_until": (until_ms > 0).then_some(until_ms),
         "unanswered": replies.missing,
     }))
-    .into_response()
+    .into_response())
 }

@@ -21,11 +21,12 @@ use axum::Json;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+use super::{api_tenant, Refused};
 use crate::broker::destination::Target;
 use crate::node::Node;
 use crate::publish::{self, PublishError};
 use crate::tenant::{Delivery, Tenant};
-use crate::web::{body_error, json_error};
+use crate::web::body_error;
 
 /// The status code for a refused publish.
 fn status(error: &PublishError) -> StatusCode {
@@ -37,38 +38,6 @@ fn status(error: &PublishError) -> StatusCode {
         | PublishError::Refused(_)
         | PublishError::ClusterUnavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
-}
-
-/// The tenant named in the path, when the request carries one of its API keys; else the
-/// answer that says what is wrong (404, or 401 with `WWW-Authenticate`).
-pub fn authorized(
-    node: &Node,
-    tenant_id: &str,
-    headers: &HeaderMap,
-) -> Result<Arc<Tenant>, Box<Response>> {
-    let Some(tenant) = node.tenant(tenant_id).cloned() else {
-        return Err(Box::new(json_error(
-            StatusCode::NOT_FOUND,
-            &format!("unknown tenant '{tenant_id}'"),
-        )));
-    };
-    let key = crate::web::bearer(headers);
-    if key.is_some_and(|k| tenant.accepts_api_key(k)) {
-        return Ok(tenant);
-    }
-    let message = if !tenant.has_api_keys() {
-        format!("tenant '{tenant_id}' has no API keys configured; set api_keys in its config or start the node with --api-key")
-    } else if key.is_none() {
-        "missing 'Authorization: Bearer <API key>' header".to_string()
-    } else {
-        "invalid API key".to_string()
-    };
-    let mut response = json_error(StatusCode::UNAUTHORIZED, &message);
-    response.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        "Bearer".parse().expect("static header"),
-    );
-    Err(Box::new(response))
 }
 
 /// The 202 answer's body for a message routed as `d`.
@@ -112,17 +81,11 @@ pub async fn publish(
     Path(tenant_id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return body_error(rejection, super::publish_body_limit(&node)),
-    };
-    let tenant = match authorized(&node, &tenant_id, &headers) {
-        Ok(tenant) => tenant,
-        Err(answer) => return *answer,
-    };
+) -> Result<Response, Refused> {
+    let body = body.map_err(|r| body_error(r, super::publish_body_limit(&node)))?;
+    let tenant = api_tenant(&node, &tenant_id, &headers)?;
     let (status, answer) = publish_one(&node, &tenant, &body).await;
-    (status, Json(answer)).into_response()
+    Ok((status, Json(answer)).into_response())
 }
 
 /// Batches routed at once at most: groups of one receiver's messages in flight together.
@@ -161,15 +124,9 @@ pub async fn publish_batch(
     Path(tenant_id): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let body = match body {
-        Ok(body) => body,
-        Err(rejection) => return body_error(rejection, node.server.max_batch_bytes),
-    };
-    let tenant = match authorized(&node, &tenant_id, &headers) {
-        Ok(tenant) => tenant,
-        Err(answer) => return *answer,
-    };
+) -> Result<Response, Refused> {
+    let body = body.map_err(|r| body_error(r, node.server.max_batch_bytes))?;
+    let tenant = api_tenant(&node, &tenant_id, &headers)?;
     let ndjson = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -188,22 +145,22 @@ pub async fn publish_batch(
                 .map(|raw| Bytes::copy_from_slice(raw.get().as_bytes()))
                 .collect(),
             Err(e) => {
-                return json_error(
+                return Err(Refused::new(
                     StatusCode::BAD_REQUEST,
                     &format!("a batch is a JSON array of publish bodies (or NDJSON with Content-Type: application/x-ndjson): {e}"),
-                )
+                ))
             }
         }
     };
     let max = node.server.max_batch_messages;
     if messages.len() > max {
-        return json_error(
+        return Err(Refused::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!(
                 "the batch has {} messages; at most {max} are allowed (server.max_batch_messages)",
                 messages.len()
             ),
-        );
+        ));
     }
     let results = route_batch(&node, &tenant, &messages).await;
     let accepted = results
@@ -223,14 +180,14 @@ pub async fn publish_batch(
             text.push_str(&result.to_string());
             text.push('\n');
         }
-        return ([(header::CONTENT_TYPE, "application/x-ndjson")], text).into_response();
+        return Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], text).into_response());
     }
-    Json(json!({
+    Ok(Json(json!({
         "accepted": accepted,
         "failed": results.len() - accepted,
         "results": results,
     }))
-    .into_response()
+    .into_response())
 }
 
 /// Routes every message of a batch: one group (receiver or destination) after another in

@@ -73,6 +73,7 @@ impl Node {
                 replica_ack_timeout: std::time::Duration::from_millis(
                     config.cluster.replica_ack_timeout_ms,
                 ),
+                tenants: config.tenants.iter().map(|t| t.id.clone()).collect(),
                 ingress: config
                     .tenants
                     .iter()

@@ -544,18 +544,6 @@ impl Session {
             .map_err(|e| Fault::InvalidDestination(e.to_string()))
     }
 
-    /// The message's headers as receivers see them: the client's, but for the frame's own and
-    /// a claimed sender.
-    fn message_headers(&self, headers: Vec<(String, String)>) -> Vec<(String, String)> {
-        let headers = headers
-            .into_iter()
-            .filter(|(k, _)| {
-                k != "transaction" && k != SENDER_HEADER && !RESERVED_HEADERS.contains(&k.as_str())
-            })
-            .collect();
-        dedup_first(headers)
-    }
-
     /// Hands a SEND to an application destination to the tenant's backend, in order with the
     /// session's other SENDs; `receipt` is written once the backend took it, and a message it
     /// did not take ends the session with an ERROR saying why.
@@ -570,7 +558,7 @@ impl Session {
             .upstream
             .item(ItemKind::Message, self.id(), self.user());
         item.fields.push(("destination", dest));
-        item.headers = self.message_headers(frame.headers);
+        item.headers = message_headers(frame.headers);
         // Copied out of the read buffer it was cut from: it may wait in the queue a while.
         item.body = Some(Bytes::copy_from_slice(&frame.body));
         let accepted = tenant.upstream.message(item);
@@ -597,7 +585,7 @@ impl Session {
     /// Hands a SEND's message to the sequencer for routing; `receipt` is written once it is
     /// routed.
     async fn publish(&mut self, target: Target, frame: Frame, receipt: Option<Receipt>) -> Outcome {
-        let mut headers = self.message_headers(frame.headers);
+        let mut headers = message_headers(frame.headers);
         // Whoever the client claims to be in its headers, receivers learn who sent it.
         if let Some(user) = &self.principal.user {
             headers.push((SENDER_HEADER.to_string(), user.clone()));
@@ -1116,6 +1104,18 @@ fn subscription_weight(id: &str, target: &Target) -> usize {
 /// What a frame buffered in a transaction is charged.
 fn frame_weight(frame: &Frame) -> usize {
     FRAME_OVERHEAD + frame.body.len() + crate::broker::budget::headers_weight(&frame.headers)
+}
+
+/// A SEND's headers as receivers see them: the client's, but for the frame's own and a
+/// claimed sender.
+fn message_headers(headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    let headers = headers
+        .into_iter()
+        .filter(|(k, _)| {
+            k != "transaction" && k != SENDER_HEADER && !RESERVED_HEADERS.contains(&k.as_str())
+        })
+        .collect();
+    dedup_first(headers)
 }
 
 /// Keeps the first of repeated headers, as the spec says receivers read them.

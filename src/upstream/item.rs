@@ -101,39 +101,17 @@ impl Item {
         }
         if self.kind == ItemKind::Message {
             map.insert("headers".into(), self.headers_json());
-            let body = self.body.clone().unwrap_or_default();
-            match std::str::from_utf8(&body) {
+            let body = self.body.as_deref().unwrap_or_default();
+            match std::str::from_utf8(body) {
                 Ok(text) => map.insert("body".into(), json!(text)),
                 Err(_) => {
                     use base64::Engine;
-                    let encoded = base64::engine::general_purpose::STANDARD.encode(&body);
+                    let encoded = base64::engine::general_purpose::STANDARD.encode(body);
                     map.insert("body_base64".into(), json!(encoded))
                 }
             };
         }
         object
-    }
-
-    /// The item as the fields of a stream entry (see [`StreamEntry`]), collected.
-    pub fn stream_fields(&self) -> Vec<(String, Vec<u8>)> {
-        let mut fields = Vec::new();
-        self.write_fields(&mut |name, value| fields.push((name.to_string(), value.to_vec())));
-        fields
-    }
-
-    /// The headers as a JSON object's text, written into `out`.
-    fn write_headers_json(&self, out: &mut String) {
-        out.push('{');
-        for (i, (name, value)) in self.headers.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            // A JSON string of each: serde's escaping, without building a map first.
-            out.push_str(&serde_json::to_string(name).unwrap_or_default());
-            out.push(':');
-            out.push_str(&serde_json::to_string(value).unwrap_or_default());
-        }
-        out.push('}');
     }
 }
 
@@ -154,9 +132,7 @@ impl StreamEntry for Item {
             field(name, value.as_bytes());
         }
         if self.kind == ItemKind::Message {
-            let mut headers = String::with_capacity(64);
-            self.write_headers_json(&mut headers);
-            field("headers", headers.as_bytes());
+            field("headers", self.headers_json().to_string().as_bytes());
             field("body", self.body.as_deref().unwrap_or_default());
         }
     }
@@ -190,7 +166,8 @@ mod tests {
         assert_eq!(json["destination"], "/app/echo");
         assert_eq!(json["headers"]["reply-to"], "/user/queue/replies");
         assert_eq!(json["body"], "hi");
-        let fields = item.stream_fields();
+        let mut fields = Vec::new();
+        item.write_fields(&mut |name, value| fields.push((name.to_string(), value.to_vec())));
         let get = |name: &str| fields.iter().find(|(n, _)| n == name).unwrap().1.clone();
         assert_eq!(get("destination"), b"/app/echo");
         assert_eq!(get("body"), b"hi");

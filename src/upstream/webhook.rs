@@ -18,7 +18,7 @@ use serde_json::json;
 
 use super::item::Item;
 use super::outlet::{Refusal, Sink};
-use crate::web::client::{ClientError, HttpClient};
+use crate::web::client::HttpClient;
 
 /// The header with the signature.
 pub const SIGNATURE_HEADER: &str = "x-stompbox-signature";
@@ -105,12 +105,8 @@ impl Sink for Webhook {
             .client
             .post(&self.uri, &headers, body, self.timeout, MAX_ANSWER_BYTES)
             .await
-            .map_err(|e| match e {
-                // It answered, only too much: the status was not read, so try again.
-                ClientError::TooLarge(_) | ClientError::Timeout(_) | ClientError::Failed(_) => {
-                    Refusal::Transient(format!("webhook {}: {e}", self.uri))
-                }
-            })?;
+            // No answer to act on (none, or one too large to read): tried again.
+            .map_err(|e| Refusal::Transient(format!("webhook {}: {e}", self.uri)))?;
         let status = answer.status;
         if status.is_success() {
             return Ok(());

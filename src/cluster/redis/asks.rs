@@ -45,14 +45,6 @@ pub type Waiting =
     std::sync::Mutex<std::collections::HashMap<String, mpsc::UnboundedSender<(String, Reply)>>>;
 
 impl RedisBackplane {
-    fn publish_verb(&self) -> &'static str {
-        if self.shards.is_cluster() {
-            "SPUBLISH"
-        } else {
-            "PUBLISH"
-        }
-    }
-
     /// Asks the other live nodes `query` (see the module docs).
     pub(super) async fn ask(&self, query: &Query) -> Result<Replies, RedisError> {
         let me = &self.settings.node_id;
@@ -142,7 +134,7 @@ impl RedisBackplane {
             return;
         };
         let inbox = keys::inbox(&asked.from);
-        let mut publish = redis::cmd(self.publish_verb());
+        let mut publish = redis::cmd(self.inbox_publish());
         publish.arg(&inbox).arg(answered);
         let bp = self.clone();
         tokio::spawn(async move {
@@ -174,9 +166,10 @@ impl RedisBackplane {
         Ok(())
     }
 
-    /// Tells the node of every ban still in force for `tenants`.
-    pub(super) async fn load_bans(&self, local: &Arc<dyn LocalNode>, tenants: &[String]) {
+    /// Tells the node of every ban still in force for its tenants.
+    pub(super) async fn load_bans(&self, local: &Arc<dyn LocalNode>) {
         let now = crate::util::unix_ms();
+        let tenants = &self.settings.tenants;
         let calls = tenants
             .iter()
             .map(|t| {

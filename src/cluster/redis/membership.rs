@@ -326,8 +326,7 @@ impl Membership {
             }
             self.unannounced.clear();
             self.note_store(Some(&targets)).await;
-            let tenants: Vec<String> = self.local.holdings().into_iter().map(|(t, _)| t).collect();
-            bp.load_bans(&self.local, &tenants).await;
+            bp.load_bans(&self.local).await;
             bp.forget_presence();
             if self.joined {
                 bp.stats.reconnects.fetch_add(1, Ordering::Relaxed);

@@ -90,6 +90,8 @@ pub struct RedisSettings {
     pub presence_cache: Duration,
     /// `(tenant, channel)` pairs of seed-format ingress channels.
     pub ingress: Vec<(String, String)>,
+    /// The node's tenants (whose bans it reads on joining).
+    pub tenants: Vec<String>,
     /// Replicas that must confirm a stored message before it counts as stored (0: none).
     pub replica_acks: usize,
     /// How long to wait for them.
@@ -265,6 +267,16 @@ impl RedisBackplane {
             .iter()
             .map(|p| p.addr.clone())
             .collect())
+    }
+
+    /// The command that publishes on a node's inbox or a topic channel: sharded on a Redis
+    /// Cluster, classic on one Redis.
+    fn inbox_publish(&self) -> &'static str {
+        if self.shards.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
     }
 
     fn envelope(

@@ -116,11 +116,7 @@ pub async fn send_loop(
     stop: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(SEND_BATCH);
-    let verb = if backplane.shards.is_cluster() {
-        "SPUBLISH"
-    } else {
-        "PUBLISH"
-    };
+    let verb = backplane.inbox_publish();
     while next_batch(&mut outgoing, &mut batch, SEND_BATCH, &stop).await {
         let groups = group_by_channel(&mut batch);
         let commands = groups
