@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use stompbox::plugin::engine::wit_types;
-use stompbox::plugin::{PluginEngine, PluginLimits, PluginSlot, Pool};
+use stompbox::plugin::tool;
+use stompbox::plugin::{
+    CacheLimits, Capabilities, NoBackend, PluginCache, PluginLimits, PluginSlot,
+};
 use stompbox::policy::{ConnectInfo, Policy, TransportKind};
 
 const SECRET: &str = "bench-secret-bench-secret";
@@ -54,13 +57,20 @@ fn connect_headers(token: &str) -> Vec<(String, String)> {
 fn bench_pool(c: &mut Criterion) {
     let mut group = c.benchmark_group("authenticate");
     let token = token("alice");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     for name in ["seed_compat", "jwt_auth"] {
-        let bytes = std::fs::read(plugin_wasm(name)).unwrap();
-        let compiled = Arc::new(PluginEngine::global().compile(&bytes).unwrap());
-        let pool = Pool::new(
+        let compiled = tool::load(&plugin_wasm(name)).unwrap();
+        let backend = Arc::new(NoBackend {
+            tenant: "default".into(),
+        });
+        let pool = tool::pool(
             compiled,
-            Arc::from("default"),
-            Arc::new(settings()),
+            "default",
+            settings(),
+            backend,
             PluginLimits::default(),
         );
         let info = wit_types::ConnectInfo {
@@ -70,25 +80,24 @@ fn bench_pool(c: &mut Criterion) {
             headers: connect_headers(&token),
         };
         group.bench_function(format!("{name}/pool"), |b| {
-            b.iter(|| {
-                let principal = pool
-                    .call(|p, s| p.call_authenticate(s, &info))
-                    .unwrap()
-                    .unwrap();
+            b.to_async(&runtime).iter(|| async {
+                let principal = pool.authenticate(&info, Vec::new()).await.unwrap().unwrap();
                 assert_eq!(principal.user, "alice");
             })
         });
     }
 
-    // As a session makes the call: through the tenant's slot, on a blocking thread.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    // As a session makes the call: through the tenant's slot and its turns.
     let slot = PluginSlot::new(
         "default",
         Some(plugin_wasm("jwt_auth")),
         settings(),
+        Capabilities::new(
+            Arc::new(NoBackend {
+                tenant: "default".into(),
+            }),
+            Arc::new(PluginCache::in_memory(CacheLimits::default())),
+        ),
         PluginLimits::default(),
     );
     let info = ConnectInfo {
@@ -96,6 +105,7 @@ fn bench_pool(c: &mut Criterion) {
         transport: TransportKind::WebSocket,
         remote_addr: Some("127.0.0.1:40000".into()),
         headers: connect_headers(&token),
+        request_headers: Vec::new(),
     };
     group.bench_function("jwt_auth/slot", |b| {
         b.to_async(&runtime).iter(|| async {

@@ -14,6 +14,6 @@ fi
 cargo build --release --target "$target" "$@"
 
 out="${CARGO_TARGET_DIR:-$PWD/target}/$target/release"
-for name in jwt_auth seed_compat; do
+for name in jwt_auth seed_compat session_cookie; do
     echo "$out/$name.wasm"
 done

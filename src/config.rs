@@ -310,6 +310,17 @@ pub struct TenantConfig {
     /// Linear memory one plugin instance may hold, in bytes.
     #[serde(default = "default_plugin_memory_bytes")]
     pub plugin_memory_bytes: usize,
+    /// Plugin calls of this tenant in flight at once; each runs on an instance of its own (of
+    /// up to `plugin_memory_bytes`), so this also bounds the tenant's plugin memory. More calls
+    /// wait their turn.
+    #[serde(default = "default_plugin_concurrency")]
+    pub plugin_concurrency: usize,
+    /// `[tenants.plugin_backend]`: the tenant's backend, which its plugin may call
+    /// (`backend.fetch`). Without it, every such call is refused.
+    pub plugin_backend: Option<PluginBackendConfig>,
+    /// `[tenants.plugin_cache]`: the bounds of the plugin's cache (`cache.get`/`set`).
+    #[serde(default)]
+    pub plugin_cache: PluginCacheConfig,
     /// A Redis channel where backends of the replaced system PUBLISH seed-format JSON
     /// (`{"receiver", "channelCode", "content"}`); one node of the cluster handles each.
     pub redis_ingress_channel: Option<String>,
@@ -348,6 +359,55 @@ pub struct TenantConfig {
     /// Where messages to `app_prefixes`, and connection events, go (`[tenants.upstream]`).
     #[serde(default)]
     pub upstream: UpstreamConfig,
+}
+
+/// `[tenants.plugin_backend]`: where a tenant's plugin may send HTTP requests, and their bounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginBackendConfig {
+    /// `host:port` (or `host` for port 80) of every backend the plugin may call; a request to
+    /// any other is refused before it is sent. Only `http://` URLs.
+    pub allowed_hosts: Vec<String>,
+    /// The longest one request may wait for its whole answer, in ms; never past the plugin
+    /// call's own deadline (`plugin_deadline_ms`), which a backend call also counts against.
+    #[serde(default = "default_backend_timeout_ms")]
+    pub timeout_ms: u64,
+    /// The largest answer body the plugin gets, in bytes; a larger answer is an error.
+    #[serde(default = "default_backend_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+fn default_backend_timeout_ms() -> u64 {
+    1_000
+}
+
+fn default_backend_max_response_bytes() -> usize {
+    64 << 10
+}
+
+/// `[tenants.plugin_cache]`: a tenant plugin's key-value cache. On a single node it lives in
+/// the node's memory (`max_bytes` per tenant); clustered, in Redis, where entries expire
+/// within `max_ttl_ms`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PluginCacheConfig {
+    /// Bytes of keys and values kept in a node's memory for the tenant (single node); the
+    /// entries closest to expiry make room.
+    pub max_bytes: usize,
+    /// Bytes of one key and its value at most; a larger entry is not stored.
+    pub max_entry_bytes: usize,
+    /// The longest an entry lives, in ms, whatever the plugin asks.
+    pub max_ttl_ms: u64,
+}
+
+impl Default for PluginCacheConfig {
+    fn default() -> PluginCacheConfig {
+        PluginCacheConfig {
+            max_bytes: 1 << 20,
+            max_entry_bytes: 4096,
+            max_ttl_ms: 3_600_000,
+        }
+    }
 }
 
 fn default_app_prefixes() -> Vec<String> {
@@ -448,6 +508,10 @@ fn default_plugin_memory_bytes() -> usize {
     32 << 20
 }
 
+fn default_plugin_concurrency() -> usize {
+    16
+}
+
 impl TenantConfig {
     /// A tenant with the built-in policy and no keys.
     pub fn new(id: &str) -> TenantConfig {
@@ -458,6 +522,9 @@ impl TenantConfig {
             settings: BTreeMap::new(),
             plugin_deadline_ms: default_plugin_deadline_ms(),
             plugin_memory_bytes: default_plugin_memory_bytes(),
+            plugin_concurrency: default_plugin_concurrency(),
+            plugin_backend: None,
+            plugin_cache: PluginCacheConfig::default(),
             redis_ingress_channel: None,
             history: true,
             history_max_messages: None,
@@ -861,6 +928,13 @@ impl Config {
                     "must be at least 1048576 (1 MiB)",
                 ));
             }
+            if !(1..=1_000).contains(&tenant.plugin_concurrency) {
+                return Err(invalid(
+                    format!("tenants[{i}].plugin_concurrency"),
+                    "must be between 1 and 1000",
+                ));
+            }
+            Self::validate_plugin_reach(i, tenant)?;
             for (k, origin) in tenant.allowed_origins.iter().enumerate() {
                 if let Err(message) = crate::web::origin::check_pattern(origin) {
                     return Err(invalid(
@@ -876,6 +950,54 @@ impl Config {
                     "an API key must have at least 8 characters",
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Checks a tenant's `[tenants.plugin_backend]` and `[tenants.plugin_cache]`.
+    fn validate_plugin_reach(i: usize, tenant: &TenantConfig) -> Result<(), ConfigError> {
+        if let Some(backend) = &tenant.plugin_backend {
+            let key = |name: &str| format!("tenants[{i}].plugin_backend.{name}");
+            if backend.allowed_hosts.is_empty() {
+                return Err(invalid(
+                    key("allowed_hosts"),
+                    "name at least one host:port, or leave [tenants.plugin_backend] out",
+                ));
+            }
+            for (j, entry) in backend.allowed_hosts.iter().enumerate() {
+                crate::web::client::parse_authority(entry).map_err(|e| {
+                    invalid(format!("tenants[{i}].plugin_backend.allowed_hosts[{j}]"), e)
+                })?;
+            }
+            if !(1..=60_000).contains(&backend.timeout_ms) {
+                return Err(invalid(key("timeout_ms"), "must be between 1 and 60000"));
+            }
+            if !(1..=16 << 20).contains(&backend.max_response_bytes) {
+                return Err(invalid(
+                    key("max_response_bytes"),
+                    "must be between 1 and 16777216 (16 MiB)",
+                ));
+            }
+        }
+        let cache = &tenant.plugin_cache;
+        let key = |name: &str| format!("tenants[{i}].plugin_cache.{name}");
+        if !(16..=1 << 20).contains(&cache.max_entry_bytes) {
+            return Err(invalid(
+                key("max_entry_bytes"),
+                "must be between 16 and 1048576 (1 MiB)",
+            ));
+        }
+        if cache.max_bytes < cache.max_entry_bytes {
+            return Err(invalid(
+                key("max_bytes"),
+                "must be at least max_entry_bytes",
+            ));
+        }
+        if !(1_000..=7 * 86_400_000).contains(&cache.max_ttl_ms) {
+            return Err(invalid(
+                key("max_ttl_ms"),
+                "must be between 1000 and 604800000 (7 days)",
+            ));
         }
         Ok(())
     }

@@ -1,5 +1,5 @@
-//! The `stompbox` command line: `stompbox serve`, and `stompbox plugin check|call` for plugin
-//! authors.
+//! The `stompbox` command line: `stompbox serve`, and `stompbox plugin check|call|test` for
+//! plugin authors.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,8 +12,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use stompbox::config::{Config, Overrides};
 use stompbox::node::Node;
 use stompbox::plugin::tool::{self, ToolCall};
-use stompbox::plugin::PluginLimits;
-use stompbox::policy::TransportKind;
+use stompbox::plugin::{cases, Backend, BackendAccess, HttpBackend, NoBackend, PluginLimits};
+use stompbox::policy::{ConnectInfo, Operation, TransportKind};
 use tokio::net::{TcpListener, TcpSocket};
 use tracing::{error, info};
 
@@ -87,6 +87,17 @@ enum PluginCommand {
         /// The instance's memory cap in bytes.
         #[arg(long, global = true, default_value_t = 32 << 20)]
         memory_bytes: usize,
+        /// A backend the plugin may call, `host:port` (repeatable); none by default.
+        #[arg(long = "allow-host", global = true)]
+        allow_hosts: Vec<String>,
+    },
+    /// Runs the cases of a cases file (TOML) against a plugin; exits 1 when one does not
+    /// match, 2 when the files cannot be used.
+    Test {
+        /// The plugin file.
+        file: PathBuf,
+        /// The cases file.
+        cases: PathBuf,
     },
 }
 
@@ -106,6 +117,10 @@ enum Function {
         /// The remote address.
         #[arg(long)]
         remote_addr: Option<String>,
+        /// A header of the request that opened the connection, `name=value` (repeatable),
+        /// e.g. `cookie=SESSION=abc`.
+        #[arg(long = "request-header", value_parser = key_value)]
+        request_headers: Vec<(String, String)>,
     },
     /// `authorize(principal, operation, destination)`.
     Authorize {
@@ -191,14 +206,27 @@ fn main() -> ExitCode {
 }
 
 fn plugin(command: PluginCommand) -> ExitCode {
+    // The plugin tools run guests exactly as a node does: async, on a runtime of their own.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("stompbox: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let result = match command {
         PluginCommand::Check { file } => tool::check(&file),
+        PluginCommand::Test { file, cases } => return runtime.block_on(plugin_test(file, cases)),
         PluginCommand::Call {
             file,
             function,
             settings,
             deadline_ms,
             memory_bytes,
+            allow_hosts,
         } => {
             let request = match function {
                 Function::Authenticate {
@@ -206,7 +234,8 @@ fn plugin(command: PluginCommand) -> ExitCode {
                     tenant,
                     transport,
                     remote_addr,
-                } => ToolCall::Authenticate {
+                    request_headers,
+                } => ToolCall::Authenticate(ConnectInfo {
                     tenant,
                     transport: match transport {
                         Transport::Websocket => TransportKind::WebSocket,
@@ -215,7 +244,11 @@ fn plugin(command: PluginCommand) -> ExitCode {
                     },
                     remote_addr,
                     headers,
-                },
+                    request_headers: request_headers
+                        .into_iter()
+                        .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                        .collect(),
+                }),
                 Function::Authorize {
                     user,
                     attributes,
@@ -224,7 +257,10 @@ fn plugin(command: PluginCommand) -> ExitCode {
                 } => ToolCall::Authorize {
                     user,
                     attributes,
-                    subscribe: matches!(op, Op::Subscribe),
+                    op: match op {
+                        Op::Subscribe => Operation::Subscribe,
+                        Op::Send => Operation::Send,
+                    },
                     destination,
                 },
                 Function::ResolveChannel { code } => ToolCall::ResolveChannel { code },
@@ -232,13 +268,36 @@ fn plugin(command: PluginCommand) -> ExitCode {
             let limits = PluginLimits {
                 deadline: Duration::from_millis(deadline_ms),
                 memory_bytes,
+                concurrency: 1,
             };
-            tool::call(
+            let backend: std::sync::Arc<dyn Backend> = if allow_hosts.is_empty() {
+                std::sync::Arc::new(NoBackend {
+                    tenant: "default".into(),
+                })
+            } else {
+                let mut allowed = Vec::new();
+                for entry in &allow_hosts {
+                    match stompbox::web::client::parse_authority(entry) {
+                        Ok(host) => allowed.push(host),
+                        Err(e) => {
+                            eprintln!("stompbox: --allow-host: {e}");
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+                std::sync::Arc::new(HttpBackend::new(BackendAccess {
+                    allowed_hosts: allowed,
+                    timeout: Duration::from_millis(deadline_ms),
+                    max_response_bytes: 64 << 10,
+                }))
+            };
+            runtime.block_on(tool::call(
                 &file,
                 settings.into_iter().collect::<BTreeMap<_, _>>(),
+                backend,
                 limits,
                 request,
-            )
+            ))
         }
     };
     match result {
@@ -249,6 +308,31 @@ fn plugin(command: PluginCommand) -> ExitCode {
             );
             // A policy's `err` answer is a result, not a failure of the tool.
             ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("stompbox: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `stompbox plugin test`: the report on stdout; 0 when every case matched.
+async fn plugin_test(file: PathBuf, cases_path: PathBuf) -> ExitCode {
+    let cases = match cases::read(&cases_path) {
+        Ok(cases) => cases,
+        Err(e) => {
+            eprintln!("stompbox: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cases::run(&file, cases).await {
+        Ok(report) => {
+            print!("{}", report.text);
+            if report.failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
         }
         Err(e) => {
             eprintln!("stompbox: {e}");

@@ -38,7 +38,22 @@ pub struct ConnectInfo {
     pub remote_addr: Option<String>,
     /// Every CONNECT header, in order.
     pub headers: Vec<(String, String)>,
+    /// The [`REQUEST_HEADERS`] of the HTTP request that opened the connection (names in
+    /// lowercase): where a browser's cookies are. Empty for TCP.
+    pub request_headers: Vec<(String, String)>,
 }
+
+/// Headers of the request that opened a WebSocket or SockJS connection that a connection keeps
+/// until its CONNECT, for the tenant's policy: the browser's cookies and credentials, and where
+/// it came from. Nothing else is kept, so a connection never holds its whole handshake.
+pub const REQUEST_HEADERS: [&str; 6] = [
+    "cookie",
+    "authorization",
+    "origin",
+    "user-agent",
+    "x-forwarded-for",
+    "x-real-ip",
+];
 
 impl ConnectInfo {
     /// The first value of header `name`.
@@ -147,6 +162,7 @@ mod tests {
             tenant: "default".into(),
             transport: TransportKind::Tcp,
             remote_addr: None,
+            request_headers: Vec::new(),
             headers: headers
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))

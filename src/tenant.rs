@@ -22,7 +22,7 @@ use crate::history::order::Gate;
 use crate::history::queue::QueueStore;
 use crate::history::{Cursor, History, HistoryError};
 use crate::metrics::{DropReason, Metrics};
-use crate::plugin::{PluginLimits, PluginSlot};
+use crate::plugin::{self, Capabilities, PluginLimits, PluginSlot};
 use crate::policy::Policy;
 use crate::upstream::Upstream;
 use crate::web::origin::AllowedOrigins;
@@ -198,6 +198,72 @@ impl StreamOrder {
     }
 }
 
+/// What a tenant's plugin may reach: its backend (when configured) and its cache (in Redis
+/// when the node shares one with others, else in memory).
+fn plugin_reach(config: &TenantConfig, cluster: &Arc<dyn Backplane>) -> Capabilities {
+    let backend: Arc<dyn plugin::Backend> = match &config.plugin_backend {
+        Some(b) => Arc::new(plugin::HttpBackend::new(plugin::BackendAccess {
+            allowed_hosts: b
+                .allowed_hosts
+                .iter()
+                .filter_map(|h| crate::web::client::parse_authority(h).ok())
+                .collect(),
+            timeout: std::time::Duration::from_millis(b.timeout_ms),
+            max_response_bytes: b.max_response_bytes,
+        })),
+        None => Arc::new(plugin::NoBackend {
+            tenant: config.id.clone(),
+        }),
+    };
+    let c = &config.plugin_cache;
+    let limits = plugin::CacheLimits {
+        max_bytes: c.max_bytes,
+        max_entry_bytes: c.max_entry_bytes,
+        max_ttl: std::time::Duration::from_millis(c.max_ttl_ms),
+    };
+    let cache = if cluster.is_shared() {
+        let shared = SharedPluginCache {
+            cluster: cluster.clone(),
+            tenant: config.id.clone(),
+        };
+        plugin::PluginCache::new(Box::new(shared), limits)
+    } else {
+        plugin::PluginCache::in_memory(limits)
+    };
+    Capabilities::new(backend, Arc::new(cache))
+}
+
+/// A tenant's plugin cache kept in the cluster's Redis.
+#[derive(Debug)]
+struct SharedPluginCache {
+    cluster: Arc<dyn Backplane>,
+    tenant: String,
+}
+
+#[async_trait::async_trait]
+impl plugin::CacheStore for SharedPluginCache {
+    async fn get(&self, key: &str) -> Result<Option<String>, String> {
+        self.cluster
+            .cache_get(&self.tenant, key)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn set(&self, key: &str, value: &str, ttl: std::time::Duration) -> Result<(), String> {
+        self.cluster
+            .cache_set(&self.tenant, key, value, ttl.as_millis() as u64)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), String> {
+        self.cluster
+            .cache_delete(&self.tenant, key)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
 impl Tenant {
     pub(crate) fn new(
         config: &TenantConfig,
@@ -217,9 +283,11 @@ impl Tenant {
             &config.id,
             config.plugin.clone(),
             config.settings.clone(),
+            plugin_reach(config, &cluster),
             PluginLimits {
                 deadline: std::time::Duration::from_millis(config.plugin_deadline_ms),
                 memory_bytes: config.plugin_memory_bytes,
+                concurrency: config.plugin_concurrency,
             },
         ));
         let shared = history.as_ref().is_some_and(|h| h.shared());

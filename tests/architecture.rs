@@ -15,7 +15,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("web", &["util"]),
     ("sockjs", &["web", "util"]),
     ("policy", &["util"]),
-    ("plugin", &["policy", "util"]),
+    // `web` for the HTTP client a plugin's backend calls go out through.
+    ("plugin", &["policy", "web", "util"]),
     ("broker", &["stomp", "util"]),
     ("history", &["broker", "util"]),
     ("config", &["history", "stomp", "web", "util"]),

@@ -135,7 +135,7 @@ async fn channel_codes_resolve_through_the_plugin() {
     assert!(answer["error"].as_str().unwrap().contains("NO_SUCH_CODE"));
 }
 
-// The node's own runtime flavour: plugin calls leave the worker with block_in_place.
+// The node's own runtime flavour: a plugin call runs on a worker and yields every tick.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_tenants_with_different_plugins_do_not_see_each_other() {
     let config = format!(
@@ -183,7 +183,7 @@ fn hostile_tenant(id: &str, mode: &str, deadline_ms: u64) -> String {
     )
 }
 
-// The node's own runtime flavour: plugin calls leave the worker with block_in_place.
+// The node's own runtime flavour: a plugin call runs on a worker and yields every tick.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_plugins_cost_only_their_own_call() {
     let config = [
@@ -291,6 +291,47 @@ async fn a_plugin_that_does_not_match_the_world_is_refused_not_ignored() {
 }
 
 #[tokio::test]
+async fn a_plugin_built_for_the_first_world_still_loads() {
+    let old = plugin_wasm("world_0_1_0");
+    let config = format!(
+        "[[tenants]]\nid = \"default\"\napi_keys = [\"{API_KEY}\"]\nplugin = \"{}\"\n[tenants.settings]\nchannels = \"NEWS=/topic/news\"\n",
+        toml_path(&old)
+    );
+    let node = TestNode::start(&config).await;
+    let mut alice = Client::tcp(node.stomp).await;
+    let connected = alice.connect(&[("userid", "alice")]).await;
+    assert_eq!(connected.get("user-name"), Some("alice"));
+    alice.subscribe("1", "/topic/news", "auto").await;
+    let (status, answer) = node
+        .publish(json!({"channelCode": "NEWS", "content": "via 0.1.0"}))
+        .await;
+    assert_eq!(status, 202, "{answer}");
+    alice.expect_message("via 0.1.0").await;
+    alice
+        .send(
+            Frame::new(Command::Subscribe)
+                .header("id", "2")
+                .header("destination", "/topic/forbidden"),
+        )
+        .await;
+    let error = alice.expect_error("access denied").await;
+    assert!(String::from_utf8_lossy(&error.body).contains("world-0.1.0: forbidden"));
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stompbox"))
+        .args(["plugin", "check"])
+        .arg(&old)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["exports"], json!(["stompbox:plugin/policy@0.1.0"]));
+}
+
+#[tokio::test]
 async fn plugin_cli_checks_and_calls() {
     let jwt_auth = plugin_wasm("jwt_auth");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_stompbox"))
@@ -300,7 +341,7 @@ async fn plugin_cli_checks_and_calls() {
         .unwrap();
     assert!(out.status.success());
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["exports"], json!(["stompbox:plugin/policy@0.1.0"]));
+    assert_eq!(report["exports"], json!(["stompbox:plugin/policy@0.1.1"]));
 
     let token = token_for("alice");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_stompbox"))
@@ -382,7 +423,7 @@ async fn wait_for(
     }
 }
 
-// The node's own runtime flavour: plugin calls leave the worker with block_in_place.
+// The node's own runtime flavour: a plugin call runs on a worker and yields every tick.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_reload_under_traffic_drops_nothing() {
     let dir = std::env::temp_dir().join(format!("stompbox-reload-{}", std::process::id()));

@@ -156,6 +156,21 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     /// Records that `tenant`'s `user` may not connect until `until_ms` (ms since the epoch),
     /// so that nodes joining later learn it too.
     async fn ban(&self, tenant: &str, user: &str, until_ms: u64) -> Result<(), ClusterError>;
+    /// Reads entry `key` of `tenant`'s plugin cache from the cluster's Redis.
+    async fn cache_get(&self, tenant: &str, key: &str) -> Result<Option<String>, ClusterError>;
+    /// Stores entry `key` of `tenant`'s plugin cache in the cluster's Redis for `ttl_ms`.
+    async fn cache_set(
+        &self,
+        tenant: &str,
+        key: &str,
+        value: &str,
+        ttl_ms: u64,
+    ) -> Result<(), ClusterError>;
+    /// Removes entry `key` of `tenant`'s plugin cache from the cluster's Redis.
+    async fn cache_delete(&self, tenant: &str, key: &str) -> Result<(), ClusterError>;
+    /// True when the node shares a Redis with other nodes, so that what it keeps there (such
+    /// as plugin cache entries) every node sees; false for a single node.
+    fn is_shared(&self) -> bool;
     /// True while the cluster can route (always, for a single node).
     fn is_ready(&self) -> bool;
     /// A short description for health output.

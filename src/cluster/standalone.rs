@@ -74,6 +74,22 @@ impl Backplane for Standalone {
         Ok(())
     }
 
+    async fn cache_get(&self, _: &str, _: &str) -> Result<Option<String>, ClusterError> {
+        Err(no_redis())
+    }
+
+    async fn cache_set(&self, _: &str, _: &str, _: &str, _: u64) -> Result<(), ClusterError> {
+        Err(no_redis())
+    }
+
+    async fn cache_delete(&self, _: &str, _: &str) -> Result<(), ClusterError> {
+        Err(no_redis())
+    }
+
+    fn is_shared(&self) -> bool {
+        false
+    }
+
     fn is_ready(&self) -> bool {
         true
     }
@@ -81,4 +97,8 @@ impl Backplane for Standalone {
     fn describe(&self) -> serde_json::Value {
         serde_json::json!({"mode": "standalone"})
     }
+}
+
+fn no_redis() -> ClusterError {
+    ClusterError::Unavailable("this node runs without Redis".into())
 }

@@ -1,35 +1,57 @@
 //! The WebAssembly side of plugins: one process-wide wasmtime engine with epoch interruption,
-//! the linker that offers a plugin the `host` imports and an empty WASI context, compiling and
-//! checking a component against the `tenant-plugin` world, and a pool of warm instances per
-//! loaded plugin with a deadline and a memory cap on every call.
+//! the linker that offers a plugin the `host`, `backend` and `cache` imports and an empty WASI
+//! context, compiling and checking a component against the `tenant-plugin` world, and a pool
+//! of warm instances per loaded plugin with a deadline and a memory cap on every call.
+//!
+//! Calls are async: the guest runs on the calling task and yields to the runtime at every
+//! epoch tick (2 ms), so a busy guest never holds a worker thread for longer than that, and a
+//! `backend.fetch` or a clustered `cache` read awaits instead of blocking a thread. The
+//! deadline is a timer around the whole call; when it fires, the call (and the instance it was
+//! running on) is dropped. This replaced running each call on a blocking thread, where a call
+//! waiting on its backend would have held a thread for the whole wait.
 //!
 //! Instances are reused between calls (instantiating costs far more than a call) and thrown
 //! away after a trap, a deadline or a memory overrun, so a failure never leaks state into the
-//! next call. WASI is linked because `wasm32-wasip2` guests built with `std` import it; the
-//! context is empty: no preopened directories, no environment, no sockets, stdio discarded.
+//! next call. WASI is linked because guests built with `std` (Rust), a JavaScript engine or a
+//! Python interpreter import it; the context is empty: no preopened directories, no
+//! environment, no sockets, stdio discarded.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
+use super::backend::Backend;
+use super::cache::PluginCache;
+
 mod bindings {
     wasmtime::component::bindgen!({
         path: "wit",
         world: "tenant-plugin",
+        imports: {
+            "stompbox:plugin/backend": async,
+            "stompbox:plugin/cache": async,
+        },
+        exports: { default: async },
     });
 }
 
 pub use bindings::exports::stompbox::plugin::policy as wit_policy;
+pub use bindings::stompbox::plugin::backend as wit_backend;
+use bindings::stompbox::plugin::cache as wit_cache;
 use bindings::stompbox::plugin::host as wit_host;
 pub use bindings::stompbox::plugin::types as wit_types;
 use bindings::{TenantPlugin, TenantPluginPre};
 
-/// How often the engine's epoch advances; deadlines are counted in these ticks.
+/// The world plugins are checked against, as `plugin check` names it.
+pub const WORLD: &str = "stompbox:plugin/tenant-plugin@0.1.1";
+
+/// How often the engine's epoch advances: a running guest yields to the runtime this often.
 const TICK: Duration = Duration::from_millis(2);
 /// Warm instances kept per loaded plugin; more concurrent calls instantiate and drop extras.
 const MAX_IDLE: usize = 8;
@@ -37,6 +59,9 @@ const MAX_IDLE: usize = 8;
 const MAX_USES: u32 = 10_000;
 /// Longest log line a plugin may write.
 const MAX_LOG: usize = 4096;
+/// The least time a new instance is given to start (its own budget, besides the call's
+/// deadline): an interpreter's start is larger than any call, and happens once per instance.
+const MIN_INSTANTIATE: Duration = Duration::from_secs(1);
 
 /// Why a plugin could not be loaded or a call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +90,8 @@ pub struct PluginLimits {
     pub deadline: Duration,
     /// Bytes of linear memory an instance may hold.
     pub memory_bytes: usize,
+    /// Calls of the tenant in flight at once (each on an instance of its own); more wait.
+    pub concurrency: usize,
 }
 
 impl Default for PluginLimits {
@@ -72,6 +99,33 @@ impl Default for PluginLimits {
         PluginLimits {
             deadline: Duration::from_millis(50),
             memory_bytes: 32 << 20,
+            concurrency: 16,
+        }
+    }
+}
+
+/// What a plugin may reach besides its settings: its tenant's backend and cache, with
+/// counters for the admin API.
+#[derive(Debug)]
+pub struct Capabilities {
+    /// Carries `backend.fetch`.
+    pub backend: Arc<dyn Backend>,
+    /// Carries `cache.*`.
+    pub cache: Arc<PluginCache>,
+    /// `backend.fetch` calls made.
+    pub backend_calls: AtomicU64,
+    /// `backend.fetch` calls that got no answer (refused, timed out, failed).
+    pub backend_failures: AtomicU64,
+}
+
+impl Capabilities {
+    /// `backend` and `cache`, with zeroed counters.
+    pub fn new(backend: Arc<dyn Backend>, cache: Arc<PluginCache>) -> Capabilities {
+        Capabilities {
+            backend,
+            cache,
+            backend_calls: AtomicU64::new(0),
+            backend_failures: AtomicU64::new(0),
         }
     }
 }
@@ -80,6 +134,11 @@ impl Default for PluginLimits {
 pub struct PluginState {
     tenant: Arc<str>,
     settings: Arc<BTreeMap<String, String>>,
+    caps: Arc<Capabilities>,
+    /// Headers of the request that opened the connection, during `authenticate` only.
+    request_headers: Vec<(String, String)>,
+    /// When the call in progress must end: what a backend call may still wait.
+    deadline: Instant,
     limits: StoreLimits,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -126,6 +185,46 @@ impl wit_host::Host for PluginState {
             .map(|d| d.as_millis() as u64)
             .unwrap_or_default()
     }
+
+    fn request_header(&mut self, name: String) -> Option<String> {
+        self.request_headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(&name))
+            .map(|(_, v)| v.clone())
+    }
+}
+
+impl wit_backend::Host for PluginState {
+    async fn fetch(
+        &mut self,
+        request: wit_backend::Request,
+    ) -> Result<wit_backend::Response, wit_backend::FetchError> {
+        let budget = self.deadline.saturating_duration_since(Instant::now());
+        self.caps.backend_calls.fetch_add(1, Ordering::Relaxed);
+        let answer = self.caps.backend.fetch(request, budget).await;
+        if let Err(e) = &answer {
+            self.caps.backend_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(tenant = %self.tenant, error = ?e, "plugin backend call failed");
+        }
+        answer
+    }
+}
+
+impl wit_cache::Host for PluginState {
+    async fn get(&mut self, key: String) -> Option<String> {
+        self.caps.cache.get(&self.tenant, &key).await
+    }
+
+    async fn set(&mut self, key: String, value: String, ttl_ms: u64) -> bool {
+        self.caps
+            .cache
+            .set(&self.tenant, &key, &value, ttl_ms)
+            .await
+    }
+
+    async fn delete(&mut self, key: String) {
+        self.caps.cache.delete(&self.tenant, &key).await
+    }
 }
 
 /// The process-wide engine and linker.
@@ -166,7 +265,7 @@ impl PluginEngine {
         config.max_wasm_stack(1 << 20);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         TenantPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |state| state)?;
         Ok(PluginEngine { engine, linker })
     }
@@ -232,6 +331,7 @@ pub struct Pool {
     compiled: Arc<Compiled>,
     tenant: Arc<str>,
     settings: Arc<BTreeMap<String, String>>,
+    caps: Arc<Capabilities>,
     limits: PluginLimits,
     idle: Mutex<Vec<Warm>>,
 }
@@ -248,18 +348,23 @@ impl std::fmt::Debug for Pool {
 /// The host's view of a principal crossing into the guest.
 pub type WitPrincipal = wit_types::Principal;
 
+/// What a call gives back: the guest's answer, or why there is none.
+type Called<R> = Result<R, PluginError>;
+
 impl Pool {
-    /// A pool for `compiled` serving `tenant` with its settings and limits.
+    /// A pool for `compiled` serving `tenant` with its settings, capabilities and limits.
     pub fn new(
         compiled: Arc<Compiled>,
         tenant: Arc<str>,
         settings: Arc<BTreeMap<String, String>>,
+        caps: Arc<Capabilities>,
         limits: PluginLimits,
     ) -> Pool {
         Pool {
             compiled,
             tenant,
             settings,
+            caps,
             limits,
             idle: Mutex::new(Vec::new()),
         }
@@ -270,15 +375,23 @@ impl Pool {
         &self.compiled
     }
 
-    fn ticks(&self) -> u64 {
-        (self.limits.deadline.as_micros() as u64).div_ceil(TICK.as_micros() as u64) + 1
+    /// What the plugin may reach, with its counters.
+    pub fn capabilities(&self) -> &Arc<Capabilities> {
+        &self.caps
     }
 
-    fn instantiate(&self) -> Result<Warm, PluginError> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn instantiate(&self) -> Called<Warm> {
         let engine = PluginEngine::global();
         let state = PluginState {
             tenant: self.tenant.clone(),
             settings: self.settings.clone(),
+            caps: self.caps.clone(),
+            request_headers: Vec::new(),
+            deadline: Instant::now(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory_bytes)
                 .instances(16)
@@ -291,17 +404,110 @@ impl Pool {
         };
         let mut store = Store::new(&engine.engine, state);
         store.limiter(|s| &mut s.limits);
-        store.set_epoch_deadline(self.ticks());
-        let plugin = self
-            .compiled
-            .pre
-            .instantiate(&mut store)
+        // Yield at every tick, forever: the deadline is the timer around each call.
+        store.epoch_deadline_async_yield_and_update(1);
+        let budget = self.limits.deadline.max(MIN_INSTANTIATE);
+        let plugin = tokio::time::timeout(budget, self.compiled.pre.instantiate_async(&mut store))
+            .await
+            .map_err(|_| PluginError::Deadline(budget.as_millis() as u64))?
             .map_err(|e| self.classify(e))?;
         Ok(Warm {
             store,
             plugin,
             uses: 0,
         })
+    }
+
+    /// An idle instance, or a new one, ready for a call that must end by the deadline.
+    async fn checkout(&self, request_headers: Vec<(String, String)>) -> Called<Warm> {
+        let idle = self.idle().pop();
+        let mut warm = match idle {
+            Some(w) => w,
+            None => self.instantiate().await?,
+        };
+        let state = warm.store.data_mut();
+        state.deadline = Instant::now() + self.limits.deadline;
+        state.request_headers = request_headers;
+        Ok(warm)
+    }
+
+    /// Ends a call: a healthy instance goes back to the pool, any other is dropped (it may be
+    /// in any state after a trap or a deadline).
+    fn checkin<R>(
+        &self,
+        mut warm: Warm,
+        outcome: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
+    ) -> Called<R> {
+        match outcome {
+            Ok(Ok(value)) => {
+                warm.uses += 1;
+                warm.store.data_mut().request_headers = Vec::new();
+                if warm.uses < MAX_USES {
+                    let mut idle = self.idle();
+                    if idle.len() < MAX_IDLE {
+                        idle.push(warm);
+                    }
+                }
+                Ok(value)
+            }
+            Ok(Err(e)) => Err(self.classify(e)),
+            Err(_) => Err(PluginError::Deadline(
+                self.limits.deadline.as_millis() as u64
+            )),
+        }
+    }
+
+    /// Makes one instance ready now, so that a plugin that cannot even start is refused when it
+    /// is installed, and the first connection does not wait for it.
+    pub async fn warm_up(&self) -> Called<()> {
+        if self.idle().is_empty() {
+            let warm = self.instantiate().await?;
+            self.idle().push(warm);
+        }
+        Ok(())
+    }
+
+    /// `authenticate`, with the headers of the request that opened the connection.
+    pub async fn authenticate(
+        &self,
+        info: &wit_types::ConnectInfo,
+        request_headers: Vec<(String, String)>,
+    ) -> Called<Result<WitPrincipal, String>> {
+        let mut warm = self.checkout(request_headers).await?;
+        let Warm { store, plugin, .. } = &mut warm;
+        let call = plugin
+            .stompbox_plugin_policy()
+            .call_authenticate(&mut *store, info);
+        let outcome = tokio::time::timeout(self.limits.deadline, call).await;
+        self.checkin(warm, outcome)
+    }
+
+    /// `authorize`.
+    pub async fn authorize(
+        &self,
+        who: &WitPrincipal,
+        op: wit_types::Operation,
+        destination: &str,
+    ) -> Called<Result<(), String>> {
+        let mut warm = self.checkout(Vec::new()).await?;
+        let Warm { store, plugin, .. } = &mut warm;
+        let call =
+            plugin
+                .stompbox_plugin_policy()
+                .call_authorize(&mut *store, who, op, destination);
+        let outcome = tokio::time::timeout(self.limits.deadline, call).await;
+        self.checkin(warm, outcome)
+    }
+
+    /// `resolve-channel`.
+    pub async fn resolve_channel(&self, code: &str) -> Called<Option<String>> {
+        let mut warm = self.checkout(Vec::new()).await?;
+        let Warm { store, plugin, .. } = &mut warm;
+        let call = plugin
+            .stompbox_plugin_policy()
+            .call_resolve_channel(&mut *store, code);
+        let outcome = tokio::time::timeout(self.limits.deadline, call).await;
+        self.checkin(warm, outcome)
     }
 
     fn classify(&self, error: wasmtime::Error) -> PluginError {
@@ -321,37 +527,8 @@ impl Pool {
         }
     }
 
-    /// Runs `f` on a warm instance (instantiating one when none is idle), with the deadline and
-    /// memory cap. Blocking: call it from a blocking thread.
-    pub fn call<R>(
-        &self,
-        f: impl FnOnce(&wit_policy::Guest, &mut Store<PluginState>) -> wasmtime::Result<R>,
-    ) -> Result<R, PluginError> {
-        let warm = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut warm = match warm {
-            Some(w) => w,
-            None => self.instantiate()?,
-        };
-        warm.store.set_epoch_deadline(self.ticks());
-        let result = f(warm.plugin.stompbox_plugin_policy(), &mut warm.store);
-        match result {
-            Ok(value) => {
-                warm.uses += 1;
-                if warm.uses < MAX_USES {
-                    let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                    if idle.len() < MAX_IDLE {
-                        idle.push(warm);
-                    }
-                }
-                Ok(value)
-            }
-            // The instance may be in any state after a trap: it is dropped, not reused.
-            Err(e) => Err(self.classify(e)),
-        }
-    }
-
     /// Warm instances waiting for calls.
     pub fn idle_instances(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.idle().len()
     }
 }

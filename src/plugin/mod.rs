@@ -3,10 +3,14 @@
 //! and a refusal (never a silent fallback) when its plugin failed to load. Hot reload swaps the
 //! slot's pool atomically; sessions already connected keep their principal and stay connected.
 //!
-//! Plugin calls leave the async workers (`block_in_place` on the multi-threaded runtime, the
-//! blocking pool otherwise), bounded per tenant by a semaphore, so a slow or hostile plugin
-//! costs its own tenant's calls a wait and never stalls other connections.
+//! Plugin calls are futures (see [`engine`]): a guest yields to the runtime every 2 ms and a
+//! call to the tenant's backend awaits, so a slow or hostile plugin costs its own tenant's
+//! calls a wait and never stalls other connections. A semaphore per tenant bounds the calls
+//! in flight, and with them the instances (and their memory) a tenant can hold.
 
+pub mod backend;
+pub mod cache;
+pub mod cases;
 pub mod engine;
 pub mod tool;
 pub mod watch;
@@ -23,15 +27,14 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tracing::{error, info, warn};
 
+pub use backend::{Backend, BackendAccess, HttpBackend, NoBackend};
+pub use cache::{CacheLimits, CacheStore, MemoryCache, PluginCache};
 use engine::{wit_types, WitPrincipal};
-pub use engine::{Compiled, PluginEngine, PluginError, PluginLimits, Pool};
+pub use engine::{Capabilities, Compiled, PluginEngine, PluginError, PluginLimits, Pool};
 
 use crate::policy::{
     ConnectInfo, DefaultPolicy, Operation, Policy, PolicyError, Principal, TransportKind,
 };
-
-/// Plugin calls one tenant may have running at once; more wait their turn.
-const CONCURRENT_CALLS: usize = 8;
 
 #[derive(Debug, Clone)]
 enum Active {
@@ -58,6 +61,7 @@ pub struct PluginSlot {
     tenant: Arc<str>,
     path: Option<PathBuf>,
     settings: Arc<BTreeMap<String, String>>,
+    caps: Arc<Capabilities>,
     limits: PluginLimits,
     active: RwLock<Active>,
     status: Mutex<Status>,
@@ -79,24 +83,27 @@ pub enum Installed {
 }
 
 impl PluginSlot {
-    /// A slot for `tenant`. With a `path`, loads it now (a failure leaves the slot refusing
-    /// until a good version arrives); without, the built-in policy serves.
+    /// A slot for `tenant`, whose plugin reaches what `caps` offers. With a `path`, loads it
+    /// now (a failure leaves the slot refusing until a good version arrives); without, the
+    /// built-in policy serves.
     pub fn new(
         tenant: &str,
         path: Option<PathBuf>,
         settings: BTreeMap<String, String>,
+        caps: Capabilities,
         limits: PluginLimits,
     ) -> PluginSlot {
         let slot = PluginSlot {
             tenant: Arc::from(tenant),
             path: path.clone(),
             settings: Arc::new(settings),
+            caps: Arc::new(caps),
             limits,
             active: RwLock::new(Active::Builtin),
             status: Mutex::new(Status::default()),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-            permits: Semaphore::new(CONCURRENT_CALLS),
+            permits: Semaphore::new(limits.concurrency),
         };
         if let Some(path) = path {
             let loaded = std::fs::read(&path)
@@ -105,7 +112,7 @@ impl PluginSlot {
             match loaded {
                 Ok(compiled) => {
                     info!(tenant, sha256 = %compiled.sha256, path = %path.display(), "plugin loaded");
-                    slot.activate(compiled);
+                    slot.activate(slot.pool(compiled));
                 }
                 Err(e) => {
                     error!(tenant, path = %path.display(), error = %e, "plugin failed to load; the tenant refuses connections until it is fixed");
@@ -138,13 +145,17 @@ impl PluginSlot {
         status.last_error_at = Some(SystemTime::now());
     }
 
-    fn activate(&self, compiled: Compiled) {
-        let pool = Pool::new(
+    fn pool(&self, compiled: Compiled) -> Pool {
+        Pool::new(
             Arc::new(compiled),
             self.tenant.clone(),
             self.settings.clone(),
+            self.caps.clone(),
             self.limits,
-        );
+        )
+    }
+
+    fn activate(&self, pool: Pool) {
         *self.active_mut() = Active::Wasm(Arc::new(pool));
         self.status().loaded_at = Some(SystemTime::now());
     }
@@ -167,9 +178,9 @@ impl PluginSlot {
         }
     }
 
-    /// Compiles `bytes` off the async workers, checks it against the world, and swaps it in.
-    /// A refused version leaves the serving one in place; the error is logged and kept for the
-    /// admin API.
+    /// Compiles `bytes` off the async workers, checks it against the world, starts one
+    /// instance of it, and swaps it in. A refused version leaves the serving one in place; the
+    /// error is logged and kept for the admin API.
     pub async fn install(&self, bytes: Vec<u8>, origin: &str) -> Result<Installed, PluginError> {
         let sha = crate::util::hex(&Sha256::digest(&bytes));
         if self.sha256().as_deref() == Some(sha.as_str()) {
@@ -178,10 +189,17 @@ impl PluginSlot {
         let compiled = tokio::task::spawn_blocking(move || PluginEngine::global().compile(&bytes))
             .await
             .unwrap_or_else(|e| Err(PluginError::Compile(format!("compiler task failed: {e}"))));
-        match compiled {
+        let started = match compiled {
             Ok(compiled) => {
-                let sha256 = compiled.sha256.clone();
-                self.activate(compiled);
+                let pool = self.pool(compiled);
+                pool.warm_up().await.map(|()| pool)
+            }
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(pool) => {
+                let sha256 = pool.compiled().sha256.clone();
+                self.activate(pool);
                 self.status().reloads += 1;
                 info!(tenant = %self.tenant, %sha256, origin, "plugin reloaded");
                 Ok(Installed::Swapped { sha256 })
@@ -224,38 +242,27 @@ impl PluginSlot {
             "last_error_at": status.last_error_at.map(crate::util::epoch_seconds),
             "deadline_ms": self.limits.deadline.as_millis() as u64,
             "memory_bytes": self.limits.memory_bytes,
+            "concurrency": self.limits.concurrency,
+            "backend_calls": self.caps.backend_calls.load(Ordering::Relaxed),
+            "backend_failures": self.caps.backend_failures.load(Ordering::Relaxed),
         })
     }
 
-    /// Runs one plugin call on a blocking thread.
-    async fn call<R: Send + 'static>(
-        &self,
-        pool: Arc<Pool>,
-        f: impl FnOnce(
-                &engine::wit_policy::Guest,
-                &mut wasmtime::Store<engine::PluginState>,
-            ) -> wasmtime::Result<R>
-            + Send
-            + 'static,
-    ) -> Result<R, PolicyError> {
-        let _permit = self
+    /// A turn to call the plugin: at most `concurrency` calls of this tenant run at once.
+    async fn turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, PolicyError> {
+        let permit = self
             .permits
             .acquire()
             .await
             .map_err(|_| PolicyError::Unavailable("plugin calls are shutting down".into()))?;
         self.calls.fetch_add(1, Ordering::Relaxed);
-        let outcome = match tokio::runtime::Handle::current().runtime_flavor() {
-            // The worker hands its other tasks to a fresh thread for the duration, which costs
-            // far less than moving the call to the blocking pool and back (measured in
-            // benches/plugin.rs).
-            tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(move || pool.call(f))
-            }
-            _ => tokio::task::spawn_blocking(move || pool.call(f))
-                .await
-                .unwrap_or_else(|e| Err(PluginError::Trap(format!("plugin task failed: {e}")))),
-        };
-        outcome.map_err(|e| {
+        Ok(permit)
+    }
+
+    /// A call's outcome as the session sees it: a failure is counted, logged and kept for the
+    /// admin API.
+    fn outcome<R>(&self, called: Result<R, PluginError>) -> Result<R, PolicyError> {
+        called.map_err(|e| {
             self.failures.fetch_add(1, Ordering::Relaxed);
             let message = e.to_string();
             warn!(tenant = %self.tenant, error = %message, "plugin call failed");
@@ -288,6 +295,14 @@ pub fn principal_to_wit(p: &Principal) -> WitPrincipal {
     }
 }
 
+/// Converts an operation to WIT.
+pub fn operation_to_wit(op: Operation) -> wit_types::Operation {
+    match op {
+        Operation::Subscribe => wit_types::Operation::Subscribe,
+        Operation::Send => wit_types::Operation::Send,
+    }
+}
+
 /// Converts connection facts to WIT.
 pub fn connect_info_to_wit(info: &ConnectInfo) -> wit_types::ConnectInfo {
     wit_types::ConnectInfo {
@@ -309,13 +324,13 @@ impl Policy for PluginSlot {
             Active::Builtin => DefaultPolicy.authenticate(info).await,
             Active::Broken(reason) => Err(self.refusal(&reason)),
             Active::Wasm(pool) => {
-                let info = connect_info_to_wit(info);
-                self.call(pool, move |policy, store| {
-                    policy.call_authenticate(store, &info)
-                })
-                .await?
-                .map(principal_from_wit)
-                .map_err(PolicyError::Denied)
+                let _turn = self.turn().await?;
+                let called = pool
+                    .authenticate(&connect_info_to_wit(info), info.request_headers.clone())
+                    .await;
+                self.outcome(called)?
+                    .map(principal_from_wit)
+                    .map_err(PolicyError::Denied)
             }
         }
     }
@@ -330,17 +345,11 @@ impl Policy for PluginSlot {
             Active::Builtin => DefaultPolicy.authorize(who, op, destination).await,
             Active::Broken(reason) => Err(self.refusal(&reason)),
             Active::Wasm(pool) => {
-                let who = principal_to_wit(who);
-                let op = match op {
-                    Operation::Subscribe => wit_types::Operation::Subscribe,
-                    Operation::Send => wit_types::Operation::Send,
-                };
-                let destination = destination.to_string();
-                self.call(pool, move |policy, store| {
-                    policy.call_authorize(store, &who, op, &destination)
-                })
-                .await?
-                .map_err(PolicyError::Denied)
+                let _turn = self.turn().await?;
+                let called = pool
+                    .authorize(&principal_to_wit(who), operation_to_wit(op), destination)
+                    .await;
+                self.outcome(called)?.map_err(PolicyError::Denied)
             }
         }
     }
@@ -350,11 +359,9 @@ impl Policy for PluginSlot {
             Active::Builtin => DefaultPolicy.resolve_channel(code).await,
             Active::Broken(reason) => Err(self.refusal(&reason)),
             Active::Wasm(pool) => {
-                let code = code.to_string();
-                self.call(pool, move |policy, store| {
-                    policy.call_resolve_channel(store, &code)
-                })
-                .await
+                let _turn = self.turn().await?;
+                let called = pool.resolve_channel(code).await;
+                self.outcome(called)
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Plugin author tooling behind `stompbox plugin check` and `stompbox plugin call`: load a
 //! `.wasm` exactly as a node would and report what it exports, or run one call and show the
-//! result, so a plugin can be tried without a node or a browser.
+//! result, so a plugin can be tried without a node or a browser. `stompbox plugin test` is in
+//! [`super::cases`].
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,32 +9,25 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::engine::{wit_types, Compiled, PluginEngine, PluginError, PluginLimits, Pool};
-use super::{connect_info_to_wit, principal_from_wit};
-use crate::policy::{ConnectInfo, TransportKind};
+use super::backend::Backend;
+use super::cache::{CacheLimits, PluginCache};
+use super::engine::{wit_types, Capabilities, Compiled, PluginEngine, PluginError, Pool, WORLD};
+use super::{connect_info_to_wit, principal_from_wit, PluginLimits};
+use crate::policy::{ConnectInfo, Operation};
 
 /// One call to make.
 #[derive(Debug, Clone)]
 pub enum ToolCall {
     /// `authenticate` with these connection facts.
-    Authenticate {
-        /// The tenant id the plugin sees.
-        tenant: String,
-        /// The transport.
-        transport: TransportKind,
-        /// The remote address.
-        remote_addr: Option<String>,
-        /// CONNECT headers.
-        headers: Vec<(String, String)>,
-    },
+    Authenticate(ConnectInfo),
     /// `authorize`.
     Authorize {
         /// The principal's user ("" = anonymous).
         user: String,
         /// The principal's attributes.
         attributes: Vec<(String, String)>,
-        /// `true` = subscribe, `false` = send.
-        subscribe: bool,
+        /// The operation.
+        op: Operation,
         /// The destination.
         destination: String,
     },
@@ -44,7 +38,8 @@ pub enum ToolCall {
     },
 }
 
-fn load(path: &Path) -> Result<Compiled, PluginError> {
+/// Reads and compiles a plugin file, as a node loads one.
+pub fn load(path: &Path) -> Result<Compiled, PluginError> {
     let bytes = std::fs::read(path)
         .map_err(|e| PluginError::Compile(format!("cannot read {}: {e}", path.display())))?;
     PluginEngine::global().compile(&bytes)
@@ -55,7 +50,7 @@ pub fn check(path: &Path) -> Result<Value, PluginError> {
     let compiled = load(path)?;
     Ok(json!({
         "file": path.display().to_string(),
-        "world": "stompbox:plugin/tenant-plugin@0.1.0",
+        "world": WORLD,
         "matches": true,
         "sha256": compiled.sha256,
         "size": compiled.size,
@@ -64,34 +59,35 @@ pub fn check(path: &Path) -> Result<Value, PluginError> {
     }))
 }
 
-/// Runs one call with `settings`, as a node would (same deadline and memory cap).
-pub fn call(
-    path: &Path,
+/// A pool for a plugin outside a node: `tenant`'s `settings`, calls to `backend`, a fresh
+/// in-memory cache.
+pub fn pool(
+    compiled: Compiled,
+    tenant: &str,
     settings: BTreeMap<String, String>,
+    backend: Arc<dyn Backend>,
     limits: PluginLimits,
-    request: ToolCall,
-) -> Result<Value, PluginError> {
-    let compiled = Arc::new(load(path)?);
-    let tenant = match &request {
-        ToolCall::Authenticate { tenant, .. } => tenant.clone(),
-        _ => "default".to_string(),
-    };
-    let pool = Pool::new(compiled, Arc::from(tenant), Arc::new(settings), limits);
-    let started = std::time::Instant::now();
-    let answer = match request {
-        ToolCall::Authenticate {
-            tenant,
-            transport,
-            remote_addr,
-            headers,
-        } => {
-            let info = connect_info_to_wit(&ConnectInfo {
-                tenant,
-                transport,
-                remote_addr,
-                headers,
-            });
-            match pool.call(|p, s| p.call_authenticate(s, &info))? {
+) -> Pool {
+    let cache = Arc::new(PluginCache::in_memory(CacheLimits::default()));
+    Pool::new(
+        Arc::new(compiled),
+        Arc::from(tenant),
+        Arc::new(settings),
+        Arc::new(Capabilities::new(backend, cache)),
+        limits,
+    )
+}
+
+/// What one call answered, as JSON: `{"ok": ...}` or `{"err": "..."}` (the policy's own
+/// verdict), or the failure of the call itself.
+pub async fn run(pool: &Pool, request: ToolCall) -> Result<Value, PluginError> {
+    Ok(match request {
+        ToolCall::Authenticate(info) => {
+            let request_headers = info.request_headers.clone();
+            match pool
+                .authenticate(&connect_info_to_wit(&info), request_headers)
+                .await?
+            {
                 Ok(principal) => {
                     let p = principal_from_wit(principal);
                     json!({"ok": {"user": p.user, "attributes": p.attributes}})
@@ -102,26 +98,40 @@ pub fn call(
         ToolCall::Authorize {
             user,
             attributes,
-            subscribe,
+            op,
             destination,
         } => {
             let who = wit_types::Principal { user, attributes };
-            let op = if subscribe {
-                wit_types::Operation::Subscribe
-            } else {
-                wit_types::Operation::Send
-            };
-            match pool.call(|p, s| p.call_authorize(s, &who, op, &destination))? {
+            match pool
+                .authorize(&who, super::operation_to_wit(op), &destination)
+                .await?
+            {
                 Ok(()) => json!({ "ok": null }),
                 Err(reason) => json!({ "err": reason }),
             }
         }
         ToolCall::ResolveChannel { code } => {
-            let destination = pool.call(|p, s| p.call_resolve_channel(s, &code))?;
-            json!({ "ok": destination })
+            json!({ "ok": pool.resolve_channel(&code).await? })
         }
+    })
+}
+
+/// Runs one call with `settings`, as a node would (same deadline and memory cap), and says how
+/// long it took.
+pub async fn call(
+    path: &Path,
+    settings: BTreeMap<String, String>,
+    backend: Arc<dyn Backend>,
+    limits: PluginLimits,
+    request: ToolCall,
+) -> Result<Value, PluginError> {
+    let tenant = match &request {
+        ToolCall::Authenticate(info) => info.tenant.clone(),
+        _ => "default".to_string(),
     };
-    let mut answer = answer;
+    let pool = pool(load(path)?, &tenant, settings, backend, limits);
+    let started = std::time::Instant::now();
+    let mut answer = run(&pool, request).await?;
     answer["elapsed_us"] = json!(started.elapsed().as_micros() as u64);
     Ok(answer)
 }

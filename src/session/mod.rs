@@ -129,6 +129,9 @@ pub struct Peer {
     pub remote_addr: Option<String>,
     /// The tenant the transport already chose (WebSocket path); `None` = decide at CONNECT.
     pub tenant: Option<Arc<Tenant>>,
+    /// What the policy may see of the request that opened the connection
+    /// ([`crate::policy::REQUEST_HEADERS`]); handed over, and so dropped, at CONNECT.
+    pub request_headers: Vec<(String, String)>,
 }
 
 /// One STOMP session.
@@ -371,6 +374,7 @@ impl Session {
             transport: self.peer.transport,
             remote_addr: self.peer.remote_addr.clone(),
             headers: frame.headers.clone(),
+            request_headers: std::mem::take(&mut self.peer.request_headers),
         };
         let principal = tenant
             .policy()

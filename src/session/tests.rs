@@ -72,6 +72,7 @@ impl Harness {
                 transport: TransportKind::Tcp,
                 remote_addr: None,
                 tenant: None,
+                request_headers: Vec::new(),
             },
         )
     }
@@ -811,6 +812,18 @@ impl Backplane for Held {
     }
     async fn ban(&self, _: &str, _: &str, _: u64) -> Result<(), ClusterError> {
         Ok(())
+    }
+    async fn cache_get(&self, _: &str, _: &str) -> Result<Option<String>, ClusterError> {
+        Ok(None)
+    }
+    async fn cache_set(&self, _: &str, _: &str, _: &str, _: u64) -> Result<(), ClusterError> {
+        Ok(())
+    }
+    async fn cache_delete(&self, _: &str, _: &str) -> Result<(), ClusterError> {
+        Ok(())
+    }
+    fn is_shared(&self) -> bool {
+        false
     }
     fn is_ready(&self) -> bool {
         true

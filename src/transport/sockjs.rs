@@ -127,8 +127,10 @@ struct StompHandler {
 
 impl crate::sockjs::Handler for StompHandler {
     fn open(&self, mut connection: Connection) -> Result<(), Refusal> {
-        // The origin was checked before the service was asked; STOMP needs no other header,
-        // and a session that kept them would hold them for as long as it lives.
+        // The origin was checked before the service was asked; the session keeps only what
+        // its tenant's policy may read at CONNECT, and a session that kept every header would
+        // hold them for as long as it lives.
+        let request_headers = super::request_headers(&connection.info.headers);
         connection.info.headers = HeaderMap::new();
         if self.node.shutdown.is_cancelled() {
             return Err(Refusal {
@@ -147,6 +149,7 @@ impl crate::sockjs::Handler for StompHandler {
             transport: TransportKind::SockJs,
             remote_addr: peer.clone(),
             tenant: Some(self.tenant.clone()),
+            request_headers,
         };
         let node = self.node.clone();
         let session = Session::new(node.sessions.clone(), from);

@@ -30,6 +30,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
             transport: TransportKind::Tcp,
             remote_addr: Some(peer.to_string()),
             tenant: None,
+            request_headers: Vec::new(),
         };
         let session = Session::new(node.sessions.clone(), from);
         let span = info_span!("conn", transport = "tcp", session = %session.id(), peer = %peer);

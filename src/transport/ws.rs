@@ -133,6 +133,7 @@ fn upgrade(node: Arc<Node>, tenant: Arc<Tenant>, peer: SocketAddr, mut req: Requ
         transport: TransportKind::WebSocket,
         remote_addr: Some(peer.to_string()),
         tenant: Some(tenant.clone()),
+        request_headers: super::request_headers(req.headers()),
     };
     let session = Session::new(node.sessions.clone(), from);
     let span = info_span!("conn", transport = "ws", tenant = %tenant.id, session = %session.id(), peer = %peer);

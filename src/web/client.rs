@@ -1,5 +1,5 @@
-//! A small outbound HTTP/1.1 client: a tenant's webhook (and, later, a plugin's calls to its
-//! backend). Built on hyper's pooled client, which already keeps connections alive and reuses
+//! A small outbound HTTP/1.1 client: a tenant's webhook and its plugin's calls to its
+//! backend. Built on hyper's pooled client, which already keeps connections alive and reuses
 //! them; this module adds what every caller needs and hyper leaves out: a whole-request
 //! timeout, a cap on the response body, and errors that say what went wrong in words.
 //!
@@ -34,6 +34,50 @@ pub fn parse_url(url: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
+/// Parses a `host[:port]` entry of an allow-list (`127.0.0.1:8081`, `auth.internal`,
+/// `[::1]:9000`): the host in lowercase without IPv6 brackets, and the port (80 when none is
+/// given, as in an `http://` URL).
+pub fn parse_authority(entry: &str) -> Result<(String, u16), String> {
+    let wrong = || format!("'{entry}' is not host or host:port");
+    let (host, port) = match entry.strip_prefix('[') {
+        Some(v6) => {
+            let (host, rest) = v6.split_once(']').ok_or_else(wrong)?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(wrong());
+            }
+            let port = match rest {
+                "" => None,
+                r => Some(r.strip_prefix(':').ok_or_else(wrong)?),
+            };
+            (host, port)
+        }
+        None => match entry.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (entry, None),
+        },
+    };
+    let name_ok = !host.is_empty()
+        && (host.contains(':')
+            || host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'));
+    let port = match port {
+        None => 80,
+        Some(p) => p.parse::<u16>().map_err(|_| wrong())?,
+    };
+    if !name_ok {
+        return Err(wrong());
+    }
+    Ok((bare_host(host), port))
+}
+
+/// A URL's host as allow-lists name it: lowercase, IPv6 without brackets.
+pub fn bare_host(host: &str) -> String {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
+}
+
 /// Why a request got no answer to act on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ClientError {
@@ -53,6 +97,8 @@ pub enum ClientError {
 pub struct Answer {
     /// Its status.
     pub status: StatusCode,
+    /// Its headers.
+    pub headers: axum::http::HeaderMap,
     /// Its body (at most the cap asked for).
     pub body: Bytes,
 }
@@ -91,7 +137,23 @@ impl HttpClient {
         timeout: Duration,
         max_answer_bytes: usize,
     ) -> Result<Answer, ClientError> {
-        let mut request = Request::builder().method(Method::POST).uri(uri.clone());
+        self.send(Method::POST, uri, headers, body, timeout, max_answer_bytes)
+            .await
+    }
+
+    /// Sends one request; the answer (whatever its status) within `timeout`, its body cut off
+    /// as an error past `max_answer_bytes`. Redirects are answers like any other: following
+    /// one is the caller's decision.
+    pub async fn send(
+        &self,
+        method: Method,
+        uri: &Uri,
+        headers: &[(HeaderName, HeaderValue)],
+        body: Bytes,
+        timeout: Duration,
+        max_answer_bytes: usize,
+    ) -> Result<Answer, ClientError> {
+        let mut request = Request::builder().method(method).uri(uri.clone());
         for (name, value) in headers {
             request = request.header(name, value);
         }
@@ -105,8 +167,8 @@ impl HttpClient {
                 .request(request)
                 .await
                 .map_err(|e| ClientError::Failed(describe(&e)))?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), max_answer_bytes)
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, max_answer_bytes)
                 .collect()
                 .await
                 .map_err(|e| {
@@ -117,7 +179,11 @@ impl HttpClient {
                     }
                 })?
                 .to_bytes();
-            Ok(Answer { status, body })
+            Ok(Answer {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
         };
         tokio::time::timeout(timeout, exchange)
             .await
@@ -152,5 +218,21 @@ mod tests {
         assert!(parse_url("ftp://x/").unwrap_err().contains("http://"));
         assert!(parse_url("/hook").is_err());
         assert!(parse_url("not a url").is_err());
+    }
+
+    #[test]
+    fn allow_list_entries() {
+        assert_eq!(
+            parse_authority("127.0.0.1:8081"),
+            Ok(("127.0.0.1".into(), 8081))
+        );
+        assert_eq!(
+            parse_authority("Auth.Internal"),
+            Ok(("auth.internal".into(), 80))
+        );
+        assert_eq!(parse_authority("[::1]:9000"), Ok(("::1".into(), 9000)));
+        for bad in ["", "user@host", "http://x", "host:port", "a b"] {
+            assert!(parse_authority(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -14,6 +14,6 @@ fi
 cargo build --release --target "$target" "$@"
 
 out="${CARGO_TARGET_DIR:-$PWD/target}/$target/release"
-for name in hostile wrong_world; do
+for name in hostile wrong_world world_0_1_0; do
     echo "$out/$name.wasm"
 done

@@ -528,7 +528,7 @@ pub fn plugin_wasm(name: &str) -> std::path::PathBuf {
             );
         }
     });
-    let workspace = if matches!(name, "hostile" | "wrong_world") {
+    let workspace = if matches!(name, "hostile" | "wrong_world" | "world_0_1_0") {
         "tests/plugins"
     } else {
         "plugins"

@@ -1,6 +1,9 @@
 //! The plugin's decisions as plain functions of their inputs (headers, settings, the clock), so
 //! they are unit-tested on the host; `component.rs` only feeds them from the host imports.
 
+use stompbox_plugin::destination::{self, UserDestination};
+use stompbox_plugin::{header, printable, settings, Operation};
+
 use crate::jwt;
 
 /// Error messages start with this, so a client (and the node's log) can tell who refused.
@@ -16,23 +19,6 @@ pub struct Identity {
     pub user: String,
     /// `("auth", "jwt")`, then the token's other string claims (`scope`, `iss`, ...).
     pub attributes: Vec<(String, String)>,
-}
-
-/// What a session asks to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Op {
-    /// SUBSCRIBE.
-    Subscribe,
-    /// SEND.
-    Send,
-}
-
-/// The first value of header `name` (STOMP: the first occurrence of a repeated header wins).
-pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
 }
 
 /// Decides a CONNECT: the JWT is the `token` header, else `passcode` (a leading `Bearer ` is
@@ -86,20 +72,6 @@ fn strip_bearer(token: &str) -> &str {
     }
 }
 
-/// A client-supplied string made safe to echo in an error message: control characters become
-/// `?` and it is cut at 64 characters.
-fn printable(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .take(64)
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect();
-    if s.chars().count() > 64 {
-        out.push_str("...");
-    }
-    out
-}
-
 /// Decides whether `user` may `op` on `destination`.
 ///
 /// SUBSCRIBE: `/topic/...`, and the user's own user destinations: `/user/queue/...` and
@@ -112,52 +84,36 @@ fn printable(s: &str) -> String {
 /// Either way a destination with an empty, `.` or `..` path segment is denied outright.
 pub fn authorize(
     user: &str,
-    op: Op,
+    op: Operation,
     destination: &str,
     send_prefixes: Option<&str>,
 ) -> Result<(), String> {
+    destination::check_clean(destination).map_err(|e| format!("{PREFIX}{e}"))?;
     let shown = printable(destination);
-    if destination
-        .split('/')
-        .skip(1)
-        .any(|seg| seg.is_empty() || seg == "." || seg == "..")
-        || !destination.starts_with('/')
-    {
-        return Err(format!(
-            "{PREFIX}destination '{shown}' has an empty, '.' or '..' path segment"
-        ));
-    }
     match op {
-        Op::Subscribe => {
-            if has_rest(destination, "/topic/") {
+        Operation::Subscribe => {
+            if destination::under(destination, "/topic/") || destination::is_own(destination, user)
+            {
                 return Ok(());
             }
-            if let Some(rest) = destination.strip_prefix("/user/") {
-                if has_rest(rest, "queue/") || has_rest(rest, "topic/") {
-                    return Ok(());
-                }
-                if !user.is_empty() && has_rest(rest, &format!("{user}/")) {
-                    return Ok(());
-                }
-                if user.is_empty() {
-                    return Err(format!(
-                        "{PREFIX}an anonymous session cannot subscribe to '{shown}'"
-                    ));
-                }
-                return Err(format!(
+            match destination::user_destination(destination) {
+                UserDestination::Named(_) if user.is_empty() => Err(format!(
+                    "{PREFIX}an anonymous session cannot subscribe to '{shown}'"
+                )),
+                UserDestination::Named(_) => Err(format!(
                     "{PREFIX}'{}' may not subscribe to '{shown}': only to its own /user/queue/... \
                      and /user/topic/... destinations",
                     printable(user)
-                ));
+                )),
+                _ => Err(format!(
+                    "{PREFIX}subscribing to '{shown}' is not allowed: only /topic/... and your own \
+                     /user/queue/... or /user/topic/... destinations"
+                )),
             }
-            Err(format!(
-                "{PREFIX}subscribing to '{shown}' is not allowed: only /topic/... and your own \
-                 /user/queue/... or /user/topic/... destinations"
-            ))
         }
-        Op::Send => {
+        Operation::Send => {
             let prefixes = send_prefixes.unwrap_or(DEFAULT_SEND_PREFIXES);
-            let allowed: Vec<&str> = list(prefixes).collect();
+            let allowed: Vec<&str> = settings::list(prefixes).collect();
             if allowed.iter().any(|p| destination.starts_with(p)) {
                 return Ok(());
             }
@@ -171,27 +127,6 @@ pub fn authorize(
             }
         }
     }
-}
-
-/// `s` starts with `prefix` and has something after it.
-fn has_rest(s: &str, prefix: &str) -> bool {
-    s.strip_prefix(prefix).is_some_and(|r| !r.is_empty())
-}
-
-/// The non-empty, trimmed items of a comma-separated setting.
-fn list(setting: &str) -> impl Iterator<Item = &str> {
-    setting.split(',').map(str::trim).filter(|s| !s.is_empty())
-}
-
-/// Looks `code` up in the tenant setting `channels`, `"CODE=/destination,CODE2=/other"` (spaces
-/// around items, codes and destinations are ignored; codes are case-sensitive; the first match
-/// wins). `None` when the setting or the code is missing.
-pub fn resolve_channel(channels: Option<&str>, code: &str) -> Option<String> {
-    list(channels?)
-        .filter_map(|item| item.split_once('='))
-        .find(|(c, _)| c.trim() == code)
-        .map(|(_, dest)| dest.trim().to_string())
-        .filter(|dest| !dest.is_empty())
 }
 
 #[cfg(test)]
@@ -298,7 +233,7 @@ mod tests {
 
     #[test]
     fn subscribe_rules() {
-        let sub = |user, dest| authorize(user, Op::Subscribe, dest, None);
+        let sub = |user, dest| authorize(user, Operation::Subscribe, dest, None);
         assert!(sub("bob", "/topic/news").is_ok());
         assert!(sub("bob", "/topic/a/b").is_ok());
         assert!(sub("bob", "/user/queue/x").is_ok());
@@ -349,7 +284,7 @@ mod tests {
 
     #[test]
     fn send_rules() {
-        let send = |dest, prefixes| authorize("bob", Op::Send, dest, prefixes);
+        let send = |dest, prefixes| authorize("bob", Operation::Send, dest, prefixes);
         assert!(send("/topic/chat", None).is_ok());
         assert!(send("/user/alice/queue/x", None).is_ok());
         assert_eq!(
@@ -363,28 +298,6 @@ mod tests {
         assert_eq!(
             send("/topic/news", Some(" ")).unwrap_err(),
             "jwt-auth: SEND is not allowed on this tenant"
-        );
-    }
-
-    #[test]
-    fn channels() {
-        let setting = Some(" ORDER_STATUS = /queue/orders , NEWS=/topic/news,,BROKEN, EMPTY=");
-        assert_eq!(
-            resolve_channel(setting, "ORDER_STATUS").as_deref(),
-            Some("/queue/orders")
-        );
-        assert_eq!(
-            resolve_channel(setting, "NEWS").as_deref(),
-            Some("/topic/news")
-        );
-        assert_eq!(resolve_channel(setting, "news"), None);
-        assert_eq!(resolve_channel(setting, "BROKEN"), None);
-        assert_eq!(resolve_channel(setting, "EMPTY"), None);
-        assert_eq!(resolve_channel(setting, ""), None);
-        assert_eq!(resolve_channel(None, "NEWS"), None);
-        assert_eq!(
-            resolve_channel(Some("A=/topic/1,A=/topic/2"), "A").as_deref(),
-            Some("/topic/1")
         );
     }
 }

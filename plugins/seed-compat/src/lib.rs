@@ -4,12 +4,39 @@
 //!
 //! **Unsafe by design**: any client can claim to be any user. It exists only to migrate tenants
 //! off the old system; see `README.md`.
-//!
-//! The decisions are plain functions (unit-tested on the host); the wit-bindgen glue in
-//! `component.rs` is compiled for wasm only.
 
-#[cfg(target_arch = "wasm32")]
-mod component;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use stompbox_plugin::{header, host, settings, ConnectInfo, Level, Operation, Policy, Principal};
+
+/// The plugin.
+pub struct SeedCompat;
+
+/// Whether this instance has warned yet (once per instance, not per CONNECT).
+static WARNED: AtomicBool = AtomicBool::new(false);
+
+impl Policy for SeedCompat {
+    fn authenticate(info: ConnectInfo) -> Result<Principal, String> {
+        if !WARNED.swap(true, Ordering::Relaxed) {
+            host::log(
+                Level::Warn,
+                "seed-compat: trusting the client's userid/login header; any client can claim \
+                 any user (migration only)",
+            );
+        }
+        Ok(Principal::user(claimed_user(&info.headers)).with("auth", "seed-compat"))
+    }
+
+    fn authorize(_who: Principal, _op: Operation, _destination: String) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn resolve_channel(code: String) -> Option<String> {
+        settings::channel(host::setting("channels").as_deref(), &code)
+    }
+}
+
+stompbox_plugin::export!(SeedCompat);
 
 /// The user a CONNECT claims: the first `userid` header, else the first `login`; empty (an
 /// anonymous session) when neither is sent or the one found is empty. Nothing is verified.
@@ -18,32 +45,6 @@ pub fn claimed_user(headers: &[(String, String)]) -> String {
         .or_else(|| header(headers, "login"))
         .unwrap_or_default()
         .to_string()
-}
-
-/// The session's attributes: only where it came from.
-pub fn attributes() -> Vec<(String, String)> {
-    vec![("auth".to_string(), "seed-compat".to_string())]
-}
-
-/// The first value of header `name` (STOMP: the first occurrence of a repeated header wins).
-fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
-}
-
-/// Looks `code` up in the tenant setting `channels`, `"CODE=/destination,CODE2=/other"` (spaces
-/// around items, codes and destinations are ignored; codes are case-sensitive; the first match
-/// wins). `None` when the setting or the code is missing. Same format as `jwt-auth`.
-pub fn resolve_channel(channels: Option<&str>, code: &str) -> Option<String> {
-    channels?
-        .split(',')
-        .map(str::trim)
-        .filter_map(|item| item.split_once('='))
-        .find(|(c, _)| c.trim() == code)
-        .map(|(_, dest)| dest.trim().to_string())
-        .filter(|dest| !dest.is_empty())
 }
 
 #[cfg(test)]
@@ -66,21 +67,5 @@ mod tests {
         assert_eq!(user(&[]), "");
         // Exactly like the node's built-in policy: an empty userid is anonymous, not `login`.
         assert_eq!(user(&[("userid", ""), ("login", "l")]), "");
-    }
-
-    #[test]
-    fn channels() {
-        let setting = Some("ORDER_STATUS=/queue/orders, NEWS = /topic/news ,junk");
-        assert_eq!(
-            resolve_channel(setting, "ORDER_STATUS").as_deref(),
-            Some("/queue/orders")
-        );
-        assert_eq!(
-            resolve_channel(setting, "NEWS").as_deref(),
-            Some("/topic/news")
-        );
-        assert_eq!(resolve_channel(setting, "junk"), None);
-        assert_eq!(resolve_channel(setting, "OTHER"), None);
-        assert_eq!(resolve_channel(None, "NEWS"), None);
     }
 }

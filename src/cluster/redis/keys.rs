@@ -62,6 +62,12 @@ pub fn bans(tenant: &str) -> String {
     format!("sb:{{{tenant}}}:bans")
 }
 
+/// Entry `key` of a tenant's plugin cache. The tag is the tenant and the key together, so a
+/// tenant's entries spread over a Redis Cluster's slots.
+pub fn plugin_cache(tenant: &str, key: &str) -> String {
+    format!("sb:{{{tenant}:{key}}}:plugin-cache")
+}
+
 /// The channel of presence-change notices.
 pub const PRESENCE_CHANNEL: &str = "sb:presence";
 

@@ -472,6 +472,39 @@ impl Backplane for RedisBackplane {
         Ok(self.record_ban(tenant, user, until_ms).await?)
     }
 
+    async fn cache_get(&self, tenant: &str, key: &str) -> Result<Option<String>, ClusterError> {
+        let key = keys::plugin_cache(tenant, key);
+        let mut get = redis::cmd("GET");
+        get.arg(&key);
+        Ok(self.shards.one(Routed::key(&key, get)).await?)
+    }
+
+    async fn cache_set(
+        &self,
+        tenant: &str,
+        key: &str,
+        value: &str,
+        ttl_ms: u64,
+    ) -> Result<(), ClusterError> {
+        let key = keys::plugin_cache(tenant, key);
+        let mut set = redis::cmd("SET");
+        set.arg(&key).arg(value).arg("PX").arg(ttl_ms.max(1));
+        self.shards.one::<()>(Routed::key(&key, set)).await?;
+        Ok(())
+    }
+
+    async fn cache_delete(&self, tenant: &str, key: &str) -> Result<(), ClusterError> {
+        let key = keys::plugin_cache(tenant, key);
+        let mut del = redis::cmd("DEL");
+        del.arg(&key);
+        self.shards.one::<()>(Routed::key(&key, del)).await?;
+        Ok(())
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
     fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
