@@ -13,6 +13,9 @@
 //!   over, a whole shard stopped, slots moved with `redis-cli --cluster reshard`.
 //! - [`http`]: a minimal HTTP/1.1 client over tokio, one request per connection.
 //! - [`jwt`]: an HS256 JSON Web Token signer.
+//! - [`webhook::WebhookReceiver`]: a tenant's webhook that checks signatures.
+//! - [`session_backend::SessionBackend`]: a tenant's backend that checks session cookies, for
+//!   plugins that ask it.
 //!
 //! It does not depend on the `stompbox` crate: the load tool uses it too, and measures the
 //! broker from outside. Starting things is synchronous (a test or a benchmark waits for it
@@ -25,6 +28,7 @@ mod redis_cluster;
 
 pub mod http;
 pub mod jwt;
+pub mod session_backend;
 pub mod webhook;
 
 use std::net::{SocketAddr, TcpStream};

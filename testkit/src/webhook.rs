@@ -218,7 +218,7 @@ async fn serve(mut stream: TcpStream, script: Arc<Mutex<Script>>, secret: Vec<u8
 }
 
 /// Reads one request: its headers (lower-case names) and its body (by `content-length`).
-async fn read_request(
+pub(crate) async fn read_request(
     stream: &mut TcpStream,
     buf: &mut Vec<u8>,
 ) -> Option<(Vec<(String, String)>, Vec<u8>)> {

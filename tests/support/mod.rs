@@ -204,6 +204,17 @@ impl Client {
         (Client::over(Wire::Ws(Box::new(ws))), chosen)
     }
 
+    /// A WebSocket client whose upgrade request carries `cookie` (as a browser sends its
+    /// cookies): `SESSION=abc`.
+    pub async fn ws_with_cookie(url: &str, cookie: &str) -> Client {
+        let mut request = url.into_client_request().unwrap();
+        let headers = request.headers_mut();
+        headers.insert("sec-websocket-protocol", "v12.stomp".parse().unwrap());
+        headers.insert("cookie", cookie.parse().unwrap());
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        Client::over(Wire::Ws(Box::new(ws)))
+    }
+
     async fn ws_handshake(
         url: &str,
         protocols: &str,
