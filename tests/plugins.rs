@@ -331,6 +331,81 @@ async fn a_plugin_built_for_the_first_world_still_loads() {
     assert_eq!(report["exports"], json!(["stompbox:plugin/policy@0.1.0"]));
 }
 
+/// `stompbox plugin test FILE CASES`: its exit code and report.
+fn plugin_test(wasm: &std::path::Path, cases: &std::path::Path) -> (Option<i32>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stompbox"))
+        .args(["plugin", "test"])
+        .arg(wasm)
+        .arg(cases)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), text)
+}
+
+#[test]
+fn every_example_plugin_passes_its_own_cases() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins");
+    for (wasm, dir) in [
+        ("jwt_auth", "jwt-auth"),
+        ("seed_compat", "seed-compat"),
+        ("session_cookie", "session-cookie"),
+    ] {
+        let (code, report) = plugin_test(&plugin_wasm(wasm), &root.join(dir).join("cases.toml"));
+        assert_eq!(code, Some(0), "{report}");
+        assert!(report.contains(" 0 failed"), "{report}");
+    }
+}
+
+#[test]
+fn plugin_test_reports_a_mismatch_and_refuses_a_broken_file() {
+    let dir = std::env::temp_dir().join(format!("plugin-cases-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let wrong = dir.join("wrong.toml");
+    std::fs::write(
+        &wrong,
+        "[settings]\nchannels = \"NEWS=/topic/news\"\n\
+         [[case]]\nname = \"believes userid\"\nauthenticate = { headers = { userid = \"alice\" } }\nexpect = { user = \"alice\" }\n\
+         [[case]]\nname = \"wrong on purpose\"\nresolve_channel = \"NEWS\"\nexpect = { destination = \"/topic/other\" }\n",
+    )
+    .unwrap();
+    let (code, report) = plugin_test(&plugin_wasm("seed_compat"), &wrong);
+    assert_eq!(code, Some(1), "{report}");
+    assert!(report.contains("ok    believes userid"), "{report}");
+    assert!(
+        report.contains(
+            "FAIL  wrong on purpose: expected destination \"/topic/other\", got \"/topic/news\""
+        ),
+        "{report}"
+    );
+    assert!(report.contains("1 passed, 1 failed"), "{report}");
+
+    // A hostile plugin's deadline is an expectation like any other.
+    let hostile = dir.join("hostile.toml");
+    std::fs::write(
+        &hostile,
+        "[settings]\nmode = \"loop\"\n[[case]]\nname = \"spins\"\nauthenticate = {}\nexpect = { fails = \"deadline\" }\n",
+    )
+    .unwrap();
+    let (code, report) = plugin_test(&plugin_wasm("hostile"), &hostile);
+    assert_eq!(code, Some(0), "{report}");
+
+    let broken = dir.join("broken.toml");
+    std::fs::write(
+        &broken,
+        "[[case]]\nname = \"no call\"\nexpect = { user = \"a\" }\n",
+    )
+    .unwrap();
+    let (code, report) = plugin_test(&plugin_wasm("seed_compat"), &broken);
+    assert_eq!(code, Some(2), "{report}");
+    assert!(report.contains("give exactly one of"), "{report}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn plugin_cli_checks_and_calls() {
     let jwt_auth = plugin_wasm("jwt_auth");

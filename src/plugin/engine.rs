@@ -137,8 +137,9 @@ pub struct PluginState {
     caps: Arc<Capabilities>,
     /// Headers of the request that opened the connection, during `authenticate` only.
     request_headers: Vec<(String, String)>,
-    /// When the call in progress must end: what a backend call may still wait.
-    deadline: Instant,
+    /// When a backend call of the call in progress must have its answer: the call's deadline
+    /// less a tenth of it, which is left to the plugin to act on the answer (or its absence).
+    backend_deadline: Instant,
     limits: StoreLimits,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -199,7 +200,9 @@ impl wit_backend::Host for PluginState {
         &mut self,
         request: wit_backend::Request,
     ) -> Result<wit_backend::Response, wit_backend::FetchError> {
-        let budget = self.deadline.saturating_duration_since(Instant::now());
+        let budget = self
+            .backend_deadline
+            .saturating_duration_since(Instant::now());
         self.caps.backend_calls.fetch_add(1, Ordering::Relaxed);
         let answer = self.caps.backend.fetch(request, budget).await;
         if let Err(e) = &answer {
@@ -391,7 +394,7 @@ impl Pool {
             settings: self.settings.clone(),
             caps: self.caps.clone(),
             request_headers: Vec::new(),
-            deadline: Instant::now(),
+            backend_deadline: Instant::now(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory_bytes)
                 .instances(16)
@@ -426,7 +429,7 @@ impl Pool {
             None => self.instantiate().await?,
         };
         let state = warm.store.data_mut();
-        state.deadline = Instant::now() + self.limits.deadline;
+        state.backend_deadline = Instant::now() + self.limits.deadline * 9 / 10;
         state.request_headers = request_headers;
         Ok(warm)
     }
