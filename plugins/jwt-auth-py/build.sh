@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Builds app.py (and rules.py) into dist/jwt_auth_py.wasm for the tenant-plugin world of
+# ../../wit. The first run makes .venv with componentize-py (requirements.txt); later runs
+# need no network.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+if [ ! -x .venv/bin/componentize-py ]; then
+    python3 -m venv .venv
+    .venv/bin/pip install --disable-pip-version-check -q -r requirements.txt
+fi
+mkdir -p dist
+.venv/bin/componentize-py -d ../../wit -w tenant-plugin componentize -p . app -o dist/jwt_auth_py.wasm
+echo "$PWD/dist/jwt_auth_py.wasm"
