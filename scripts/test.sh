@@ -67,16 +67,36 @@ ensure_node() {
     have npm || apt_install npm
 }
 
-# node_modules of tests/clients (the test clients) and examples/backend-node (the example
-# backend the tests run), each from its committed package-lock.json.
+# node_modules of tests/clients (the test clients), examples/backend-node (the example
+# backend the tests run) and the TypeScript plugins (componentize-js, jco, typescript), each
+# from its committed package-lock.json.
 ensure_node_clients() {
     local dir lock stamp
-    for dir in "$CLIENTS" "$ROOT/examples/backend-node"; do
+    for dir in "$CLIENTS" "$ROOT/examples/backend-node" "$ROOT/plugins/jwt-auth-ts" \
+        "$ROOT/tests/plugins/hostile-ts"; do
         lock="$dir/package-lock.json" stamp="$dir/node_modules/.stompbox-lock.sha256"
         if [ "${FORCE_INSTALL:-0}" = 1 ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$(sha "$lock")" ]; then
             log "npm ci in ${dir#"$ROOT"/}"
             (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
             sha "$lock" >"$stamp"
+        fi
+    done
+}
+
+# componentize-py for the Python plugins: each plugin's .venv, as its build.sh makes it (the
+# tests build the plugins themselves; this is the part that needs the network).
+ensure_python_plugins() {
+    local dir reqs="$ROOT/plugins/jwt-auth-py/requirements.txt" stamp want
+    want="$(sha "$reqs")"
+    for dir in "$ROOT/plugins/jwt-auth-py" "$ROOT/tests/plugins/hostile-py"; do
+        stamp="$dir/.venv/.requirements.sha256"
+        if [ "${FORCE_INSTALL:-0}" = 1 ] || [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] \
+            || ! "$dir/.venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
+            log "pip install componentize-py in ${dir#"$ROOT"/}/.venv"
+            rm -rf "$dir/.venv"
+            python3 -m venv "$dir/.venv"
+            "$dir/.venv/bin/python" -m pip install --disable-pip-version-check --no-input -q -r "$reqs"
+            echo "$want" >"$stamp"
         fi
     done
 }
@@ -166,6 +186,7 @@ main() {
     ensure_rust
     ensure_python
     ensure_python_clients
+    ensure_python_plugins
     ensure_node
     ensure_node_clients
     ensure_node_root

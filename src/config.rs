@@ -232,6 +232,13 @@ pub struct ServerConfig {
     pub admin_token: Option<String>,
     /// How often plugin files are checked for changes, in ms.
     pub plugin_poll_ms: u64,
+    /// Keep compiled plugins on disk, so that a restart (or another node on the machine) loads
+    /// a plugin compiled before in milliseconds: a JavaScript or Python plugin takes seconds
+    /// to compile. What is in the directory is run: only the node's user may write to it.
+    pub plugin_compile_cache: bool,
+    /// Where compiled plugins are kept (default `$XDG_CACHE_HOME/stompbox/plugins`, else
+    /// `~/.cache/stompbox/plugins`); relative to the config file's folder.
+    pub plugin_compile_cache_dir: Option<PathBuf>,
     /// Serve the demo page at `/` (and the browser-test page at `/test.html`).
     pub demo_page: bool,
     /// The largest batch publish body read, in bytes (`POST .../publish/batch`).
@@ -266,6 +273,8 @@ impl Default for ServerConfig {
             shutdown_grace_ms: 5_000,
             admin_token: None,
             plugin_poll_ms: 1_000,
+            plugin_compile_cache: true,
+            plugin_compile_cache_dir: None,
             demo_page: true,
             max_batch_bytes: 16 << 20,
             max_batch_messages: 10_000,
@@ -612,6 +621,11 @@ impl Config {
                 if plugin.is_relative() {
                     tenant.plugin = Some(base.join(plugin));
                 }
+            }
+        }
+        if let Some(dir) = &config.server.plugin_compile_cache_dir {
+            if dir.is_relative() {
+                config.server.plugin_compile_cache_dir = Some(base.join(dir));
             }
         }
         Ok(config)

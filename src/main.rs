@@ -206,6 +206,10 @@ fn main() -> ExitCode {
 }
 
 fn plugin(command: PluginCommand) -> ExitCode {
+    // As a node does by default: what was compiled once loads at once.
+    stompbox::plugin::engine::configure_compile_cache(
+        stompbox::plugin::engine::CompileCache::Default,
+    );
     // The plugin tools run guests exactly as a node does: async, on a runtime of their own.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -701,6 +701,16 @@ impl Tenants {
         metrics: &Arc<Metrics>,
         node_id: &str,
     ) -> Tenants {
+        plugin::engine::configure_compile_cache(
+            match (
+                &server.plugin_compile_cache,
+                &server.plugin_compile_cache_dir,
+            ) {
+                (false, _) => plugin::engine::CompileCache::Off,
+                (true, Some(dir)) => plugin::engine::CompileCache::Dir(dir.clone()),
+                (true, None) => plugin::engine::CompileCache::Default,
+            },
+        );
         // One ceiling for the queues of every tenant, so that together they cannot take the
         // node's memory either.
         let node_backlog = Arc::new(Budget::new(server.node_backlog_bytes));

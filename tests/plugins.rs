@@ -17,10 +17,17 @@ fn toml_path(p: &std::path::Path) -> String {
     p.display().to_string().replace('\\', "/")
 }
 
+/// The same policy in each language a plugin can be written in: every test of it runs on all.
+const JWT_AUTH: [&str; 3] = ["jwt_auth", "jwt_auth_ts", "jwt_auth_py"];
+
 fn jwt_tenant(id: &str) -> String {
+    jwt_tenant_with(id, "jwt_auth")
+}
+
+fn jwt_tenant_with(id: &str, plugin: &str) -> String {
     format!(
         "[[tenants]]\nid = \"{id}\"\napi_keys = [\"{API_KEY}\"]\nplugin = \"{}\"\n[tenants.settings]\njwt_secret = \"{SECRET}\"\nchannels = \"ORDER_STATUS=/queue/orders, NEWS=/topic/news\"\n",
-        toml_path(&plugin_wasm("jwt_auth"))
+        toml_path(&plugin_wasm(plugin))
     )
 }
 
@@ -30,7 +37,13 @@ fn token_for(user: &str) -> String {
 
 #[tokio::test]
 async fn jwt_auth_rejects_forged_users_and_accepts_valid_tokens() {
-    let node = TestNode::start(&jwt_tenant("default")).await;
+    for plugin in JWT_AUTH {
+        forged_users_are_rejected(plugin).await;
+    }
+}
+
+async fn forged_users_are_rejected(plugin: &str) {
+    let node = TestNode::start(&jwt_tenant_with("default", plugin)).await;
     // The seed system's way: a bare userid. Refused.
     let mut forged = Client::tcp(node.stomp).await;
     forged
@@ -81,7 +94,13 @@ async fn jwt_auth_rejects_forged_users_and_accepts_valid_tokens() {
 
 #[tokio::test]
 async fn jwt_auth_keeps_users_to_their_own_destinations() {
-    let node = TestNode::start(&jwt_tenant("default")).await;
+    for plugin in JWT_AUTH {
+        users_keep_to_their_own_destinations(plugin).await;
+    }
+}
+
+async fn users_keep_to_their_own_destinations(plugin: &str) {
+    let node = TestNode::start(&jwt_tenant_with("default", plugin)).await;
     let mut alice = Client::tcp(node.stomp).await;
     alice.connect(&[("token", &token_for("alice"))]).await;
     alice.subscribe("1", "/user/queue/notice", "auto").await;
@@ -114,7 +133,13 @@ async fn jwt_auth_keeps_users_to_their_own_destinations() {
 
 #[tokio::test]
 async fn channel_codes_resolve_through_the_plugin() {
-    let node = TestNode::start(&jwt_tenant("default")).await;
+    for plugin in JWT_AUTH {
+        channel_codes_resolve(plugin).await;
+    }
+}
+
+async fn channel_codes_resolve(plugin: &str) {
+    let node = TestNode::start(&jwt_tenant_with("default", plugin)).await;
     let mut alice = Client::tcp(node.stomp).await;
     alice.connect(&[("token", &token_for("alice"))]).await;
     alice.subscribe("1", "/user/queue/orders", "auto").await;
@@ -264,6 +289,135 @@ async fn hostile_plugins_cost_only_their_own_call() {
     assert!(status["error"].as_str().unwrap().contains("disabled"));
 }
 
+fn guest_hostile_tenant(id: &str, plugin: &str, mode: &str) -> String {
+    // An interpreter's instance is larger than a Rust one: 64 MiB, and a deadline generous
+    // enough that on a loaded machine the memory cap, not the clock, stops the bomb.
+    format!(
+        "[[tenants]]\nid = \"{id}\"\nplugin = \"{}\"\nplugin_deadline_ms = {}\nplugin_memory_bytes = 67108864\n[tenants.settings]\nmode = \"{mode}\"\n",
+        toml_path(&plugin_wasm(plugin)),
+        if mode == "alloc" { 3000 } else { 100 }
+    )
+}
+
+// The node's own runtime flavour: a plugin call runs on a worker and yields every tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_typescript_and_python_plugins_cost_only_their_own_call() {
+    let config = [
+        guest_hostile_tenant("ts-loop", "hostile_ts", "loop"),
+        guest_hostile_tenant("ts-alloc", "hostile_ts", "alloc"),
+        guest_hostile_tenant("ts-throw", "hostile_ts", "throw"),
+        guest_hostile_tenant("ts-ok", "hostile_ts", "none"),
+        guest_hostile_tenant("py-loop", "hostile_py", "loop"),
+        guest_hostile_tenant("py-alloc", "hostile_py", "alloc"),
+        guest_hostile_tenant("py-raise", "hostile_py", "raise"),
+        guest_hostile_tenant("py-ok", "hostile_py", "none"),
+        format!(
+            "[[tenants]]\nid = \"good\"\nplugin = \"{}\"\n",
+            toml_path(&plugin_wasm("seed_compat"))
+        ),
+    ]
+    .concat();
+    let node = TestNode::start(&config).await;
+    let mut good = Client::ws(&node.ws_url("/ws/good"), "v12.stomp").await;
+    good.connect_as("gina").await;
+    good.subscribe("1", "/topic/heartbeat", "auto").await;
+    let http = node.http;
+    let publisher = tokio::spawn(async move {
+        let mut p = Client::ws(&format!("ws://{http}/ws/good"), "v12.stomp").await;
+        p.connect_as("pete").await;
+        for i in 0..40 {
+            p.send_to("/topic/heartbeat", &i.to_string()).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    });
+
+    for (tenant, expected) in [
+        ("ts-loop", "deadline"),
+        ("ts-alloc", "memory"),
+        ("ts-throw", "failed"),
+        ("py-loop", "deadline"),
+        ("py-alloc", "memory"),
+        ("py-raise", "failed"),
+        ("ts-loop", "deadline"),
+    ] {
+        let started = Instant::now();
+        let mut c = Client::ws(&node.ws_url(&format!("/ws/{tenant}")), "v12.stomp").await;
+        c.send_raw(b"CONNECT\naccept-version:1.2\nuserid:eve\n\n\0")
+            .await;
+        let error = c.expect_error("authentication failed").await;
+        let body = String::from_utf8_lossy(&error.body).to_string();
+        assert!(body.contains(expected), "{tenant}: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "{tenant} took {:?}",
+            started.elapsed()
+        );
+    }
+    // After their failures, both languages' instances are replaced and serve again.
+    for tenant in ["ts-ok", "py-ok"] {
+        let mut c = Client::ws(&node.ws_url(&format!("/ws/{tenant}")), "v12.stomp").await;
+        assert_eq!(
+            c.connect_as("ok").await.get("user-name"),
+            Some("ok"),
+            "{tenant}"
+        );
+    }
+    publisher.await.unwrap();
+    for i in 0..40 {
+        good.expect_message(&i.to_string()).await;
+    }
+}
+
+// The node's own runtime flavour: a plugin call runs on a worker and yields every tick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_moves_between_plugin_languages_without_dropping_anyone() {
+    // An upload is written over the tenant's plugin file: a copy of its own, not the build's.
+    let dir = std::env::temp_dir().join(format!("plugin-languages-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let live = dir.join("policy.wasm");
+    std::fs::copy(plugin_wasm("jwt_auth"), &live).unwrap();
+    let config = format!(
+        "[server]\nadmin_token = \"{ADMIN}\"\n[[tenants]]\nid = \"default\"\napi_keys = [\"{API_KEY}\"]\nplugin = \"{}\"\n[tenants.settings]\njwt_secret = \"{SECRET}\"\nchannels = \"NEWS=/topic/news\"\n",
+        toml_path(&live)
+    );
+    let node = TestNode::start(&config).await;
+    let mut alice = Client::tcp(node.stomp).await;
+    alice.connect(&[("token", &token_for("alice"))]).await;
+    alice.subscribe("1", "/topic/news", "auto").await;
+    for (round, plugin) in ["jwt_auth_ts", "jwt_auth_py", "jwt_auth"]
+        .into_iter()
+        .enumerate()
+    {
+        let bytes = std::fs::read(plugin_wasm(plugin)).unwrap();
+        let (code, body) = http_raw(
+            node.http,
+            "PUT",
+            "/admin/v1/tenants/default/plugin",
+            Some(ADMIN),
+            &bytes,
+        )
+        .await;
+        assert_eq!(code, 200, "{plugin}: {body}");
+        // The new language decides new connections: a forged user is refused, a token works.
+        let mut forged = Client::tcp(node.stomp).await;
+        forged
+            .send_raw(b"CONNECT\naccept-version:1.2\nuserid:alice\n\n\0")
+            .await;
+        forged.expect_error("authentication failed").await;
+        let user = format!("u{round}");
+        let mut fresh = Client::tcp(node.stomp).await;
+        let connected = fresh.connect(&[("token", &token_for(&user))]).await;
+        assert_eq!(connected.get("user-name"), Some(user.as_str()), "{plugin}");
+        // The session connected before every swap stays, and still receives.
+        let (status, _) = node
+            .publish(json!({"channelCode": "NEWS", "content": format!("after {plugin}")}))
+            .await;
+        assert_eq!(status, 202);
+        alice.expect_message(&format!("after {plugin}")).await;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 #[tokio::test]
 async fn a_plugin_that_does_not_match_the_world_is_refused_not_ignored() {
     let config = format!(
@@ -352,6 +506,8 @@ fn every_example_plugin_passes_its_own_cases() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins");
     for (wasm, dir) in [
         ("jwt_auth", "jwt-auth"),
+        ("jwt_auth_ts", "jwt-auth"),
+        ("jwt_auth_py", "jwt-auth"),
         ("seed_compat", "seed-compat"),
         ("session_cookie", "session-cookie"),
     ] {
@@ -359,6 +515,33 @@ fn every_example_plugin_passes_its_own_cases() {
         assert_eq!(code, Some(0), "{report}");
         assert!(report.contains(" 0 failed"), "{report}");
     }
+}
+
+/// The TypeScript and Python plugins' own unit tests, as their authors run them.
+#[test]
+fn typescript_and_python_plugins_pass_their_unit_tests() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("plugins");
+    plugin_wasm("jwt_auth_ts"); // installs its packages
+    let npm = std::process::Command::new("npm")
+        .args(["test", "--silent"])
+        .current_dir(root.join("jwt-auth-ts"))
+        .output()
+        .unwrap();
+    assert!(
+        npm.status.success(),
+        "{}",
+        String::from_utf8_lossy(&npm.stdout)
+    );
+    let python = std::process::Command::new("python3")
+        .args(["-m", "unittest", "discover", "-s", "tests"])
+        .current_dir(root.join("jwt-auth-py"))
+        .output()
+        .unwrap();
+    assert!(
+        python.status.success(),
+        "{}",
+        String::from_utf8_lossy(&python.stderr)
+    );
 }
 
 #[test]

@@ -17,6 +17,7 @@
 //! environment, no sockets, stdio discarded.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -230,6 +231,51 @@ impl wit_cache::Host for PluginState {
     }
 }
 
+/// Where the engine keeps compiled plugins between runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompileCache {
+    /// Nowhere: every load compiles.
+    Off,
+    /// `$XDG_CACHE_HOME/stompbox/plugins`, else `~/.cache/stompbox/plugins`.
+    Default,
+    /// This directory.
+    Dir(PathBuf),
+}
+
+static COMPILE_CACHE: OnceLock<CompileCache> = OnceLock::new();
+
+/// Chooses where compiled plugins are kept. The engine is one per process, so the first
+/// choice made before it starts holds; later ones are ignored (and said so in the log).
+pub fn configure_compile_cache(choice: CompileCache) {
+    if COMPILE_CACHE.set(choice.clone()).is_err() && COMPILE_CACHE.get() != Some(&choice) {
+        tracing::debug!(?choice, "the plugin compile cache was chosen already");
+    }
+}
+
+fn compile_cache() -> Option<wasmtime::Cache> {
+    let dir = match COMPILE_CACHE.get().unwrap_or(&CompileCache::Off) {
+        CompileCache::Off => return None,
+        CompileCache::Dir(dir) => dir.clone(),
+        CompileCache::Default => {
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .filter(|p| p.is_absolute())
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+            base.join("stompbox").join("plugins")
+        }
+    };
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    let mut config = wasmtime::CacheConfig::new();
+    config.with_directory(&dir);
+    match wasmtime::Cache::new(config) {
+        Ok(cache) => Some(cache),
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %format!("{e:#}"), "plugin compile cache unusable; plugins compile at every load");
+            None
+        }
+    }
+}
+
 /// The process-wide engine and linker.
 pub struct PluginEngine {
     engine: Engine,
@@ -266,6 +312,7 @@ impl PluginEngine {
         config.epoch_interruption(true);
         // A deep recursion in a guest ends in a trap long before it could hurt the host stack.
         config.max_wasm_stack(1 << 20);
+        config.cache(compile_cache());
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;

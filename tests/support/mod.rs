@@ -524,6 +524,9 @@ pub async fn ws_user(node: &TestNode, user: &str) -> Client {
 pub fn plugin_wasm(name: &str) -> std::path::PathBuf {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    if let Some(path) = guest_plugin(name) {
+        return path;
+    }
     BUILT.get_or_init(|| {
         for workspace in ["plugins", "tests/plugins"] {
             let status = std::process::Command::new(env!("CARGO"))
@@ -547,6 +550,50 @@ pub fn plugin_wasm(name: &str) -> std::path::PathBuf {
     root.join(workspace)
         .join("target/wasm32-wasip2/release")
         .join(format!("{name}.wasm"))
+}
+
+/// The plugins written in TypeScript and Python, built once per test binary the way their
+/// authors build them (`npm run build`, `./build.sh`); `None` for other names.
+fn guest_plugin(name: &str) -> Option<std::path::PathBuf> {
+    use std::sync::OnceLock;
+    static TS: OnceLock<()> = OnceLock::new();
+    static PY: OnceLock<()> = OnceLock::new();
+    static HOSTILE_TS: OnceLock<()> = OnceLock::new();
+    static HOSTILE_PY: OnceLock<()> = OnceLock::new();
+    let (once, dir, typescript) = match name {
+        "jwt_auth_ts" => (&TS, "plugins/jwt-auth-ts", true),
+        "jwt_auth_py" => (&PY, "plugins/jwt-auth-py", false),
+        "hostile_ts" => (&HOSTILE_TS, "tests/plugins/hostile-ts", true),
+        "hostile_py" => (&HOSTILE_PY, "tests/plugins/hostile-py", false),
+        _ => return None,
+    };
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    once.get_or_init(|| {
+        let run = |program: &str, args: &[&str]| {
+            let status = std::process::Command::new(program)
+                .args(args)
+                .current_dir(&dir)
+                .status()
+                .unwrap_or_else(|e| panic!("running {program} in {}: {e}", dir.display()));
+            assert!(
+                status.success(),
+                "{program} {args:?} failed in {}; scripts/test.sh installs what it needs",
+                dir.display()
+            );
+        };
+        if typescript {
+            if !dir.join("node_modules").exists() {
+                run(
+                    "npm",
+                    &["ci", "--no-audit", "--no-fund", "--loglevel=error"],
+                );
+            }
+            run("npm", &["run", "--silent", "build"]);
+        } else {
+            run("./build.sh", &[]);
+        }
+    });
+    Some(dir.join("dist").join(format!("{name}.wasm")))
 }
 
 /// An HS256 JWT with `claims`, signed with `secret`.
