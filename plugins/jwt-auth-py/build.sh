@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds app.py (and rules.py) into dist/jwt_auth_py.wasm for the tenant-plugin world of
+# Builds app.py (and rules.py) into dist/plugin.wasm for the tenant-plugin world of
 # ../../wit. The first run makes .venv with componentize-py (requirements.txt); later runs
 # need no network.
 set -euo pipefail
@@ -9,5 +9,5 @@ if [ ! -x .venv/bin/componentize-py ]; then
     .venv/bin/pip install --disable-pip-version-check -q -r requirements.txt
 fi
 mkdir -p dist
-.venv/bin/componentize-py -d ../../wit -w tenant-plugin componentize -p . app -o dist/jwt_auth_py.wasm
-echo "$PWD/dist/jwt_auth_py.wasm"
+.venv/bin/componentize-py -d ../../wit -w tenant-plugin componentize -p . app -o dist/plugin.wasm
+echo "$PWD/dist/plugin.wasm"

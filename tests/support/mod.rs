@@ -593,7 +593,7 @@ fn guest_plugin(name: &str) -> Option<std::path::PathBuf> {
             run("./build.sh", &[]);
         }
     });
-    Some(dir.join("dist").join(format!("{name}.wasm")))
+    Some(dir.join("dist").join("plugin.wasm"))
 }
 
 /// An HS256 JWT with `claims`, signed with `secret`.

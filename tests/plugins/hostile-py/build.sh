@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds app.py into dist/hostile_py.wasm for the tenant-plugin world of ../../../wit. The
+# Builds app.py into dist/plugin.wasm for the tenant-plugin world of ../../../wit. The
 # first run makes .venv with the componentize-py that plugins/jwt-auth-py pins.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -8,5 +8,5 @@ if [ ! -x .venv/bin/componentize-py ]; then
     .venv/bin/pip install --disable-pip-version-check -q -r ../../../plugins/jwt-auth-py/requirements.txt
 fi
 mkdir -p dist
-.venv/bin/componentize-py -d ../../../wit -w tenant-plugin componentize -p . app -o dist/hostile_py.wasm
-echo "$PWD/dist/hostile_py.wasm"
+.venv/bin/componentize-py -d ../../../wit -w tenant-plugin componentize -p . app -o dist/plugin.wasm
+echo "$PWD/dist/plugin.wasm"
