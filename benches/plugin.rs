@@ -1,8 +1,12 @@
-//! What a tenant plugin costs: one `authenticate` call through the warm instance pool (the
-//! call itself, and through the tenant's async policy slot as sessions make it), and a whole
-//! STOMP CONNECT → CONNECTED round trip on a node whose tenant runs `jwt-auth`.
+//! What a tenant plugin costs: one `authenticate` call through the warm instance pool, for
+//! `seed-compat` and for `jwt-auth` in each language (Rust, TypeScript, Python); the call
+//! through the tenant's policy slot as sessions make it; and a whole STOMP CONNECT →
+//! CONNECTED round trip on a node whose tenant runs `jwt-auth`.
 //!
-//! `cargo bench --bench plugin` (builds the example plugins for wasm32-wasip2 first).
+//! `cargo bench --bench plugin` (builds the example plugins first: cargo for wasm32-wasip2,
+//! `npm run build` and `build.sh` for the TypeScript and Python ones, as
+//! `scripts/plugin-bench.sh` does). `scripts/plugin-bench.sh` measures the rest of each
+//! language's cost (size, compile time, instance memory, CONNECTs per second).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,6 +35,38 @@ fn plugin_wasm(name: &str) -> PathBuf {
         .join(format!("{name}.wasm"))
 }
 
+/// The TypeScript or Python port of jwt-auth, built as its author would.
+fn guest_wasm(dir: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("plugins")
+        .join(dir);
+    let status = if dir.join("package.json").exists() {
+        if !dir.join("node_modules").exists() {
+            let ci = std::process::Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&dir)
+                .status()
+                .expect("running npm ci");
+            assert!(ci.success(), "npm ci in {}", dir.display());
+        }
+        std::process::Command::new("npm")
+            .args(["run", "--silent", "build"])
+            .current_dir(&dir)
+            .status()
+    } else {
+        std::process::Command::new("./build.sh")
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+    };
+    assert!(
+        status.expect("running the build").success(),
+        "building {}",
+        dir.display()
+    );
+    dir.join("dist/plugin.wasm")
+}
+
 fn token(user: &str) -> String {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -55,14 +91,24 @@ fn connect_headers(token: &str) -> Vec<(String, String)> {
 }
 
 fn bench_pool(c: &mut Criterion) {
+    // As a node does: a JavaScript or Python component compiles once, then loads from disk.
+    stompbox::plugin::engine::configure_compile_cache(
+        stompbox::plugin::engine::CompileCache::Default,
+    );
     let mut group = c.benchmark_group("authenticate");
     let token = token("alice");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    for name in ["seed_compat", "jwt_auth"] {
-        let compiled = tool::load(&plugin_wasm(name)).unwrap();
+    let plugins = [
+        ("seed_compat", plugin_wasm("seed_compat")),
+        ("jwt_auth", plugin_wasm("jwt_auth")),
+        ("jwt_auth_ts", guest_wasm("jwt-auth-ts")),
+        ("jwt_auth_py", guest_wasm("jwt-auth-py")),
+    ];
+    for (name, wasm) in plugins {
+        let compiled = tool::load(&wasm).unwrap();
         let backend = Arc::new(NoBackend {
             tenant: "default".into(),
         });

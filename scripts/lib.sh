@@ -29,3 +29,27 @@ apt_install() {
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" ||
         die "apt-get install $* failed"
 }
+
+# bench_workspace: a scratch folder ($WORK) and a list of background processes ($PIDS) that
+# are both cleaned up when the script exits, however it exits; and the file-descriptor limit
+# raised for many connections. For the benchmark scripts.
+bench_workspace() {
+    WORK="$(mktemp -d)"
+    PIDS=()
+    trap bench_cleanup EXIT
+    ulimit -n 20000 2>/dev/null || true
+}
+bench_cleanup() {
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+
+# wait_ready URL LOG: waits up to 30 s for a node's /readyz, or dies with the end of its log.
+wait_ready() {
+    for _ in $(seq 300); do
+        curl -fs "$1/readyz" >/dev/null 2>&1 && return
+        sleep 0.1
+    done
+    die "the node did not become ready: $(tail -5 "$2")"
+}

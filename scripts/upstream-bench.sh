@@ -29,15 +29,7 @@ cd "$ROOT"
 log "cargo build --release (stompbox, stompbox-bench)"
 cargo build --release --quiet --bin stompbox -p stompbox -p stompbox-bench
 BIN="$ROOT/target/release"
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-ulimit -n 20000 2>/dev/null || true
+bench_workspace
 
 mapfile -t PORTS < <("$BIN/stompbox-bench" free-port --count 3)
 REDIS_PORT=${PORTS[0]} HTTP_PORT=${PORTS[1]} STOMP_PORT=${PORTS[2]}
@@ -73,11 +65,7 @@ TOML
         >"$WORK/node-$mode.log" 2>&1 &
     NODE=$!
     PIDS+=("$NODE")
-    for _ in $(seq 100); do
-        curl -fs "http://127.0.0.1:$HTTP_PORT/readyz" >/dev/null 2>&1 && return
-        sleep 0.1
-    done
-    die "the node did not become ready: $(tail -5 "$WORK/node-$mode.log")"
+    wait_ready "http://127.0.0.1:$HTTP_PORT" "$WORK/node-$mode.log"
 }
 
 stream_length() { redis-cli -p "$REDIS_PORT" XLEN 'sb:{default}:upstream'; }

@@ -208,6 +208,68 @@ fn hostile_tenant(id: &str, mode: &str, deadline_ms: u64) -> String {
     )
 }
 
+/// A well-behaved tenant `good` (seed-compat) beside hostile ones: a subscriber, and a
+/// publisher that sends `0..40` on it all along while the hostile tenants misbehave.
+struct Bystander {
+    subscriber: Client,
+    publisher: tokio::task::JoinHandle<()>,
+}
+
+fn good_tenant() -> String {
+    format!(
+        "[[tenants]]\nid = \"good\"\nplugin = \"{}\"\n",
+        toml_path(&plugin_wasm("seed_compat"))
+    )
+}
+
+impl Bystander {
+    async fn start(node: &TestNode) -> Bystander {
+        let mut subscriber = Client::ws(&node.ws_url("/ws/good"), "v12.stomp").await;
+        subscriber.connect_as("gina").await;
+        subscriber.subscribe("1", "/topic/heartbeat", "auto").await;
+        let url = node.ws_url("/ws/good");
+        let publisher = tokio::spawn(async move {
+            let mut p = Client::ws(&url, "v12.stomp").await;
+            p.connect_as("pete").await;
+            for i in 0..40 {
+                p.send_to("/topic/heartbeat", &i.to_string()).await;
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        });
+        Bystander {
+            subscriber,
+            publisher,
+        }
+    }
+
+    /// Every message arrived, in order: the hostile tenants cost the good one nothing.
+    async fn got_everything(mut self) {
+        self.publisher.await.unwrap();
+        for i in 0..40 {
+            self.subscriber.expect_message(&i.to_string()).await;
+        }
+    }
+}
+
+/// CONNECTs to each tenant and expects an ERROR whose body names what stopped its plugin,
+/// within `within`.
+async fn connects_refused(node: &TestNode, cases: &[(&str, &str)], within: Duration) {
+    for (tenant, expected) in cases {
+        let started = Instant::now();
+        let mut c = Client::ws(&node.ws_url(&format!("/ws/{tenant}")), "v12.stomp").await;
+        c.send_raw(b"CONNECT\naccept-version:1.2\nuserid:eve\n\n\0")
+            .await;
+        let error = c.expect_error("authentication failed").await;
+        let body = String::from_utf8_lossy(&error.body).to_string();
+        assert!(body.contains(expected), "{tenant}: {body}");
+        assert!(
+            started.elapsed() < within,
+            "{tenant} took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
 // The node's own runtime flavour: a plugin call runs on a worker and yields every tick.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_plugins_cost_only_their_own_call() {
@@ -217,49 +279,22 @@ async fn hostile_plugins_cost_only_their_own_call() {
         hostile_tenant("bomber", "alloc", 2000),
         hostile_tenant("trapper", "trap", 50),
         hostile_tenant("guard", "authorize-loop", 50),
-        format!(
-            "[[tenants]]\nid = \"good\"\nplugin = \"{}\"\n",
-            toml_path(&plugin_wasm("seed_compat"))
-        ),
+        good_tenant(),
     ]
     .concat();
     let node = TestNode::start(&config).await;
-    let mut good = Client::ws(&node.ws_url("/ws/good"), "v12.stomp").await;
-    good.connect_as("gina").await;
-    good.subscribe("1", "/topic/heartbeat", "auto").await;
-
-    // Meanwhile a well-behaved tenant keeps serving: a publisher sends on `good` all along.
-    let node_http = node.http;
-    let stomp = node.stomp;
-    let publisher = tokio::spawn(async move {
-        let mut p = Client::ws(&format!("ws://{node_http}/ws/good"), "v12.stomp").await;
-        p.connect_as("pete").await;
-        for i in 0..40 {
-            p.send_to("/topic/heartbeat", &i.to_string()).await;
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let _ = stomp;
-    });
-
-    for (tenant, expected) in [
-        ("looper", "deadline"),
-        ("bomber", "memory"),
-        ("trapper", "failed"),
-        ("looper", "deadline"),
-    ] {
-        let started = Instant::now();
-        let mut c = Client::ws(&node.ws_url(&format!("/ws/{tenant}")), "v12.stomp").await;
-        c.send_raw(b"CONNECT\naccept-version:1.2\nuserid:eve\n\n\0")
-            .await;
-        let error = c.expect_error("authentication failed").await;
-        let body = String::from_utf8_lossy(&error.body).to_string();
-        assert!(body.contains(expected), "{tenant}: {body}");
-        assert!(
-            started.elapsed() < Duration::from_secs(4),
-            "{tenant} took {:?}",
-            started.elapsed()
-        );
-    }
+    let bystander = Bystander::start(&node).await;
+    connects_refused(
+        &node,
+        &[
+            ("looper", "deadline"),
+            ("bomber", "memory"),
+            ("trapper", "failed"),
+            ("looper", "deadline"),
+        ],
+        Duration::from_secs(4),
+    )
+    .await;
     // authorize that loops: the SUBSCRIBE gets the ERROR, with its receipt-id.
     let mut c = Client::ws(&node.ws_url("/ws/guard"), "v12.stomp").await;
     c.connect_as("eve").await;
@@ -274,10 +309,7 @@ async fn hostile_plugins_cost_only_their_own_call() {
     assert_eq!(error.get("receipt-id"), Some("r"));
     assert!(String::from_utf8_lossy(&error.body).contains("deadline"));
 
-    publisher.await.unwrap();
-    for i in 0..40 {
-        good.expect_message(&i.to_string()).await;
-    }
+    bystander.got_everything().await;
     let (_, status) = http_raw(
         node.http,
         "GET",
@@ -311,48 +343,25 @@ async fn hostile_typescript_and_python_plugins_cost_only_their_own_call() {
         guest_hostile_tenant("py-alloc", "hostile_py", "alloc"),
         guest_hostile_tenant("py-raise", "hostile_py", "raise"),
         guest_hostile_tenant("py-ok", "hostile_py", "none"),
-        format!(
-            "[[tenants]]\nid = \"good\"\nplugin = \"{}\"\n",
-            toml_path(&plugin_wasm("seed_compat"))
-        ),
+        good_tenant(),
     ]
     .concat();
     let node = TestNode::start(&config).await;
-    let mut good = Client::ws(&node.ws_url("/ws/good"), "v12.stomp").await;
-    good.connect_as("gina").await;
-    good.subscribe("1", "/topic/heartbeat", "auto").await;
-    let http = node.http;
-    let publisher = tokio::spawn(async move {
-        let mut p = Client::ws(&format!("ws://{http}/ws/good"), "v12.stomp").await;
-        p.connect_as("pete").await;
-        for i in 0..40 {
-            p.send_to("/topic/heartbeat", &i.to_string()).await;
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    });
-
-    for (tenant, expected) in [
-        ("ts-loop", "deadline"),
-        ("ts-alloc", "memory"),
-        ("ts-throw", "failed"),
-        ("py-loop", "deadline"),
-        ("py-alloc", "memory"),
-        ("py-raise", "failed"),
-        ("ts-loop", "deadline"),
-    ] {
-        let started = Instant::now();
-        let mut c = Client::ws(&node.ws_url(&format!("/ws/{tenant}")), "v12.stomp").await;
-        c.send_raw(b"CONNECT\naccept-version:1.2\nuserid:eve\n\n\0")
-            .await;
-        let error = c.expect_error("authentication failed").await;
-        let body = String::from_utf8_lossy(&error.body).to_string();
-        assert!(body.contains(expected), "{tenant}: {body}");
-        assert!(
-            started.elapsed() < Duration::from_secs(6),
-            "{tenant} took {:?}",
-            started.elapsed()
-        );
-    }
+    let bystander = Bystander::start(&node).await;
+    connects_refused(
+        &node,
+        &[
+            ("ts-loop", "deadline"),
+            ("ts-alloc", "memory"),
+            ("ts-throw", "failed"),
+            ("py-loop", "deadline"),
+            ("py-alloc", "memory"),
+            ("py-raise", "failed"),
+            ("ts-loop", "deadline"),
+        ],
+        Duration::from_secs(6),
+    )
+    .await;
     // After their failures, both languages' instances are replaced and serve again.
     for tenant in ["ts-ok", "py-ok"] {
         let mut c = Client::ws(&node.ws_url(&format!("/ws/{tenant}")), "v12.stomp").await;
@@ -362,10 +371,7 @@ async fn hostile_typescript_and_python_plugins_cost_only_their_own_call() {
             "{tenant}"
         );
     }
-    publisher.await.unwrap();
-    for i in 0..40 {
-        good.expect_message(&i.to_string()).await;
-    }
+    bystander.got_everything().await;
 }
 
 // The node's own runtime flavour: a plugin call runs on a worker and yields every tick.

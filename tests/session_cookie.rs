@@ -86,6 +86,10 @@ async fn a_browser_session_cookie_is_checked_by_the_backend_once() {
     let status = plugin_status(&node).await;
     assert_eq!(status["backend_calls"], 2, "{status}");
     assert_eq!(status["backend_failures"], 0, "{status}");
+    // What one warm instance holds is shown, and stays within the tenant's cap.
+    let memory = status["instance_memory_bytes"].as_u64().unwrap_or(0);
+    assert!(memory > 0 && memory <= 32 << 20, "{status}");
+    assert!(status["warm_instances"].as_u64() >= Some(1), "{status}");
 }
 
 const ADMIN: &str = "admin-token-for-tests";

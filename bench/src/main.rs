@@ -1,7 +1,8 @@
 //! `stompbox-bench`: the load tool for STOMP-over-WebSocket brokers (`run`), one hostile
 //! connection beside a bystander (`attack`), the null broker
 //! that shows the machine's ceiling beside every broker figure (`null-broker`), a recovery
-//! storm of users fetching what they missed (`storm`), and the
+//! storm of users fetching what they missed (`storm`), CONNECTs per second through a tenant's
+//! plugin (`connects`), and the
 //! benchmark's scenarios that run them both against stompbox and RabbitMQ (`suite`). The
 //! README beside `src/` explains the options and every figure.
 //!
@@ -11,6 +12,7 @@
 //! request) that the broker's codecs do not have.
 
 mod attack;
+mod connects;
 mod http;
 mod net;
 mod null_broker;
@@ -53,6 +55,9 @@ enum Command {
     Upstream(upstream::UpstreamOpts),
     /// A local webhook receiver that checks signatures and counts items.
     WebhookSink(upstream::SinkOpts),
+    /// CONNECTs with a JWT, one after another on each of many clients: how many a tenant's
+    /// plugin authenticates per second.
+    Connects(connects::ConnectsOpts),
     /// Print free TCP ports on 127.0.0.1, one a line (for scripts that configure servers).
     FreePort {
         /// How many, all different.
@@ -85,6 +90,7 @@ fn main() -> anyhow::Result<()> {
         Command::Suite(opts) => suite::main(*opts),
         Command::Upstream(opts) => upstream::main(opts),
         Command::WebhookSink(opts) => upstream::sink(opts),
+        Command::Connects(opts) => connects::main(opts),
         Command::FreePort { count } => {
             // Held open together, so the kernel hands out different ones.
             let listeners = (0..count)

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::backend::Backend;
@@ -105,6 +105,71 @@ impl Default for PluginLimits {
     }
 }
 
+/// Table elements an instance may hold (tables are memory too: 8 to 16 bytes an element); an
+/// interpreter's function table holds tens of thousands.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+/// The memory cap of one instance, over all of its linear memories together (a component may
+/// have several: an interpreter's and an adapter's), and what it holds now. A growth past the
+/// cap is a trap.
+struct Limiter {
+    cap: usize,
+    used: usize,
+}
+
+impl Limiter {
+    fn new(cap: usize) -> Limiter {
+        Limiter { cap, used: 0 }
+    }
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let more = desired.saturating_sub(current);
+        if maximum.is_some_and(|max| desired > max) || self.used + more > self.cap {
+            wasmtime::bail!(
+                "forcing a trap: growing memory by {more} bytes would pass the instance's memory limit of {} bytes",
+                self.cap
+            );
+        }
+        self.used += more;
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        Err(error.context("memory growth failed: a trap"))
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > MAX_TABLE_ELEMENTS || maximum.is_some_and(|max| desired > max) {
+            wasmtime::bail!("forcing a trap: a table of {desired} elements is over the limit");
+        }
+        Ok(true)
+    }
+
+    fn instances(&self) -> usize {
+        16
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        8
+    }
+}
+
 /// What a plugin may reach besides its settings: its tenant's backend and cache, with
 /// counters for the admin API.
 #[derive(Debug)]
@@ -141,7 +206,7 @@ pub struct PluginState {
     /// When a backend call of the call in progress must have its answer: the call's deadline
     /// less a tenth of it, which is left to the plugin to act on the answer (or its absence).
     backend_deadline: Instant,
-    limits: StoreLimits,
+    limiter: Limiter,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -442,18 +507,12 @@ impl Pool {
             caps: self.caps.clone(),
             request_headers: Vec::new(),
             backend_deadline: Instant::now(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
-                .instances(16)
-                .tables(64)
-                .memories(8)
-                .trap_on_grow_failure(true)
-                .build(),
+            limiter: Limiter::new(self.limits.memory_bytes),
             wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
         };
         let mut store = Store::new(&engine.engine, state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.limiter);
         // Yield at every tick, forever: the deadline is the timer around each call.
         store.epoch_deadline_async_yield_and_update(1);
         let budget = self.limits.deadline.max(MIN_INSTANTIATE);
@@ -580,5 +639,15 @@ impl Pool {
     /// Warm instances waiting for calls.
     pub fn idle_instances(&self) -> usize {
         self.idle().len()
+    }
+
+    /// The linear memory of the largest warm instance, in bytes: what one instance of this
+    /// plugin holds (at most `plugin_memory_bytes`).
+    pub fn instance_memory_bytes(&self) -> usize {
+        self.idle()
+            .iter()
+            .map(|w| w.store.data().limiter.used)
+            .max()
+            .unwrap_or(0)
     }
 }

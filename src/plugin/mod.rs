@@ -216,15 +216,16 @@ impl PluginSlot {
     /// The admin API's view of this slot.
     pub fn describe(&self) -> Value {
         let status = self.status();
-        let (kind, sha256, size, exports) = match self.active() {
-            Active::Builtin => ("builtin", None, None, None),
+        let (kind, sha256, size, exports, instances) = match self.active() {
+            Active::Builtin => ("builtin", None, None, None, None),
             Active::Wasm(pool) => (
                 "wasm",
                 Some(pool.compiled().sha256.clone()),
                 Some(pool.compiled().size),
                 Some(pool.compiled().exports.clone()),
+                Some((pool.idle_instances(), pool.instance_memory_bytes())),
             ),
-            Active::Broken(_) => ("failed", None, None, None),
+            Active::Broken(_) => ("failed", None, None, None, None),
         };
         json!({
             "tenant": &*self.tenant,
@@ -233,6 +234,8 @@ impl PluginSlot {
             "sha256": sha256,
             "size": size,
             "exports": exports,
+            "warm_instances": instances.map(|(n, _)| n),
+            "instance_memory_bytes": instances.map(|(_, bytes)| bytes),
             "loaded_at": status.loaded_at.map(crate::util::epoch_seconds),
             "calls": self.calls.load(Ordering::Relaxed),
             "failures": self.failures.load(Ordering::Relaxed),
