@@ -30,7 +30,7 @@ while [ $# -gt 0 ]; do
 done
 cd "$ROOT"
 log "cargo build --release (stompbox, stompbox-bench)"
-cargo build --release --quiet --bin stompbox -p stompbox -p stompbox-bench
+cargo build --release --quiet -p stompbox -p stompbox-bench --bins
 log "building the plugins (Rust, TypeScript, Python)"
 (cd plugins && cargo build --release --quiet --target wasm32-wasip2)
 (cd plugins/jwt-auth-ts && { [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error; } && npm run --silent build)

@@ -27,7 +27,7 @@ done
 have redis-server || die "redis-server is needed (scripts/test.sh installs it)"
 cd "$ROOT"
 log "cargo build --release (stompbox, stompbox-bench)"
-cargo build --release --quiet --bin stompbox -p stompbox -p stompbox-bench
+cargo build --release --quiet -p stompbox -p stompbox-bench --bins
 BIN="$ROOT/target/release"
 bench_workspace
 

@@ -313,7 +313,10 @@ pub struct TenantConfig {
     /// Strings handed to the plugin through `host.setting` (secrets stay out of the `.wasm`).
     #[serde(default)]
     pub settings: BTreeMap<String, String>,
-    /// Wall time one plugin call may take, in ms.
+    /// Time one plugin call may run, in ms: the plugin's own computing, counted in the 2 ms
+    /// slices it runs in, so calls that share the cores under load do not cut each other
+    /// short. The whole call, waiting included, ends at 4 × this; a backend call ends at
+    /// 0.9 × this.
     #[serde(default = "default_plugin_deadline_ms")]
     pub plugin_deadline_ms: u64,
     /// Linear memory one plugin instance may hold, in bytes.

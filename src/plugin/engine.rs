@@ -6,9 +6,13 @@
 //! Calls are async: the guest runs on the calling task and yields to the runtime at every
 //! epoch tick (2 ms), so a busy guest never holds a worker thread for longer than that, and a
 //! `backend.fetch` or a clustered `cache` read awaits instead of blocking a thread. The
-//! deadline is a timer around the whole call; when it fires, the call (and the instance it was
-//! running on) is dropped. This replaced running each call on a blocking thread, where a call
-//! waiting on its backend would have held a thread for the whole wait.
+//! deadline counts the ticks a call runs in, not the ticks it waits: sixteen calls sharing two
+//! cores each take eight times their running time, and a wall-clock deadline cut the slow
+//! ones short (a JavaScript plugin under a burst of CONNECTs did, measured with
+//! `scripts/plugin-bench.sh`). A timer of four deadlines bounds the whole call, waiting
+//! included; when either ends it, the call and its instance are dropped. This replaced running
+//! each call on a blocking thread, where a call waiting on its backend would have held a
+//! thread for the whole wait.
 //!
 //! Instances are reused between calls (instantiating costs far more than a call) and thrown
 //! away after a trap, a deadline or a memory overrun, so a failure never leaks state into the
@@ -56,6 +60,9 @@ pub const WORLD: &str = "stompbox:plugin/tenant-plugin@0.1.1";
 const TICK: Duration = Duration::from_millis(2);
 /// Warm instances kept per loaded plugin; more concurrent calls instantiate and drop extras.
 const MAX_IDLE: usize = 8;
+/// A call ends at this many times its deadline of wall time, whatever it waits for (its turn
+/// on a worker under load; a backend call ends before the deadline itself).
+const WALL_FACTOR: u32 = 4;
 /// Calls after which an instance is replaced, so slow leaks inside a guest stay bounded.
 const MAX_USES: u32 = 10_000;
 /// Longest log line a plugin may write.
@@ -87,7 +94,8 @@ pub enum PluginError {
 /// Per-tenant limits on plugin calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PluginLimits {
-    /// Wall time one call may take.
+    /// Time one call may run (counted in epoch ticks it runs in); the whole call, waiting
+    /// included, ends at [`WALL_FACTOR`] times this.
     pub deadline: Duration,
     /// Bytes of linear memory an instance may hold.
     pub memory_bytes: usize,
@@ -206,6 +214,10 @@ pub struct PluginState {
     /// When a backend call of the call in progress must have its answer: the call's deadline
     /// less a tenth of it, which is left to the plugin to act on the answer (or its absence).
     backend_deadline: Instant,
+    /// Epoch ticks the call in progress has been running in.
+    ticks_run: u64,
+    /// Ticks it may run in: its deadline.
+    tick_budget: u64,
     limiter: Limiter,
     wasi: WasiCtx,
     table: ResourceTable,
@@ -507,14 +519,29 @@ impl Pool {
             caps: self.caps.clone(),
             request_headers: Vec::new(),
             backend_deadline: Instant::now(),
+            ticks_run: 0,
+            // Starting an instance has its own budget (the timer below), not a call's.
+            tick_budget: u64::MAX,
             limiter: Limiter::new(self.limits.memory_bytes),
             wasi: WasiCtxBuilder::new().build(),
             table: ResourceTable::new(),
         };
         let mut store = Store::new(&engine.engine, state);
         store.limiter(|s| &mut s.limiter);
-        // Yield at every tick, forever: the deadline is the timer around each call.
-        store.epoch_deadline_async_yield_and_update(1);
+        // At every tick the guest is running, it is charged the tick and yields; past its
+        // budget it is stopped. A tick passes while it waits (for its backend, or for a
+        // worker) costs it one charge at most, so calls that share the machine's cores are not
+        // cut short by each other.
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            state.ticks_run += 1;
+            if state.ticks_run > state.tick_budget {
+                Ok(wasmtime::UpdateDeadline::Interrupt)
+            } else {
+                Ok(wasmtime::UpdateDeadline::Yield(1))
+            }
+        });
+        store.set_epoch_deadline(1);
         let budget = self.limits.deadline.max(MIN_INSTANTIATE);
         let plugin = tokio::time::timeout(budget, self.compiled.pre.instantiate_async(&mut store))
             .await
@@ -536,6 +563,8 @@ impl Pool {
         };
         let state = warm.store.data_mut();
         state.backend_deadline = Instant::now() + self.limits.deadline * 9 / 10;
+        state.ticks_run = 0;
+        state.tick_budget = self.ticks();
         state.request_headers = request_headers;
         Ok(warm)
     }
@@ -566,6 +595,17 @@ impl Pool {
         }
     }
 
+    /// Ticks of running a call may use: its deadline.
+    fn ticks(&self) -> u64 {
+        (self.limits.deadline.as_micros() as u64).div_ceil(TICK.as_micros() as u64)
+    }
+
+    /// The longest a call may take, waiting included: the deadline of its own running, times
+    /// [`WALL_FACTOR`].
+    fn wall_limit(&self) -> Duration {
+        self.limits.deadline * WALL_FACTOR
+    }
+
     /// Makes one instance ready now, so that a plugin that cannot even start is refused when it
     /// is installed, and the first connection does not wait for it.
     pub async fn warm_up(&self) -> Called<()> {
@@ -587,7 +627,7 @@ impl Pool {
         let call = plugin
             .stompbox_plugin_policy()
             .call_authenticate(&mut *store, info);
-        let outcome = tokio::time::timeout(self.limits.deadline, call).await;
+        let outcome = tokio::time::timeout(self.wall_limit(), call).await;
         self.checkin(warm, outcome)
     }
 
@@ -604,7 +644,7 @@ impl Pool {
             plugin
                 .stompbox_plugin_policy()
                 .call_authorize(&mut *store, who, op, destination);
-        let outcome = tokio::time::timeout(self.limits.deadline, call).await;
+        let outcome = tokio::time::timeout(self.wall_limit(), call).await;
         self.checkin(warm, outcome)
     }
 
@@ -615,7 +655,7 @@ impl Pool {
         let call = plugin
             .stompbox_plugin_policy()
             .call_resolve_channel(&mut *store, code);
-        let outcome = tokio::time::timeout(self.limits.deadline, call).await;
+        let outcome = tokio::time::timeout(self.wall_limit(), call).await;
         self.checkin(warm, outcome)
     }
 
