@@ -424,6 +424,40 @@ async fn a_tenant_moves_between_plugin_languages_without_dropping_anyone() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A JavaScript guest's heap grows call after call until its collector runs; an instance
+/// near its memory cap is retired after a call instead of failing the next one at the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_collected_plugin_serves_call_after_call() {
+    use std::sync::Arc;
+    use stompbox::plugin::{engine::wit_types, tool, NoBackend, PluginLimits};
+    let compiled = tool::load(&plugin_wasm("jwt_auth_ts")).unwrap();
+    let limits = PluginLimits {
+        memory_bytes: 16 << 20,
+        concurrency: 1,
+        ..PluginLimits::default()
+    };
+    let settings = [("jwt_secret".to_string(), SECRET.to_string())].into();
+    let backend = Arc::new(NoBackend {
+        tenant: "default".into(),
+    });
+    let pool = tool::pool(compiled, "default", settings, backend, limits);
+    let info = wit_types::ConnectInfo {
+        tenant: "default".into(),
+        transport: wit_types::Transport::Tcp,
+        remote_addr: None,
+        headers: vec![("token".into(), token_for("alice"))],
+    };
+    for call in 0..3_000 {
+        let principal = pool
+            .authenticate(&info, Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("call {call}: {e}"))
+            .unwrap();
+        assert_eq!(principal.user, "alice");
+        assert!(pool.instance_memory_bytes() <= 16 << 20);
+    }
+}
+
 #[tokio::test]
 async fn a_plugin_that_does_not_match_the_world_is_refused_not_ignored() {
     let config = format!(

@@ -63,7 +63,8 @@ const MAX_IDLE: usize = 8;
 /// A call ends at this many times its deadline of wall time, whatever it waits for (its turn
 /// on a worker under load; a backend call ends before the deadline itself).
 const WALL_FACTOR: u32 = 4;
-/// Calls after which an instance is replaced, so slow leaks inside a guest stay bounded.
+/// Calls after which an instance is replaced, so slow leaks inside a guest stay bounded (and
+/// one whose memory passed three quarters of its cap is replaced at once).
 const MAX_USES: u32 = 10_000;
 /// Longest log line a plugin may write.
 const MAX_LOG: usize = 4096;
@@ -580,7 +581,11 @@ impl Pool {
             Ok(Ok(value)) => {
                 warm.uses += 1;
                 warm.store.data_mut().request_headers = Vec::new();
-                if warm.uses < MAX_USES {
+                // An instance is retired once its memory passes three quarters of the cap:
+                // a garbage-collected guest (JavaScript) grows its heap call after call until
+                // its collector runs, and one more call would otherwise fail at the cap.
+                let roomy = warm.store.data().limiter.used <= self.limits.memory_bytes / 4 * 3;
+                if warm.uses < MAX_USES && roomy {
                     let mut idle = self.idle();
                     if idle.len() < MAX_IDLE {
                         idle.push(warm);
