@@ -1271,6 +1271,50 @@ mod tests {
     }
 
     #[test]
+    fn a_plugin_reaches_only_what_its_tenant_names() {
+        let tenant = |extra: &str| {
+            Config::from_toml(&format!("[[tenants]]\nid = \"a\"\n{extra}"))
+                .and_then(|c| c.finish(Overrides::default()))
+        };
+        let config = tenant(
+            "plugin_concurrency = 4\n[tenants.plugin_backend]\nallowed_hosts = [\"127.0.0.1:8081\", \"auth.internal\"]\n[tenants.plugin_cache]\nmax_bytes = 65536\n",
+        )
+        .unwrap();
+        let t = &config.tenants[0];
+        assert_eq!(t.plugin_concurrency, 4);
+        let backend = t.plugin_backend.as_ref().unwrap();
+        assert_eq!(
+            (backend.timeout_ms, backend.max_response_bytes),
+            (1_000, 64 << 10)
+        );
+        assert_eq!(t.plugin_cache.max_bytes, 65536);
+        assert_eq!(t.plugin_cache.max_entry_bytes, 4096);
+        assert!(TenantConfig::new("b").plugin_backend.is_none(), "opt-in");
+        for (extra, key) in [
+            (
+                "[tenants.plugin_backend]\nallowed_hosts = [\"http://x\"]\n",
+                "tenants[0].plugin_backend.allowed_hosts[0]",
+            ),
+            (
+                "[tenants.plugin_backend]\nallowed_hosts = []\n",
+                "tenants[0].plugin_backend.allowed_hosts",
+            ),
+            (
+                "[tenants.plugin_backend]\nallowed_hosts = [\"a:1\"]\ntimeout_ms = 0\n",
+                "tenants[0].plugin_backend.timeout_ms",
+            ),
+            (
+                "[tenants.plugin_cache]\nmax_bytes = 100\n",
+                "tenants[0].plugin_cache.max_bytes",
+            ),
+            ("plugin_concurrency = 0\n", "tenants[0].plugin_concurrency"),
+        ] {
+            let err = tenant(extra).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
     fn tenants_from_file_without_default_stay_as_they_are() {
         let config = Config::from_toml("[[tenants]]\nid = \"acme\"\napi_keys = [\"0123456789\"]\n")
             .unwrap()
