@@ -103,7 +103,14 @@ impl Sink for Webhook {
         .collect();
         let answer = self
             .client
-            .post(&self.uri, &headers, body, self.timeout, MAX_ANSWER_BYTES)
+            .send(
+                axum::http::Method::POST,
+                &self.uri,
+                &headers,
+                body,
+                self.timeout,
+                MAX_ANSWER_BYTES,
+            )
             .await
             // No answer to act on (none, or one too large to read): tried again.
             .map_err(|e| Refusal::Transient(format!("webhook {}: {e}", self.uri)))?;

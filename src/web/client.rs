@@ -127,20 +127,6 @@ impl HttpClient {
         HttpClient { inner }
     }
 
-    /// POSTs `body` to `uri` with `headers`; the answer (whatever its status) within
-    /// `timeout`, its body cut off as an error past `max_answer_bytes`.
-    pub async fn post(
-        &self,
-        uri: &Uri,
-        headers: &[(HeaderName, HeaderValue)],
-        body: Bytes,
-        timeout: Duration,
-        max_answer_bytes: usize,
-    ) -> Result<Answer, ClientError> {
-        self.send(Method::POST, uri, headers, body, timeout, max_answer_bytes)
-            .await
-    }
-
     /// Sends one request; the answer (whatever its status) within `timeout`, its body cut off
     /// as an error past `max_answer_bytes`. Redirects are answers like any other: following
     /// one is the caller's decision.
