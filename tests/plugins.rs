@@ -13,10 +13,6 @@ use support::*;
 const SECRET: &str = "a-test-secret-of-some-length";
 const ADMIN: &str = "admin-token-for-tests";
 
-fn toml_path(p: &std::path::Path) -> String {
-    p.display().to_string().replace('\\', "/")
-}
-
 /// The same policy in each language a plugin can be written in: every test of it runs on all.
 const JWT_AUTH: [&str; 3] = ["jwt_auth", "jwt_auth_ts", "jwt_auth_py"];
 

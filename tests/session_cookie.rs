@@ -13,10 +13,6 @@ use stompbox_testkit::session_backend::SessionBackend;
 use support::cluster::Redis;
 use support::*;
 
-fn toml_path(p: &std::path::Path) -> String {
-    p.display().to_string().replace('\\', "/")
-}
-
 /// A tenant `default` whose plugin asks `verify_url`, allowed to call `allowed`.
 fn tenant(verify_url: &str, allowed: &str, extra: &str) -> String {
     format!(

@@ -503,11 +503,6 @@ impl Pool {
         &self.compiled
     }
 
-    /// What the plugin may reach, with its counters.
-    pub fn capabilities(&self) -> &Arc<Capabilities> {
-        &self.caps
-    }
-
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Warm>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -596,6 +596,11 @@ fn guest_plugin(name: &str) -> Option<std::path::PathBuf> {
     Some(dir.join("dist").join("plugin.wasm"))
 }
 
+/// A path as a TOML string holds it (forward slashes).
+pub fn toml_path(p: &std::path::Path) -> String {
+    p.display().to_string().replace('\\', "/")
+}
+
 /// An HS256 JWT with `claims`, signed with `secret`.
 pub fn jwt(secret: &str, claims: serde_json::Value) -> String {
     stompbox_testkit::jwt::hs256(secret, &claims)

@@ -45,7 +45,12 @@ impl Policy for SessionCookie {
                     &[("cookie", &cookie), ("accept", "application/json")],
                 )
                 .map_err(|e| refusal_for(&e))?;
-                let principal = verdict(answer.status, &answer.body)?;
+                let principal = verdict(answer.status, &answer.body).inspect_err(|e| {
+                    // A 200 that names nobody is the backend's bug: the operator should hear.
+                    if answer.status == 200 {
+                        host::log(Level::Warn, e);
+                    }
+                })?;
                 if config.cache_ttl_ms > 0 {
                     cache::set(&key, &principal_to_json(&principal), config.cache_ttl_ms);
                 }
@@ -146,12 +151,8 @@ pub fn cache_key(session: &str) -> String {
 /// fields become attributes); 401 and 403 refuse; anything else is the backend failing.
 pub fn verdict(status: u16, body: &[u8]) -> Result<Principal, String> {
     match status {
-        200 => principal_from_json(std::str::from_utf8(body).unwrap_or_default()).map_err(|e| {
-            host_log_error(&format!(
-                "session-cookie: the backend's 200 answer is unusable: {e}"
-            ));
-            format!("{PREFIX}the backend's answer is unusable: {e}")
-        }),
+        200 => principal_from_json(std::str::from_utf8(body).unwrap_or_default())
+            .map_err(|e| format!("{PREFIX}the backend's answer is unusable: {e}")),
         401 | 403 => Err(format!(
             "{PREFIX}the session is not valid (signed out or expired)"
         )),
@@ -167,13 +168,6 @@ pub fn refusal_for(error: &FetchError) -> String {
         "{PREFIX}cannot check the session now: {}",
         http::describe(error)
     )
-}
-
-fn host_log_error(message: &str) {
-    // Off wasm (unit tests) there is no host to log to.
-    if cfg!(target_arch = "wasm32") {
-        host::log(Level::Warn, message);
-    }
 }
 
 /// `{"user": "alice", "role": "admin"}` → alice with attributes `auth=session-cookie`,

@@ -122,11 +122,6 @@ pub fn printable(s: &str) -> String {
     out
 }
 
-/// Logs `message` at `level` in the node's log (tagged with the tenant).
-pub fn log(level: Level, message: &str) {
-    host::log(level, message)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
