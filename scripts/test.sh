@@ -182,7 +182,13 @@ run_fuzz() {
     done
 }
 
+# free_space: logs what is left on the target's disk; the test build, the fuzz build and the
+# release build together take several GiB.
+free_space() { df -h "$ROOT" | awk 'NR==2 { print "free on " $6 ": " $4 }' | while read -r l; do log "$l"; done; }
+
 main() {
+    # A one-off build: the incremental caches would only fill the disk.
+    export CARGO_INCREMENTAL=0
     ensure_rust
     ensure_python
     ensure_python_clients
@@ -194,15 +200,18 @@ main() {
     ensure_wasm_target
     ensure_chromium
     cd "$ROOT"
+    free_space
     log "cargo test --workspace --all-targets $*"
     cargo test --workspace --all-targets "$@"
     # Fuzzing after the tests: a few minutes spent only once the suite passed.
     if [ "${SKIP_FUZZ:-0}" != 1 ]; then
+        free_space
         run_fuzz
     fi
     # The benchmark is not a timed test: it runs once at a small size to show that the load
     # tool, the scenarios and the RabbitMQ comparison work; its figures are not checked.
     if [ "${SKIP_BENCH:-0}" != 1 ]; then
+        free_space
         log "scripts/bench.sh --small"
         "$ROOT/scripts/bench.sh" --small
     fi
