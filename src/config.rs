@@ -228,6 +228,11 @@ pub struct ServerConfig {
     pub max_transaction_frames: usize,
     /// How long shutdown waits for connections to close, in ms.
     pub shutdown_grace_ms: u64,
+    /// The drain period, in ms: on SIGTERM (and `POST /admin/v1/drain` without a period) the
+    /// node stops taking connections, answers `/readyz` with 503, closes its sessions at
+    /// random moments over this period (each told to reconnect elsewhere), then exits. `0`
+    /// closes them all at once. At most an hour.
+    pub drain_ms: u64,
     /// Bearer token of the admin API; without one the admin API is disabled.
     pub admin_token: Option<String>,
     /// How often plugin files are checked for changes, in ms.
@@ -271,6 +276,7 @@ impl Default for ServerConfig {
             max_transactions: 16,
             max_transaction_frames: 1_000,
             shutdown_grace_ms: 5_000,
+            drain_ms: 0,
             admin_token: None,
             plugin_poll_ms: 1_000,
             plugin_compile_cache: true,
@@ -741,6 +747,12 @@ impl Config {
             return Err(invalid(
                 "server.heartbeat_tolerance",
                 "must be between 1.0 and 100.0",
+            ));
+        }
+        if s.drain_ms > 3_600_000 {
+            return Err(invalid(
+                "server.drain_ms",
+                "must be at most 3600000 (an hour)",
             ));
         }
         if s.admin_token.as_ref().is_some_and(|t| t.len() < 16) {

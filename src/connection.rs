@@ -83,6 +83,8 @@ async fn read_loop<I: TransportIn>(
     let mut last_read = Instant::now();
     // When the frame now arriving must be complete.
     let mut frame_deadline: Option<Instant> = None;
+    // When this session closes for the node's drain, once it started.
+    let mut drain_at: Option<Instant> = None;
     loop {
         loop {
             match decoder.decode(&mut buf, session.version(), &limits) {
@@ -117,10 +119,10 @@ async fn read_loop<I: TransportIn>(
         } else {
             Some(connect_deadline)
         };
-        let deadline = match (idle_deadline, frame_deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = [idle_deadline, frame_deadline, drain_at]
+            .into_iter()
+            .flatten()
+            .min();
         let expired = async {
             match deadline {
                 Some(at) => sleep_until(at).await,
@@ -130,13 +132,20 @@ async fn read_loop<I: TransportIn>(
         tokio::select! {
             biased;
             _ = writer_done.cancelled() => return,
-            _ = node.shutdown.cancelled() => {
-                session.close(Fault::ShuttingDown);
+            // A connected session's tenant token is a child of the node's shutdown token.
+            _ = session.closing().unwrap_or(&node.shutdown).cancelled() => {
+                session.close(match session.closed_because() {
+                    Some(why) if !node.shutdown.is_cancelled() => Fault::TenantClosed(why),
+                    _ => Fault::ShuttingDown,
+                });
                 return;
             }
             () = endpoint.kicked.notified() => {
                 session.close(Fault::Disconnected);
                 return;
+            }
+            _ = node.drain.started.cancelled(), if drain_at.is_none() => {
+                drain_at = Some(node.drain.close_at());
             }
             // The writer took what was queued: a queue backlog may flow on.
             () = endpoint.outbox.room() => session.pump_queues(),
@@ -153,7 +162,9 @@ async fn read_loop<I: TransportIn>(
                 }
             },
             () = expired => {
-                if frame_deadline.is_some_and(|at| at <= Instant::now()) {
+                if drain_at.is_some_and(|at| at <= Instant::now()) {
+                    session.close(Fault::Draining);
+                } else if frame_deadline.is_some_and(|at| at <= Instant::now()) {
                     session.close(Fault::FrameTimeout(node.server.frame_timeout_ms));
                 } else if session.is_connected() {
                     session.close(Fault::HeartBeatTimeout);

@@ -405,8 +405,26 @@ async fn shutdown_on_signal(node: std::sync::Arc<Node>) {
     #[cfg(not(unix))]
     let terminate = std::future::pending::<()>();
     tokio::select! {
-        _ = interrupt => {},
-        _ = terminate => {},
+        _ = interrupt => node.shutdown.cancel(),
+        // SIGTERM drains over server.drain_ms (0: shuts down at once); a second SIGTERM, or
+        // Ctrl-C, during the drain stops at once.
+        _ = terminate => if node.server.drain_ms == 0 {
+            node.shutdown.cancel();
+        } else {
+            node.drain(std::time::Duration::from_millis(node.server.drain_ms));
+        },
+    }
+    #[cfg(unix)]
+    if !node.shutdown.is_cancelled() {
+        if let Ok(mut again) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = again.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+                () = node.shutdown.cancelled() => {}
+            }
+        }
     }
     node.shutdown.cancel();
 }

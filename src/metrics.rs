@@ -40,7 +40,7 @@ impl DropReason {
 }
 
 /// Why sessions ended with an ERROR, as labels of `stompbox_session_errors_total`.
-pub const SESSION_ERRORS: [&str; 16] = [
+pub const SESSION_ERRORS: [&str; 18] = [
     "authentication_denied",
     "access_denied",
     "policy_unavailable",
@@ -49,6 +49,8 @@ pub const SESSION_ERRORS: [&str; 16] = [
     "connect_timeout",
     "frame_timeout",
     "shutdown",
+    "draining",
+    "tenant_closed",
     "disconnected",
     "banned",
     "transport_error",

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::broker::cursor::{CursorQueue, StreamCursor};
@@ -67,6 +68,11 @@ pub struct Tenant {
     pub upstream: Upstream,
     /// Users who may not connect until when (ms): bans from the disconnect API.
     bans: Mutex<HashMap<String, u64>>,
+    /// Cancelled when the tenant is deleted or replaced, and at shutdown (a child of the
+    /// node's shutdown token): every connection of the tenant ends on it.
+    pub closing: CancellationToken,
+    /// Why it closed, for its sessions' ERROR frames.
+    closed_because: OnceLock<String>,
 }
 
 mod queues;
@@ -273,6 +279,7 @@ impl Tenant {
         cluster: Arc<dyn Backplane>,
         metrics: Arc<Metrics>,
         node_id: &str,
+        closing: CancellationToken,
     ) -> Tenant {
         let TenantStores {
             history,
@@ -303,6 +310,8 @@ impl Tenant {
         Tenant {
             upstream: Upstream::new(config, node_id, &cluster),
             bans: Mutex::new(HashMap::new()),
+            closing,
+            closed_because: OnceLock::new(),
             durable: queues.map(queues::Durable::new),
             orders: Mutex::new(HashMap::new()),
             cursor_queue,
@@ -668,6 +677,18 @@ impl Tenant {
         sessions.len()
     }
 
+    /// Closes every connection of the tenant with an ERROR that gives `why` (the operator
+    /// deleted or replaced it); the first reason given is the one they are told.
+    pub fn close(&self, why: &str) {
+        let _ = self.closed_because.set(why.to_string());
+        self.closing.cancel();
+    }
+
+    /// Why the tenant closed, once it did (not at shutdown, which says so itself).
+    pub fn closed_because(&self) -> Option<&str> {
+        self.closed_because.get().map(String::as_str)
+    }
+
     /// True when `key` is one of the tenant's API keys. Compares every key in full, so timing
     /// does not reveal how much of a key matched.
     pub fn accepts_api_key(&self, key: &str) -> bool {
@@ -700,6 +721,7 @@ impl Tenants {
         cluster: &Arc<dyn Backplane>,
         metrics: &Arc<Metrics>,
         node_id: &str,
+        shutdown: &CancellationToken,
     ) -> Tenants {
         plugin::engine::configure_compile_cache(
             match (
@@ -725,6 +747,7 @@ impl Tenants {
                     cluster.clone(),
                     metrics.clone(),
                     node_id,
+                    shutdown.child_token(),
                 )
             })
             .collect()

@@ -1,5 +1,6 @@
-//! The admin API: `GET` and `PUT /admin/v1/tenants/{tenant}/plugin`, with
-//! `Authorization: Bearer ADMIN_TOKEN`. Disabled when the node has no admin token.
+//! The admin API, with `Authorization: Bearer ADMIN_TOKEN`: a tenant's plugin (`GET` and
+//! `PUT /admin/v1/tenants/{tenant}/plugin`) and the node's drain (`GET` and
+//! `POST /admin/v1/drain`). Disabled when the node has no admin token.
 
 use std::sync::Arc;
 
@@ -11,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::Refused;
+use crate::node::drain::DrainStart;
 use crate::node::Node;
 use crate::plugin::Installed;
 use crate::tenant::Tenant;
@@ -19,7 +21,8 @@ use crate::web::{body_error, json_error};
 /// Largest plugin upload.
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
 
-fn authorize(node: &Node, headers: &HeaderMap, tenant_id: &str) -> Result<Arc<Tenant>, Refused> {
+/// Passes when the request carries the node's admin token.
+fn operator(node: &Node, headers: &HeaderMap) -> Result<(), Refused> {
     let Some(token) = node.server.admin_token.as_deref() else {
         return Err(Refused::new(
             StatusCode::FORBIDDEN,
@@ -34,6 +37,12 @@ fn authorize(node: &Node, headers: &HeaderMap, tenant_id: &str) -> Result<Arc<Te
             "missing or invalid 'Authorization: Bearer <admin token>'",
         ));
     }
+    Ok(())
+}
+
+/// The tenant named in the path, when the request carries the admin token.
+fn authorize(node: &Node, headers: &HeaderMap, tenant_id: &str) -> Result<Arc<Tenant>, Refused> {
+    operator(node, headers)?;
     node.tenant(tenant_id).cloned().ok_or_else(|| {
         Refused::new(
             StatusCode::NOT_FOUND,
@@ -106,4 +115,63 @@ async fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Resu
     let tmp = path.with_extension("wasm.uploading");
     tokio::fs::write(&tmp, bytes).await?;
     tokio::fs::rename(&tmp, path).await
+}
+
+/// `POST /admin/v1/drain` body: the period over which sessions are closed (default
+/// `server.drain_ms`).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrainRequest {
+    period_ms: Option<u64>,
+}
+
+/// The longest drain period the API takes: an hour.
+const MAX_DRAIN_MS: u64 = 3_600_000;
+
+/// Starts draining the node (202), or says it already is (200).
+pub async fn drain(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(r) = operator(&node, &headers) {
+        return r.into_response();
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_error(rejection, 4096),
+    };
+    let request: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        DrainRequest::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(e) => {
+                return json_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("the body must be empty or {{\"period_ms\": N}}: {e}"),
+                )
+            }
+        }
+    };
+    let period_ms = request.period_ms.unwrap_or(node.server.drain_ms);
+    if period_ms > MAX_DRAIN_MS {
+        return json_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("period_ms: at most {MAX_DRAIN_MS} (an hour), got {period_ms}"),
+        );
+    }
+    let status = match node.drain(std::time::Duration::from_millis(period_ms)) {
+        DrainStart::Started => StatusCode::ACCEPTED,
+        DrainStart::AlreadyDraining => StatusCode::OK,
+    };
+    (status, Json(node.drain_status())).into_response()
+}
+
+/// Whether the node drains, since when and over what period, and its connections left.
+pub async fn drain_status(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    match operator(&node, &headers) {
+        Ok(()) => Json(node.drain_status()).into_response(),
+        Err(r) => r.into_response(),
+    }
 }

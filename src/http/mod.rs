@@ -120,6 +120,7 @@ pub fn router(node: Arc<Node>) -> Router {
             "/api/v1/tenants/{tenant}/destinations/{*destination}",
             get(presence::destination),
         )
+        .route("/admin/v1/drain", get(admin::drain_status).post(admin::drain))
         .route(
             "/admin/v1/tenants/{tenant}/plugin",
             get(admin::plugin_status)
@@ -139,17 +140,20 @@ async fn healthz(axum::extract::State(node): axum::extract::State<Arc<Node>>) ->
     .into_response()
 }
 
-/// Ready when the node can route: always alone, and while Redis is reachable when clustered.
+/// Ready when the node can route (always alone, and while Redis is reachable when clustered)
+/// and is not draining.
 async fn readyz(axum::extract::State(node): axum::extract::State<Arc<Node>>) -> Response {
     let cluster = node.cluster.describe();
-    if node.cluster.is_ready() && !node.shutdown.is_cancelled() {
+    if node.cluster.is_ready() && !node.drain.is_draining() {
         Json(json!({ "ready": true, "node": node.node_id, "cluster": cluster })).into_response()
     } else {
         let mut body = json!({ "ready": false, "node": node.node_id, "cluster": cluster });
         body["error"] = json!(if node.shutdown.is_cancelled() {
-            "the node is shutting down".to_string()
+            "the node is shutting down"
+        } else if node.drain.is_draining() {
+            "the node is draining for a restart: it takes no new connections"
         } else {
-            "the cluster bus (Redis) is unreachable; only local delivery works".to_string()
+            "the cluster bus (Redis) is unreachable; only local delivery works"
         });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }

@@ -2,6 +2,7 @@
 //! tracker that every connection registers with; and the node as the cluster sees it
 //! ([`inbound`]: messages from other nodes and ingress come in there).
 
+pub mod drain;
 pub mod inbound;
 
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub struct Node {
     pub node_id: String,
     /// Cancelled once to shut everything down.
     pub shutdown: CancellationToken,
+    /// The drain for a rolling upgrade (which shutdown also starts).
+    pub drain: drain::Drain,
     /// Every connection task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     /// The cluster this node is part of (a single node when standalone).
@@ -88,6 +91,7 @@ impl Node {
         };
         let metrics = Arc::new(Metrics::default());
         let stores = Stores::new(&config.history, redis);
+        let shutdown = CancellationToken::new();
         let tenants = Arc::new(Tenants::new(
             &config.tenants,
             &config.server,
@@ -95,6 +99,7 @@ impl Node {
             &cluster,
             &metrics,
             &node_id,
+            &shutdown,
         ));
         let ids = Arc::new(Ids::new(node_id.clone()));
         let tasks = TaskTracker::new();
@@ -111,7 +116,8 @@ impl Node {
             cluster,
             metrics,
             node_id,
-            shutdown: CancellationToken::new(),
+            drain: drain::Drain::new(&shutdown),
+            shutdown,
             tasks,
             sessions,
             tenants,
@@ -140,14 +146,42 @@ impl Node {
         self.ids.next()
     }
 
-    /// A connection slot, or `None` when the node is at `max_connections`.
-    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
-        self.connections.clone().try_acquire_owned().ok()
+    /// A connection slot, or why there is none: the node is draining (or shutting down), or
+    /// at `max_connections`.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, NotAdmitted> {
+        if self.drain.is_draining() {
+            return Err(NotAdmitted::Draining);
+        }
+        self.connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| NotAdmitted::Full)
     }
 
     /// Connections open now.
     pub fn open_connections(&self) -> usize {
         self.server.max_connections - self.connections.available_permits()
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotAdmitted {
+    /// The node is draining for a restart, or shutting down.
+    Draining,
+    /// The node holds `max_connections`.
+    Full,
+}
+
+impl NotAdmitted {
+    /// What the client is told.
+    pub fn message(self) -> &'static str {
+        match self {
+            NotAdmitted::Draining => {
+                "this node is stopping (draining for a restart, or shutting down); connect to another node"
+            }
+            NotAdmitted::Full => "the server is at its connection limit; try again later",
+        }
     }
 }
 

@@ -87,6 +87,12 @@ pub enum Fault {
     FrameTimeout(u64),
     /// The node is stopping.
     ShuttingDown,
+    /// The node is draining for a restart: its sessions are closed one by one over the drain
+    /// period, each asked to reconnect (to another node, as the load balancer no longer sends
+    /// new connections here).
+    Draining,
+    /// The operator deleted or reconfigured the session's tenant (the reason).
+    TenantClosed(String),
     /// The tenant's backend closed the user's sessions (the disconnect API).
     Disconnected,
     /// The user may not connect until then (ms since the epoch): a ban from the disconnect
@@ -131,6 +137,8 @@ impl Fault {
             Fault::ConnectTimeout(_) => "CONNECT timeout".into(),
             Fault::FrameTimeout(_) => "frame timeout".into(),
             Fault::ShuttingDown => "server shutting down".into(),
+            Fault::Draining => "server draining".into(),
+            Fault::TenantClosed(_) => "tenant closed".into(),
             Fault::Disconnected => "disconnected by the server".into(),
             Fault::Banned(_) => "user banned".into(),
             Fault::Transport(_) => "transport error".into(),
@@ -225,6 +233,10 @@ impl Fault {
             Fault::ShuttingDown => {
                 "the server is shutting down; reconnect to another node or later".into()
             }
+            Fault::Draining => {
+                "this node is being restarted; reconnect now, another node will serve you".into()
+            }
+            Fault::TenantClosed(why) => why.clone(),
             Fault::Disconnected => {
                 "the application closed every session of this user (logout or suspension)".into()
             }
@@ -264,6 +276,8 @@ impl Fault {
             Fault::ConnectTimeout(_) => "connect_timeout",
             Fault::FrameTimeout(_) => "frame_timeout",
             Fault::ShuttingDown => "shutdown",
+            Fault::Draining => "draining",
+            Fault::TenantClosed(_) => "tenant_closed",
             Fault::Disconnected => "disconnected",
             Fault::Banned(_) => "banned",
             Fault::Transport(_) => "transport_error",

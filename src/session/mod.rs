@@ -448,6 +448,18 @@ impl Session {
         Ok(())
     }
 
+    /// What ends the session when its tenant closes (or the node shuts down), once connected.
+    pub fn closing(&self) -> Option<&tokio_util::sync::CancellationToken> {
+        self.tenant.as_ref().map(|t| &t.closing)
+    }
+
+    /// Why its tenant closed, when it did.
+    pub fn closed_because(&self) -> Option<String> {
+        self.tenant
+            .as_ref()
+            .and_then(|t| t.closed_because().map(String::from))
+    }
+
     fn tenant(&self) -> Arc<Tenant> {
         self.tenant
             .clone()

@@ -47,6 +47,7 @@ fn harness_with(
             cluster.clone(),
             metrics.clone(),
             "n1",
+            Default::default(),
         );
         match &policy {
             Some(p) => tenant.with_policy(p.clone()),

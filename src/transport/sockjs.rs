@@ -132,18 +132,10 @@ impl crate::sockjs::Handler for StompHandler {
         // hold them for as long as it lives.
         let request_headers = super::request_headers(&connection.info.headers);
         connection.info.headers = HeaderMap::new();
-        if self.node.shutdown.is_cancelled() {
-            return Err(Refusal {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: "the server is shutting down".into(),
-            });
-        }
-        let Some(permit) = self.node.admit() else {
-            return Err(Refusal {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: "the server is at its connection limit; try again later".into(),
-            });
-        };
+        let permit = self.node.admit().map_err(|why| Refusal {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: why.message().into(),
+        })?;
         let peer = connection.info.peer.map(|p| p.to_string());
         let from = Peer {
             transport: TransportKind::SockJs,

@@ -13,17 +13,21 @@ use tracing::{debug, info_span, Instrument};
 use super::io::accept;
 use crate::broker::outbox::Item;
 use crate::connection::{self, TransportIn, TransportOut};
-use crate::node::Node;
+use crate::node::{Node, NotAdmitted};
 use crate::policy::TransportKind;
 use crate::session::{Peer, Session};
 use crate::web::socket::{read_ready, write_all_vectored};
 
-/// Accepts STOMP connections until shutdown.
+/// Accepts STOMP connections until the node drains or shuts down; then the listener closes,
+/// so clients and load balancers see the port refuse.
 pub async fn serve(listener: TcpListener, node: Arc<Node>) {
-    while let Some((stream, peer)) = accept(&listener, &node.shutdown).await {
-        let Some(permit) = node.admit() else {
-            node.tasks.spawn(refuse(stream));
-            continue;
+    while let Some((stream, peer)) = accept(&listener, &node.drain.started).await {
+        let permit = match node.admit() {
+            Ok(permit) => permit,
+            Err(why) => {
+                node.tasks.spawn(refuse(stream, why));
+                continue;
+            }
         };
         let node2 = node.clone();
         let from = Peer {
@@ -45,12 +49,15 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
     }
 }
 
-async fn refuse(mut stream: TcpStream) {
-    let _ = stream
-        .write_all(b"ERROR\nmessage:too many connections\n\nthe server is at its connection limit; try again later\0")
-        .await;
+async fn refuse(mut stream: TcpStream, why: NotAdmitted) {
+    let message = match why {
+        NotAdmitted::Draining => "server draining",
+        NotAdmitted::Full => "too many connections",
+    };
+    let frame = format!("ERROR\nmessage:{message}\n\n{}\0", why.message());
+    let _ = stream.write_all(frame.as_bytes()).await;
     let _ = stream.shutdown().await;
-    debug!("connection refused: at the connection limit");
+    debug!(?why, "connection refused");
 }
 
 struct TcpIn(OwnedReadHalf);

@@ -123,11 +123,9 @@ fn upgrade(node: Arc<Node>, tenant: Arc<Tenant>, peer: SocketAddr, mut req: Requ
         Ok(on_upgrade) => on_upgrade,
         Err(e) => return refused(e),
     };
-    let Some(permit) = node.admit() else {
-        return json_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is at its connection limit; try again later",
-        );
+    let permit = match node.admit() {
+        Ok(permit) => permit,
+        Err(why) => return json_error(StatusCode::SERVICE_UNAVAILABLE, why.message()),
     };
     let from = Peer {
         transport: TransportKind::WebSocket,

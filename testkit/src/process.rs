@@ -106,6 +106,8 @@ pub enum Signal {
     Stop,
     /// SIGCONT: carry on after [`Signal::Stop`].
     Cont,
+    /// SIGHUP: read the configuration again.
+    Hup,
 }
 
 impl Signal {
@@ -116,6 +118,7 @@ impl Signal {
             Signal::Kill => S::KILL,
             Signal::Stop => S::STOP,
             Signal::Cont => S::CONT,
+            Signal::Hup => S::HUP,
         }
     }
 }

@@ -236,6 +236,27 @@ impl NodeProcess {
         exited.is_some_and(|status| status.success())
     }
 
+    /// Whether the process still runs.
+    pub fn running(&mut self) -> bool {
+        self.inner.running()
+    }
+
+    /// True once the process exited with success.
+    pub fn exit_success(&mut self) -> bool {
+        self.inner.exited().is_some_and(|status| status.success())
+    }
+
+    /// Sends `signal` without waiting.
+    pub fn signal(&mut self, signal: stompbox_testkit::Signal) {
+        let pid = self.pid().expect("the node runs");
+        stompbox_testkit::signal(pid, signal).expect("signal sent");
+    }
+
+    /// SIGTERM without waiting for the exit.
+    pub fn signal_terminate(&mut self) {
+        self.signal(stompbox_testkit::Signal::Term);
+    }
+
     /// What the node logged so far.
     pub fn log(&self) -> String {
         self.inner.log()
