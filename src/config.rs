@@ -68,7 +68,7 @@ pub struct Config {
 }
 
 /// `[sockjs]`: the endpoint at `/sockjs` and `/sockjs/{tenant}`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SockJsConfig {
     /// Offer the WebSocket transport; off, clients fall back to streaming and polling.
@@ -108,7 +108,7 @@ impl Default for SockJsConfig {
 
 /// `[history]`: user messages are stored before they are answered or delivered, and a
 /// session that subscribes gets what it missed. Tenants may change the retention or opt out.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HistoryConfig {
     /// Store user messages (tenants may opt out with `history = false`).
@@ -135,7 +135,7 @@ impl Default for HistoryConfig {
 }
 
 /// `[cluster]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// `redis://host:port/db`; without it (and without `redis_cluster`) the node runs alone,
@@ -173,7 +173,7 @@ impl Default for ClusterConfig {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// HTTP listener: WebSocket, publish API, health.
@@ -244,6 +244,14 @@ pub struct ServerConfig {
     /// Where compiled plugins are kept (default `$XDG_CACHE_HOME/stompbox/plugins`, else
     /// `~/.cache/stompbox/plugins`); relative to the config file's folder.
     pub plugin_compile_cache_dir: Option<PathBuf>,
+    /// Where a single node keeps the tenants created, changed or deleted through the admin API
+    /// (default: beside the config file, `NAME.state.json` for `NAME.toml`); relative to the
+    /// config file's folder. A clustered node keeps them in Redis instead. Without a config
+    /// file and this, such changes last until the node stops.
+    pub state_file: Option<PathBuf>,
+    /// The config file's folder, where relative paths start (set when the file is read).
+    #[serde(skip)]
+    pub config_dir: Option<PathBuf>,
     /// Serve the demo page at `/` (and the browser-test page at `/test.html`).
     pub demo_page: bool,
     /// The largest batch publish body read, in bytes (`POST .../publish/batch`).
@@ -281,6 +289,8 @@ impl Default for ServerConfig {
             plugin_poll_ms: 1_000,
             plugin_compile_cache: true,
             plugin_compile_cache_dir: None,
+            state_file: None,
+            config_dir: None,
             demo_page: true,
             max_batch_bytes: 16 << 20,
             max_batch_messages: 10_000,
@@ -305,7 +315,7 @@ impl ServerConfig {
 }
 
 /// `[[tenants]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     /// The tenant's id: its path segment in `/ws/{tenant}` and the API.
@@ -380,7 +390,7 @@ pub struct TenantConfig {
 }
 
 /// `[tenants.plugin_backend]`: where a tenant's plugin may send HTTP requests, and their bounds.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginBackendConfig {
     /// `host:port` (or `host` for port 80) of every backend the plugin may call; a request to
@@ -406,7 +416,7 @@ fn default_backend_max_response_bytes() -> usize {
 /// `[tenants.plugin_cache]`: a tenant plugin's key-value cache. On a single node it lives in
 /// the node's memory (`max_bytes` per tenant); clustered, in Redis, where entries expire
 /// within `max_ttl_ms`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginCacheConfig {
     /// Bytes of keys and values kept in a node's memory for the tenant (single node); the
@@ -435,7 +445,7 @@ fn default_app_prefixes() -> Vec<String> {
 /// `[tenants.upstream]`: the tenant's backend side. Client SENDs to an application prefix and
 /// the connection events named in `events` are written to a Redis stream (`stream = true`),
 /// POSTed to a signed webhook (`webhook_url`), or both.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Append each item to a Redis stream on the cluster's Redis (needs `[cluster] redis` or
@@ -567,7 +577,7 @@ impl TenantConfig {
 
 /// `[[tenants.topic_history]]`: the topics starting with `prefix` keep their messages, each
 /// topic a stream of its own, within this retention (default: `[history]`'s).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopicHistoryConfig {
     /// Topics starting with this (`/topic/prices/`); the longest matching prefix applies.
@@ -637,6 +647,12 @@ impl Config {
                 config.server.plugin_compile_cache_dir = Some(base.join(dir));
             }
         }
+        config.server.state_file = Some(match config.server.state_file.take() {
+            Some(file) if file.is_relative() => base.join(file),
+            Some(file) => file,
+            None => path.with_extension("state.json"),
+        });
+        config.server.config_dir = Some(base.to_path_buf());
         Ok(config)
     }
 

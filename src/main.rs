@@ -350,7 +350,7 @@ fn serve(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<(
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     }
-    .finish(overrides)?;
+    .finish(overrides.clone())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -386,9 +386,55 @@ fn serve(config_path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<(
         // One machine-readable line on stdout, so scripts and tests that bind port 0 learn the ports.
         println!("stompbox listening http={http_addr} stomp={stomp_addr}");
         tokio::spawn(shutdown_on_signal(node.clone()));
+        #[cfg(unix)]
+        tokio::spawn(reload_on_hangup(node.clone(), config_path, overrides));
         stompbox::server::run(node, http, stomp).await?;
         Ok(())
     })
+}
+
+/// Reads the config file again on each SIGHUP (see `stompbox::node::reload`): a file that is
+/// not valid is logged with the key at fault and changes nothing.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    node: std::sync::Arc<Node>,
+    config_path: Option<PathBuf>,
+    overrides: Overrides,
+) {
+    let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        let Some(path) = &config_path else {
+            tracing::warn!(
+                "SIGHUP: this node runs without a config file (--config); nothing to read again"
+            );
+            continue;
+        };
+        let config = match Config::from_file(path).and_then(|c| c.finish(overrides.clone())) {
+            Ok(config) => config,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "SIGHUP: the config file is not valid; the running config stays");
+                continue;
+            }
+        };
+        let report = node.reload(config).await;
+        for key in &report.needs_restart {
+            tracing::warn!(key = %key, "SIGHUP: changed in the config file; takes effect after a restart");
+        }
+        for (tenant, why) in &report.refused {
+            tracing::error!(tenant = %tenant, error = %why, "SIGHUP: a tenant's settings are not taken; its running version stays");
+        }
+        for tenant in &report.kept_from_admin {
+            tracing::info!(tenant = %tenant, "SIGHUP: tenant left as the admin API set it");
+        }
+        info!(
+            tenants = ?report.tenants,
+            limits = ?report.applied_limits,
+            "SIGHUP: config file read again"
+        );
+    }
 }
 
 async fn shutdown_on_signal(node: std::sync::Arc<Node>) {

@@ -178,6 +178,15 @@ impl Metrics {
         self.session_errors[at].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Messages dropped, by reason (every reason, in a fixed order).
+    pub fn dropped_by_reason(&self) -> Vec<(String, u64)> {
+        DropReason::ALL
+            .iter()
+            .zip(&self.dropped)
+            .map(|(why, n)| (why.label().to_string(), n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
     /// Messages dropped for `why`.
     pub fn dropped_count(&self, why: DropReason) -> u64 {
         let at = DropReason::ALL.iter().position(|d| *d == why).unwrap_or(0);

@@ -29,8 +29,13 @@ use crate::{http, transport};
 pub async fn run(node: Arc<Node>, http: TcpListener, stomp: TcpListener) -> std::io::Result<()> {
     node.start_cluster();
     node.tasks.spawn(transport::tcp::serve(stomp, node.clone()));
+    let watched = Arc::downgrade(&node);
     node.tasks.spawn(crate::plugin::watch::watch(
-        node.tenants().map(|t| t.plugin().clone()).collect(),
+        move || {
+            watched.upgrade().map_or_else(Vec::new, |node| {
+                node.tenants().iter().map(|t| t.plugin().clone()).collect()
+            })
+        },
         Duration::from_millis(node.server.plugin_poll_ms),
         node.shutdown.clone(),
     ));

@@ -34,10 +34,10 @@ pub struct Tenant {
     /// The tenant id.
     pub id: String,
     /// Its routing core on this node.
-    pub broker: Broker,
-    api_keys: Vec<String>,
-    /// Web pages that may open browser connections.
-    pub allowed_origins: AllowedOrigins,
+    pub broker: Arc<Broker>,
+    /// What an operator may change without closing the tenant's sessions: its API keys and
+    /// allowed origins, and the settings they are part of.
+    live: std::sync::RwLock<LiveSettings>,
     plugin: Arc<PluginSlot>,
     /// What decides identity and permissions: the plugin slot (tests put another policy here).
     policy: Arc<dyn Policy>,
@@ -73,6 +73,9 @@ pub struct Tenant {
     pub closing: CancellationToken,
     /// Why it closed, for its sessions' ERROR frames.
     closed_because: OnceLock<String>,
+    /// Sessions connected to it on this node, and the signal that the last one ended.
+    sessions: std::sync::atomic::AtomicUsize,
+    sessions_gone: tokio::sync::Notify,
 }
 
 mod queues;
@@ -279,7 +282,6 @@ impl Tenant {
         cluster: Arc<dyn Backplane>,
         metrics: Arc<Metrics>,
         node_id: &str,
-        closing: CancellationToken,
     ) -> Tenant {
         let TenantStores {
             history,
@@ -310,8 +312,10 @@ impl Tenant {
         Tenant {
             upstream: Upstream::new(config, node_id, &cluster),
             bans: Mutex::new(HashMap::new()),
-            closing,
+            closing: CancellationToken::new(),
             closed_because: OnceLock::new(),
+            sessions: Default::default(),
+            sessions_gone: tokio::sync::Notify::new(),
             durable: queues.map(queues::Durable::new),
             orders: Mutex::new(HashMap::new()),
             cursor_queue,
@@ -322,13 +326,12 @@ impl Tenant {
             cluster,
             metrics,
             id: config.id.clone(),
-            broker: Broker::new(BacklogLimits::new(
+            broker: Arc::new(Broker::new(BacklogLimits::new(
                 server.max_queue_backlog,
                 server.max_queue_backlog_bytes,
                 node_backlog.clone(),
-            )),
-            api_keys: config.api_keys.clone(),
-            allowed_origins: AllowedOrigins::new(&config.allowed_origins),
+            ))),
+            live: std::sync::RwLock::new(LiveSettings::of(config)),
             // Only a tenant that stores takes turns.
             turns: (0..if stores { TURNS } else { 0 })
                 .map(|_| tokio::sync::Mutex::new(()))
@@ -381,6 +384,30 @@ impl Tenant {
     /// The policy that decides identity and permissions for this tenant.
     pub fn policy(&self) -> Arc<dyn Policy> {
         self.policy.clone()
+    }
+
+    /// This tenant, closing when `closing` is cancelled (a child of the node's shutdown).
+    pub(crate) fn closing_with(mut self, closing: CancellationToken) -> Tenant {
+        self.closing = closing;
+        self
+    }
+
+    /// This tenant, about to replace `previous` (same id, other settings, every session of
+    /// `previous` closed): it takes over what `previous` holds in this node's memory, so the
+    /// replacement loses nothing: the broker (its queues' waiting messages) and, while the
+    /// history settings are the same, the stores.
+    pub(crate) fn taking_over(mut self, previous: &Tenant) -> Tenant {
+        self.broker = previous.broker.clone();
+        let (before, now) = (previous.config(), self.config());
+        let same_history = before.history == now.history
+            && before.history_max_messages == now.history_max_messages
+            && before.history_max_age_ms == now.history_max_age_ms
+            && before.topic_history == now.topic_history;
+        if same_history {
+            self.history.clone_from(&previous.history);
+            self.topic_history.clone_from(&previous.topic_history);
+        }
+        self
     }
 
     /// This tenant deciding with `policy` instead of its plugin slot (for tests).
@@ -693,7 +720,7 @@ impl Tenant {
     /// does not reveal how much of a key matched.
     pub fn accepts_api_key(&self, key: &str) -> bool {
         let mut found = false;
-        for candidate in &self.api_keys {
+        for candidate in &self.live().config.api_keys {
             found |= crate::util::constant_time_eq(candidate.as_bytes(), key.as_bytes());
         }
         found
@@ -701,86 +728,157 @@ impl Tenant {
 
     /// True when the tenant has at least one API key.
     pub fn has_api_keys(&self) -> bool {
-        !self.api_keys.is_empty()
+        !self.live().config.api_keys.is_empty()
+    }
+
+    /// The web pages that may open browser connections now.
+    pub fn allowed_origins(&self) -> Arc<AllowedOrigins> {
+        self.live().origins.clone()
+    }
+
+    /// The settings the tenant serves with now.
+    pub fn config(&self) -> TenantConfig {
+        self.live().config.clone()
+    }
+
+    /// Takes `config` without closing a session when it differs from the running settings
+    /// only in what may change live (API keys, allowed origins); false when anything else
+    /// differs, and the tenant must be replaced.
+    pub fn update_live(&self, config: &TenantConfig) -> bool {
+        let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
+        let mut same_otherwise = config.clone();
+        same_otherwise.api_keys.clone_from(&live.config.api_keys);
+        same_otherwise
+            .allowed_origins
+            .clone_from(&live.config.allowed_origins);
+        if same_otherwise != live.config {
+            return false;
+        }
+        *live = LiveSettings::of(config);
+        true
+    }
+
+    fn live(&self) -> std::sync::RwLockReadGuard<'_, LiveSettings> {
+        self.live.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a session that connected to the tenant; [`Tenant::session_ended`] counts it out.
+    pub fn session_started(&self) {
+        self.sessions.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts out a session counted by [`Tenant::session_started`].
+    pub fn session_ended(&self) {
+        if self.sessions.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.sessions_gone.notify_waiters();
+        }
+    }
+
+    /// Sessions connected to the tenant on this node.
+    pub fn sessions(&self) -> usize {
+        self.sessions.load(Ordering::Acquire)
+    }
+
+    /// Waits until the tenant has no session here, or `limit` passed; true when none is left.
+    pub async fn sessions_closed(&self, limit: Duration) -> bool {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let gone = self.sessions_gone.notified();
+            if self.sessions() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(until, gone).await.is_err() {
+                return self.sessions() == 0;
+            }
+        }
     }
 }
 
-/// The tenants of a node, by id.
+/// A tenant's settings that change without a restart of the tenant.
+#[derive(Debug)]
+struct LiveSettings {
+    config: TenantConfig,
+    origins: Arc<AllowedOrigins>,
+}
+
+impl LiveSettings {
+    fn of(config: &TenantConfig) -> LiveSettings {
+        LiveSettings {
+            config: config.clone(),
+            origins: Arc::new(AllowedOrigins::new(&config.allowed_origins)),
+        }
+    }
+}
+
+/// Tells the plugin engine, once per process, where compiled plugins are kept
+/// (`server.plugin_compile_cache`, `plugin_compile_cache_dir`).
+pub fn configure_plugins(server: &ServerConfig) {
+    plugin::engine::configure_compile_cache(
+        match (
+            &server.plugin_compile_cache,
+            &server.plugin_compile_cache_dir,
+        ) {
+            (false, _) => plugin::engine::CompileCache::Off,
+            (true, Some(dir)) => plugin::engine::CompileCache::Dir(dir.clone()),
+            (true, None) => plugin::engine::CompileCache::Default,
+        },
+    );
+}
+
+/// The tenants a node serves now, by id: looked up by every connection and publish, changed
+/// by the operator (the admin API, a config reload) while the node runs.
 #[derive(Debug, Default)]
 pub struct Tenants {
-    by_id: HashMap<String, Arc<Tenant>>,
+    by_id: std::sync::RwLock<HashMap<String, Arc<Tenant>>>,
 }
 
 impl Tenants {
-    /// The tenants of `configs`, routing through `cluster`, keeping what they accept where
-    /// `stores_for` says.
-    pub fn new(
-        configs: &[TenantConfig],
-        server: &ServerConfig,
-        stores_for: &dyn Fn(&TenantConfig) -> TenantStores,
-        cluster: &Arc<dyn Backplane>,
-        metrics: &Arc<Metrics>,
-        node_id: &str,
-        shutdown: &CancellationToken,
-    ) -> Tenants {
-        plugin::engine::configure_compile_cache(
-            match (
-                &server.plugin_compile_cache,
-                &server.plugin_compile_cache_dir,
-            ) {
-                (false, _) => plugin::engine::CompileCache::Off,
-                (true, Some(dir)) => plugin::engine::CompileCache::Dir(dir.clone()),
-                (true, None) => plugin::engine::CompileCache::Default,
-            },
-        );
-        // One ceiling for the queues of every tenant, so that together they cannot take the
-        // node's memory either.
-        let node_backlog = Arc::new(Budget::new(server.node_backlog_bytes));
-        configs
-            .iter()
-            .map(|t| {
-                Tenant::new(
-                    t,
-                    server,
-                    &node_backlog,
-                    stores_for(t),
-                    cluster.clone(),
-                    metrics.clone(),
-                    node_id,
-                    shutdown.child_token(),
-                )
-            })
-            .collect()
-    }
-
     /// The tenant with id `id`.
-    pub fn get(&self, id: &str) -> Option<&Arc<Tenant>> {
-        self.by_id.get(id)
+    pub fn get(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.read().get(id).cloned()
     }
 
     /// The tenant for a connection that named none.
-    pub fn default_tenant(&self) -> Option<&Arc<Tenant>> {
+    pub fn default_tenant(&self) -> Option<Arc<Tenant>> {
         self.get(DEFAULT_TENANT)
     }
 
-    /// Every tenant.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
-        self.by_id.values()
+    /// Every tenant, by id.
+    pub fn all(&self) -> Vec<Arc<Tenant>> {
+        let mut all: Vec<Arc<Tenant>> = self.read().values().cloned().collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        all
+    }
+
+    /// Serves `tenant` under its id; the tenant it replaces, if any.
+    pub fn insert(&self, tenant: Arc<Tenant>) -> Option<Arc<Tenant>> {
+        let _ = tenant.me.set(Arc::downgrade(&tenant));
+        self.by_id
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant.id.clone(), tenant)
+    }
+
+    /// Stops serving tenant `id`; the tenant, if it was served.
+    pub fn remove(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.by_id
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Arc<Tenant>>> {
+        self.by_id.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl FromIterator<Tenant> for Tenants {
     fn from_iter<I: IntoIterator<Item = Tenant>>(tenants: I) -> Tenants {
-        Tenants {
-            by_id: tenants
-                .into_iter()
-                .map(|t| {
-                    let tenant = Arc::new(t);
-                    let _ = tenant.me.set(Arc::downgrade(&tenant));
-                    (tenant.id.clone(), tenant)
-                })
-                .collect(),
+        let all = Tenants::default();
+        for tenant in tenants {
+            all.insert(Arc::new(tenant));
         }
+        all
     }
 }
 

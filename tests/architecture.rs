@@ -73,6 +73,8 @@ const RULES: &[(&str, &[&str])] = &[
         &[
             "broker",
             "cluster",
+            // The admin API takes and shows a tenant's settings.
+            "config",
             "metrics",
             "node",
             "plugin",

@@ -243,3 +243,41 @@ fn the_example_backends_answer_a_browsers_send_to_app() {
         backend.kill();
     }
 }
+
+/// The operator's console on a two-node cluster, driven in Chromium: sign in, both nodes and a
+/// live rate, a user found on node B and disconnected, a bad plugin refused and a good one
+/// checked and installed, an API key rotated. Screenshots of each page go to
+/// `target/browser/console/`: `tests/browser/console.mjs`.
+#[test]
+fn the_console_runs_a_two_node_cluster() {
+    let _turn = require_tools();
+    let good = support::plugin_wasm("seed_compat");
+    let bad = std::env::temp_dir().join(format!("not-a-plugin-{}.wasm", std::process::id()));
+    std::fs::write(&bad, b"\0asm this is not a component").unwrap();
+    let admin = "console-test-admin-token";
+    let toml = format!("[server]\nadmin_token = \"{admin}\"\n{}", config());
+    let redis = Redis::start();
+    let a = NodeProcess::start("browser-a", &redis, &toml);
+    let b = NodeProcess::start("browser-b", &redis, &toml);
+    std::thread::sleep(Duration::from_millis(500));
+    run_script(
+        "console.mjs",
+        &[
+            "--http".into(),
+            a.http.to_string(),
+            "--http2".into(),
+            b.http.to_string(),
+            "--admin".into(),
+            admin.into(),
+            "--api-key".into(),
+            API_KEY.into(),
+            "--good".into(),
+            good.display().to_string(),
+            "--bad".into(),
+            bad.display().to_string(),
+            "--out".into(),
+            root().join("target/browser/console").display().to_string(),
+        ],
+    );
+    let _ = std::fs::remove_file(bad);
+}

@@ -141,7 +141,10 @@ async fn a_drained_node_loses_no_message_and_its_clients_end_on_the_other_node()
     )
     .await;
     assert_eq!(status, 400, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("period"), "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("period"),
+        "{answer}"
+    );
     let period = Duration::from_millis(3_000);
     let drain_started = Instant::now();
     let (status, answer) = http_request(
@@ -156,7 +159,10 @@ async fn a_drained_node_loses_no_message_and_its_clients_end_on_the_other_node()
     assert_eq!(answer["draining"], true, "{answer}");
     let (status, answer) = http_request(a.http, "GET", "/readyz", None, "").await;
     assert_eq!(status, 503, "{answer}");
-    assert!(answer["error"].as_str().unwrap().contains("draining"), "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("draining"),
+        "{answer}"
+    );
     let (status, _) = http_request(a.http, "POST", "/admin/v1/drain", Some(ADMIN), "").await;
     assert_eq!(status, 200, "a second drain changes nothing");
     // The STOMP port no longer takes connections.
@@ -224,7 +230,10 @@ async fn a_drained_node_loses_no_message_and_its_clients_end_on_the_other_node()
         );
         accepted += 1;
         let user = format!("u{}", i % clients);
-        if !got.get(user.as_str()).is_some_and(|b| b.contains(format!("m{i}").as_str())) {
+        if !got
+            .get(user.as_str())
+            .is_some_and(|b| b.contains(format!("m{i}").as_str()))
+        {
             lost.push(i);
         }
     }
@@ -233,7 +242,11 @@ async fn a_drained_node_loses_no_message_and_its_clients_end_on_the_other_node()
         "{clients} clients drained in {drained_in:?}; {accepted} messages accepted, {} lost, {again} delivered twice",
         lost.len()
     );
-    assert!(lost.is_empty(), "accepted and never received: {:?}", &lost[..lost.len().min(20)]);
+    assert!(
+        lost.is_empty(),
+        "accepted and never received: {:?}",
+        &lost[..lost.len().min(20)]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

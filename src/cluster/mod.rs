@@ -168,6 +168,14 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     ) -> Result<(), ClusterError>;
     /// Removes entry `key` of `tenant`'s plugin cache from the cluster's Redis.
     async fn cache_delete(&self, tenant: &str, key: &str) -> Result<(), ClusterError>;
+    /// The documents of the tenants changed through the admin API, by tenant id (JSON the
+    /// node reads; Redis holds them in one hash).
+    async fn tenant_documents(&self) -> Result<Vec<(String, String)>, ClusterError>;
+    /// The document of tenant `id`, if the admin API wrote one.
+    async fn tenant_document(&self, id: &str) -> Result<Option<String>, ClusterError>;
+    /// Writes the document of tenant `id` and tells every node it changed
+    /// ([`LocalNode::tenants_changed`]).
+    async fn put_tenant_document(&self, id: &str, document: &str) -> Result<(), ClusterError>;
     /// True when the node shares a Redis with other nodes, so that what it keeps there (such
     /// as plugin cache entries) every node sees; false for a single node.
     fn is_shared(&self) -> bool;
@@ -202,6 +210,11 @@ pub trait LocalNode: Send + Sync {
     fn answer(&self, query: &Query) -> Reply;
     /// `tenant`'s `user` may not connect until `until_ms` (read from the cluster on joining).
     fn banned(&self, tenant: &str, user: &str, until_ms: u64);
+    /// The ids of the tenants the node serves now.
+    fn tenant_ids(&self) -> Vec<String>;
+    /// The stored document of tenant `id` changed (`None`: any may have, as after joining or
+    /// a reconnect): the node reads it again.
+    fn tenants_changed(&self, id: Option<&str>);
 }
 
 /// A question every node answers about what it holds: the presence and disconnect APIs ask
@@ -232,6 +245,8 @@ pub enum Query {
         /// The destination as clients subscribe to it.
         dest: String,
     },
+    /// The node's state for the operator's console: its connections and counters.
+    Status,
     /// Close `user`'s sessions on the node (and refuse their CONNECTs until `until_ms`, when
     /// it is later than now): how many were closed.
     Disconnect {
@@ -258,6 +273,36 @@ pub enum Reply {
         /// The names, in order.
         names: Vec<String>,
     },
+    /// A node's state.
+    Status {
+        /// The state.
+        status: NodeStatus,
+    },
+}
+
+/// A node's state as the console shows it: counters only grow, so rates are differences.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// Connections open.
+    pub connections: u64,
+    /// Users with a session there, all tenants.
+    pub users: u64,
+    /// Messages published there (API, SEND, ingress).
+    pub published: u64,
+    /// Deliveries into its subscriptions.
+    pub delivered: u64,
+    /// Messages it sent on to other nodes.
+    pub forwarded: u64,
+    /// Messages it received from other nodes.
+    pub received: u64,
+    /// Messages not delivered, by reason.
+    pub dropped: Vec<(String, u64)>,
+    /// Whether it drains for a restart.
+    pub draining: bool,
+    /// Whether it can route.
+    pub ready: bool,
+    /// When it answered, ms since the epoch.
+    pub at_ms: u64,
 }
 
 /// What the other nodes replied.

@@ -86,6 +86,18 @@ impl Backplane for Standalone {
         Err(no_redis())
     }
 
+    async fn tenant_documents(&self) -> Result<Vec<(String, String)>, ClusterError> {
+        Err(no_redis())
+    }
+
+    async fn tenant_document(&self, _: &str) -> Result<Option<String>, ClusterError> {
+        Err(no_redis())
+    }
+
+    async fn put_tenant_document(&self, _: &str, _: &str) -> Result<(), ClusterError> {
+        Err(no_redis())
+    }
+
     fn is_shared(&self) -> bool {
         false
     }

@@ -22,7 +22,7 @@ use crate::web::{body_error, json_error};
 pub const MAX_PLUGIN_BYTES: usize = 64 << 20;
 
 /// Passes when the request carries the node's admin token.
-fn operator(node: &Node, headers: &HeaderMap) -> Result<(), Refused> {
+pub fn operator(node: &Node, headers: &HeaderMap) -> Result<(), Refused> {
     let Some(token) = node.server.admin_token.as_deref() else {
         return Err(Refused::new(
             StatusCode::FORBIDDEN,
@@ -43,7 +43,7 @@ fn operator(node: &Node, headers: &HeaderMap) -> Result<(), Refused> {
 /// The tenant named in the path, when the request carries the admin token.
 fn authorize(node: &Node, headers: &HeaderMap, tenant_id: &str) -> Result<Arc<Tenant>, Refused> {
     operator(node, headers)?;
-    node.tenant(tenant_id).cloned().ok_or_else(|| {
+    node.tenant(tenant_id).ok_or_else(|| {
         Refused::new(
             StatusCode::NOT_FOUND,
             &format!("unknown tenant '{tenant_id}'"),
@@ -173,5 +173,74 @@ pub async fn drain_status(State(node): State<Arc<Node>>, headers: HeaderMap) -> 
     match operator(&node, &headers) {
         Ok(()) => Json(node.drain_status()).into_response(),
         Err(r) => r.into_response(),
+    }
+}
+
+/// `GET /admin/v1/cluster`: every live node's state (this one asked directly, the others
+/// through the cluster within a second; those that did not answer are named), and the
+/// cluster's Redis as this node sees it.
+pub async fn cluster(State(node): State<Arc<Node>>, headers: HeaderMap) -> Response {
+    if let Err(r) = operator(&node, &headers) {
+        return r.into_response();
+    }
+    let mut nodes = vec![serde_json::json!({ "node": node.node_id, "status": node.status() })];
+    let (missing, error) = match node
+        .cluster
+        .ask_others(&crate::cluster::Query::Status)
+        .await
+    {
+        Ok(replies) => {
+            for (id, reply) in replies.by_node {
+                if let crate::cluster::Reply::Status { status } = reply {
+                    nodes.push(serde_json::json!({ "node": id, "status": status }));
+                }
+            }
+            (replies.missing, None)
+        }
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
+    nodes[1..].sort_by(|a, b| a["node"].as_str().cmp(&b["node"].as_str()));
+    Json(serde_json::json!({
+        "node": node.node_id,
+        "nodes": nodes,
+        "unanswered": missing,
+        "error": error,
+        "redis": node.cluster.describe(),
+        "tenants": node.tenants().len(),
+    }))
+    .into_response()
+}
+
+/// `POST /admin/v1/plugins/check`: compiles the `.wasm` in the body and checks it against the
+/// world, as an upload would, without installing it (the console checks before it installs).
+pub async fn plugin_check(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    if let Err(r) = operator(&node, &headers) {
+        return r.into_response();
+    }
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => return body_error(rejection, MAX_PLUGIN_BYTES),
+    };
+    if body.is_empty() {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "the body must be the plugin's .wasm bytes",
+        );
+    }
+    // Compiling a JavaScript or Python component takes seconds of CPU: off the async workers.
+    match tokio::task::spawn_blocking(move || crate::plugin::tool::check_bytes(&body)).await {
+        Ok(Ok(described)) => Json(described).into_response(),
+        Ok(Err(e)) => json_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!("not a plugin this node can run: {e}"),
+        ),
+        Err(e) => json_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("the check failed: {e}"),
+        ),
     }
 }

@@ -2,9 +2,11 @@
 //! backend publish API, the admin API, health checks and the demo page. Every error answer is JSON with an `error` message.
 
 pub mod admin;
+pub mod console;
 pub mod demo;
 pub mod presence;
 pub mod publish;
+pub mod tenants;
 
 use std::sync::Arc;
 
@@ -51,7 +53,7 @@ pub fn api_tenant(
     tenant_id: &str,
     headers: &axum::http::HeaderMap,
 ) -> Result<Arc<Tenant>, Refused> {
-    let Some(tenant) = node.tenant(tenant_id).cloned() else {
+    let Some(tenant) = node.tenant(tenant_id) else {
         return Err(Refused::new(
             StatusCode::NOT_FOUND,
             &format!("unknown tenant '{tenant_id}'"),
@@ -120,7 +122,35 @@ pub fn router(node: Arc<Node>) -> Router {
             "/api/v1/tenants/{tenant}/destinations/{*destination}",
             get(presence::destination),
         )
-        .route("/admin/v1/drain", get(admin::drain_status).post(admin::drain))
+        .route("/admin", get(console::page))
+        .route("/admin/", get(console::page))
+        .route("/admin/console.js", get(console::script))
+        .route("/admin/console.css", get(console::style))
+        .route(
+            "/admin/v1/drain",
+            get(admin::drain_status).post(admin::drain),
+        )
+        .route("/admin/v1/cluster", get(admin::cluster))
+        .route(
+            "/admin/v1/plugins/check",
+            post(admin::plugin_check).layer(DefaultBodyLimit::max(admin::MAX_PLUGIN_BYTES)),
+        )
+        .route("/admin/v1/tenants", get(tenants::list))
+        .route(
+            "/admin/v1/tenants/{tenant}",
+            get(tenants::get)
+                .put(tenants::put)
+                .delete(tenants::delete)
+                .layer(DefaultBodyLimit::max(tenants::MAX_TENANT_BYTES)),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant}/keys",
+            post(tenants::add_key).layer(DefaultBodyLimit::max(4096)),
+        )
+        .route(
+            "/admin/v1/tenants/{tenant}/keys/{key}",
+            axum::routing::delete(tenants::remove_key),
+        )
         .route(
             "/admin/v1/tenants/{tenant}/plugin",
             get(admin::plugin_status)
@@ -144,7 +174,7 @@ async fn healthz(axum::extract::State(node): axum::extract::State<Arc<Node>>) ->
 /// and is not draining.
 async fn readyz(axum::extract::State(node): axum::extract::State<Arc<Node>>) -> Response {
     let cluster = node.cluster.describe();
-    if node.cluster.is_ready() && !node.drain.is_draining() {
+    if node.cluster.is_ready() && !node.drain.is_draining() && node.tenants_loaded() {
         Json(json!({ "ready": true, "node": node.node_id, "cluster": cluster })).into_response()
     } else {
         let mut body = json!({ "ready": false, "node": node.node_id, "cluster": cluster });
@@ -152,6 +182,8 @@ async fn readyz(axum::extract::State(node): axum::extract::State<Arc<Node>>) -> 
             "the node is shutting down"
         } else if node.drain.is_draining() {
             "the node is draining for a restart: it takes no new connections"
+        } else if node.cluster.is_ready() {
+            "the tenants changed through the admin API are not read yet"
         } else {
             "the cluster bus (Redis) is unreachable; only local delivery works"
         });
@@ -162,9 +194,10 @@ async fn readyz(axum::extract::State(node): axum::extract::State<Arc<Node>>) -> 
 async fn metrics(axum::extract::State(node): axum::extract::State<Arc<Node>>) -> Response {
     let presence: usize = node
         .tenants()
+        .iter()
         .map(|t| t.broker.connected_users().len())
         .sum();
-    let (waiting, waiting_bytes) = node.tenants().fold((0, 0), |(m, b), t| {
+    let (waiting, waiting_bytes) = node.tenants().iter().fold((0, 0), |(m, b), t| {
         let (tm, tb) = t.broker.backlog();
         (m + tm, b + tb)
     });

@@ -1,4 +1,5 @@
-//! Who is online, and closing a user's sessions, across the cluster:
+//! Who is online, and closing a user's sessions, across the cluster (with one of the tenant's
+//! API keys, or the admin token):
 //! `GET /api/v1/tenants/{t}/users/{user}`, `GET .../users?cursor=&limit=`,
 //! `GET .../destinations/{destination}` and `DELETE .../users/{user}/sessions[?ban_seconds=N]`.
 //!
@@ -29,6 +30,24 @@ const DEFAULT_PAGE: usize = 100;
 const MAX_PAGE: usize = 1000;
 /// The longest ban, in seconds (30 days).
 const MAX_BAN_SECONDS: u64 = 30 * 24 * 3600;
+
+/// The tenant named in the path, for a backend with one of its API keys or for the operator
+/// with the admin token (the console looks users up and disconnects them).
+fn presence_tenant(
+    node: &Node,
+    tenant_id: &str,
+    headers: &HeaderMap,
+) -> Result<Arc<crate::tenant::Tenant>, Refused> {
+    if super::admin::operator(node, headers).is_ok() {
+        return node.tenant(tenant_id).ok_or_else(|| {
+            Refused::new(
+                StatusCode::NOT_FOUND,
+                &format!("unknown tenant '{tenant_id}'"),
+            )
+        });
+    }
+    api_tenant(node, tenant_id, headers)
+}
 
 /// Asks every node: this one's reply first, then the others'.
 async fn ask_all(node: &Node, query: Query) -> Result<Replies, Refused> {
@@ -63,7 +82,7 @@ pub async fn user(
     Path((tenant_id, user)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Refused> {
-    let tenant = api_tenant(&node, &tenant_id, &headers)?;
+    let tenant = presence_tenant(&node, &tenant_id, &headers)?;
     let query = Query::Sessions {
         tenant: tenant.id.clone(),
         user: user.clone(),
@@ -94,7 +113,7 @@ pub async fn users(
     headers: HeaderMap,
     page: Result<QueryString<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Refused> {
-    let tenant = api_tenant(&node, &tenant_id, &headers)?;
+    let tenant = presence_tenant(&node, &tenant_id, &headers)?;
     let Ok(QueryString(page)) = page else {
         return Err(Refused::new(
             StatusCode::BAD_REQUEST,
@@ -156,7 +175,7 @@ pub async fn destination(
     Path((tenant_id, dest)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<Response, Refused> {
-    let tenant = api_tenant(&node, &tenant_id, &headers)?;
+    let tenant = presence_tenant(&node, &tenant_id, &headers)?;
     let dest = if dest.starts_with('/') {
         dest
     } else {
@@ -201,7 +220,7 @@ pub async fn disconnect(
     headers: HeaderMap,
     ban: Result<QueryString<Ban>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, Refused> {
-    let tenant = api_tenant(&node, &tenant_id, &headers)?;
+    let tenant = presence_tenant(&node, &tenant_id, &headers)?;
     let Ok(QueryString(ban)) = ban else {
         return Err(Refused::new(
             StatusCode::BAD_REQUEST,

@@ -119,10 +119,7 @@ async fn finish_drain(node: Arc<Node>, period: Duration) {
             () = node.shutdown.cancelled() => return,
         }
     }
-    info!(
-        left = node.open_connections(),
-        "drained; shutting down"
-    );
+    info!(left = node.open_connections(), "drained; shutting down");
     node.shutdown.cancel();
 }
 
@@ -147,7 +144,10 @@ mod tests {
             .iter()
             .filter(|m| **m < Duration::from_secs(5))
             .count();
-        assert!((350..650).contains(&early), "{early} of 1000 in the first half");
+        assert!(
+            (350..650).contains(&early),
+            "{early} of 1000 in the first half"
+        );
     }
 
     #[test]

@@ -67,6 +67,7 @@ impl LocalNode for NodeInbound {
             return Vec::new();
         };
         node.tenants()
+            .iter()
             .map(|t| {
                 let mut interests: Vec<Interest> = t
                     .broker
@@ -88,7 +89,7 @@ impl LocalNode for NodeInbound {
     }
 
     fn banned(&self, tenant: &str, user: &str, until_ms: u64) {
-        if let Some(tenant) = self.0.upgrade().and_then(|n| n.tenant(tenant).cloned()) {
+        if let Some(tenant) = self.0.upgrade().and_then(|n| n.tenant(tenant)) {
             tenant.ban(user, until_ms);
         }
     }
@@ -100,9 +101,22 @@ impl LocalNode for NodeInbound {
         }
     }
 
+    fn tenant_ids(&self) -> Vec<String> {
+        self.0
+            .upgrade()
+            .map(|node| node.tenants().iter().map(|t| t.id.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn tenants_changed(&self, id: Option<&str>) {
+        let Some(node) = self.0.upgrade() else { return };
+        let id = id.map(str::to_string);
+        tokio::spawn(async move { node.sync_tenants(id.as_deref()).await });
+    }
+
     fn ingress(&self, tenant: &str, payload: &[u8]) {
         let Some(node) = self.0.upgrade() else { return };
-        let Some(tenant) = node.tenant(tenant).cloned() else {
+        let Some(tenant) = node.tenant(tenant) else {
             return;
         };
         let payload = payload.to_vec();

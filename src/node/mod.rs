@@ -4,6 +4,9 @@
 
 pub mod drain;
 pub mod inbound;
+pub mod reload;
+pub mod tenancy;
+pub mod tenant_store;
 
 use std::sync::Arc;
 
@@ -12,18 +15,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::broker::Budget;
-use crate::cluster::redis::queues::RedisQueues;
-use crate::cluster::redis::store::RedisHistory;
 use crate::cluster::redis::{RedisBackplane, RedisSettings, RedisTarget};
 use crate::cluster::standalone::Standalone;
 use crate::cluster::{Backplane, LocalNode, Query, Reply};
-use crate::config::{Config, HistoryConfig, ServerConfig, SockJsConfig, TenantConfig};
-use crate::history::memory::MemoryHistory;
-use crate::history::queue::QueueStore;
-use crate::history::History;
+use crate::config::{Config, ServerConfig, SockJsConfig, TenantConfig};
 use crate::metrics::Metrics;
 use crate::session;
-use crate::tenant::{Tenant, TenantStores, Tenants};
+use crate::tenant::{Tenant, Tenants};
 use crate::util::Ids;
 
 /// The node.
@@ -45,9 +43,25 @@ pub struct Node {
     pub cluster: Arc<dyn Backplane>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// What every session of this node is given.
-    pub sessions: Arc<session::Context>,
+    /// What every new session of this node is given (new limits after a reload).
+    pub(super) sessions: std::sync::RwLock<Arc<session::Context>>,
     tenants: Arc<Tenants>,
+    /// Builds tenants as the operator adds or changes them.
+    factory: tenancy::TenantFactory,
+    /// Where the operator's tenant changes are kept.
+    pub tenant_store: tenant_store::TenantStore,
+    /// Tenant changes apply one at a time.
+    pub(super) tenant_changes: tokio::sync::Mutex<()>,
+    /// The tenants whose settings came from the admin API.
+    admin_made: std::sync::Mutex<std::collections::BTreeSet<String>>,
+    /// The config the node started with (its tenants the config file's), against which
+    /// tenant settings from the admin API are checked.
+    pub(super) bootstrap: std::sync::RwLock<Config>,
+    /// The seed-format ingress channels the node subscribed to when it started, by tenant.
+    ingress_at_start: Vec<(String, String)>,
+    /// Set once the stored tenant changes were applied (at once for a single node; on
+    /// joining the cluster otherwise): until then the node is not ready.
+    tenants_loaded: std::sync::atomic::AtomicBool,
     ids: Arc<Ids>,
     connections: Arc<Semaphore>,
 }
@@ -76,7 +90,6 @@ impl Node {
                 replica_ack_timeout: std::time::Duration::from_millis(
                     config.cluster.replica_ack_timeout_ms,
                 ),
-                tenants: config.tenants.iter().map(|t| t.id.clone()).collect(),
                 ingress: config
                     .tenants
                     .iter()
@@ -89,18 +102,51 @@ impl Node {
             Some(redis) => redis.clone(),
             None => Arc::new(Standalone),
         };
+        let cluster_shared = cluster.is_shared();
         let metrics = Arc::new(Metrics::default());
-        let stores = Stores::new(&config.history, redis);
         let shutdown = CancellationToken::new();
-        let tenants = Arc::new(Tenants::new(
-            &config.tenants,
-            &config.server,
-            &|t| stores.stores_for(t, &config.server),
-            &cluster,
-            &metrics,
-            &node_id,
-            &shutdown,
-        ));
+        crate::tenant::configure_plugins(&config.server);
+        let factory = tenancy::TenantFactory {
+            server: config.server.clone(),
+            stores: tenancy::Stores::new(&config.history, redis),
+            node_backlog: Arc::new(Budget::new(config.server.node_backlog_bytes)),
+            cluster: cluster.clone(),
+            metrics: metrics.clone(),
+            node_id: node_id.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let tenant_store =
+            tenant_store::TenantStore::new(&cluster, config.server.state_file.as_ref());
+        // A single node applies its state file before it serves; a clustered one reads Redis
+        // when it joins.
+        let mut configs: std::collections::BTreeMap<String, TenantConfig> = config
+            .tenants
+            .iter()
+            .map(|t| (t.id.clone(), t.clone()))
+            .collect();
+        let mut admin_made = std::collections::BTreeSet::new();
+        match tenant_store.load_file() {
+            Ok(stored) => {
+                for (id, document) in stored {
+                    admin_made.insert(id.clone());
+                    match document {
+                        tenant_store::Stored::Tenant { tenant } => {
+                            configs.insert(id, *tenant);
+                        }
+                        tenant_store::Stored::Deleted { .. } => {
+                            configs.remove(&id);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the tenants changed through the admin API are not applied")
+            }
+        }
+        let tenants = Arc::new(Tenants::default());
+        for tenant in configs.values() {
+            tenants.insert(Arc::new(factory.build(tenant)));
+        }
         let ids = Arc::new(Ids::new(node_id.clone()));
         let tasks = TaskTracker::new();
         let sessions = Arc::new(session::Context {
@@ -119,26 +165,51 @@ impl Node {
             drain: drain::Drain::new(&shutdown),
             shutdown,
             tasks,
-            sessions,
+            sessions: std::sync::RwLock::new(sessions),
             tenants,
+            tenants_loaded: std::sync::atomic::AtomicBool::new(!cluster_shared),
+            factory,
+            tenant_store,
+            tenant_changes: tokio::sync::Mutex::new(()),
+            admin_made: std::sync::Mutex::new(admin_made),
+            bootstrap: std::sync::RwLock::new(config.clone()),
+            ingress_at_start: config
+                .tenants
+                .iter()
+                .filter_map(|t| t.redis_ingress_channel.clone().map(|c| (t.id.clone(), c)))
+                .collect(),
             ids,
             connections: Arc::new(Semaphore::new(config.server.max_connections)),
         })
     }
 
     /// The tenant with id `id`.
-    pub fn tenant(&self, id: &str) -> Option<&Arc<Tenant>> {
+    pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
         self.tenants.get(id)
     }
 
-    /// Every tenant.
-    pub fn tenants(&self) -> impl Iterator<Item = &Arc<Tenant>> {
-        self.tenants.iter()
+    /// Every tenant, by id.
+    pub fn tenants(&self) -> Vec<Arc<Tenant>> {
+        self.tenants.all()
     }
 
     /// The tenant for a connection that named none.
-    pub fn default_tenant(&self) -> Option<&Arc<Tenant>> {
+    pub fn default_tenant(&self) -> Option<Arc<Tenant>> {
         self.tenants.default_tenant()
+    }
+
+    /// What a new session is given.
+    pub fn session_context(&self) -> Arc<session::Context> {
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// True once the tenants changed through the admin API were read and applied.
+    pub fn tenants_loaded(&self) -> bool {
+        self.tenants_loaded
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// A new id, unique on this node and across nodes (it carries the node id).
@@ -185,91 +256,6 @@ impl NotAdmitted {
     }
 }
 
-/// Where tenants store their user messages: in Redis when the node is part of a cluster (the
-/// store must be shared), else in this process's memory, within one byte budget for all.
-struct Stores {
-    history: HistoryConfig,
-    redis: Option<Arc<RedisBackplane>>,
-    memory_budget: Arc<Budget>,
-    /// A new epoch per process for the memory store: what an earlier process stored is gone,
-    /// and positions from it must read as such.
-    memory_epoch: u64,
-}
-
-impl Stores {
-    fn new(history: &HistoryConfig, redis: Option<Arc<RedisBackplane>>) -> Stores {
-        Stores {
-            history: history.clone(),
-            redis,
-            memory_budget: Arc::new(Budget::new(history.max_bytes)),
-            memory_epoch: crate::util::unix_ms(),
-        }
-    }
-
-    /// Where tenant `t` keeps what it accepts.
-    fn stores_for(&self, t: &TenantConfig, server: &ServerConfig) -> TenantStores {
-        TenantStores {
-            history: self.store_for(t),
-            topics: self.topic_stores_for(t),
-            // Queues survive a node only with a store the nodes share.
-            queues: self
-                .redis
-                .as_ref()
-                .filter(|_| t.durable_queues)
-                .map(|redis| {
-                    Arc::new(RedisQueues::new(
-                        redis.clone(),
-                        &t.id,
-                        server.max_queue_backlog,
-                    )) as Arc<dyn QueueStore>
-                }),
-        }
-    }
-
-    /// The store of tenant `t`'s user messages, unless it (or the node) opted out.
-    fn store_for(&self, t: &TenantConfig) -> Option<Arc<dyn History>> {
-        if !(self.history.enabled && t.history) {
-            return None;
-        }
-        let retention = t.retention(&self.history);
-        Some(match &self.redis {
-            Some(redis) => Arc::new(RedisHistory::new(redis.clone(), &t.id, retention)),
-            None => Arc::new(MemoryHistory::new(
-                self.memory_epoch,
-                retention,
-                self.memory_budget.clone(),
-                Arc::new(crate::util::unix_ms),
-            )),
-        })
-    }
-
-    /// The stores of tenant `t`'s topics with history, one per prefix (each keeps its own
-    /// retention), unless the node stores nothing.
-    fn topic_stores_for(&self, t: &TenantConfig) -> crate::tenant::TopicStores {
-        if !self.history.enabled {
-            return Vec::new();
-        }
-        t.topic_history
-            .iter()
-            .map(|topics| {
-                let retention = topics.retention(&self.history);
-                let store: Arc<dyn History> = match &self.redis {
-                    Some(redis) => {
-                        Arc::new(RedisHistory::for_topics(redis.clone(), &t.id, retention))
-                    }
-                    None => Arc::new(MemoryHistory::new(
-                        self.memory_epoch,
-                        retention,
-                        self.memory_budget.clone(),
-                        Arc::new(crate::util::unix_ms),
-                    )),
-                };
-                (topics.prefix.clone(), store)
-            })
-            .collect()
-    }
-}
-
 impl Node {
     /// Starts the tenants' tasks and the cluster backplane (joining the cluster, when there
     /// is one).
@@ -303,6 +289,9 @@ impl Node {
                 self.tenant(tenant)
                     .map_or(0, |t| t.broker.subscriber_count(dest)),
             ),
+            Query::Status => Reply::Status {
+                status: self.status(),
+            },
             Query::Disconnect {
                 tenant,
                 user,
@@ -311,6 +300,28 @@ impl Node {
                 t.ban(user, *until_ms);
                 t.disconnect_user(user)
             })),
+        }
+    }
+
+    /// This node's state for the console.
+    pub fn status(&self) -> crate::cluster::NodeStatus {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.metrics;
+        crate::cluster::NodeStatus {
+            connections: self.open_connections() as u64,
+            users: self
+                .tenants()
+                .iter()
+                .map(|t| t.broker.connected_users().len() as u64)
+                .sum(),
+            published: m.published.load(Relaxed),
+            delivered: m.delivered_local.load(Relaxed),
+            forwarded: m.forwarded.load(Relaxed),
+            received: m.received_remote.load(Relaxed),
+            dropped: m.dropped_by_reason(),
+            draining: self.drain.is_draining(),
+            ready: self.cluster.is_ready() && self.tenants_loaded(),
+            at_ms: crate::util::unix_ms(),
         }
     }
 

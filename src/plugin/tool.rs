@@ -48,15 +48,26 @@ pub fn load(path: &Path) -> Result<Compiled, PluginError> {
 /// Loads and checks a plugin; describes it.
 pub fn check(path: &Path) -> Result<Value, PluginError> {
     let compiled = load(path)?;
-    Ok(json!({
-        "file": path.display().to_string(),
+    let mut described = describe(&compiled);
+    described["file"] = json!(path.display().to_string());
+    Ok(described)
+}
+
+/// Compiles and checks a plugin's bytes against the world, as an upload would be, without
+/// installing it; describes it.
+pub fn check_bytes(bytes: &[u8]) -> Result<Value, PluginError> {
+    Ok(describe(&PluginEngine::global().compile(bytes)?))
+}
+
+fn describe(compiled: &Compiled) -> Value {
+    json!({
         "world": WORLD,
         "matches": true,
         "sha256": compiled.sha256,
         "size": compiled.size,
         "exports": compiled.exports,
         "imports": compiled.imports,
-    }))
+    })
 }
 
 /// A pool for a plugin outside a node: `tenant`'s `settings`, calls to `backend`, a fresh

@@ -6,6 +6,7 @@
 //! replace files (in place, `cp`, `mv` over it, a deploy tool's rename). A reload a second late
 //! costs nothing; a missed one would.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -29,36 +30,58 @@ fn look(path: &std::path::Path) -> Option<Seen> {
     })
 }
 
-/// Watches the files of `slots` (those loaded from one) until `shutdown`.
-pub async fn watch(slots: Vec<Arc<PluginSlot>>, every: Duration, shutdown: CancellationToken) {
-    let slots: Vec<_> = slots
-        .into_iter()
-        .filter_map(|slot| slot.path().map(|p| p.to_path_buf()).map(|p| (slot, p)))
-        .collect();
-    if slots.is_empty() {
-        return;
-    }
-    let mut seen: Vec<Option<Seen>> = slots.iter().map(|(_, p)| look(p)).collect();
-    let mut missing_reported = vec![false; slots.len()];
+/// What the watcher knows of one slot's file.
+struct Watched {
+    slot: Arc<PluginSlot>,
+    seen: Option<Seen>,
+    missing_reported: bool,
+}
+
+/// Watches the files of the slots `slots()` gives (those loaded from one) until `shutdown`;
+/// asked again every round, so tenants added or replaced while the node runs are watched too.
+pub async fn watch(
+    slots: impl Fn() -> Vec<Arc<PluginSlot>>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    // By slot address: a replaced tenant's new slot is a new entry.
+    let mut watched: HashMap<usize, Watched> = HashMap::new();
     loop {
+        let now_served = slots();
+        watched.retain(|key, _| now_served.iter().any(|s| Arc::as_ptr(s) as usize == *key));
+        for slot in now_served {
+            let Some(path) = slot.path().map(std::path::Path::to_path_buf) else {
+                continue;
+            };
+            // A slot first seen has just loaded its file.
+            watched
+                .entry(Arc::as_ptr(&slot) as usize)
+                .or_insert_with(|| Watched {
+                    slot: slot.clone(),
+                    seen: look(&path),
+                    missing_reported: false,
+                });
+        }
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        for (i, (slot, path)) in slots.iter().enumerate() {
+        for entry in watched.values_mut() {
+            let slot = entry.slot.clone();
+            let Some(path) = slot.path() else { continue };
             let now = look(path);
             if now.is_none() {
-                if !missing_reported[i] {
+                if !entry.missing_reported {
                     warn!(tenant = %slot.tenant(), path = %path.display(), "plugin file is gone; the loaded version keeps serving");
-                    missing_reported[i] = true;
+                    entry.missing_reported = true;
                 }
                 continue;
             }
-            missing_reported[i] = false;
-            if now == seen[i] {
+            entry.missing_reported = false;
+            if now == entry.seen {
                 continue;
             }
-            seen[i] = now;
+            entry.seen = now;
             let bytes = match tokio::fs::read(path).await {
                 Ok(b) => b,
                 Err(e) => {

@@ -106,7 +106,7 @@ pub struct Limits {
 }
 
 /// What a session needs from the node that runs it, shared by all its sessions.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Context {
     /// The limits.
     pub limits: Limits,
@@ -360,8 +360,22 @@ impl Session {
                 .get("host")
                 .and_then(|h| self.ctx.tenants.get(h))
                 .or_else(|| self.ctx.tenants.default_tenant())
-                .cloned()
                 .ok_or(Fault::UnknownTenant)?,
+        };
+        // The tenant the connection chose may have been replaced or deleted since.
+        let tenant = if tenant.closing.is_cancelled() {
+            self.ctx
+                .tenants
+                .get(&tenant.id)
+                .filter(|t| !t.closing.is_cancelled())
+                .ok_or_else(|| {
+                    Fault::TenantClosed(tenant.closed_because().map_or_else(
+                        || "the node is stopping; reconnect to another node".to_string(),
+                        str::to_string,
+                    ))
+                })?
+        } else {
+            tenant
         };
         let (client_send, client_recv) = match (version, frame.get("heart-beat")) {
             (Version::V1_0, _) | (_, None) => (0, 0),
@@ -439,6 +453,7 @@ impl Session {
             }
             tenant.upstream.event(event);
         }
+        tenant.session_started();
         self.tenant = Some(tenant);
         self.principal = principal;
         self.phase = Phase::Connected;
@@ -1076,7 +1091,9 @@ impl Session {
                 tenant.upstream.event(event);
             }
         }
-        self.tenant = None;
+        if let Some(tenant) = self.tenant.take() {
+            tenant.session_ended();
+        }
         self.phase = Phase::Closed;
         self.handoff.finish(&self.endpoint, None, &self.ctx.tasks);
     }

@@ -47,7 +47,6 @@ fn harness_with(
             cluster.clone(),
             metrics.clone(),
             "n1",
-            Default::default(),
         );
         match &policy {
             Some(p) => tenant.with_policy(p.clone()),
@@ -821,6 +820,15 @@ impl Backplane for Held {
         Ok(())
     }
     async fn cache_delete(&self, _: &str, _: &str) -> Result<(), ClusterError> {
+        Ok(())
+    }
+    async fn tenant_documents(&self) -> Result<Vec<(String, String)>, ClusterError> {
+        Ok(Vec::new())
+    }
+    async fn tenant_document(&self, _: &str) -> Result<Option<String>, ClusterError> {
+        Ok(None)
+    }
+    async fn put_tenant_document(&self, _: &str, _: &str) -> Result<(), ClusterError> {
         Ok(())
     }
     fn is_shared(&self) -> bool {

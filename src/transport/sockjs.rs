@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -31,13 +31,19 @@ use crate::sockjs::{Connection, Options, Refusal, Sender, SockJs};
 use crate::tenant::Tenant;
 use crate::web::json_error;
 
-/// The SockJS services of a node's tenants.
+/// A tenant and the SockJS service made for it.
+type Served = (Arc<Tenant>, Arc<SockJs>);
+
+/// The SockJS services of a node's tenants, made on a tenant's first request and again when
+/// the tenant is replaced (its settings changed); a deleted tenant's service goes with it.
 pub struct SockJsServices {
-    services: HashMap<String, (Arc<Tenant>, Arc<SockJs>)>,
+    node: Arc<Node>,
+    options: Options,
+    services: RwLock<HashMap<String, Served>>,
 }
 
 impl SockJsServices {
-    /// One service per tenant, with the node's `[sockjs]` settings.
+    /// The services of `node`'s tenants, with the node's `[sockjs]` settings.
     pub fn new(node: &Arc<Node>) -> Arc<SockJsServices> {
         let c = &node.sockjs;
         let options = Options {
@@ -54,26 +60,52 @@ impl SockJsServices {
             subprotocols: super::ws::SUBPROTOCOLS.map(String::from).to_vec(),
             tasks: node.tasks.clone(),
             shutdown: node.shutdown.clone(),
-            // Set per tenant below, from its allowed origins.
+            // Set per tenant, from its allowed origins.
             null_origin_credentials: false,
             trusted_proxies: c.trusted_proxies.clone(),
         };
-        let services = node
-            .tenants()
-            .map(|tenant| {
-                let handler = StompHandler {
-                    node: node.clone(),
-                    tenant: tenant.clone(),
-                };
-                let options = Options {
-                    null_origin_credentials: tenant.allowed_origins.allows_null_origin(),
-                    ..options.clone()
-                };
-                let service = SockJs::new(options, handler);
-                (tenant.id.clone(), (tenant.clone(), service))
-            })
-            .collect();
-        Arc::new(SockJsServices { services })
+        Arc::new(SockJsServices {
+            node: node.clone(),
+            options,
+            services: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// Tenant `id` and its service, while the node serves it.
+    fn service(&self, id: &str) -> Option<Served> {
+        let Some(tenant) = self.node.tenant(id) else {
+            self.services
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
+            return None;
+        };
+        if let Some((served, service)) = self
+            .services
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            if Arc::ptr_eq(served, &tenant) {
+                return Some((tenant, service.clone()));
+            }
+        }
+        let handler = StompHandler {
+            node: self.node.clone(),
+            tenant: tenant.clone(),
+        };
+        // Whether a page with `Origin: null` gets credentials is settled when the service is
+        // made: origins changed in place apply to every check but this one.
+        let options = Options {
+            null_origin_credentials: tenant.allowed_origins().allows_null_origin(),
+            ..self.options.clone()
+        };
+        let service = SockJs::new(options, handler);
+        self.services
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string(), (tenant.clone(), service.clone()));
+        Some((tenant, service))
     }
 
     /// Answers any request under `/sockjs`.
@@ -88,14 +120,14 @@ impl SockJsServices {
         let named = segments.first().and_then(|first| {
             let own_path =
                 matches!(segments.len(), 2 | 4) || (segments.len() == 1 && !is_top_level(first));
-            self.services
-                .get(*first)
-                .filter(|_| own_path)
+            own_path
+                .then(|| self.service(first))
+                .flatten()
                 .map(|entry| (entry, path[1 + first.len()..].to_string()))
         });
         let ((tenant, service), rest) = match named {
             Some((entry, rest)) => (entry, rest),
-            None => match self.services.get(crate::config::DEFAULT_TENANT) {
+            None => match self.service(crate::config::DEFAULT_TENANT) {
                 Some(entry) => (entry, path.clone()),
                 None => {
                     return json_error(
@@ -105,7 +137,7 @@ impl SockJsServices {
                 }
             },
         };
-        if !tenant.allowed_origins.permits(req.headers()) {
+        if !tenant.allowed_origins().permits(req.headers()) {
             return json_error(
                 StatusCode::FORBIDDEN,
                 &format!("origin not allowed for tenant '{}'", tenant.id),
@@ -144,7 +176,7 @@ impl crate::sockjs::Handler for StompHandler {
             request_headers,
         };
         let node = self.node.clone();
-        let session = Session::new(node.sessions.clone(), from);
+        let session = Session::new(node.session_context(), from);
         let span = info_span!(
             "conn",
             transport = "sockjs",

@@ -36,7 +36,7 @@ pub async fn serve(listener: TcpListener, node: Arc<Node>) {
             tenant: None,
             request_headers: Vec::new(),
         };
-        let session = Session::new(node.sessions.clone(), from);
+        let session = Session::new(node.session_context(), from);
         let span = info_span!("conn", transport = "tcp", session = %session.id(), peer = %peer);
         node.tasks.spawn(
             async move {

@@ -41,7 +41,7 @@ pub async fn upgrade_default(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    match node.default_tenant().cloned() {
+    match node.default_tenant() {
         Some(tenant) => upgrade(node, tenant, peer, req),
         None => json_error(
             StatusCode::NOT_FOUND,
@@ -57,7 +57,7 @@ pub async fn upgrade_tenant(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
-    match node.tenant(&tenant).cloned() {
+    match node.tenant(&tenant) {
         Some(tenant) => upgrade(node, tenant, peer, req),
         None => json_error(StatusCode::NOT_FOUND, &format!("unknown tenant '{tenant}'")),
     }
@@ -112,7 +112,7 @@ fn upgrade(node: Arc<Node>, tenant: Arc<Tenant>, peer: SocketAddr, mut req: Requ
         Ok(accept) => accept,
         Err(e) => return refused(e),
     };
-    if !tenant.allowed_origins.permits(req.headers()) {
+    if !tenant.allowed_origins().permits(req.headers()) {
         return json_error(
             StatusCode::FORBIDDEN,
             &format!("origin not allowed for tenant '{}'", tenant.id),
@@ -133,7 +133,7 @@ fn upgrade(node: Arc<Node>, tenant: Arc<Tenant>, peer: SocketAddr, mut req: Requ
         tenant: Some(tenant.clone()),
         request_headers: super::request_headers(req.headers()),
     };
-    let session = Session::new(node.sessions.clone(), from);
+    let session = Session::new(node.session_context(), from);
     let span = info_span!("conn", transport = "ws", tenant = %tenant.id, session = %session.id(), peer = %peer);
     // A message may carry a whole frame plus heart-beats and a few small frames around it.
     let max_message = node.server.max_frame_bytes + 4096;

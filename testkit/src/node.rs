@@ -173,6 +173,11 @@ impl Node {
         Ok(())
     }
 
+    /// The config file it was started with, when it was given one.
+    pub fn config_path(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
+
     /// The HTTP (and WebSocket) address.
     pub fn http(&self) -> SocketAddr {
         self.http
@@ -238,6 +243,8 @@ impl Drop for Node {
         self.kill();
         if let Some(path) = &self.config {
             let _ = std::fs::remove_file(path);
+            // What the node kept beside its config (tenants changed through the admin API).
+            let _ = std::fs::remove_file(path.with_extension("state.json"));
         }
     }
 }

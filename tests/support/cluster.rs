@@ -86,6 +86,15 @@ impl Backing for Redis {
     }
 }
 
+/// No Redis: a single node.
+pub struct Alone;
+
+impl Backing for Alone {
+    fn node_args(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
 /// One Redis or a Redis Cluster, for a test that runs on both.
 pub enum Backend {
     Single(Box<Redis>),
@@ -234,6 +243,20 @@ impl NodeProcess {
     pub fn terminate(&mut self) -> bool {
         let exited = self.inner.terminate(std::time::Duration::from_secs(30));
         exited.is_some_and(|status| status.success())
+    }
+
+    /// Replaces the node's config file with `toml` (read again on SIGHUP or a restart).
+    pub fn rewrite_config(&self, toml: &str) {
+        let path = self
+            .inner
+            .config_path()
+            .expect("the node has a config file");
+        std::fs::write(path, toml).expect("config file written");
+    }
+
+    /// Kills the process and starts it again on the same ports, config and flags.
+    pub fn restart(&mut self) {
+        self.inner.restart().expect("the node starts again");
     }
 
     /// Whether the process still runs.

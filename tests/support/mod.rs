@@ -114,6 +114,16 @@ pub async fn http_request(
     .await
 }
 
+/// How long an answer may take: a plugin upload compiles the component first, and a
+/// JavaScript or Python one takes many seconds of CPU on a machine the other tests share.
+fn answer_limit(content_type: &str) -> Duration {
+    if content_type == "application/wasm" {
+        Duration::from_secs(120)
+    } else {
+        Duration::from_secs(30)
+    }
+}
+
 /// One request with `body` of `content_type`; the status and the body as JSON (null if not).
 async fn exchange(
     addr: SocketAddr,
@@ -130,7 +140,7 @@ async fn exchange(
     if let Some(token) = bearer {
         request = request.bearer(token);
     }
-    let response = tokio::time::timeout(Duration::from_secs(30), http::send(addr, &request))
+    let response = tokio::time::timeout(answer_limit(content_type), http::send(addr, &request))
         .await
         .expect("HTTP answer in time")
         .unwrap_or_else(|e| panic!("{method} {path}: {e}"));

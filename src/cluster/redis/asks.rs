@@ -166,10 +166,10 @@ impl RedisBackplane {
         Ok(())
     }
 
-    /// Tells the node of every ban still in force for its tenants.
+    /// Tells the node of every ban still in force for the tenants it serves now.
     pub(super) async fn load_bans(&self, local: &Arc<dyn LocalNode>) {
         let now = crate::util::unix_ms();
-        let tenants = &self.settings.tenants;
+        let tenants = local.tenant_ids();
         let calls = tenants
             .iter()
             .map(|t| {

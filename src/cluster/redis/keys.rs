@@ -44,6 +44,11 @@
 //!   disconnect API's ban); read by a node as it announces itself.
 //! - channel `sb:presence`: "a user's presence changed" (`{tenant}\0{user}`), which drops that
 //!   entry from every node's presence cache; classic, so every node hears it.
+//! - `sb:tenants`: hash, tenant id → the JSON document of a tenant the operator created,
+//!   changed or deleted through the admin API (`{"tenant": {...}}` or `{"deleted": true}`);
+//!   it overrides the config files of every node.
+//! - channel `sb:tenant-changed`: a tenant id whose document changed; classic, so every node
+//!   hears it and reads the document again.
 //!
 //! On a Redis Cluster the single-key commands go to their key's primary; `sb:nodes`,
 //! `sb:alive:{node}`, `sb:holdings:{node}` and `sb:history:lost` live where their names hash.
@@ -56,6 +61,12 @@ pub const NODES: &str = "sb:nodes";
 
 /// The channel of questions to every node.
 pub const ASK_CHANNEL: &str = "sb:ask";
+
+/// The tenants changed through the admin API.
+pub const TENANTS: &str = "sb:tenants";
+
+/// The channel that says a tenant's document changed.
+pub const TENANT_CHANNEL: &str = "sb:tenant-changed";
 
 /// A tenant's bans.
 pub fn bans(tenant: &str) -> String {

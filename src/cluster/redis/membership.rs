@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use redis::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::ingress::{Claims, CLAIM_TTL_MS};
 use super::shards::{Layout, Routed};
@@ -201,6 +201,7 @@ impl Membership {
         let mut channels = vec![
             keys::PRESENCE_CHANNEL.to_string(),
             keys::ASK_CHANNEL.to_string(),
+            keys::TENANT_CHANNEL.to_string(),
         ];
         channels.extend(self.bp.settings.ingress.iter().map(|(_, c)| c.clone()));
         channels
@@ -327,6 +328,8 @@ impl Membership {
             self.unannounced.clear();
             self.note_store(Some(&targets)).await;
             bp.load_bans(&self.local).await;
+            // Tenants changed while this node was away (or before it started) apply now.
+            self.local.tenants_changed(None);
             bp.forget_presence();
             if self.joined {
                 bp.stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -407,6 +410,13 @@ impl Membership {
         }
         if channel == keys::ASK_CHANNEL.as_bytes() {
             bp.answer_asked(&self.local, payload);
+            return;
+        }
+        if channel == keys::TENANT_CHANNEL.as_bytes() {
+            match std::str::from_utf8(payload) {
+                Ok(id) => self.local.tenants_changed(Some(id)),
+                Err(_) => debug!("a tenant change notice that is not UTF-8"),
+            }
             return;
         }
         let ingress = bp

@@ -90,8 +90,6 @@ pub struct RedisSettings {
     pub presence_cache: Duration,
     /// `(tenant, channel)` pairs of seed-format ingress channels.
     pub ingress: Vec<(String, String)>,
-    /// The node's tenants (whose bans it reads on joining).
-    pub tenants: Vec<String>,
     /// Replicas that must confirm a stored message before it counts as stored (0: none).
     pub replica_acks: usize,
     /// How long to wait for them.
@@ -470,6 +468,32 @@ impl Backplane for RedisBackplane {
 
     async fn ban(&self, tenant: &str, user: &str, until_ms: u64) -> Result<(), ClusterError> {
         Ok(self.record_ban(tenant, user, until_ms).await?)
+    }
+
+    async fn tenant_documents(&self) -> Result<Vec<(String, String)>, ClusterError> {
+        let mut all = redis::cmd("HGETALL");
+        all.arg(keys::TENANTS);
+        Ok(self.shards.one(Routed::key(keys::TENANTS, all)).await?)
+    }
+
+    async fn tenant_document(&self, id: &str) -> Result<Option<String>, ClusterError> {
+        let mut get = redis::cmd("HGET");
+        get.arg(keys::TENANTS).arg(id);
+        Ok(self.shards.one(Routed::key(keys::TENANTS, get)).await?)
+    }
+
+    async fn put_tenant_document(&self, id: &str, document: &str) -> Result<(), ClusterError> {
+        let mut set = redis::cmd("HSET");
+        set.arg(keys::TENANTS).arg(id).arg(document);
+        self.shards
+            .one::<usize>(Routed::key(keys::TENANTS, set))
+            .await?;
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(keys::TENANT_CHANNEL).arg(id);
+        self.shards
+            .one::<usize>(Routed::key(keys::TENANT_CHANNEL, publish))
+            .await?;
+        Ok(())
     }
 
     async fn cache_get(&self, tenant: &str, key: &str) -> Result<Option<String>, ClusterError> {
