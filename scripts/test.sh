@@ -136,6 +136,13 @@ ensure_chromium() {
     [ -x /usr/bin/chromium ] || apt_install chromium
 }
 
+# nginx, for tests/packaging.rs (it runs its own nginx, on a free port, with the example
+# packaging/nginx.conf). Debian's package starts a default instance on port 80; the tests
+# never use it.
+ensure_nginx() {
+    have nginx || [ -x /usr/sbin/nginx ] || apt_install nginx
+}
+
 # node_modules at the repo root from the committed package-lock.json: the libraries the demo
 # page serves under /vendor (sockjs-client, stompjs, @stomp/stompjs) and playwright-core.
 ensure_node_root() {
@@ -199,6 +206,7 @@ main() {
     ensure_redis
     ensure_wasm_target
     ensure_chromium
+    ensure_nginx
     cd "$ROOT"
     free_space
     log "cargo test --workspace --all-targets $*"
