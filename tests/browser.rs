@@ -39,6 +39,7 @@ fn require_tools() -> std::sync::MutexGuard<'static, ()> {
         (root().join("node_modules/sockjs-client"), "sockjs-client"),
         (root().join("node_modules/stompjs"), "stompjs"),
         (root().join("node_modules/@stomp/stompjs"), "@stomp/stompjs"),
+        (root().join("node_modules/axe-core"), "axe-core"),
     ] {
         assert!(
             path.exists(),

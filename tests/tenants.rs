@@ -2,8 +2,9 @@
 //! changed (keys and origins in place; anything else by replacing the tenant, whose sessions
 //! are asked to reconnect), deleted (its sessions told why), and API keys rotated with two
 //! valid at once. A single node keeps the changes in its state file beside the config, so
-//! they outlive a restart; a cluster keeps them in Redis, and a tenant created on one node
-//! serves on the other within a second, and on a node that starts later.
+//! they outlive a restart; a cluster keeps them in Redis (one Redis, and a Redis Cluster), and
+//! a tenant created on one node serves on the other within a second, and on a node that
+//! starts later.
 
 mod support;
 
@@ -215,9 +216,8 @@ async fn a_single_node_keeps_tenant_changes_in_its_state_file() {
     assert_eq!(publish(&node, "acme", "acme-key-2", "back").await, 202);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenant_changed_on_one_node_serves_on_every_node_within_a_second() {
-    let redis = Backend::single();
+on_both!(a_tenant_changed_on_one_node_serves_on_every_node_within_a_second);
+async fn a_tenant_changed_on_one_node_serves_on_every_node_within_a_second(redis: Backend) {
     let a = NodeProcess::start("node-a", &redis, &config());
     let mut b = NodeProcess::start("node-b", &redis, &config());
     await_ready(&a).await;

@@ -86,6 +86,7 @@ function route() {
     if (name === view) link.setAttribute('aria-current', 'page'); else link.removeAttribute('aria-current');
   }
   clearInterval(timer);
+  status('');
   if (view === 'cluster') { refreshCluster(); timer = setInterval(refreshCluster, 1000); }
   if (view === 'tenants') refreshTenants();
   if (view === 'users') fillTenantSelect($('user-tenant'));

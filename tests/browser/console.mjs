@@ -4,11 +4,16 @@
 // Signs in (a wrong token first), sees both nodes and a live rate moving while a load runs,
 // finds a user whose page is connected to node B and disconnects her (her page's client is
 // closed), checks and installs a good plugin and is refused a bad one, and rotates an API
-// key (the old key stops working once retired). Writes a screenshot of each page to --out.
+// key (the old key stops working once retired). Each page is audited with axe-core against
+// WCAG 2 A and AA (any violation fails), and moved through with the keyboard. Writes a
+// screenshot of each page to --out.
 // Prints one line per step; exits 1 on the first failure.
 import { launch } from './chromium.mjs';
 import { mkdirSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
+
+const AXE = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
 
 const args = process.argv.slice(2);
 const opt = (name) => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1] : undefined; };
@@ -29,10 +34,21 @@ async function publish(addr, key, body) {
   return r.status;
 }
 
+// axe-core's audit of what the page shows now: every WCAG 2 A/AA violation, described.
+async function audit(page) {
+  await page.addScriptTag({ path: AXE });
+  const violations = await page.evaluate(async () => {
+    const result = await window.axe.run(document, { runOnly: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] });
+    return result.violations.map((v) => `${v.id} (${v.impact}): ${v.help} at ${v.nodes.map((n) => n.target.join(' ')).join(', ')}`);
+  });
+  if (violations.length) throw new Error(`accessibility: ${violations.join('; ')}`);
+}
+
 async function step(name, page, fn) {
   const started = Date.now();
   try {
     await fn();
+    await audit(page);
     const shot = join(out, `${name}.png`);
     await page.screenshot({ path: shot, fullPage: true });
     console.log(`ok   ${name} (${Date.now() - started} ms, screenshot ${shot})`);
@@ -54,6 +70,7 @@ try {
 
   await step('signin', page, async () => {
     await page.goto(`http://${a}/admin`);
+    await audit(page);
     await page.getByLabel('Admin token').fill('not-the-token-at-all');
     await page.keyboard.press('Enter');
     await page.getByRole('alert').filter({ hasText: 'Not signed in' }).waitFor({ timeout: TIMEOUT });
@@ -86,7 +103,9 @@ try {
     const alice = await browser.newPage();
     await alice.goto(`http://${b}/test.html?user=alice&client=legacy&via=sockjs&transport=websocket`);
     await alice.waitForFunction(() => window.testState === 'subscribed', null, { timeout: TIMEOUT });
-    await page.getByRole('link', { name: 'Users' }).click();
+    // By keyboard: the section links are reachable and follow Enter.
+    await page.getByRole('link', { name: 'Users' }).focus();
+    await page.keyboard.press('Enter');
     const users = page.locator('#view-users');
     await users.getByLabel('Tenant', { exact: true }).selectOption('default');
     await users.getByLabel('User', { exact: true }).fill('alice');
@@ -104,7 +123,8 @@ try {
   });
 
   await step('plugins', page, async () => {
-    await page.getByRole('link', { name: 'Tenants' }).click();
+    await page.getByRole('link', { name: 'Tenants' }).focus();
+    await page.keyboard.press('Enter');
     await page.locator('#tenants tbody tr[data-tenant="default"]').waitFor({ timeout: TIMEOUT });
     await page.getByLabel('Plugin (.wasm)').setInputFiles(bad);
     await page.getByRole('button', { name: 'Check' }).click();
