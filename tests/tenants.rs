@@ -4,7 +4,8 @@
 //! valid at once. A single node keeps the changes in its state file beside the config, so
 //! they outlive a restart; a cluster keeps them in Redis (one Redis, and a Redis Cluster), and
 //! a tenant created on one node serves on the other within a second, and on a node that
-//! starts later.
+//! starts later; a plugin uploaded on one node serves on every node, and on one that starts
+//! later.
 
 mod support;
 
@@ -314,7 +315,26 @@ async fn a_tenant_changed_on_one_node_serves_on_every_node_within_a_second(redis
     })
     .await;
 
-    // A node that starts later serves what was created meanwhile.
+    // A plugin uploaded on A serves on B within a second.
+    let wasm = std::fs::read(plugin_wasm("seed_compat")).unwrap();
+    let (status, installed) = http_raw(
+        a.http,
+        "PUT",
+        "/admin/v1/tenants/default/plugin",
+        Some(ADMIN),
+        &wasm,
+    )
+    .await;
+    assert_eq!(status, 200, "{installed}");
+    let sha256 = installed["sha256"].clone();
+    let took = within(Duration::from_secs(1), "the plugin on node B", || async {
+        let (_, on_b) = admin(&b, "GET", "/admin/v1/tenants/default/plugin", Value::Null).await;
+        on_b["sha256"] == sha256
+    })
+    .await;
+    eprintln!("a plugin uploaded on node A served on node B after {took:?}");
+
+    // A node that starts later serves what was created meanwhile, and the uploaded plugin.
     b.kill9();
     let (status, _) = admin(
         &a,
@@ -326,6 +346,8 @@ async fn a_tenant_changed_on_one_node_serves_on_every_node_within_a_second(redis
     assert_eq!(status, 201);
     b.restart();
     await_ready(&b).await;
+    let (_, on_b) = admin(&b, "GET", "/admin/v1/tenants/default/plugin", Value::Null).await;
+    assert_eq!(on_b["sha256"], sha256, "{on_b}");
     assert_eq!(publish(&b, "gamma", "gamma-key-1", "late").await, 202);
     assert_eq!(publish(&b, "acme", "acme-key-1", "gone").await, 404);
     let mut dave = subscriber(&b, "gamma", "dave").await;

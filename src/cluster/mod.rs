@@ -176,6 +176,11 @@ pub trait Backplane: Send + Sync + std::fmt::Debug {
     /// Writes the document of tenant `id` and tells every node it changed
     /// ([`LocalNode::tenants_changed`]).
     async fn put_tenant_document(&self, id: &str, document: &str) -> Result<(), ClusterError>;
+    /// Keeps the plugin uploaded for `tenant` (`None`: forgets it) and tells every node
+    /// ([`LocalNode::plugin_changed`]).
+    async fn put_plugin(&self, tenant: &str, wasm: Option<&[u8]>) -> Result<(), ClusterError>;
+    /// The plugin last uploaded for `tenant`, if one is kept.
+    async fn plugin(&self, tenant: &str) -> Result<Option<Vec<u8>>, ClusterError>;
     /// True when the node shares a Redis with other nodes, so that what it keeps there (such
     /// as plugin cache entries) every node sees; false for a single node.
     fn is_shared(&self) -> bool;
@@ -215,6 +220,8 @@ pub trait LocalNode: Send + Sync {
     /// The stored document of tenant `id` changed (`None`: any may have, as after joining or
     /// a reconnect): the node reads it again.
     fn tenants_changed(&self, id: Option<&str>);
+    /// A plugin was uploaded for `tenant` on another node: the node installs it too.
+    fn plugin_changed(&self, tenant: &str);
 }
 
 /// A question every node answers about what it holds: the presence and disconnect APIs ask

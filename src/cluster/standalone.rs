@@ -98,6 +98,14 @@ impl Backplane for Standalone {
         Err(no_redis())
     }
 
+    async fn put_plugin(&self, _: &str, _: Option<&[u8]>) -> Result<(), ClusterError> {
+        Err(no_redis())
+    }
+
+    async fn plugin(&self, _: &str) -> Result<Option<Vec<u8>>, ClusterError> {
+        Err(no_redis())
+    }
+
     fn is_shared(&self) -> bool {
         false
     }

@@ -100,6 +100,14 @@ pub async fn plugin_upload(
                     );
                 }
             }
+            if let Err(e) = node.share_plugin(&tenant_id, &body).await {
+                return json_error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &format!(
+                        "the plugin serves on this node, but could not be sent to the other nodes ({e}); upload it again"
+                    ),
+                );
+            }
             let mut answer = slot.describe();
             answer["changed"] = serde_json::json!(outcome != Installed::Unchanged);
             (StatusCode::OK, Json(answer)).into_response()

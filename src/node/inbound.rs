@@ -114,6 +114,12 @@ impl LocalNode for NodeInbound {
         tokio::spawn(async move { node.sync_tenants(id.as_deref()).await });
     }
 
+    fn plugin_changed(&self, tenant: &str) {
+        let Some(node) = self.0.upgrade() else { return };
+        let tenant = tenant.to_string();
+        tokio::spawn(async move { node.sync_plugin(&tenant).await });
+    }
+
     fn ingress(&self, tenant: &str, payload: &[u8]) {
         let Some(node) = self.0.upgrade() else { return };
         let Some(tenant) = node.tenant(tenant) else {

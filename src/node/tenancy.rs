@@ -81,6 +81,12 @@ impl Node {
     pub async fn change_tenant(&self, id: &str, change: Stored) -> Result<Applied, String> {
         let _one_at_a_time = self.tenant_changes.lock().await;
         self.tenant_store.save(id, &change).await?;
+        if matches!(change, Stored::Deleted { .. }) && self.cluster.is_shared() {
+            // A tenant created again under this id starts with no uploaded plugin.
+            if let Err(e) = self.cluster.put_plugin(id, None).await {
+                warn!(tenant = %id, error = %e, "forgetting the deleted tenant's plugin failed");
+            }
+        }
         self.admin_made
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -113,11 +119,47 @@ impl Node {
                         .insert(id.clone());
                     self.apply(&id, stored).await;
                 }
+                if id.is_none() && self.cluster.is_shared() {
+                    for tenant in self.tenants.all() {
+                        self.sync_plugin(&tenant.id).await;
+                    }
+                }
                 self.tenants_loaded
                     .store(true, std::sync::atomic::Ordering::Release);
             }
             Err(e) => warn!(error = %e, "reading the stored tenants failed"),
         }
+    }
+
+    /// Installs the plugin the cluster keeps for tenant `id`, if it keeps one and it is not
+    /// the one serving: what a node does when told of an upload on another node, and for
+    /// every tenant when it joins.
+    pub async fn sync_plugin(&self, id: &str) {
+        let Some(tenant) = self.tenants.get(id) else {
+            return;
+        };
+        match self.cluster.plugin(id).await {
+            Ok(Some(wasm)) => {
+                // A refusal is logged and recorded by the slot; the previous version serves.
+                let _ = tenant.plugin().install(wasm, "cluster").await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(tenant = %id, error = %e, "reading the tenant's uploaded plugin failed")
+            }
+        }
+    }
+
+    /// Sends the plugin just installed here for tenant `id` to every node of the cluster (and
+    /// keeps it for nodes that start later); nothing to do on a single node.
+    pub async fn share_plugin(&self, id: &str, wasm: &[u8]) -> Result<(), String> {
+        if !self.cluster.is_shared() {
+            return Ok(());
+        }
+        self.cluster
+            .put_plugin(id, Some(wasm))
+            .await
+            .map_err(|e| e.to_string())
     }
 
     /// True when tenant `id`'s settings come from the admin API rather than the config file.

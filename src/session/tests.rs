@@ -831,6 +831,12 @@ impl Backplane for Held {
     async fn put_tenant_document(&self, _: &str, _: &str) -> Result<(), ClusterError> {
         Ok(())
     }
+    async fn put_plugin(&self, _: &str, _: Option<&[u8]>) -> Result<(), ClusterError> {
+        Ok(())
+    }
+    async fn plugin(&self, _: &str) -> Result<Option<Vec<u8>>, ClusterError> {
+        Ok(None)
+    }
     fn is_shared(&self) -> bool {
         false
     }

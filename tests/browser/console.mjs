@@ -3,7 +3,8 @@
 //        --good PLUGIN.wasm --bad FILE --out DIR
 // Signs in (a wrong token first), sees both nodes and a live rate moving while a load runs,
 // finds a user whose page is connected to node B and disconnects her (her page's client is
-// closed), checks and installs a good plugin and is refused a bad one, and rotates an API
+// closed), checks and installs a good plugin (which then serves on both nodes) and is
+// refused a bad one, and rotates an API
 // key (the old key stops working once retired). Each page is audited with axe-core against
 // WCAG 2 A and AA (any violation fails), and moved through with the keyboard. Writes a
 // screenshot of each page to --out.
@@ -136,6 +137,15 @@ try {
     await page.getByRole('button', { name: 'Install' }).click();
     await page.locator('#plugin-result').filter({ hasText: 'Installed on default: wasm' }).waitFor({ timeout: 60000 });
     await page.locator('#tenants tbody tr[data-tenant="default"]').filter({ hasText: 'wasm' }).waitFor({ timeout: TIMEOUT });
+    // Installed through node A, it serves on node B too.
+    const status = async (addr) => (await fetch(`http://${addr}/admin/v1/tenants/default/plugin`,
+      { headers: { Authorization: `Bearer ${admin}` } })).json();
+    const onA = await status(a);
+    const deadline = Date.now() + 5000;
+    while ((await status(b)).sha256 !== onA.sha256) {
+      if (Date.now() > deadline) throw new Error('the plugin installed on node A does not serve on node B');
+      await new Promise((r) => setTimeout(r, 50));
+    }
   });
 
   await step('keys', page, async () => {

@@ -47,8 +47,11 @@
 //! - `sb:tenants`: hash, tenant id → the JSON document of a tenant the operator created,
 //!   changed or deleted through the admin API (`{"tenant": {...}}` or `{"deleted": true}`);
 //!   it overrides the config files of every node.
-//! - channel `sb:tenant-changed`: a tenant id whose document changed; classic, so every node
-//!   hears it and reads the document again.
+//! - channel `sb:tenant-changed`: a tenant id whose document changed, or `plugin:` and a
+//!   tenant id whose plugin was uploaded; classic, so every node hears it and reads the
+//!   document (or the plugin) again.
+//! - `sb:{tenant}:plugin`: the `.wasm` last uploaded for a tenant through the admin API; a
+//!   node installs it when told, and when it joins.
 //!
 //! On a Redis Cluster the single-key commands go to their key's primary; `sb:nodes`,
 //! `sb:alive:{node}`, `sb:holdings:{node}` and `sb:history:lost` live where their names hash.
@@ -67,6 +70,14 @@ pub const TENANTS: &str = "sb:tenants";
 
 /// The channel that says a tenant's document changed.
 pub const TENANT_CHANNEL: &str = "sb:tenant-changed";
+
+/// The notice that a tenant's plugin was uploaded starts with this (tenant ids have no `:`).
+pub const PLUGIN_NOTICE: &str = "plugin:";
+
+/// The plugin last uploaded for a tenant.
+pub fn plugin(tenant: &str) -> String {
+    format!("sb:{{{tenant}}}:plugin")
+}
 
 /// A tenant's bans.
 pub fn bans(tenant: &str) -> String {

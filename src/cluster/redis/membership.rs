@@ -414,7 +414,10 @@ impl Membership {
         }
         if channel == keys::TENANT_CHANNEL.as_bytes() {
             match std::str::from_utf8(payload) {
-                Ok(id) => self.local.tenants_changed(Some(id)),
+                Ok(notice) => match notice.strip_prefix(keys::PLUGIN_NOTICE) {
+                    Some(tenant) => self.local.plugin_changed(tenant),
+                    None => self.local.tenants_changed(Some(notice)),
+                },
                 Err(_) => debug!("a tenant change notice that is not UTF-8"),
             }
             return;

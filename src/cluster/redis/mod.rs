@@ -496,6 +496,38 @@ impl Backplane for RedisBackplane {
         Ok(())
     }
 
+    async fn put_plugin(&self, tenant: &str, wasm: Option<&[u8]>) -> Result<(), ClusterError> {
+        let key = keys::plugin(tenant);
+        let command = match wasm {
+            Some(bytes) => {
+                let mut set = redis::cmd("SET");
+                set.arg(&key).arg(bytes);
+                set
+            }
+            None => {
+                let mut del = redis::cmd("DEL");
+                del.arg(&key);
+                del
+            }
+        };
+        self.shards.one::<()>(Routed::key(&key, command)).await?;
+        let mut publish = redis::cmd("PUBLISH");
+        publish
+            .arg(keys::TENANT_CHANNEL)
+            .arg(format!("{}{tenant}", keys::PLUGIN_NOTICE));
+        self.shards
+            .one::<usize>(Routed::key(keys::TENANT_CHANNEL, publish))
+            .await?;
+        Ok(())
+    }
+
+    async fn plugin(&self, tenant: &str) -> Result<Option<Vec<u8>>, ClusterError> {
+        let key = keys::plugin(tenant);
+        let mut get = redis::cmd("GET");
+        get.arg(&key);
+        Ok(self.shards.one(Routed::key(&key, get)).await?)
+    }
+
     async fn cache_get(&self, tenant: &str, key: &str) -> Result<Option<String>, ClusterError> {
         let key = keys::plugin_cache(tenant, key);
         let mut get = redis::cmd("GET");
