@@ -163,9 +163,28 @@ async fn a_single_node_keeps_tenant_changes_in_its_state_file() {
         ]
     );
 
-    // It outlives a restart.
+    // It outlives a restart, and so does a plugin uploaded for it.
+    let wasm = std::fs::read(plugin_wasm("seed_compat")).unwrap();
+    let (status, installed) = http_raw(
+        node.http,
+        "PUT",
+        &format!("{acme}/plugin"),
+        Some(ADMIN),
+        &wasm,
+    )
+    .await;
+    assert_eq!(status, 200, "{installed}");
     node.restart();
     assert_eq!(publish(&node, "acme", "acme-key-1", "again").await, 202);
+    within(
+        Duration::from_secs(5),
+        "the kept plugin installed again",
+        || async {
+            let (_, now) = admin(&node, "GET", &format!("{acme}/plugin"), Value::Null).await;
+            now["sha256"] == installed["sha256"] && now["policy"] == "wasm"
+        },
+    )
+    .await;
 
     // A rotation: two keys work, then only the new one.
     let (status, answer) = admin(&node, "POST", &format!("{acme}/keys"), Value::Null).await;
@@ -215,6 +234,13 @@ async fn a_single_node_keeps_tenant_changes_in_its_state_file() {
     let (status, _) = admin(&node, "PUT", acme, json!({"api_keys": ["acme-key-2"]})).await;
     assert_eq!(status, 201);
     assert_eq!(publish(&node, "acme", "acme-key-2", "back").await, 202);
+    // Created again, it starts without the deleted one's plugin, restarts included.
+    let (_, now) = admin(&node, "GET", &format!("{acme}/plugin"), Value::Null).await;
+    assert_eq!(now["policy"], "builtin", "{now}");
+    node.restart();
+    await_ready(&node).await;
+    let (_, now) = admin(&node, "GET", &format!("{acme}/plugin"), Value::Null).await;
+    assert_eq!(now["policy"], "builtin", "{now}");
 }
 
 on_both!(a_tenant_changed_on_one_node_serves_on_every_node_within_a_second);

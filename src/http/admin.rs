@@ -100,11 +100,14 @@ pub async fn plugin_upload(
                     );
                 }
             }
-            if let Err(e) = node.share_plugin(&tenant_id, &body).await {
+            if let Err(e) = node
+                .share_plugin(&tenant_id, &body, slot.path().is_some())
+                .await
+            {
                 return json_error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!(
-                        "the plugin serves on this node, but could not be sent to the other nodes ({e}); upload it again"
+                        "the plugin serves on this node, but could not be kept for the other nodes or a restart ({e}); upload it again"
                     ),
                 );
             }

@@ -167,7 +167,10 @@ impl Node {
             tasks,
             sessions: std::sync::RwLock::new(sessions),
             tenants,
-            tenants_loaded: std::sync::atomic::AtomicBool::new(!cluster_shared),
+            // A single node is ready at once, unless it kept plugins to install again first.
+            tenants_loaded: std::sync::atomic::AtomicBool::new(
+                !cluster_shared && tenant_store.kept_plugins().is_empty(),
+            ),
             factory,
             tenant_store,
             tenant_changes: tokio::sync::Mutex::new(()),
@@ -262,6 +265,10 @@ impl Node {
     pub fn start_cluster(self: &Arc<Self>) {
         for tenant in self.tenants() {
             tenant.start();
+        }
+        if !self.cluster.is_shared() {
+            let node = self.clone();
+            tokio::spawn(async move { node.load_kept_plugins().await });
         }
         let local: Arc<dyn LocalNode> = Arc::new(inbound::NodeInbound(Arc::downgrade(self)));
         self.cluster.clone().start(local);

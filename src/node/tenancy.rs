@@ -81,11 +81,14 @@ impl Node {
     pub async fn change_tenant(&self, id: &str, change: Stored) -> Result<Applied, String> {
         let _one_at_a_time = self.tenant_changes.lock().await;
         self.tenant_store.save(id, &change).await?;
-        if matches!(change, Stored::Deleted { .. }) && self.cluster.is_shared() {
+        if matches!(change, Stored::Deleted { .. }) {
             // A tenant created again under this id starts with no uploaded plugin.
-            if let Err(e) = self.cluster.put_plugin(id, None).await {
-                warn!(tenant = %id, error = %e, "forgetting the deleted tenant's plugin failed");
+            if self.cluster.is_shared() {
+                if let Err(e) = self.cluster.put_plugin(id, None).await {
+                    warn!(tenant = %id, error = %e, "forgetting the deleted tenant's plugin failed");
+                }
             }
+            self.tenant_store.forget_plugin(id).await;
         }
         self.admin_made
             .lock()
@@ -150,16 +153,46 @@ impl Node {
         }
     }
 
-    /// Sends the plugin just installed here for tenant `id` to every node of the cluster (and
-    /// keeps it for nodes that start later); nothing to do on a single node.
-    pub async fn share_plugin(&self, id: &str, wasm: &[u8]) -> Result<(), String> {
-        if !self.cluster.is_shared() {
-            return Ok(());
+    /// Keeps the plugin just installed here for tenant `id` where it outlives this process:
+    /// in a cluster, in Redis, from where every node installs it (and nodes that start
+    /// later); on a single node, beside the state file, unless the tenant has a plugin file
+    /// of its own (the upload was written over it).
+    pub async fn share_plugin(&self, id: &str, wasm: &[u8], has_file: bool) -> Result<(), String> {
+        if self.cluster.is_shared() {
+            return self
+                .cluster
+                .put_plugin(id, Some(wasm))
+                .await
+                .map_err(|e| e.to_string());
         }
-        self.cluster
-            .put_plugin(id, Some(wasm))
-            .await
-            .map_err(|e| e.to_string())
+        if !has_file {
+            self.tenant_store.save_plugin(id, wasm).await?;
+        }
+        Ok(())
+    }
+
+    /// Installs the plugins a single node kept for tenants with no plugin file, then counts
+    /// the node's tenants as loaded.
+    pub async fn load_kept_plugins(&self) {
+        for (id, file) in self.tenant_store.kept_plugins() {
+            let Some(tenant) = self
+                .tenants
+                .get(&id)
+                .filter(|t| t.plugin().path().is_none())
+            else {
+                continue;
+            };
+            match tokio::fs::read(&file).await {
+                Ok(wasm) => {
+                    let _ = tenant.plugin().install(wasm, "kept upload").await;
+                }
+                Err(e) => {
+                    warn!(tenant = %id, file = %file.display(), error = %e, "cannot read the kept plugin")
+                }
+            }
+        }
+        self.tenants_loaded
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// True when tenant `id`'s settings come from the admin API rather than the config file.

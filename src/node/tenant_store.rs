@@ -4,6 +4,10 @@
 //! a state file beside the config (`server.state_file`), else, with neither, in memory until
 //! the node stops.
 //!
+//! A single node keeps a plugin uploaded for a tenant that has no plugin file beside its state
+//! file too (`NAME.state.plugins/TENANT.wasm`), and installs it again when it starts; a
+//! cluster keeps it in Redis (see the backplane).
+//!
 //! A stored document wins over the config file: the TOML is the bootstrap, what the operator
 //! did afterwards is the truth. A deleted tenant stays deleted (a `{"deleted": true}`
 //! document) even though the config file still names it, until it is created again.
@@ -98,6 +102,60 @@ impl TenantStore {
     /// True when what is stored outlives this process.
     pub fn is_persistent(&self) -> bool {
         !matches!(self, TenantStore::Memory(_))
+    }
+
+    /// Where a single node keeps the plugin uploaded for `tenant` (no plugin file of its own).
+    fn plugin_file(&self, tenant: &str) -> Option<PathBuf> {
+        match self {
+            TenantStore::File(path, _) => Some(
+                path.with_extension("plugins")
+                    .join(format!("{tenant}.wasm")),
+            ),
+            _ => None,
+        }
+    }
+
+    /// Keeps the plugin uploaded for `tenant` (a single node with a state file); false when
+    /// this store keeps no plugins.
+    pub async fn save_plugin(&self, tenant: &str, wasm: &[u8]) -> Result<bool, String> {
+        let Some(file) = self.plugin_file(tenant) else {
+            return Ok(false);
+        };
+        let dir = file.parent().expect("a plugin file has a folder");
+        let failed =
+            |e: std::io::Error| format!("cannot keep the plugin at {}: {e}", file.display());
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(failed)?;
+        let tmp = file.with_extension("wasm.writing");
+        tokio::fs::write(&tmp, wasm).await.map_err(failed)?;
+        tokio::fs::rename(&tmp, &file).await.map_err(failed)?;
+        Ok(true)
+    }
+
+    /// Forgets the plugin kept for `tenant` (it was deleted).
+    pub async fn forget_plugin(&self, tenant: &str) {
+        if let Some(file) = self.plugin_file(tenant) {
+            let _ = tokio::fs::remove_file(file).await;
+        }
+    }
+
+    /// The plugins a single node keeps, by tenant.
+    pub fn kept_plugins(&self) -> Vec<(String, PathBuf)> {
+        let TenantStore::File(path, _) = self else {
+            return Vec::new();
+        };
+        let Ok(entries) = std::fs::read_dir(path.with_extension("plugins")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+            .filter_map(|p| Some((p.file_stem()?.to_str()?.to_string(), p.clone())))
+            .collect()
     }
 
     /// Reads a state file at start; a single node applies it before it serves. A missing
