@@ -12,6 +12,8 @@ let tenantsCache = [];
 // Per node: the last counters seen, to turn them into rates.
 const last = new Map();
 const series = { in: [], out: [] };
+// Per node: its rates over the last minute.
+const nodeSeries = new Map();
 
 async function api(method, path, body, contentType) {
   const headers = { Authorization: `Bearer ${token}` };
@@ -111,6 +113,10 @@ async function refreshCluster() {
     }
     last.set(node, s);
     totalIn += rateIn; totalOut += rateOut;
+    const mine = nodeSeries.get(node) || { in: [], out: [] };
+    mine.in.push(rateIn); mine.out.push(rateOut);
+    if (mine.in.length > HISTORY) { mine.in.shift(); mine.out.shift(); }
+    nodeSeries.set(node, mine);
     for (const [why, n] of s.dropped) dropped.set(why, (dropped.get(why) || 0) + n);
     rows.push(el('tr', { 'data-node': node },
       el('th', { scope: 'row' }, node),
@@ -119,11 +125,12 @@ async function refreshCluster() {
       el('td', { class: 'num' }, String(s.connections)),
       el('td', { class: 'num' }, String(s.users)),
       el('td', { class: 'num rate-in' }, rateIn.toFixed(0)),
-      el('td', { class: 'num rate-out' }, rateOut.toFixed(0))));
+      el('td', { class: 'num rate-out' }, rateOut.toFixed(0)),
+      el('td', {}, sparkline(node, mine, rateIn, rateOut))));
   }
   for (const missing of body.unanswered) {
     rows.push(el('tr', { 'data-node': missing }, el('th', { scope: 'row' }, missing),
-      el('td', { class: 'no', colspan: '6' }, 'did not answer within a second')));
+      el('td', { class: 'no', colspan: '7' }, 'did not answer within a second')));
   }
   $('nodes').tBodies[0].replaceChildren(...rows);
   series.in.push(totalIn); series.out.push(totalOut);
@@ -134,6 +141,29 @@ async function refreshCluster() {
     el('tr', {}, el('th', { scope: 'row' }, why.replaceAll('_', ' ')), el('td', { class: 'num' }, String(n)))));
   $('redis').textContent = JSON.stringify(body.redis, null, 2);
   status(body.error ? `Other nodes could not be asked: ${body.error}` : `${body.nodes.length} node(s), updated ${new Date().toLocaleTimeString()}`);
+}
+
+// A node's last minute in a small chart: in solid, out dashed.
+function sparkline(node, values, rateIn, rateOut) {
+  const ns = 'http://www.w3.org/2000/svg';
+  const w = 160, h = 32;
+  const svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('viewBox', `0 0 ${w} ${h}`);
+  svg.setAttribute('class', 'spark');
+  svg.setAttribute('role', 'img');
+  svg.setAttribute('aria-label', `${node}, last minute: now ${rateIn.toFixed(0)} in and ${rateOut.toFixed(0)} out per second`);
+  const max = Math.max(10, ...values.in, ...values.out);
+  const points = (list) => list.map((v, i) => `${(i * w) / (HISTORY - 1)},${h - 2 - (v / max) * (h - 4)}`).join(' ');
+  for (const [list, stroke, dash] of [[values.in, '#0b5cad', ''], [values.out, '#1a7f37', '4 2']]) {
+    const line = document.createElementNS(ns, 'polyline');
+    line.setAttribute('points', points(list));
+    line.setAttribute('fill', 'none');
+    line.setAttribute('stroke', stroke);
+    line.setAttribute('stroke-width', '1.5');
+    if (dash) line.setAttribute('stroke-dasharray', dash);
+    svg.append(line);
+  }
+  return svg;
 }
 
 function drawChart() {

@@ -95,6 +95,9 @@ try {
     await page.waitForFunction(() => [...document.querySelectorAll('#nodes .rate-in')]
       .some((cell) => Number(cell.textContent) > 0), null, { timeout: TIMEOUT });
     await load;
+    // Each node has its own chart of the last minute.
+    const sparks = await page.locator('#nodes svg.spark').count();
+    if (sparks !== 2) throw new Error(`${sparks} node charts`);
     const caption = await page.locator('#chart-now').textContent();
     if (!/\d+ in/.test(caption)) throw new Error(`the chart says ${caption}`);
   });
