@@ -240,6 +240,15 @@ impl Broker {
             .collect()
     }
 
+    /// How many users have a session here (without listing them).
+    pub fn connected_user_count(&self) -> usize {
+        self.index()
+            .users
+            .values()
+            .filter(|u| !u.sessions.is_empty())
+            .count()
+    }
+
     /// Up to `limit` users with sessions here whose names sort after `after`, in order (a
     /// page of the presence API).
     pub fn connected_users_after(&self, after: Option<&str>, limit: usize) -> Vec<String> {
@@ -674,6 +683,21 @@ mod tests {
                 String::from_utf8(v).unwrap()
             })
             .collect()
+    }
+
+    #[test]
+    fn users_are_counted_while_they_have_a_session() {
+        let b = broker(10);
+        let (one, two) = (endpoint("s1"), endpoint("s2"));
+        b.user_connected("alice", &one);
+        b.user_connected("alice", &two);
+        b.user_connected("bob", &endpoint("s3"));
+        assert_eq!(b.connected_user_count(), 2);
+        b.user_disconnected("alice", &one);
+        assert_eq!(b.connected_user_count(), 2);
+        b.user_disconnected("alice", &two);
+        assert_eq!(b.connected_user_count(), 1);
+        assert_eq!(b.connected_users(), ["bob"]);
     }
 
     #[tokio::test]

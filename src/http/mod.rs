@@ -195,7 +195,7 @@ async fn metrics(axum::extract::State(node): axum::extract::State<Arc<Node>>) ->
     let presence: usize = node
         .tenants()
         .iter()
-        .map(|t| t.broker.connected_users().len())
+        .map(|t| t.broker.connected_user_count())
         .sum();
     let (waiting, waiting_bytes) = node.tenants().iter().fold((0, 0), |(m, b), t| {
         let (tm, tb) = t.broker.backlog();

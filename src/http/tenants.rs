@@ -78,7 +78,7 @@ fn view(node: &Node, tenant: &Tenant) -> Value {
         "id": tenant.id,
         "source": if node.tenant_from_admin(&tenant.id) { "admin" } else { "config" },
         "sessions": tenant.sessions(),
-        "users_here": tenant.broker.connected_users().len(),
+        "users_here": tenant.broker.connected_user_count(),
         "plugin": plugin,
         "settings": masked_settings(&config),
     })

@@ -319,7 +319,7 @@ impl Node {
             users: self
                 .tenants()
                 .iter()
-                .map(|t| t.broker.connected_users().len() as u64)
+                .map(|t| t.broker.connected_user_count() as u64)
                 .sum(),
             published: m.published.load(Relaxed),
             delivered: m.delivered_local.load(Relaxed),
