@@ -40,6 +40,18 @@ pub fn operator(node: &Node, headers: &HeaderMap) -> Result<(), Refused> {
     Ok(())
 }
 
+/// The body of an operator's request: the admin token checked first, then the body, read
+/// within `limit` bytes; else the answer that says what is wrong.
+pub fn operator_body(
+    node: &Node,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<Bytes, Refused> {
+    operator(node, headers)?;
+    body.map_err(|rejection| body_error(rejection, limit).into())
+}
+
 /// The tenant named in the path, when the request carries the admin token.
 fn authorize(node: &Node, headers: &HeaderMap, tenant_id: &str) -> Result<Arc<Tenant>, Refused> {
     operator(node, headers)?;
@@ -145,12 +157,9 @@ pub async fn drain(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = operator(&node, &headers) {
-        return r.into_response();
-    }
-    let body = match body {
+    let body = match operator_body(&node, &headers, body, 4096) {
         Ok(body) => body,
-        Err(rejection) => return body_error(rejection, 4096),
+        Err(refused) => return refused.into_response(),
     };
     let request: DrainRequest = if body.iter().all(u8::is_ascii_whitespace) {
         DrainRequest::default()
@@ -229,12 +238,9 @@ pub async fn plugin_check(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = operator(&node, &headers) {
-        return r.into_response();
-    }
-    let body = match body {
+    let body = match operator_body(&node, &headers, body, MAX_PLUGIN_BYTES) {
         Ok(body) => body,
-        Err(rejection) => return body_error(rejection, MAX_PLUGIN_BYTES),
+        Err(refused) => return refused.into_response(),
     };
     if body.is_empty() {
         return json_error(

@@ -19,13 +19,13 @@ use axum::Json;
 use serde_json::{json, Value};
 use sha2::Digest;
 
-use super::admin::operator;
+use super::admin::{operator, operator_body};
 use crate::config::{ConfigError, TenantConfig};
 use crate::node::tenancy::Applied;
 use crate::node::tenant_store::Stored;
 use crate::node::Node;
 use crate::tenant::Tenant;
-use crate::web::{body_error, json_error};
+use crate::web::json_error;
 
 /// The largest tenant settings body read.
 pub const MAX_TENANT_BYTES: usize = 256 << 10;
@@ -121,12 +121,9 @@ pub async fn put(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = operator(&node, &headers) {
-        return r.into_response();
-    }
-    let body = match body {
+    let body = match operator_body(&node, &headers, body, MAX_TENANT_BYTES) {
         Ok(body) => body,
-        Err(rejection) => return body_error(rejection, MAX_TENANT_BYTES),
+        Err(refused) => return refused.into_response(),
     };
     let mut given: Value = match serde_json::from_slice(&body) {
         Ok(Value::Object(map)) => Value::Object(map),
@@ -197,12 +194,9 @@ pub async fn add_key(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = operator(&node, &headers) {
-        return r.into_response();
-    }
-    let body = match body {
+    let body = match operator_body(&node, &headers, body, 4096) {
         Ok(body) => body,
-        Err(rejection) => return body_error(rejection, 4096),
+        Err(refused) => return refused.into_response(),
     };
     let Some(tenant) = node.tenant(&id) else {
         return unknown(&id);
