@@ -53,7 +53,11 @@ pub fn operator_body(
 }
 
 /// The tenant named in the path, when the request carries the admin token.
-fn authorize(node: &Node, headers: &HeaderMap, tenant_id: &str) -> Result<Arc<Tenant>, Refused> {
+pub fn authorize(
+    node: &Node,
+    headers: &HeaderMap,
+    tenant_id: &str,
+) -> Result<Arc<Tenant>, Refused> {
     operator(node, headers)?;
     node.tenant(tenant_id).ok_or_else(|| {
         Refused::new(

@@ -39,12 +39,7 @@ fn presence_tenant(
     headers: &HeaderMap,
 ) -> Result<Arc<crate::tenant::Tenant>, Refused> {
     if super::admin::operator(node, headers).is_ok() {
-        return node.tenant(tenant_id).ok_or_else(|| {
-            Refused::new(
-                StatusCode::NOT_FOUND,
-                &format!("unknown tenant '{tenant_id}'"),
-            )
-        });
+        return super::admin::authorize(node, headers, tenant_id);
     }
     api_tenant(node, tenant_id, headers)
 }

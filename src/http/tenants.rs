@@ -19,7 +19,7 @@ use axum::Json;
 use serde_json::{json, Value};
 use sha2::Digest;
 
-use super::admin::{operator, operator_body};
+use super::admin::{authorize, operator, operator_body};
 use crate::config::{ConfigError, TenantConfig};
 use crate::node::tenancy::Applied;
 use crate::node::tenant_store::Stored;
@@ -104,12 +104,9 @@ pub async fn get(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = operator(&node, &headers) {
-        return r.into_response();
-    }
-    match node.tenant(&id) {
-        Some(tenant) => Json(view(&node, &tenant)).into_response(),
-        None => unknown(&id),
+    match authorize(&node, &headers, &id) {
+        Ok(tenant) => Json(view(&node, &tenant)).into_response(),
+        Err(refused) => refused.into_response(),
     }
 }
 
@@ -177,11 +174,8 @@ pub async fn delete(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = operator(&node, &headers) {
-        return r.into_response();
-    }
-    if node.tenant(&id).is_none() {
-        return unknown(&id);
+    if let Err(refused) = authorize(&node, &headers, &id) {
+        return refused.into_response();
     }
     change(&node, &id, Stored::deleted()).await
 }
@@ -198,8 +192,9 @@ pub async fn add_key(
         Ok(body) => body,
         Err(refused) => return refused.into_response(),
     };
-    let Some(tenant) = node.tenant(&id) else {
-        return unknown(&id);
+    let tenant = match authorize(&node, &headers, &id) {
+        Ok(tenant) => tenant,
+        Err(refused) => return refused.into_response(),
     };
     let key = if body.iter().all(u8::is_ascii_whitespace) {
         format!(
@@ -263,11 +258,9 @@ pub async fn remove_key(
     Path((id, key)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = operator(&node, &headers) {
-        return r.into_response();
-    }
-    let Some(tenant) = node.tenant(&id) else {
-        return unknown(&id);
+    let tenant = match authorize(&node, &headers, &id) {
+        Ok(tenant) => tenant,
+        Err(refused) => return refused.into_response(),
     };
     let mut config = tenant.config();
     let before = config.api_keys.len();
@@ -336,10 +329,6 @@ fn refused_field(field: &str, message: &str) -> Response {
         Json(json!({ "error": error, "field": field })),
     )
         .into_response()
-}
-
-fn unknown(id: &str) -> Response {
-    json_error(StatusCode::NOT_FOUND, &format!("unknown tenant '{id}'"))
 }
 
 #[cfg(test)]
